@@ -1,0 +1,217 @@
+"""What every stage process shares: its ZeroMQ context, health reporting and stop signal.
+
+A stage is a function ``main(ctx: StageContext) -> None`` named by a dotted path
+(``"livepose.fusion.process:main"``). The supervisor starts it in a fresh ``spawn`` process
+through :func:`child_entry`, which sets up logging and signals, builds the context (one
+ZeroMQ context per process) and calls it. The stage
+
+1. opens its sockets and devices (handles are born in the process that uses them),
+2. calls :meth:`StageContext.ready` once it can do its job,
+3. loops until :attr:`StageContext.stopping` is true, polling sockets with a timeout and
+   calling :meth:`StageContext.tick_health` now and then,
+4. returns (sockets are closed by the context).
+
+SIGINT is ignored in stage processes (Ctrl-C in a terminal reaches the whole process group;
+the supervisor decides the shutdown order) and SIGTERM sets the stop flag.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from livepose import protocol
+from livepose.config import Config, from_dict
+
+log = logging.getLogger(__name__)
+
+HEALTH_PERIOD_S = 0.5
+
+
+@dataclass
+class StageContext:
+    """Everything a stage process gets.
+
+    Attributes
+    ----------
+    name
+        Process name (``cam0``, ``infer0``, ``fusion``…), unique in a run.
+    cfg
+        The validated config.
+    endpoints
+        Resolved endpoints by role (see :func:`livepose.endpoints.resolve`).
+    args
+        Stage-specific arguments from the supervisor.
+    zmq_ctx
+        The process's one ZeroMQ context.
+    counters
+        Monotonic counters published in ``health``.
+    rates, info
+        Current rates and static facts published in ``health``.
+    """
+
+    name: str
+    cfg: Config
+    endpoints: dict[str, str]
+    args: dict[str, Any] = field(default_factory=dict)
+    zmq_ctx: zmq.Context[Any] = field(default_factory=zmq.Context)
+    counters: Counter[str] = field(default_factory=Counter)
+    rates: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    last_error: str | None = None
+    _stop: bool = False
+    _health: zmq.Socket[Any] | None = None
+    _state: str = "starting"
+    _last_health: float = 0.0
+    _sockets: list[zmq.Socket[Any]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ sockets
+    def socket(self, kind: int, *, bind: str | None = None, connect: list[str] | str | None = None,
+               subscribe: list[bytes] | bytes | None = None, hwm: int | None = None) -> zmq.Socket[Any]:
+        """Create a socket owned by this context (closed at exit).
+
+        Parameters
+        ----------
+        kind
+            ``zmq.PUB``, ``zmq.SUB``…
+        bind, connect
+            Endpoint(s).
+        subscribe
+            Topic prefix(es) for SUB sockets.
+        hwm
+            Send/receive high-water mark (messages).
+        """
+        s = self.zmq_ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        if hwm is not None:
+            s.setsockopt(zmq.SNDHWM, hwm)
+            s.setsockopt(zmq.RCVHWM, hwm)
+        if kind == zmq.SUB:
+            subs = subscribe if isinstance(subscribe, list) else [subscribe or b""]
+            for t in subs:
+                s.setsockopt(zmq.SUBSCRIBE, t)
+        if bind:
+            s.bind(bind)
+        if connect:
+            for ep in [connect] if isinstance(connect, str) else connect:
+                s.connect(ep)
+        self._sockets.append(s)
+        return s
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def stopping(self) -> bool:
+        """True once the supervisor asked this process to stop."""
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Ask the stage loop to finish."""
+        self._stop = True
+
+    def ready(self, **info: Any) -> None:
+        """Tell the supervisor this stage is ready (sockets open, models loaded)."""
+        self.info.update(info)
+        self._state = "ready"
+        self.publish_health(force=True)
+
+    def set_state(self, state: str) -> None:
+        """Change the published state (``running``, ``stopping``, ``error``)."""
+        self._state = state
+        self.publish_health(force=True)
+
+    def error(self, message: str) -> None:
+        """Record a non-fatal error: counted, logged, published as ``last_error``."""
+        self.counters["errors"] += 1
+        self.last_error = message
+        log.error("%s: %s", self.name, message)
+
+    def tick_health(self) -> None:
+        """Publish health if the period elapsed (cheap to call every loop)."""
+        self.publish_health(force=False)
+
+    def publish_health(self, force: bool = False) -> None:
+        """Publish a ``health`` message (always when ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last_health < HEALTH_PERIOD_S:
+            return
+        self._last_health = now
+        if self._health is None:
+            ep = self.endpoints.get("health")
+            if not ep:
+                return
+            self._health = self.socket(zmq.PUB, connect=ep, hwm=100)
+        msg = protocol.Health(
+            proc=self.name, pid=os.getpid(), state=self._state, t_ns=time.time_ns(),
+            counters=dict(self.counters), rates=dict(self.rates), info=dict(self.info),
+            last_error=self.last_error,
+        )
+        try:
+            self._health.send_multipart(protocol.encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        """Close all sockets and the ZeroMQ context."""
+        for s in self._sockets:
+            s.close(linger=0)
+        self._sockets.clear()
+        self.zmq_ctx.term()
+
+
+def load_target(target: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"``."""
+    mod_name, _, fn_name = target.partition(":")
+    mod = importlib.import_module(mod_name)
+    fn: Callable[..., Any] = getattr(mod, fn_name)
+    return fn
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> None:
+    """Log to stderr with the process name (called in entry points, never at import)."""
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def child_entry(
+    target: str, name: str, cfg: dict[str, Any], endpoints: dict[str, str], args: dict[str, Any],
+    log_level: int = logging.WARNING,
+) -> None:
+    """Entry point of every stage process (run under ``spawn``)."""
+    setup_logging(name, log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args)
+
+    def _on_term(signum: int, frame: Any) -> None:
+        ctx.request_stop()
+
+    signal.signal(signal.SIGTERM, _on_term)
+    code = 0
+    try:
+        load_target(target)(ctx)
+    except Exception as exc:
+        ctx.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("%s crashed:\n%s", name, traceback.format_exc())
+        try:
+            ctx.set_state("error")
+            time.sleep(0.05)  # let the last health message leave
+        except Exception:  # the context itself may be broken; nothing more to say
+            pass
+        code = 1
+    finally:
+        ctx.close()
+    sys.exit(code)
