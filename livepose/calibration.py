@@ -30,9 +30,10 @@ import numpy as np
 import tomli_w
 
 from livepose.camera import CameraGroup, CameraModel
+from livepose.errors import UserError
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """The calibration file is unreadable, malformed, or does not match the config."""
 
 

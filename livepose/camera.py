@@ -67,7 +67,16 @@ def distort_nb(x: float, y: float, dist: np.ndarray, fisheye: bool) -> tuple[flo
         thd = th * (1.0 + th2 * (dist[0] + th2 * (dist[1] + th2 * (dist[2] + th2 * dist[3]))))
         s = thd / r
         return x * s, y * s
-    k1, k2, p1, p2, k3, k4, k5, k6 = dist[0], dist[1], dist[2], dist[3], dist[4], dist[5], dist[6], dist[7]
+    k1, k2, p1, p2, k3, k4, k5, k6 = (
+        dist[0],
+        dist[1],
+        dist[2],
+        dist[3],
+        dist[4],
+        dist[5],
+        dist[6],
+        dist[7],
+    )
     r2 = x * x + y * y
     num = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
     den = 1.0 + r2 * (k4 + r2 * (k5 + r2 * k6))
@@ -89,14 +98,28 @@ def undistort_nb(
         th = thd
         for _ in range(iters):
             th2 = th * th
-            f = th * (1.0 + th2 * (dist[0] + th2 * (dist[1] + th2 * (dist[2] + th2 * dist[3])))) - thd
-            df = 1.0 + th2 * (3.0 * dist[0] + th2 * (5.0 * dist[1] + th2 * (7.0 * dist[2] + th2 * 9.0 * dist[3])))
+            f = (
+                th * (1.0 + th2 * (dist[0] + th2 * (dist[1] + th2 * (dist[2] + th2 * dist[3]))))
+                - thd
+            )
+            df = 1.0 + th2 * (
+                3.0 * dist[0] + th2 * (5.0 * dist[1] + th2 * (7.0 * dist[2] + th2 * 9.0 * dist[3]))
+            )
             if df == 0.0:
                 break
             th = th - f / df
         s = np.tan(th) / thd
         return xd * s, yd * s
-    k1, k2, p1, p2, k3, k4, k5, k6 = dist[0], dist[1], dist[2], dist[3], dist[4], dist[5], dist[6], dist[7]
+    k1, k2, p1, p2, k3, k4, k5, k6 = (
+        dist[0],
+        dist[1],
+        dist[2],
+        dist[3],
+        dist[4],
+        dist[5],
+        dist[6],
+        dist[7],
+    )
     x, y = xd, yd
     for _ in range(iters):
         r2 = x * x + y * y
@@ -110,7 +133,13 @@ def undistort_nb(
 
 @nb.njit(cache=True, nogil=True)
 def project_nb(
-    pts: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: bool, out: np.ndarray
+    pts: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    K: np.ndarray,
+    dist: np.ndarray,
+    fisheye: bool,
+    out: np.ndarray,
 ) -> None:
     """Project world points ``pts`` ``(N, 3)`` into pixels ``out`` ``(N, 2)``.
 
@@ -130,7 +159,9 @@ def project_nb(
 
 
 @nb.njit(cache=True, nogil=True)
-def undistort_pixels_nb(uv: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: bool, iters: int, out: np.ndarray) -> None:
+def undistort_pixels_nb(
+    uv: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: bool, iters: int, out: np.ndarray
+) -> None:
     """Pixels ``uv`` ``(N, 2)`` → undistorted normalised coordinates ``out`` ``(N, 2)``."""
     fx, fy, cx, cy, skew = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
     for i in range(uv.shape[0]):

@@ -76,13 +76,52 @@ class ModelConfig(_Model):
 
 
 class KalmanConfig(_Model):
-    """Constant-velocity Kalman filter per keypoint (units: mm, s)."""
+    """Motion model and track life of the per-keypoint filters (units: mm, s). The linear
+    filter (``fusion.filter: kf``) uses all of it; the EKF (``ekf``) uses the motion model,
+    ``max_gap_s``, ``init_speed_mm_s`` and ``init_accel_mm_s2`` (its measurement side is
+    ``fusion.ekf``)."""
 
-    enabled: bool = True
-    accel_noise_mm_s2: float = Field(20000.0, gt=0, description="white-acceleration spectral density")
+    enabled: bool = Field(True, description="false = no filter (same as fusion.filter: none)")
+    model: Literal["cv", "ca"] = Field(
+        "cv", description="constant velocity (white acceleration) or constant acceleration "
+        "(white jerk)"
+    )
+    accel_noise_mm_s2: float = Field(
+        20000.0, gt=0, description="cv: white-acceleration spectral density (mm²/s³)"
+    )
+    jerk_noise_mm_s3: float = Field(
+        2.0e7, gt=0, description="ca: white-jerk spectral density (mm²/s⁵)"
+    )
+    init_accel_mm_s2: float = Field(
+        20000.0, gt=0, description="ca: σ of the unknown acceleration at (re-)initialisation"
+    )
     meas_noise_mm: float = Field(2.5, gt=0, description="σ of a triangulated point")
     max_gap_s: float = Field(0.5, gt=0, description="re-initialise after this long without data")
     gate_sigma: float = Field(6.0, gt=0, description="reject measurements beyond this many σ")
+    init_speed_mm_s: float = Field(
+        1000.0, gt=0, description="σ of the unknown velocity when a keypoint is (re-)initialised"
+    )
+    measurement_variance: Literal["fixed", "triangulation"] = Field(
+        "fixed",
+        description="R per axis: 'fixed' = meas_noise_mm²; 'triangulation' = the triangulation's "
+        "own variance estimate (geometry, views used, reprojection error)",
+    )
+
+
+class EKFConfig(_Model):
+    """The EKF's measurement side: every 2D view is a measurement with σ = pixel_noise_px /
+    confidence (plus the ensemble variance offline), tested against the prediction."""
+
+    gate_sigma: float = Field(
+        5.0, gt=0, description="drop a view whose innovation exceeds this Mahalanobis distance"
+    )
+    inflate_sigma: float = Field(
+        3.0, gt=0, description="inflate a view's variance by (d / inflate_sigma)² beyond this"
+    )
+    reinit_after_s: float = Field(
+        0.05, ge=0, description="re-initialise from the triangulation when every view was "
+        "gated this long while the triangulation is valid"
+    )
 
 
 class FusionConfig(_Model):
@@ -91,7 +130,16 @@ class FusionConfig(_Model):
     min_views: int = Field(2, ge=2)
     likelihood_threshold: float = Field(0.3, ge=0, le=1)
     reproj_threshold_px: float = Field(12.0, gt=0)
+    pixel_noise_px: float = Field(
+        1.0, gt=0, description="σ of a 2D keypoint at confidence 1 (floor of the 3D variance)"
+    )
+    filter: Literal["none", "kf", "ekf"] = Field(
+        "ekf",
+        description="none: triangulation only; kf: linear Kalman filter on the triangulated "
+        "points; ekf: extended Kalman filter on the 2D observations (see docs/fusion.md)",
+    )
     kalman: KalmanConfig = KalmanConfig()
+    ekf: EKFConfig = EKFConfig()
     lead_ms: float = Field(0.0, ge=0, le=500)
 
 

@@ -17,6 +17,7 @@ the supervisor decides the shutdown order) and SIGTERM sets the stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -77,8 +78,15 @@ class StageContext:
     _sockets: list[zmq.Socket[Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ sockets
-    def socket(self, kind: int, *, bind: str | None = None, connect: list[str] | str | None = None,
-               subscribe: list[bytes] | bytes | None = None, hwm: int | None = None) -> zmq.Socket[Any]:
+    def socket(
+        self,
+        kind: int,
+        *,
+        bind: str | None = None,
+        connect: list[str] | str | None = None,
+        subscribe: list[bytes] | bytes | None = None,
+        hwm: int | None = None,
+    ) -> zmq.Socket[Any]:
         """Create a socket owned by this context (closed at exit).
 
         Parameters
@@ -152,14 +160,17 @@ class StageContext:
                 return
             self._health = self.socket(zmq.PUB, connect=ep, hwm=100)
         msg = protocol.Health(
-            proc=self.name, pid=os.getpid(), state=self._state, t_ns=time.time_ns(),
-            counters=dict(self.counters), rates=dict(self.rates), info=dict(self.info),
+            proc=self.name,
+            pid=os.getpid(),
+            state=self._state,
+            t_ns=time.time_ns(),
+            counters=dict(self.counters),
+            rates=dict(self.rates),
+            info=dict(self.info),
             last_error=self.last_error,
         )
-        try:
+        with contextlib.suppress(zmq.Again):
             self._health.send_multipart(protocol.encode(msg), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def close(self) -> None:
         """Close all sockets and the ZeroMQ context."""
@@ -188,7 +199,11 @@ def setup_logging(name: str, level: int = logging.INFO) -> None:
 
 
 def child_entry(
-    target: str, name: str, cfg: dict[str, Any], endpoints: dict[str, str], args: dict[str, Any],
+    target: str,
+    name: str,
+    cfg: dict[str, Any],
+    endpoints: dict[str, str],
+    args: dict[str, Any],
     log_level: int = logging.WARNING,
 ) -> None:
     """Entry point of every stage process (run under ``spawn``)."""

@@ -17,6 +17,7 @@ Kinds
 -----
 ===========  ===========================================================================
 ``frame``     one camera image: cam, frame_id, timestamps, pixel format, drops before it
+``preview``   a small JPEG of a camera frame for the dashboard
 ``trigger``   one trigger pulse of the software trigger clock
 ``truth``     ground-truth 3D keypoints of the simulated rig for one frame_id
 ``kp2d``      2D keypoints of one frame-set: float32 ``[C, J, 3]`` (x, y, confidence)
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import types
 import typing
 from collections import Counter
 from collections.abc import Sequence
@@ -147,6 +149,27 @@ class Frame(Message):
 
     def topic(self) -> bytes:
         return b"frame/" + self.cam.encode()
+
+
+@_register
+@dataclass(slots=True, kw_only=True)
+class Preview(Message):
+    """A small JPEG of one camera frame for humans (dashboard), ≤ 15 per second.
+
+    ``jpeg`` is the encoded bytes as uint8 ``(N,)``; ``width``/``height`` its size.
+    """
+
+    KIND: ClassVar[str] = "preview"
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"jpeg": ArraySpec((_U8,), (1,))}
+    cam: str
+    frame_id: int
+    t_grab_ns: int
+    width: int
+    height: int
+    jpeg: np.ndarray
+
+    def topic(self) -> bytes:
+        return b"preview/" + self.cam.encode()
 
 
 @_register
@@ -294,7 +317,7 @@ def _check_scalar(name: str, value: Any, ann: Any) -> Any:
     """Check one header value against its annotation; return the (possibly converted) value."""
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]

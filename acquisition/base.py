@@ -1,0 +1,113 @@
+"""The camera backend contract and the registry that picks a backend by name.
+
+Every backend (``sim``, and later ``pylon``, ``spinnaker``, ``genicam``, ``video``) obeys
+:class:`CameraBackend`; the camera process (:mod:`livepose.acquisition.camera`) drives them all
+the same way::
+
+    cam = make_backend(cam_cfg, ctx)   # nothing opened yet
+    cam.open()                         # device handle, born in this process
+    cam.arm()                          # waiting for trigger pulses
+    while running:
+        cam.software_trigger(frame_id, t_ns)   # only for software-triggered sources
+        grab = cam.grab(timeout_s)             # Grab | None
+    cam.close()
+
+Backends are imported lazily by name, so a missing SDK only matters to the backend that needs
+it, and the error names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from livepose.errors import UserError
+
+# name -> (module, class, SDK module or None, pip extra)
+BACKENDS: dict[str, tuple[str, str, str | None, str | None]] = {
+    "sim": ("livepose.acquisition.sim.backend", "SimCamera", None, None),
+}
+
+
+class BackendUnavailable(UserError):
+    """The backend's SDK is not installed."""
+
+
+@dataclass(slots=True)
+class Grab:
+    """One grabbed image.
+
+    Attributes
+    ----------
+    image
+        ``(H, W)`` mono or ``(H, W, 3)`` colour, uint8 or uint16, owned by the caller.
+    counter
+        The camera's own frame counter (may wrap; see ``counter_bits``).
+    t_grab_ns
+        Host ``time.time_ns()`` when the image was handed to us.
+    t_device_ns
+        Device timestamp, if the camera has a clock.
+    t_trigger_ns
+        Host time of the trigger pulse, when known (software trigger).
+    """
+
+    image: np.ndarray
+    counter: int
+    t_grab_ns: int
+    t_device_ns: int | None = None
+    t_trigger_ns: int | None = None
+
+
+class CameraBackend(Protocol):
+    """What every camera backend implements."""
+
+    name: str
+    pixel_format: str
+    counter_bits: int
+    counter_origin: int | None
+    software_triggered: bool
+
+    def open(self) -> None:
+        """Open and configure the device (raises ``UserError`` naming camera and setting)."""
+
+    def arm(self) -> None:
+        """Start acquisition, waiting for trigger pulses."""
+
+    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
+        """Fire one exposure (software-triggered sources only)."""
+
+    def grab(self, timeout_s: float) -> Grab | None:
+        """Wait for the next image; ``None`` on timeout."""
+
+    def close(self) -> None:
+        """Stop acquisition and release the device (idempotent)."""
+
+
+def make_backend(cam_cfg: Any, **kwargs: Any) -> CameraBackend:
+    """Instantiate the backend named by ``cam_cfg.backend`` (imports its module now)."""
+    try:
+        module, cls, sdk, extra = BACKENDS[cam_cfg.backend]
+    except KeyError:
+        raise UserError(
+            f"camera {cam_cfg.name!r}: unknown backend {cam_cfg.backend!r}; "
+            f"allowed: {', '.join(BACKENDS)}"
+        ) from None
+    if sdk is not None and importlib.util.find_spec(sdk) is None:
+        raise BackendUnavailable(
+            f"camera {cam_cfg.name!r}: backend {cam_cfg.backend!r} needs {sdk}; "
+            f"install it with: pip install 'livepose[{extra}]'"
+        )
+    backend: CameraBackend = getattr(importlib.import_module(module), cls)(cam_cfg, **kwargs)
+    return backend
+
+
+def available_backends() -> dict[str, bool]:
+    """Backend name → whether its SDK can be imported (for ``livepose doctor``)."""
+    return {
+        name: sdk is None or importlib.util.find_spec(sdk) is not None
+        for name, (_, _, sdk, _) in BACKENDS.items()
+    }

@@ -1,0 +1,41 @@
+"""Acquisition-side preparation of a run, called by the supervisor before any process starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from livepose.calibration import read_calibration
+from livepose.config import Config
+from livepose.errors import UserError
+
+
+def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
+    """Check the acquisition side of a config and return run-wide facts.
+
+    For a simulated rig without a calibration file, the rig's own calibration is written to
+    ``run_dir/calibration.toml``. Every backend name is checked.
+
+    Returns
+    -------
+    dict
+        ``{"calibration": path}``: the calibration every stage must use.
+    """
+    from livepose.acquisition.base import BACKENDS
+
+    for cam in cfg.cameras:
+        if cam.backend not in BACKENDS:
+            raise UserError(
+                f"camera {cam.name!r}: unknown backend {cam.backend!r}; "
+                f"allowed: {', '.join(BACKENDS)}"
+            )
+    if cfg.calibration is None:
+        from livepose.acquisition.sim.backend import write_rig_calibration
+
+        path = write_rig_calibration(cfg, run_dir / "calibration.toml")
+    else:
+        path = Path(cfg.calibration)
+    try:
+        read_calibration(path, cfg.camera_names)
+    except ValueError as exc:  # CalibrationError is a ValueError
+        raise UserError(str(exc)) from None
+    return {"calibration": str(path)}

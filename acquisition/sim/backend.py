@@ -1,0 +1,138 @@
+"""The ``sim`` camera backend: a camera of the simulated rig, software-triggered.
+
+It obeys exactly the same :class:`~livepose.acquisition.base.CameraBackend` contract as the
+hardware backends: open, arm, one exposure per trigger pulse, grab with a counter. The image
+of pulse ``frame_id`` is the animal at time ``frame_id / fps`` rendered through this camera's
+calibrated model (distortion included), so ground truth is exact for every frame.
+
+A simulator knows its scene in advance, so each camera renders the frame of the *next* pulse
+in a background thread while it waits (the numba renderer releases the GIL): on a pulse the
+image is ready and ``t_grab_ns - t_trigger_ns`` measures the software path only, not the
+renderer. A pulse that was not foreseen (after a lost pulse) is rendered on demand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livepose.acquisition.base import Grab
+from livepose.acquisition.sim.animal import Rodent
+from livepose.acquisition.sim.render import SimRenderer
+from livepose.acquisition.sim.rig import make_rig
+from livepose.calibration import write_calibration
+from livepose.config import Config
+
+
+def make_animal(cfg: Config) -> Rodent:
+    """The rig's animal for a config (deterministic from ``sim.seed``)."""
+    s = cfg.sim
+    return Rodent(seed=s.seed, arena_radius_mm=s.arena_diameter_mm / 2, speed_mm_s=s.speed_mm_s)
+
+
+def truth_function(cfg: Config) -> Callable[[int], np.ndarray]:
+    """``frame_id`` → ground-truth keypoints ``(J, 3)`` in mm."""
+    animal = make_animal(cfg)
+    fps = cfg.fps
+    return lambda frame_id: animal.keypoints(frame_id / fps)
+
+
+def write_rig_calibration(cfg: Config, path: Path) -> Path:
+    """Write the sim rig's cameras as an Anipose calibration TOML."""
+    return write_calibration(path, make_rig(cfg.sim, cfg.camera_names))
+
+
+class SimCamera:
+    """A simulated, software-triggered mono camera.
+
+    Parameters
+    ----------
+    cam_cfg
+        Its entry in ``cfg.cameras``.
+    cfg
+        The whole config (rig, fps).
+    index
+        Position in ``cfg.cameras`` (selects the rig camera).
+    """
+
+    pixel_format = "Mono8"
+    counter_bits = 32
+    counter_origin: int | None = 0
+    software_triggered = True
+
+    def __init__(self, cam_cfg: Any, cfg: Config, index: int) -> None:
+        self.name: str = cam_cfg.name
+        self.cfg = cfg
+        self.index = index
+        self._renderer: SimRenderer | None = None
+        self._animal: Rodent | None = None
+        self._pending: tuple[int, int] | None = None
+        self._armed = False
+        self._pool: ThreadPoolExecutor | None = None
+        self.unforeseen = 0
+        self._ahead: tuple[int, Future[np.ndarray]] | None = None
+
+    def open(self) -> None:
+        """Build the rig camera and renderer (compiles the renderer on first use)."""
+        rig = make_rig(self.cfg.sim, self.cfg.camera_names)
+        self._animal = make_animal(self.cfg)
+        self._renderer = SimRenderer(
+            rig[self.index], self.cfg.sim, self.cfg.sim.arena_diameter_mm / 2
+        )
+        self._renderer.render(*self._animal.body(0.0), 0)  # JIT compile before the trigger
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"render-{self.name}")
+
+    def _render(self, frame_id: int) -> np.ndarray:
+        assert self._renderer is not None and self._animal is not None
+        spheres, albedo = self._animal.body(frame_id / self.cfg.fps)
+        return self._renderer.render(spheres, albedo, frame_id)
+
+    def _render_later(self, frame_id: int, not_before_ns: int) -> np.ndarray:
+        delay = (not_before_ns - time.time_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        return self._render(frame_id)
+
+    def _render_ahead(self, frame_id: int, not_before_ns: int = 0) -> None:
+        """Render ``frame_id`` in the background, starting no earlier than ``not_before_ns``
+        (a third of a period after the current pulse, clear of the other cameras' publishing)."""
+        if self._pool is not None:
+            self._ahead = (frame_id, self._pool.submit(self._render_later, frame_id, not_before_ns))
+
+    def arm(self) -> None:
+        """Ready for pulses (pulse 0's image is rendered ahead)."""
+        self._armed = True
+        self._render_ahead(0)
+
+    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
+        """Expose frame ``frame_id``."""
+        self._pending = (frame_id, t_trigger_ns)
+
+    def grab(self, timeout_s: float) -> Grab | None:
+        """Render the pending exposure (``None`` if no pulse came)."""
+        if self._pending is None or self._renderer is None or self._animal is None:
+            time.sleep(min(timeout_s, 0.01))
+            return None
+        frame_id, t_trig = self._pending
+        self._pending = None
+        ahead = self._ahead
+        if ahead is not None and ahead[0] == frame_id:
+            image = ahead[1].result()
+        else:
+            self.unforeseen += 1
+            image = self._render(frame_id)
+        t_grab = time.time_ns()
+        self._render_ahead(frame_id + 1, t_grab + round(1e9 / self.cfg.fps / 3))
+        return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig)
+
+    def close(self) -> None:
+        """Stop the render thread."""
+        self._armed = False
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

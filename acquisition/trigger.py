@@ -1,0 +1,72 @@
+"""The software trigger clock: one pulse every ``1/fps`` seconds, published to every camera.
+
+Pulse ``frame_id`` is due at ``t0 + frame_id / fps`` (no drift accumulates). The clock sleeps
+until shortly before a pulse and spins for the last stretch, so pulses leave within tens of
+microseconds of their due time. With a simulated rig it also publishes the ground-truth 3D
+keypoints of each pulse (``truth``), so any consumer can measure the 3D error live.
+
+``ctx.args``: ``count`` (stop after this many pulses, optional).
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from livepose import protocol
+from livepose.process import StageContext
+
+SPIN_S = 0.0008
+
+
+def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
+    if not ctx.cfg.is_sim:
+        return None
+    from livepose.acquisition.sim.backend import truth_function
+
+    return truth_function(ctx.cfg)
+
+
+def main(ctx: StageContext) -> None:
+    """Run the clock until stopped or ``count`` pulses were sent."""
+    pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["trigger"], hwm=10_000)
+    truth = _truth_source(ctx)
+    period_ns = round(1e9 / ctx.cfg.fps)
+    count = ctx.args.get("count")
+    ctx.ready(fps=ctx.cfg.fps)
+    ctx.set_state("running")
+    t0 = time.time_ns() + 50_000_000  # first pulse 50 ms from now
+    frame_id = 0
+    late = 0
+    while not ctx.stopping and (count is None or frame_id < count):
+        due = t0 + frame_id * period_ns
+        while True:
+            remaining = (due - time.time_ns()) / 1e9
+            if remaining <= 0:
+                break
+            if remaining > SPIN_S:
+                time.sleep(remaining - SPIN_S)
+            if ctx.stopping:
+                break
+        if ctx.stopping:
+            break
+        now = time.time_ns()
+        if now - due > period_ns // 2:
+            late += 1
+            ctx.counters["late_pulses"] = late
+        pub.send_multipart(protocol.encode(protocol.Trigger(frame_id=frame_id, t_trigger_ns=now)))
+        if truth is not None:
+            xyz = truth(frame_id)
+            pub.send_multipart(
+                protocol.encode(protocol.Truth(frame_id=frame_id, t_trigger_ns=now, xyz=xyz))
+            )
+        frame_id += 1
+        ctx.counters["pulses"] = frame_id
+        ctx.tick_health()
+    ctx.info["pulses_total"] = frame_id
+    ctx.set_state("done")
+    # stay up until told to stop so that "done" is seen and sockets drain
+    while not ctx.stopping:
+        time.sleep(0.05)
+        ctx.tick_health()

@@ -1,0 +1,227 @@
+"""The inference stage: frame-sets in, 2D keypoints (``kp2d``) out.
+
+Worker ``k`` of ``model.workers`` subscribes to every camera's frames, assembles the
+frame-sets of its share (``frame_id % K == k``), and for the newest complete set runs one
+batched model call over all C views, decodes the heatmaps and publishes a
+:class:`~livepose.protocol.Kp2d`. Each kp2d also lists the frame-ids this worker abandoned
+since its previous message (``skipped``, ``incomplete``), so downstream can account for
+every frame-set. A frame it cannot read becomes a NaN view and a counted ``bad_frames``;
+it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from livepose import protocol
+from livepose.config import Config
+from livepose.inference.assembler import FrameSetAssembler, Popped
+from livepose.inference.decode import decode_heatmaps
+from livepose.inference.engine import (
+    ENGINES,
+    OrtEngine,
+    available_providers,
+    check_output,
+    create_engine,
+    select_providers,
+)
+from livepose.inference.manifest import ModelError, resolve_model
+from livepose.inference.preprocess import Preprocessor, to_frame_pixels
+from livepose.process import StageContext
+
+log = logging.getLogger(__name__)
+
+ENGINE = "onnxruntime"
+POLL_MS = 100
+MAX_DRAIN = 10_000  # messages taken in per loop turn at most
+MAX_PENDING = 32  # frame-sets the assembler keeps
+RCV_BUDGET = 256 * 1024 * 1024  # bytes of queued frames per camera connection, roughly
+MAX_ENGINE_FAILURES = 20  # consecutive failed model calls before the worker gives up
+RATE_PERIOD_S = 1.0
+
+
+def preflight(cfg: Config) -> None:
+    """Check the model before any process starts (run by the supervisor).
+
+    Resolves the model and manifest, opens the model once on CPU and runs a dummy batch to
+    check names and shapes, checks the configured execution providers are available and,
+    for simulated cameras, that the frame size fits the model.
+
+    Raises
+    ------
+    UserError
+        Anything wrong with the model, its manifest or the ``model`` config.
+    """
+    if ENGINE not in ENGINES:
+        raise ModelError(f"inference engine {ENGINE!r} is not available")
+    path, manifest = resolve_model(cfg.model)
+    select_providers(cfg.model.providers, available_providers(), cfg.model.allow_cpu_fallback)
+    spec = manifest.input
+    if cfg.is_sim and (cfg.sim.width, cfg.sim.height) != (spec.width, spec.height):
+        raise ModelError(
+            f"sim frames are {cfg.sim.width}×{cfg.sim.height} but model {manifest.name!r} "
+            f"needs {spec.width}×{spec.height} (input.resize: {spec.resize}); set sim.width "
+            "and sim.height to match"
+        )
+    pre = Preprocessor(spec, len(cfg.cameras))
+    engine = OrtEngine(path, manifest, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    check_output(engine.run(pre.batch(len(cfg.cameras))), manifest, len(cfg.cameras))
+
+
+class _Worker:
+    """State of one running worker (split from :func:`main` for readability)."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        cfg = ctx.cfg
+        self.ctx = ctx
+        self.k = int(ctx.args.get("worker", 0))
+        self.cams = cfg.camera_names
+        path, self.manifest = resolve_model(cfg.model)
+        self.engine = create_engine(ENGINE, path, self.manifest, cfg.model)
+        self.pre = Preprocessor(self.manifest.input, len(self.cams))
+        self.assembler = FrameSetAssembler(
+            self.cams, self.k, cfg.model.workers, max_pending=MAX_PENDING,
+            start_id=ctx.args.get("start_frame_id"),
+        )
+        spec = self.manifest.input
+        frame_bytes = spec.width * spec.height * spec.channels * 2  # at most (uint16)
+        self.rcv_hwm = int(min(1000, max(cfg.transport.frame_hwm, RCV_BUDGET // frame_bytes)))
+        self.decoder = protocol.Decoder(
+            protocol.Limits(max_array_bytes=cfg.limits.max_frame_bytes), expect=["frame"]
+        )
+        self.failures = 0
+        self._last_log: dict[str, float] = {}
+        self._rate_t = time.monotonic()
+        self._rate_n = 0
+        self._infer_ms: list[float] = []
+
+    def warm_up(self) -> None:
+        """One dummy batch (loads kernels, JIT-compiles the decoder, checks the output)."""
+        n = len(self.cams)
+        out = self.engine.run(self.pre.batch(n))
+        check_output(out, self.manifest, n)
+        self._decode(out)
+
+    def _decode(self, out: np.ndarray) -> np.ndarray:
+        o = self.manifest.output
+        pts = decode_heatmaps(out, o.stride, o.cell_offset, o.activation)
+        return to_frame_pixels(pts, self.manifest.input)
+
+    def _warn(self, key: str, message: str) -> None:
+        """Record an error, logging at most once per second per kind."""
+        self.ctx.last_error = message
+        now = time.monotonic()
+        if now - self._last_log.get(key, 0.0) > 1.0:
+            self._last_log[key] = now
+            log.warning("%s: %s", self.ctx.name, message)
+
+    def drain(self, sub: zmq.Socket[Any]) -> int:
+        """Take in every frame available without blocking; return how many messages."""
+        n = 0
+        while n < MAX_DRAIN:
+            try:
+                parts = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            t = time.time_ns()
+            n += 1
+            msg = self.decoder.decode(parts)
+            if isinstance(msg, protocol.Frame):
+                self.assembler.add(msg, t)
+        return n
+
+    def infer(self, popped: Popped) -> protocol.Kp2d:
+        """Preprocess, run, decode one frame-set."""
+        t0 = time.time_ns()
+        bad = []
+        for i, f in enumerate(popped.frames):
+            try:
+                self.pre.fill(i, f.image, f.pixel_format)
+            except ValueError as exc:
+                bad.append(i)
+                self.pre.blank(i)
+                self.ctx.counters["bad_frames"] += 1
+                self._warn("bad_frame", f"bad frame {f.cam}#{f.frame_id}: {exc}")
+        n = len(popped.frames)
+        try:
+            out = self.engine.run(self.pre.batch(n))
+            points = self._decode(out)
+            self.failures = 0
+        except Exception as exc:  # a failed model call must not end the run at once
+            self.failures += 1
+            self.ctx.counters["infer_errors"] += 1
+            self._warn("engine", f"model call failed on frame {popped.frame_id}: {exc!r}"[:300])
+            if self.failures >= MAX_ENGINE_FAILURES:
+                raise
+            points = np.full((n, len(self.manifest.keypoints), 3), np.nan, dtype=np.float32)
+        if bad:
+            points[bad] = np.nan
+        t1 = time.time_ns()
+        trig = [f.t_trigger_ns for f in popped.frames if f.t_trigger_ns is not None]
+        return protocol.Kp2d(
+            frame_id=popped.frame_id, cams=self.cams, model=self.manifest.name, points=points,
+            t_trigger_ns=min(trig) if trig else None,
+            t_grab_ns=[f.t_grab_ns for f in popped.frames], t_set_ns=popped.t_set_ns,
+            t_infer_start_ns=t0, t_infer_end_ns=t1, worker=self.k,
+            skipped=popped.skipped, incomplete=popped.incomplete,
+        )
+
+    def publish(self, pub: zmq.Socket[Any], msg: protocol.Kp2d) -> None:
+        """Stamp ``t_pub_ns`` and send (a PUB socket never blocks)."""
+        self._infer_ms.append((msg.t_infer_end_ns - msg.t_infer_start_ns) / 1e6)
+        msg.t_pub_ns = time.time_ns()
+        pub.send_multipart(protocol.encode(msg), copy=False)
+        self.ctx.counters["inferred"] += 1
+
+    def update_health(self) -> None:
+        """Copy assembler and decoder counts into the health counters; update rates."""
+        c = self.ctx.counters
+        for key, val in self.assembler.counters.items():
+            c[key] = val
+        c["rejected"] = self.decoder.rejected
+        for reason, val in self.decoder.errors.items():
+            c[f"rejected/{reason}"] = val
+        now = time.monotonic()
+        if now - self._rate_t >= RATE_PERIOD_S:
+            self.ctx.rates["inferred_per_s"] = (c["inferred"] - self._rate_n) / (now - self._rate_t)
+            if self._infer_ms:
+                self.ctx.rates["infer_ms"] = float(np.mean(self._infer_ms))
+                self._infer_ms.clear()
+            self._rate_t, self._rate_n = now, c["inferred"]
+        self.ctx.tick_health()
+
+
+def main(ctx: StageContext) -> None:
+    """Run inference worker ``ctx.args["worker"]`` until asked to stop."""
+    w = _Worker(ctx)
+    w.warm_up()
+    k = w.k
+    sub = ctx.socket(
+        zmq.SUB, connect=[ctx.endpoints[f"frame/{c}"] for c in w.cams],
+        subscribe=[b"frame/" + c.encode() for c in w.cams], hwm=w.rcv_hwm,
+    )
+    pub = ctx.socket(zmq.PUB, bind=ctx.endpoints[f"kp2d/{k}"], hwm=1000)
+    zero = ["frames", "sets", "inferred", "skipped", "incomplete", "late", "bad_frames",
+            "rejected", *(f"gaps/{c}" for c in w.cams)]
+    ctx.counters.update(dict.fromkeys(zero, 0))
+    ctx.ready(provider=w.engine.provider, model=w.manifest.name, engine=w.engine.name,
+              worker=k, keypoints=len(w.manifest.keypoints))
+    log.info("%s: %s on %s", ctx.name, w.manifest.name, w.engine.provider)
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    while not ctx.stopping:
+        w.update_health()
+        if not w.assembler.has_complete and not poller.poll(POLL_MS):
+            continue
+        w.drain(sub)
+        popped = w.assembler.pop_latest_complete()
+        if popped is None:
+            continue
+        w.publish(pub, w.infer(popped))
+        del popped  # release the received frames
+    w.update_health()

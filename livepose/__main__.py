@@ -1,0 +1,3 @@
+from livepose.cli import main
+
+main()

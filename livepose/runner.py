@@ -1,0 +1,273 @@
+"""The supervisor: starts every stage as its own ``spawn`` process, wires the endpoints,
+watches health, reports a child that dies, and shuts everything down in order.
+
+Start order: consumers first (fusion, inference workers), then cameras; once all report
+``ready`` (cameras armed), the trigger clock starts. Stop order: trigger first (so no new
+frame-sets enter), then — after the caller let the pipeline drain — everything else with
+SIGTERM, then SIGKILL for anything still alive after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from livepose import endpoints as eps
+from livepose import protocol
+from livepose.config import Config, to_dict
+from livepose.errors import UserError
+from livepose.process import child_entry, load_target
+
+log = logging.getLogger(__name__)
+
+FUSION = "livepose.fusion.process:main"
+INFER = "livepose.inference.worker:main"
+INFER_PREFLIGHT = "livepose.inference.worker:preflight"
+CAMERA = "livepose.acquisition.camera:main"
+TRIGGER = "livepose.acquisition.trigger:main"
+PREPARE = "livepose.acquisition.prepare:prepare_run"
+
+
+class ProcessDied(RuntimeError):
+    """A stage process exited while the run was going."""
+
+    def __init__(self, name: str, exitcode: int | None, last_error: str | None) -> None:
+        detail = f"; last error: {last_error}" if last_error else ""
+        super().__init__(f"process {name!r} exited with code {exitcode}{detail}")
+        self.name = name
+        self.exitcode = exitcode
+
+
+@dataclass
+class ProcSpec:
+    """One stage process to start."""
+
+    name: str
+    target: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(cfg: Config, calibration: str, trigger_count: int | None = None) -> list[ProcSpec]:
+    """The processes of a run, in start order (trigger last)."""
+    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration})]
+    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k}) for k in range(cfg.model.workers)]
+    specs += [ProcSpec(c.name, CAMERA, {"camera": i}) for i, c in enumerate(cfg.cameras)]
+    specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}))
+    return specs
+
+
+class Supervisor:
+    """Run the pipeline of a config.
+
+    Parameters
+    ----------
+    cfg
+        Validated config.
+    run_dir
+        Working folder (ipc sockets, generated calibration); a temporary one by default,
+        removed at :meth:`close`.
+    trigger_count
+        Stop the trigger after this many pulses (``None``: until stopped).
+    log_level
+        Logging level inside the stage processes.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path | None = None,
+        trigger_count: int | None = None,
+        log_level: int = logging.WARNING,
+    ) -> None:
+        self.cfg = cfg
+        self._own_dir = run_dir is None
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
+        self.trigger_count = trigger_count
+        self.log_level = log_level
+        self.endpoints: dict[str, str] = {}
+        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.health: dict[str, protocol.Health] = {}
+        self.exited: dict[str, int | None] = {}
+        self.zctx: zmq.Context[Any] = zmq.Context()
+        self._health_sub: zmq.Socket[Any] | None = None
+        self._decoder = protocol.Decoder(expect=["health"])
+        self._mp = mp.get_context("spawn")
+        self.calibration = ""
+        self._stopping = False
+        self._specs: list[ProcSpec] = []
+
+    # ------------------------------------------------------------------ start
+    def preflight(self) -> None:
+        """Check everything a user can get wrong before any process starts (UserError)."""
+        facts = load_target(PREPARE)(self.cfg, self.run_dir)
+        self.calibration = facts["calibration"]
+        load_target(INFER_PREFLIGHT)(self.cfg)
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        """:meth:`launch` then :meth:`start_trigger`."""
+        self.launch(ready_timeout_s)
+        self.start_trigger(ready_timeout_s)
+
+    def launch(self, ready_timeout_s: float = 120.0) -> None:
+        """Preflight and start every stage but the trigger; wait until all are ready.
+
+        Subscribe your monitors after this and before :meth:`start_trigger`, so they see
+        pulse 0.
+        """
+        self.preflight()
+        self.endpoints = eps.resolve(self.cfg, self.run_dir)
+        self._health_sub = self.zctx.socket(zmq.SUB)
+        self._health_sub.setsockopt(zmq.LINGER, 0)
+        self._health_sub.setsockopt(zmq.RCVHWM, 100_000)
+        self._health_sub.setsockopt(zmq.SUBSCRIBE, b"health/")
+        self._health_sub.bind(self.endpoints["health"])
+        self._specs = plan(self.cfg, self.calibration, self.trigger_count)
+        for spec in self._specs[:-1]:
+            self._spawn(spec)
+        self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
+
+    def start_trigger(self, ready_timeout_s: float = 120.0) -> None:
+        """Start the trigger clock (after every other stage is ready)."""
+        time.sleep(0.2)  # let subscriptions settle (ZeroMQ's slow joiner)
+        self._spawn(self._specs[-1])
+        self.wait_state(["trigger"], "ready", ready_timeout_s)
+
+    def _spawn(self, spec: ProcSpec) -> None:
+        p = self._mp.Process(
+            target=child_entry,
+            name=spec.name,
+            args=(
+                spec.target,
+                spec.name,
+                to_dict(self.cfg),
+                self.endpoints,
+                spec.args,
+                self.log_level,
+            ),
+        )
+        p.start()
+        self.procs[spec.name] = p
+
+    def wait_state(self, names: list[str], state: str, timeout_s: float) -> None:
+        """Wait until every named process has published ``state`` (or a later state)."""
+        order = ["starting", "ready", "running", "done", "stopping"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+
+            def reached(n: str) -> bool:
+                h = self.health.get(n)
+                return (
+                    h is not None
+                    and h.state in order
+                    and order.index(h.state) >= order.index(state)
+                )
+
+            missing = [n for n in names if not reached(n)]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"processes not {state} after {timeout_s:.0f} s: {missing}")
+            self.poll(0.05)
+
+    # ------------------------------------------------------------------ watch
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Take in health messages; raise :class:`ProcessDied` if a stage died unexpectedly."""
+        sub = self._health_sub
+        if sub is not None and sub.poll(int(timeout_s * 1000)):
+            while True:
+                try:
+                    parts = sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = self._decoder.decode(parts)
+                if isinstance(msg, protocol.Health):
+                    self.health[msg.proc] = msg
+        self._check_children()
+
+    def _check_children(self) -> None:
+        alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
+        if not alive:
+            return
+        for n, p in self.procs.items():
+            if n in self.exited or p.is_alive():
+                continue
+            p.join(0)
+            self.exited[n] = p.exitcode
+            if not self._stopping:
+                h = self.health.get(n)
+                raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def counters(self, proc: str) -> dict[str, int]:
+        """Latest counters of a process (empty if none seen)."""
+        h = self.health.get(proc)
+        return dict(h.counters) if h else {}
+
+    # ------------------------------------------------------------------ stop
+    def stop_trigger(self, timeout_s: float = 5.0) -> None:
+        """Stop the trigger clock (no new frame-sets)."""
+        p = self.procs.get("trigger")
+        if p is not None and p.is_alive():
+            self._stopping = True
+            self._terminate("trigger", timeout_s)
+
+    def _terminate(self, name: str, timeout_s: float) -> None:
+        p = self.procs[name]
+        if p.is_alive() and p.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, 15)
+        p.join(timeout_s)
+        if p.is_alive():
+            log.warning("%s did not stop within %.1f s; killing it", name, timeout_s)
+            p.kill()
+            p.join(2.0)
+        self.exited[name] = p.exitcode
+
+    def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
+        """Stop every process (trigger, cameras, inference, fusion); return exit codes."""
+        self._stopping = True
+        order = ["trigger"] + [c.name for c in self.cfg.cameras]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion"]
+        for name in order:
+            if name in self.procs:
+                self._terminate(name, timeout_s)
+        return {n: self.exited.get(n) for n in self.procs}
+
+    def close(self) -> None:
+        """Stop everything and release sockets and the temporary folder."""
+        try:
+            self.stop()
+        finally:
+            if self._health_sub is not None:
+                self._health_sub.close(0)
+            self.zctx.term()
+            if self._own_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_config_runnable(cfg: Config) -> None:
+    """Preflight a config without starting anything (``livepose check-config``)."""
+    tmp = Path(tempfile.mkdtemp(prefix="livepose-check-"))
+    try:
+        Supervisor(cfg, run_dir=tmp).preflight()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["ProcSpec", "ProcessDied", "Supervisor", "UserError", "check_config_runnable", "plan"]

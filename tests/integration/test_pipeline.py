@@ -1,0 +1,64 @@
+"""The whole pipeline in real processes over real ZeroMQ sockets on the simulated rig.
+
+Ground truth comes from the simulated animal; the 3D error is measured against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from livepose.config import load_default_config
+from livepose.demo import run_pipeline
+from livepose.runner import ProcessDied, Supervisor
+
+pytestmark = pytest.mark.integration
+
+PULSES = 240
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_stream_accounts_for_every_frame_and_meets_error_bound(
+    transport: str, artifacts: Path, tmp_path: Path
+) -> None:
+    cfg = load_default_config()
+    cfg.transport.kind = transport  # tcp: free random ports on 127.0.0.1
+    out = artifacts / f"pipeline_{transport}.json"
+    with open(os.devnull, "w") as devnull:
+        s = run_pipeline(cfg, pulses=PULSES, live=False, json_path=out, console=Console(file=devnull))
+    assert json.loads(out.read_text())["framesets_triggered"] == s["framesets_triggered"]
+    assert s["framesets_triggered"] == PULSES
+    assert s["frame_accounting_ok"], s
+    assert s["framesets_fused"] + s["framesets_skipped"] + s["framesets_incomplete"] == PULSES
+    assert s["framesets_fused"] >= 0.9 * PULSES, s
+    assert s["keypoints"] >= 12
+    err = s["error_mm"]
+    assert err["median"] is not None and err["median"] <= 5.0, err
+    assert err["p95"] <= 15.0, err
+    for stage in ("acquire", "transport", "inference", "fusion", "total"):
+        assert s["latency_ms"][stage]["p50"] is not None, stage
+    assert s["latency_ms"]["total"]["p50"] >= s["latency_ms"]["inference"]["p50"]
+
+
+def test_a_dying_process_is_reported_with_its_exit_code() -> None:
+    cfg = load_default_config()
+    with Supervisor(cfg) as sup:
+        sup.start()
+        victim = sup.procs["cam1"]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        with pytest.raises(ProcessDied) as ei:
+            while time.monotonic() < deadline:
+                sup.poll(0.05)
+        assert ei.value.name == "cam1"
+        assert ei.value.exitcode == -signal.SIGKILL
+        assert "cam1" in str(ei.value) and "-9" in str(ei.value)
+    # every other process was stopped by the context manager
+    assert all(not p.is_alive() for p in sup.procs.values())

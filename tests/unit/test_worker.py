@@ -1,0 +1,172 @@
+"""The inference worker loop over real ZeroMQ sockets (ipc), run in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+import zmq
+from onnx import TensorProto, helper
+
+from livepose import protocol
+from livepose.config import Config, parse_config
+from livepose.errors import UserError
+from livepose.inference import worker
+from livepose.process import StageContext
+
+S = 64  # frame and model size (the smallest sim frame)
+STRIDE = 4
+CAMS = ["cam0", "cam1", "cam2"]
+
+
+def make_model(folder: Path, size: int = S) -> Path:
+    """AveragePool(stride) heatmap model with one keypoint."""
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["image"], ["heatmaps"],
+                          kernel_shape=[STRIDE, STRIDE], strides=[STRIDE, STRIDE])],
+        "pool",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT,
+                                       ["N", 1, size // STRIDE, size // STRIDE])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "manifest.yaml").write_text(yaml.safe_dump({
+        "format": "livepose-model/1", "name": "pool-test", "file": "model.onnx",
+        "input": {"name": "image", "layout": "NCHW", "width": size, "height": size,
+                  "channels": 1, "color": "mono", "scale": 1 / 255, "mean": [0.0],
+                  "std": [1.0], "resize": "none"},
+        "output": {"name": "heatmaps", "type": "heatmap", "stride": STRIDE},
+        "keypoints": ["blob"],
+    }))
+    return folder / "model.onnx"
+
+
+def config(tmp_path: Path, **model: Any) -> Config:
+    return parse_config({
+        "cameras": [{"name": c, "backend": "sim"} for c in CAMS],
+        "sim": {"width": S, "height": S},
+        "model": {"path": str(make_model(tmp_path)), "intra_op_threads": 1, **model},
+    })
+
+
+def blob(cx: float, cy: float) -> np.ndarray:
+    y, x = np.mgrid[0:S, 0:S]
+    return (250 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 18.0)).astype(np.uint8)
+
+
+def test_preflight(tmp_path: Path) -> None:
+    worker.preflight(config(tmp_path))
+    with pytest.raises(UserError, match="sim frames are 80×64"):
+        cfg = config(tmp_path)
+        cfg.sim.width = 80
+        worker.preflight(cfg)
+    with pytest.raises(UserError, match=r"model\.providers"):
+        worker.preflight(config(tmp_path, providers=["NoSuchExecutionProvider"]))
+
+
+def recv_until(sub: zmq.Socket[Any], n: int, timeout_s: float = 10.0) -> list[protocol.Kp2d]:
+    out: list[protocol.Kp2d] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        if sub.poll(50):
+            msg = protocol.decode_strict(sub.recv_multipart(copy=False))
+            assert isinstance(msg, protocol.Kp2d)
+            out.append(msg)
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_worker_loop(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    eps = {f"frame/{c}": f"ipc://{tmp_path}/f-{c}.sock" for c in CAMS}
+    eps["kp2d/0"] = f"ipc://{tmp_path}/kp2d-0.sock"
+    zctx: zmq.Context[Any] = zmq.Context()
+    ctx = StageContext(name="infer0", cfg=cfg, endpoints=eps, args={"worker": 0},
+                       zmq_ctx=zctx)
+    pubs = {c: zctx.socket(zmq.PUB) for c in CAMS}
+    for c, s in pubs.items():
+        s.setsockopt(zmq.LINGER, 0)
+        s.bind(eps[f"frame/{c}"])
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kp2d")
+    sub.connect(eps["kp2d/0"])
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.main(ctx)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ctx._state != "ready" and time.monotonic() < deadline and not errors:
+            time.sleep(0.01)
+        assert not errors and ctx._state == "ready"
+        assert ctx.info["provider"] == "CPUExecutionProvider" and ctx.info["model"] == "pool-test"
+
+        def send(c: str, fid: int, image: np.ndarray, fmt: str = "Mono8") -> None:
+            f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=10 + fid, pixel_format=fmt,
+                               image=image, t_trigger_ns=fid * 100 + CAMS.index(c))
+            pubs[c].send_multipart(protocol.encode(f))
+
+        # wait until the subscriptions are through (slow joiner)
+        b = recv_until_probe(send, sub)
+        img = blob(20.5, 40.5)
+        for c in CAMS:  # frame b: complete
+            send(c, b, img)
+        msgs = recv_until(sub, 1)
+        send("cam0", b + 1, img)  # cam1, cam2 lost
+        send("cam0", b + 3, img)  # frame b + 2 never sent by anyone
+        send("cam1", b + 3, np.zeros((S, S, 3), np.uint8))  # bad frame: colour labelled Mono8
+        send("cam2", b + 3, img)
+        pubs["cam0"].send_multipart([b"frame/cam0", b"garbage"])  # malformed
+        msgs += recv_until(sub, 1)
+        assert [m.frame_id for m in msgs] == [b, b + 3]
+        m1, m4 = msgs
+        assert m1.points.shape == (3, 1, 3) and m1.cams == CAMS and m1.model == "pool-test"
+        np.testing.assert_allclose(m1.points[:, 0, :2], [[20.5, 40.5]] * 3, atol=0.5)
+        assert m1.t_trigger_ns == 100 * b and m1.t_grab_ns == [10 + b] * 3
+        assert m1.t_set_ns <= m1.t_infer_start_ns <= m1.t_infer_end_ns <= m1.t_pub_ns
+        assert m1.worker == 0 and m1.skipped == [] and m1.incomplete == []
+        assert m4.incomplete == [b + 1, b + 2] and m4.skipped == []
+        assert np.isnan(m4.points[1]).all() and np.isfinite(m4.points[[0, 2]]).all()
+        deadline = time.monotonic() + 5
+        while ctx.counters["rejected"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cnt = ctx.counters
+        assert cnt["inferred"] >= 3 and cnt["bad_frames"] == 1 and cnt["rejected"] == 1
+        assert cnt["incomplete"] >= 2 and cnt["gaps/cam1"] >= 2 and cnt["gaps/cam2"] >= 2  # + probe
+    finally:
+        ctx.request_stop()
+        t.join(5)
+        for s in [*pubs.values(), sub]:
+            s.close(linger=0)
+        ctx.close()
+    assert not t.is_alive() and not errors
+
+
+def recv_until_probe(send: Any, sub: zmq.Socket[Any]) -> int:
+    """Send frame-sets 0, 1, 2… until one's kp2d comes back (ZeroMQ subscriptions take a
+    moment); return the next free frame-id."""
+    img = blob(10, 10)
+    deadline = time.monotonic() + 10
+    fid = 0
+    while time.monotonic() < deadline:
+        for c in CAMS:
+            send(c, fid, img)
+        fid += 1
+        if recv_until(sub, 1, timeout_s=0.2):
+            return fid
+    raise AssertionError("the worker never answered")
