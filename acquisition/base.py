@@ -30,11 +30,32 @@ from livepose.errors import UserError
 # name -> (module, class, SDK module or None, pip extra)
 BACKENDS: dict[str, tuple[str, str, str | None, str | None]] = {
     "sim": ("livepose.acquisition.sim.backend", "SimCamera", None, None),
+    "pylon": ("livepose.acquisition.pylon", "PylonCamera", "pypylon", "basler"),
+    "genicam": ("livepose.acquisition.genicam", "GenICamCamera", "harvesters", "genicam"),
+    "spinnaker": ("livepose.acquisition.spinnaker", "SpinnakerCamera", "PySpin", None),
+    "video": ("livepose.acquisition.video", "VideoCamera", None, None),  # PyAV: a dependency
 }
 
 
 class BackendUnavailable(UserError):
     """The backend's SDK is not installed."""
+
+
+class GrabFailed(RuntimeError):
+    """The camera delivered a buffer that is not a usable image (incomplete, corrupt).
+
+    ``counter`` is the buffer's frame counter when the driver still knows it (the frame is
+    then numbered and counted as dropped), else ``None`` (the gap shows at the next frame).
+    """
+
+    def __init__(self, camera: str, counter: int | None, reason: str) -> None:
+        super().__init__(f"{camera}: failed buffer (counter {counter}): {reason}")
+        self.counter = counter
+        self.reason = reason
+
+
+class DeviceLost(RuntimeError):
+    """The camera was removed or stopped answering (the loop may call ``reconnect``)."""
 
 
 @dataclass(slots=True)
@@ -53,6 +74,8 @@ class Grab:
         Device timestamp, if the camera has a clock.
     t_trigger_ns
         Host time of the trigger pulse, when known (software trigger).
+    t_exposure_ns
+        Host time of the exposure, mapped from ``t_device_ns`` by the camera loop's clock fit.
     """
 
     image: np.ndarray
@@ -60,6 +83,7 @@ class Grab:
     t_grab_ns: int
     t_device_ns: int | None = None
     t_trigger_ns: int | None = None
+    t_exposure_ns: int | None = None
 
 
 class CameraBackend(Protocol):
@@ -90,19 +114,29 @@ class CameraBackend(Protocol):
 def make_backend(cam_cfg: Any, **kwargs: Any) -> CameraBackend:
     """Instantiate the backend named by ``cam_cfg.backend`` (imports its module now)."""
     try:
-        module, cls, sdk, extra = BACKENDS[cam_cfg.backend]
+        module, cls, _, _ = BACKENDS[cam_cfg.backend]
     except KeyError:
         raise UserError(
             f"camera {cam_cfg.name!r}: unknown backend {cam_cfg.backend!r}; "
             f"allowed: {', '.join(BACKENDS)}"
         ) from None
+    require_sdk(cam_cfg)
+    backend: CameraBackend = getattr(importlib.import_module(module), cls)(cam_cfg, **kwargs)
+    return backend
+
+
+def require_sdk(cam_cfg: Any) -> None:
+    """Raise :class:`BackendUnavailable` (naming camera and install) if the SDK is missing."""
+    _, _, sdk, extra = BACKENDS[cam_cfg.backend]
     if sdk is not None and importlib.util.find_spec(sdk) is None:
         raise BackendUnavailable(
             f"camera {cam_cfg.name!r}: backend {cam_cfg.backend!r} needs {sdk}; "
-            f"install it with: pip install 'livepose[{extra}]'"
+            + (
+                f"install it with: pip install 'livepose[{extra}]'"
+                if extra
+                else "install the vendor's SDK and its Python wheel (see docs/acquisition.md)"
+            )
         )
-    backend: CameraBackend = getattr(importlib.import_module(module), cls)(cam_cfg, **kwargs)
-    return backend
 
 
 def available_backends() -> dict[str, bool]:

@@ -11,14 +11,34 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Any
 
 import numpy as np
 import zmq
 
 from livepose import protocol
-from livepose.acquisition.base import CameraBackend, make_backend
+from livepose.acquisition.base import CameraBackend, DeviceLost, GrabFailed, make_backend
+from livepose.acquisition.clock import ClockFit
 from livepose.acquisition.identity import FrameIdentity
+from livepose.acquisition.recorder import RecordHook
 from livepose.process import StageContext
+
+
+def hello_topic(cam: str) -> bytes:
+    """The subscription by which a software-triggered camera tells the trigger clock that
+    it is connected (the clock waits for every camera's before pulse 0)."""
+    return b"trigger\x00" + cam.encode()
+
+
+def software_triggered(cam_cfg: object) -> bool:
+    """Whether a camera config is driven by the software trigger clock (from config alone)."""
+    backend = getattr(cam_cfg, "backend", "")
+    if backend == "sim":
+        return True
+    if backend == "video":
+        return not getattr(cam_cfg, "free_run", False)
+    trigger = getattr(cam_cfg, "trigger", None)
+    return trigger is not None and trigger.mode == "software"
 
 
 def encode_preview(image: np.ndarray, scale: float, quality: int) -> tuple[np.ndarray, int, int]:
@@ -48,7 +68,7 @@ def encode_preview(image: np.ndarray, scale: float, quality: int) -> tuple[np.nd
 class CameraLoop:
     """Drives one backend and publishes what it grabs."""
 
-    def __init__(self, ctx: StageContext, backend: CameraBackend, pub: zmq.Socket) -> None:  # type: ignore[type-arg]
+    def __init__(self, ctx: StageContext, backend: CameraBackend, pub: zmq.Socket[Any]) -> None:
         self.ctx = ctx
         self.cam = backend
         self.pub = pub
@@ -56,6 +76,44 @@ class CameraLoop:
             counter_bits=backend.counter_bits, origin=backend.counter_origin
         )
         self.preview_every = max(1, round(ctx.cfg.fps / ctx.cfg.preview.fps))
+        self.clock = ClockFit()
+        self.pending_dropped = 0  # failed buffers / reconnect gaps, carried to the next frame
+        self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
+        self.t_last_grab_ns = 0
+        self.rec: RecordHook | None = None  # recording hook (acquisition/recorder.py)
+
+    def sync_counters(self) -> None:
+        """Copy the backend's own counters (failed buffers, reconnects…) into health."""
+        for key, value in getattr(self.cam, "counters", {}).items():
+            self.ctx.counters[key] = value
+
+    def failed(self, exc: GrabFailed) -> None:
+        """A failed buffer: number it if its counter is known, count it as dropped."""
+        self.ctx.error(str(exc))
+        if exc.counter is not None:
+            ident = self.identity.update(exc.counter)
+            if ident is None:
+                return
+            self.pending_dropped += ident[1] + 1
+            self.ctx.counters["dropped"] += ident[1] + 1
+
+    def reanchor(self, frame_id: int | None) -> None:
+        """After a reconnect the camera counts from its origin again: the next frame is
+        ``frame_id`` (software trigger), or is placed by time at the trigger rate."""
+        last = self.identity.last_frame_id
+        if frame_id is None:
+            gap_s = (time.time_ns() - self.t_last_grab_ns) / 1e9
+            frame_id = last + max(1, round(gap_s * self.ctx.cfg.fps))
+            self.ctx.counters["reanchored_by_time"] += 1
+        self.identity = FrameIdentity(
+            counter_bits=self.cam.counter_bits,
+            first_frame_id=frame_id,
+            origin=self.cam.counter_origin,
+        )
+        missed = max(0, frame_id - last - 1)
+        self.pending_dropped += missed
+        self.ctx.counters["dropped"] += missed
+        self.rebase = False
 
     def publish(self, grab_t_trigger: int | None, grab: object) -> None:
         """Number, stamp and publish one grab (and maybe its preview)."""
@@ -68,9 +126,15 @@ class CameraLoop:
             c["duplicates"] += 1
             return
         frame_id, dropped = ident
+        self.t_last_grab_ns = grab.t_grab_ns
+        if grab.t_device_ns is not None and grab.t_exposure_ns is None:
+            self.clock.add(grab.t_device_ns, grab.t_grab_ns)
+            grab.t_exposure_ns = self.clock.to_host(grab.t_device_ns)
         if dropped:
             c["dropped"] += dropped
             self.ctx.error(f"{self.cam.name}: {dropped} frame(s) dropped before frame {frame_id}")
+        dropped += self.pending_dropped  # already counted when they failed
+        self.pending_dropped = 0
         msg = protocol.Frame(
             cam=self.cam.name,
             frame_id=frame_id,
@@ -78,12 +142,14 @@ class CameraLoop:
             pixel_format=self.cam.pixel_format,
             image=grab.image,
             t_trigger_ns=grab.t_trigger_ns if grab.t_trigger_ns is not None else grab_t_trigger,
-            t_exposure_ns=None,
+            t_exposure_ns=grab.t_exposure_ns,
             dropped_before=dropped,
         )
         msg.t_pub_ns = time.time_ns()
         self.pub.send_multipart(protocol.encode(msg), copy=False)
         c["frames"] += 1
+        if self.rec is not None:  # recording: hand the published frame to the writer
+            self.rec.submit(msg)
         if frame_id % self.preview_every == 0:
             p = self.ctx.cfg.preview
             jpeg, w, h = encode_preview(grab.image, p.scale, p.jpeg_quality)
@@ -108,20 +174,39 @@ def main(ctx: StageContext) -> None:
     )
     trig = None
     if backend.software_triggered:
-        trig = ctx.socket(zmq.SUB, connect=ctx.endpoints["trigger"], subscribe=b"trigger")
+        # the second topic never matches a message: it tells the clock this camera listens
+        trig = ctx.socket(
+            zmq.SUB,
+            connect=ctx.endpoints["trigger"],
+            subscribe=[b"trigger", hello_topic(cam_cfg.name)],
+        )
     decoder = protocol.Decoder(expect=["trigger"])
+    ctx.publish_health(force=True)  # connect health now, so an error in open() is heard
     backend.open()
+    rec: RecordHook | None = None  # recording (acquisition/recorder.py)
     try:
         backend.arm()
         loop = CameraLoop(ctx, backend, pub)
+        loop.rec = rec = RecordHook(ctx, cam_cfg.name)  # recording
         ctx.ready(pixel_format=backend.pixel_format)
         ctx.set_state("running")
         while not ctx.stopping:
             ctx.tick_health()
             ctx.counters["rejected"] = decoder.rejected
+            loop.sync_counters()
+            rec.poll()  # recording: start/stop messages
             if trig is None:
-                grab = backend.grab(0.1)
+                try:
+                    grab = backend.grab(0.1)
+                except GrabFailed as exc:
+                    loop.failed(exc)
+                    continue
+                except DeviceLost as exc:
+                    _recover(ctx, backend, loop, exc, None)
+                    continue
                 if grab is not None:
+                    if loop.rebase:
+                        loop.reanchor(None)
                     loop.publish(None, grab)
                 continue
             if not trig.poll(100):
@@ -134,11 +219,43 @@ def main(ctx: StageContext) -> None:
                 msg = decoder.decode(parts)
                 if not isinstance(msg, protocol.Trigger):
                     continue
-                backend.software_trigger(msg.frame_id, msg.t_trigger_ns)
-                grab = backend.grab(1.0)
+                if loop.rebase:
+                    loop.reanchor(msg.frame_id)
+                try:
+                    backend.software_trigger(msg.frame_id, msg.t_trigger_ns)
+                    grab = backend.grab(1.0)
+                except GrabFailed as exc:
+                    loop.failed(exc)
+                    continue
+                except DeviceLost as exc:
+                    _recover(ctx, backend, loop, exc, trig)
+                    break
                 if grab is None:
                     ctx.error(f"{backend.name}: no image within 1 s of trigger {msg.frame_id}")
                     continue
                 loop.publish(msg.t_trigger_ns, grab)
     finally:
-        backend.close()
+        try:
+            backend.close()
+        finally:
+            if rec is not None:  # recording: drain the queue, close the video
+                rec.close()
+
+
+def _recover(ctx: StageContext, backend: CameraBackend, loop: CameraLoop, exc: Exception,
+             trig: zmq.Socket[Any] | None) -> None:
+    """A lost device: report it, reconnect (``UserError`` if it does not come back), drop
+    the trigger pulses that arrived meanwhile, and re-anchor ``frame_id`` at the next frame."""
+    ctx.counters["device_lost"] += 1
+    ctx.error(f"{exc}; reconnecting")
+    ctx.set_state("reconnecting")
+    reconnect = getattr(backend, "reconnect", None)
+    if reconnect is None:
+        raise exc
+    reconnect()
+    if trig is not None:
+        while trig.poll(0):
+            trig.recv_multipart()
+    # a software-triggered frame is numbered by its pulse; other counters restart
+    loop.rebase = not backend.software_triggered
+    ctx.set_state("running")

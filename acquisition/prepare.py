@@ -20,7 +20,7 @@ def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
     dict
         ``{"calibration": path}``: the calibration every stage must use.
     """
-    from livepose.acquisition.base import BACKENDS
+    from livepose.acquisition.base import BACKENDS, require_sdk
 
     for cam in cfg.cameras:
         if cam.backend not in BACKENDS:
@@ -28,6 +28,7 @@ def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
                 f"camera {cam.name!r}: unknown backend {cam.backend!r}; "
                 f"allowed: {', '.join(BACKENDS)}"
             )
+        require_sdk(cam)  # a missing SDK stops the run before any process starts
     if cfg.calibration is None:
         from livepose.acquisition.sim.backend import write_rig_calibration
 

@@ -11,6 +11,7 @@ keypoints of each pulse (``truth``), so any consumer can measure the 3D error li
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import zmq
 
@@ -28,9 +29,35 @@ def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
     return truth_function(ctx.cfg)
 
 
+def _wait_for_cameras(ctx: StageContext, pub: zmq.Socket[Any], timeout_s: float = 10.0) -> None:
+    """Wait until every software-triggered camera subscribed (its ``hello_topic``), so no
+    camera misses the first pulses (ZeroMQ's slow joiner); report the ones that never did."""
+    from livepose.acquisition.camera import hello_topic, software_triggered
+
+    waiting = {
+        b"\x01" + hello_topic(c.name): c.name for c in ctx.cfg.cameras if software_triggered(c)
+    }
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline and not ctx.stopping:
+        if pub.poll(50):
+            waiting.pop(pub.recv(), None)
+        ctx.tick_health()
+    if waiting:
+        ctx.error(f"cameras not subscribed to the trigger after {timeout_s:g} s: "
+                  f"{', '.join(sorted(waiting.values()))}")
+
+
 def main(ctx: StageContext) -> None:
     """Run the clock until stopped or ``count`` pulses were sent."""
-    pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["trigger"], hwm=10_000)
+    if ctx.cfg.trigger.source == "serial":
+        from livepose.acquisition.triggerbox import run_serial_trigger
+
+        run_serial_trigger(ctx)
+        return
+    # XPUB: a PUB that also sees subscriptions, so pulse 0 waits for every camera
+    pub = ctx.socket(zmq.XPUB, bind=ctx.endpoints["trigger"], hwm=10_000)
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    _wait_for_cameras(ctx, pub)
     truth = _truth_source(ctx)
     period_ns = round(1e9 / ctx.cfg.fps)
     count = ctx.args.get("count")

@@ -44,7 +44,8 @@ import numpy as np
 
 from livepose.camera import CameraGroup
 from livepose.config import FusionConfig
-from livepose.fusion.ekf_nb import ekf_predict_nb, fuse_frame_nb
+from livepose.fusion.ekf_model_nb import ekf_predict_nb
+from livepose.fusion.ekf_nb import fuse_frame_nb
 from livepose.fusion.triangulate import TriangulationResult, Triangulator
 
 
@@ -59,7 +60,7 @@ class FilterOutput:
         keypoint has no track.
     reproj
         ``(J,)`` float32 mean reprojection error (px) of ``xyz`` in the views used; NaN when
-        none was used (coasting or no track).
+        none was used (coasting or no track) or not asked for (``output_reproj``).
     views, gated
         ``(J,)`` uint16 bitmasks of the views used and of the views gated out.
     raw
@@ -87,6 +88,8 @@ class KeypointEKF:
         Triangulation settings, ``cfg.kalman`` (motion model, ``max_gap_s``,
         ``init_speed_mm_s``, ``init_accel_mm_s2``) and ``cfg.ekf`` (gate, inflation,
         re-initialisation).
+    output_reproj
+        Compute :attr:`FilterOutput.reproj` (about a fifth of the filter's cost); else NaN.
 
     Attributes
     ----------
@@ -98,7 +101,10 @@ class KeypointEKF:
         Views gated out since construction.
     """
 
-    def __init__(self, cameras: CameraGroup, n_keypoints: int, cfg: FusionConfig) -> None:
+    def __init__(
+        self, cameras: CameraGroup, n_keypoints: int, cfg: FusionConfig,
+        output_reproj: bool = False,
+    ) -> None:
         J = int(n_keypoints)
         if J < 0:
             raise ValueError(f"n_keypoints must be >= 0, got {n_keypoints}")
@@ -114,13 +120,15 @@ class KeypointEKF:
         self.a0var = float(k.init_accel_mm_s2) ** 2
         self.gate2 = float(e.gate_sigma) ** 2
         self.infl2 = float(e.inflate_sigma) ** 2
-        self.reinit_after = float(e.reinit_after_s)
+        self.reinit_after = np.inf if k.reinit_after_s is None else float(k.reinit_after_s)
+        self.consensus_after = float(e.consensus_after_s)
         self.state = np.zeros((J, 9))
         self.cov = np.zeros((J, 9, 9))
         self.initialised = np.zeros(J, dtype=np.bool_)
         self.since = np.zeros(J)
         self.lost = np.zeros(J)
         self.n_gated = 0
+        self.output_reproj = bool(output_reproj)
         self._novar = np.zeros((1, 1, 2))
 
     def reset(self) -> None:
@@ -190,7 +198,7 @@ class KeypointEKF:
             tri.min_views, tri.reproj_threshold, tri.pixel_noise2, tri.fp_iters,
             run_filter, self.state, self.cov, self.initialised, self.since, self.lost,
             self.order, float(dt), self.q, self.max_gap, self.gate2, self.infl2,
-            self.reinit_after, self.v0var, self.a0var,
+            self.reinit_after, self.consensus_after, self.v0var, self.a0var, self.output_reproj,
             raw.xyz, raw.reproj, raw.views, raw.cov,
             out.xyz, out.var, out.reproj, out.views, out.gated,
         )
@@ -207,7 +215,7 @@ class KeypointEKF:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) the kernels on a throw-away state."""
-        probe = KeypointEKF(self.cameras, 1, self.cfg)
+        probe = KeypointEKF(self.cameras, 1, self.cfg, self.output_reproj)
         pts = np.full((self.tri.n_cameras, 1, 3), np.nan, dtype=np.float32)
         for p in (pts, pts.astype(np.float64)):
             probe.step(p, 0.0)

@@ -213,6 +213,8 @@ class KeypointKalman:
         self.since = np.zeros(J)
         self.gated = np.zeros(J, dtype=np.bool_)
         self.n_gated = 0
+        self.reinit_after = None if cfg.reinit_after_s is None else float(cfg.reinit_after_s)
+        self.rejected = np.zeros(J)
         self._novar = np.empty((1, 3))
 
     def reset(self) -> None:
@@ -220,6 +222,7 @@ class KeypointKalman:
         self.initialised[:] = False
         self.since[:] = 0.0
         self.gated[:] = False
+        self.rejected[:] = 0.0
 
     def step(
         self, z: np.ndarray, zvar: np.ndarray | None, dt: float,
@@ -256,18 +259,31 @@ class KeypointKalman:
             if zv.shape != (J, 3):
                 raise ValueError(f"zvar must have shape ({J}, 3), got {zv.shape}")
         xyz, var = out if out is not None else (np.empty((J, 3)), np.empty((J, 3)))
+        n = self._kernel(zz, zv, use, float(dt), xyz, var)
+        self.n_gated += n
+        if self.reinit_after is not None and J:
+            self.rejected = np.where(self.gated, self.rejected + dt, 0.0)
+            again = self.rejected >= self.reinit_after - 1e-9
+            if n and again.any():  # the track is wrong: restart on the measurement
+                self.initialised[again] = False
+                self.rejected[again] = 0.0
+                z2 = np.where(again[:, None], zz, np.nan)
+                self._kernel(z2, zv, use, 0.0, xyz, var)  # dt = 0: the others are unchanged
+                self.gated[again] = True
+        return xyz, var
+
+    def _kernel(self, zz: np.ndarray, zv: np.ndarray, use: bool, dt: float, xyz: np.ndarray,
+                var: np.ndarray) -> int:
         if self.ca:
-            self.n_gated += ca_step_nb(
-                self.state, self.cov, self.initialised, self.since, zz, zv, use, float(dt),
+            return int(ca_step_nb(
+                self.state, self.cov, self.initialised, self.since, zz, zv, use, dt,
                 self.q, self.r0, self.max_gap, self.gate2, self.v0var, self.a0var, xyz, var,
                 self.gated,
-            )
-        else:
-            self.n_gated += kf_step_nb(
-                self.state, self.cov, self.initialised, self.since, zz, zv, use, float(dt),
-                self.q, self.r0, self.max_gap, self.gate2, self.v0var, xyz, var, self.gated,
-            )
-        return xyz, var
+            ))
+        return int(kf_step_nb(
+            self.state, self.cov, self.initialised, self.since, zz, zv, use, dt,
+            self.q, self.r0, self.max_gap, self.gate2, self.v0var, xyz, var, self.gated,
+        ))
 
     def predict_ahead(self, lead_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Positions and variances ``lead_s`` seconds after the last step, ``(J, 3)`` each

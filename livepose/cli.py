@@ -47,6 +47,9 @@ def _run(
     cameras: int | None,
     no_live: bool,
     verbose: bool,
+    no_dashboard: bool = False,
+    port: int | None = None,
+    record: str | None = None,
 ) -> None:
     from livepose.demo import run_pipeline
     from livepose.runner import ProcessDied
@@ -61,12 +64,18 @@ def _run(
             from livepose.config import SimCameraConfig
 
             cfg.cameras = [SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(cameras)]
+        if port is not None:
+            cfg.dashboard.port = port
+        if record is not None:  # recording (docs/recording.md)
+            cfg.recording.enabled = True
+            cfg.recording.name = record if record != RECORD_DEFAULT else None
         summary = run_pipeline(
             cfg,
             duration,
             json_path,
             live=not no_live,
             log_level=logging.INFO if verbose else logging.WARNING,
+            dashboard=cfg.dashboard.enabled and not no_dashboard,
         )
     except UserError as exc:
         _fail(str(exc))
@@ -86,6 +95,21 @@ CamOpt = Annotated[
 ]
 NoLiveOpt = Annotated[bool, typer.Option("--no-live", help="no live terminal view")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="log INFO from every process")]
+NoDashOpt = Annotated[
+    bool, typer.Option("--no-dashboard", help="do not start the web dashboard")
+]
+RECORD_DEFAULT = "@default"
+RecordOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--record",
+        help="record a session sessions/<date>_<NAME>/ (NAME optional: default the config name)",
+    ),
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option("--port", min=0, max=65535, help="dashboard port (default 8765; 0: any free)"),
+]
 
 
 @app.command()
@@ -96,9 +120,12 @@ def demo(
     cameras: CamOpt = None,
     no_live: NoLiveOpt = False,
     verbose: VerboseOpt = False,
+    no_dashboard: NoDashOpt = False,
+    port: PortOpt = None,
+    record: RecordOpt = None,
 ) -> None:
     """Run the simulated rig end to end with a live view (Ctrl-C to stop)."""
-    _run(None, duration, json_path, fps, cameras, no_live, verbose)
+    _run(None, duration, json_path, fps, cameras, no_live, verbose, no_dashboard, port, record)
 
 
 @app.command()
@@ -109,9 +136,12 @@ def run(
     fps: FpsOpt = None,
     no_live: NoLiveOpt = False,
     verbose: VerboseOpt = False,
+    no_dashboard: NoDashOpt = False,
+    port: PortOpt = None,
+    record: RecordOpt = None,
 ) -> None:
     """Run the pipeline described by CONFIG."""
-    _run(config, duration, json_path, fps, None, no_live, verbose)
+    _run(config, duration, json_path, fps, None, no_live, verbose, no_dashboard, port, record)
 
 
 @app.command("check-config")
@@ -180,8 +210,174 @@ def doctor() -> None:
     Console().print(t)
 
 
+def _register_recording() -> None:
+    from livepose.cli_session import register
+
+    register(app, err)
+
+
+_register_recording()  # session / replay / export commands (livepose/cli_session.py)
+
+
+def _bench_group() -> typer.Typer:
+    """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
+    group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
+    if group is None:
+        group = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+        app.add_typer(group, name="bench")
+    return group
+
+
+def _register_acquisition_bench() -> None:
+    """``bench transport`` and ``bench acquisition`` (livepose/bench/transport.py,
+    livepose/bench/acquisition.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("transport")
+    def bench_transport(
+        json_path: JsonOpt = None,
+        quick: Annotated[bool, typer.Option("--quick", help="1280x1024 only, 1 and 4 cameras")] = False,
+        duration: Annotated[float, typer.Option("--case-duration", help="seconds per case")] = 1.5,
+    ) -> None:
+        """Frames across processes over ZeroMQ (ipc, tcp): GB/s, frames/s, latency, losses."""
+        from livepose.bench.transport import main as run
+
+        res = run(json_path, quick=quick, duration_s=duration)
+        Console().print_json(data=res["summary"])
+
+    @bench.command("acquisition")
+    def bench_acquisition(
+        json_path: JsonOpt = None,
+        cameras: Annotated[int, typer.Option("--cameras", min=2, max=8)] = 3,
+        fps: Annotated[float, typer.Option("--fps", min=1, max=200)] = 90.0,
+        duration: Annotated[float, typer.Option("--duration", "-d", help="seconds")] = 60.0,
+    ) -> None:
+        """pylon camera emulation, software-triggered: fps achieved, latency, CPU, drops."""
+        import importlib.util
+
+        if importlib.util.find_spec("pypylon") is None:
+            _fail("bench acquisition needs pypylon: pip install 'livepose[basler]'")
+        from livepose.bench.acquisition import main as run
+
+        try:
+            res = run(json_path, cameras=cameras, fps=fps, duration_s=duration)
+        except UserError as exc:
+            _fail(str(exc))
+        Console().print_json(data=res["summary"])
+
+
+_register_acquisition_bench()
+
+
+def _register_latency_bench() -> None:
+    """``bench latency`` (livepose/bench/latency.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("latency")
+    def bench_latency(
+        json_path: JsonOpt = None,
+        frames: Annotated[int, typer.Option("--frames", min=10, help="frame-sets per run")] = 3000,
+        fps: Annotated[float, typer.Option("--fps", min=1, max=1000)] = 30.0,
+        clients: Annotated[int, typer.Option("--clients", min=0, max=32,
+                                             help="websocket clients on the dashboard")] = 10,
+    ) -> None:
+        """Trigger → pose3d → client callback → action, without and with the dashboard."""
+        from livepose.bench.latency import run_latency
+
+        try:
+            res = run_latency(frames, fps, clients, json_path)
+        except UserError as exc:
+            _fail(str(exc))
+        Console().print_json(data=res["summary"])
+
+
+_register_latency_bench()
+
+
+def _split_camera_names(camera_names: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:
+    """``--camera-names A B C IN…`` reaches us as ``camera_names=[A]``, ``inputs=[B, C, IN…]``
+    (an option takes one value): leading inputs that are not paths are camera names. Also
+    accepts ``A,B,C`` and a repeated option."""
+    names = [n for item in camera_names for n in item.split(",") if n]
+    rest = list(inputs)
+    while rest and not Path(rest[0]).exists() and "/" not in rest[0] and not rest[0].endswith(".csv"):
+        names.append(rest.pop(0))
+    return names, rest
+
+
+@app.command()
+def fuse(
+    inputs: Annotated[list[str], typer.Argument(help="DLC / Lightning Pose 2D CSVs or folders")],
+    calibration: Annotated[Path, typer.Option("--calibration", help="Anipose calibration TOML")],
+    camera_names: Annotated[
+        list[str], typer.Option("--camera-names", help="camera names (substrings of the file "
+                                "names): --camera-names A B C, or A,B,C")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    filter: Annotated[str, typer.Option("--filter", help="none | kf | ekf")] = "ekf",
+    fps: Annotated[float, typer.Option("--fps", help="frame rate of the recording")] = 100.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Fuse recorded 2D predictions into 3D with the online code, frame by frame: writes
+    OUT/pose3d.csv (Anipose), OUT/pose3d_var.csv and OUT/pose3d.trc."""
+    from livepose.fusion.offline import fuse_files
+
+    names, files = _split_camera_names(camera_names, inputs)
+    if not files:
+        _fail("no input CSV files or folders given")
+    try:
+        res = fuse_files(calibration, names, files, out, filter=filter, fps=fps,
+                         progress=not quiet and sys.stderr.isatty())
+    except UserError as exc:
+        _fail(str(exc))
+    err.print(
+        f"[green]ok[/green]: {res['frames']} frames × {len(res['keypoints'])} keypoints "
+        f"({res['filter']}), measured {res['measured_pct']:.1f} %, mean reprojection error "
+        f"{res['mean_reproj_px']:.2f} px → {res['csv']}, {res['trc']}", highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _register_fusion_bench() -> None:
+    """``bench fusion`` and ``bench accuracy`` (livepose/bench/fusion.py, accuracy.py;
+    results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("fusion")
+    def bench_fusion(
+        json_path: JsonOpt = None,
+        quick: Annotated[bool, typer.Option("--quick", help="tiny run (smoke test)")] = False,
+    ) -> None:
+        """Fusion cost per frame: triangulation, + each filter, vs aniposelib and NumPy DLT."""
+        from livepose.bench.fusion import run as run_fusion
+
+        res = run_fusion(json_path, quick=quick, progress=lambda m: err.print(m, highlight=False))
+        Console().print_json(data=res["summary"])
+
+    @bench.command("accuracy")
+    def bench_accuracy(
+        json_path: JsonOpt = None,
+        quick: Annotated[bool, typer.Option("--quick", help="tiny run (smoke test)")] = False,
+        frames: Annotated[int, typer.Option("--frames", min=20, help="frames per scenario")] = 300,
+    ) -> None:
+        """3D error on the sim animal vs DLT, Pose2Sim, aniposelib, filterpy's UKF and EKS."""
+        from livepose.bench.accuracy import quick_scenarios
+        from livepose.bench.accuracy import run as run_accuracy
+
+        res = run_accuracy(json_path, frames=frames,
+                           scenarios=quick_scenarios() if quick else None,
+                           progress=lambda m: err.print(f"scenario {m}", highlight=False))
+        Console().print_json(data=res["summary"])
+
+
+_register_fusion_bench()
+
+
 def main() -> None:
     """Console-script entry point."""
+    from livepose.cli_session import expand_record_flag
+
+    sys.argv[1:] = expand_record_flag(sys.argv[1:], RECORD_DEFAULT)
     try:
         app()
     except KeyboardInterrupt:

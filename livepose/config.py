@@ -35,9 +35,125 @@ class SimCameraConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
 
 
-CameraConfig = Annotated[SimCameraConfig, Field(discriminator="backend")]
+CameraName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+FeatureValue = str | int | float | bool
 
-CAMERA_BACKENDS = ("sim",)
+
+class CameraTriggerConfig(_Model):
+    """How a machine-vision camera is triggered (see docs/acquisition.md).
+
+    ``software``: one exposure per pulse of livepose's trigger clock; ``hardware``: exposures
+    start on an input line (a trigger box, or another camera's output); ``free_run``: the
+    camera runs on its own clock at ``frame_rate`` (frames matched by time, not by pulse).
+    """
+
+    mode: Literal["software", "hardware", "free_run"] = "software"
+    source: str = Field("Line1", description="hardware: the input line (Line1…, FLIR: Line3)")
+    selector: str = Field("FrameStart", description="which event the trigger starts")
+    activation: Literal["RisingEdge", "FallingEdge", "AnyEdge", "LevelHigh", "LevelLow"] = (
+        "RisingEdge"
+    )
+    first_frame_timeout_s: float = Field(
+        10.0, gt=0, description="hardware: error if no frame arrives this long after arming"
+    )
+    output_line: str | None = Field(
+        None, description="camera-as-master: drive this line with ExposureActive"
+    )
+
+
+class RoiConfig(_Model):
+    """Sensor region of interest, in (binned) pixels."""
+
+    width: int = Field(ge=8, le=16384)
+    height: int = Field(ge=8, le=16384)
+    offset_x: int = Field(0, ge=0)
+    offset_y: int = Field(0, ge=0)
+
+
+class _MachineVisionConfig(_Model):
+    """Fields shared by the GenICam-style backends (pylon, genicam, spinnaker)."""
+
+    name: CameraName
+    serial: str | None = Field(None, description="device serial number; None: the only device")
+    trigger: CameraTriggerConfig = CameraTriggerConfig()
+    exposure_us: float | None = Field(None, gt=0, description="None: leave as configured")
+    gain_db: float | None = Field(None, ge=0)
+    frame_rate: float | None = Field(None, gt=0, description="free_run: the camera's rate")
+    roi: RoiConfig | None = None
+    binning: int = Field(1, ge=1, le=8)
+    pixel_format: str = "Mono8"
+    buffers: int = Field(16, ge=2, le=1024, description="driver buffer count")
+    timestamp_tick_ns: float = Field(1.0, gt=0, description="device timestamp tick length")
+    features: dict[str, FeatureValue] = Field(
+        default_factory=dict, description="raw GenICam features, set last, in order"
+    )
+
+
+class PylonEmulationConfig(_Model):
+    """pylon camera emulation only (``PYLON_CAMEMU``): test images and fault injection."""
+
+    image_dir: Path | None = Field(None, description="serve these PNGs (ImageFilename)")
+    fail_buffers_at: list[int] = Field(
+        default_factory=list, description="force a failed buffer at these trigger pulses"
+    )
+    remove_at: list[int] = Field(
+        default_factory=list, description="simulate device removal at these trigger pulses"
+    )
+
+
+class PylonCameraConfig(_MachineVisionConfig):
+    """A Basler camera through pypylon (extra ``basler``)."""
+
+    backend: Literal["pylon"]
+    grab_strategy: Literal["one_by_one", "latest_image_only", "latest_images", "upcoming_image"] = (
+        "one_by_one"
+    )
+    chunks: bool = Field(True, description="enable chunk data (timestamp, counters) if present")
+    emulation: PylonEmulationConfig | None = None
+    reconnect_timeout_s: float = Field(10.0, ge=0, description="0: do not try to reconnect")
+
+
+class GenICamCameraConfig(_MachineVisionConfig):
+    """Any GenICam camera through a GenTL producer and harvesters (extra ``genicam``)."""
+
+    backend: Literal["genicam"]
+    cti: list[str] = Field(
+        default_factory=list, description="GenTL producer files; empty: GENICAM_GENTL64_PATH"
+    )
+
+
+class SpinnakerCameraConfig(_MachineVisionConfig):
+    """A FLIR camera through PySpin (FLIR's Spinnaker SDK, not on PyPI)."""
+
+    backend: Literal["spinnaker"]
+    trigger_overlap: Literal["Off", "ReadOut", "PreviousFrame"] = "ReadOut"
+
+
+class VideoCameraConfig(_Model):
+    """A recorded video replayed as a camera: frame ``frame_id`` is frame index ``frame_id``.
+
+    ``path`` is a video file, or a folder of per-camera videos whose file names contain the
+    camera name. Software-triggered by the trigger clock (run it at the recorded rate), or
+    ``free_run``: as fast as it decodes.
+    """
+
+    backend: Literal["video"]
+    name: CameraName
+    path: Path
+    loop: bool = False
+    free_run: bool = False
+
+
+CameraConfig = Annotated[
+    SimCameraConfig
+    | PylonCameraConfig
+    | GenICamCameraConfig
+    | SpinnakerCameraConfig
+    | VideoCameraConfig,
+    Field(discriminator="backend"),
+]
+
+CAMERA_BACKENDS = ("sim", "pylon", "genicam", "spinnaker", "video")
 
 
 class SimConfig(_Model):
@@ -56,9 +172,21 @@ class SimConfig(_Model):
 
 
 class TriggerConfig(_Model):
-    """Where trigger pulses come from. ``software``: livepose's own clock process."""
+    """Where trigger pulses come from. ``software``: livepose's own clock process;
+    ``serial``: a trigger box (``firmware/triggerbox``) on a serial port emits the pulses
+    at ``fps`` and the cameras are hardware-triggered."""
 
-    source: Literal["software"] = "software"
+    source: Literal["software", "serial"] = "software"
+    port: str | None = Field(None, description="serial: the device, e.g. /dev/ttyACM0")
+    baud: int = Field(115200, gt=0)
+    pulse_width_us: int = Field(100, ge=1, le=100_000)
+    timeout_s: float = Field(2.0, gt=0, description="serial: reply timeout")
+
+    @model_validator(mode="after")
+    def _port_for_serial(self) -> TriggerConfig:
+        if self.source == "serial" and not self.port:
+            raise ValueError("trigger.port is required when trigger.source is 'serial'")
+        return self
 
 
 # --------------------------------------------------------------------------- stages
@@ -87,22 +215,27 @@ class KalmanConfig(_Model):
         "(white jerk)"
     )
     accel_noise_mm_s2: float = Field(
-        20000.0, gt=0, description="cv: white-acceleration spectral density (mm²/s³)"
+        3.0e5, gt=0, description="cv: white-acceleration spectral density (mm²/s³)"
     )
     jerk_noise_mm_s3: float = Field(
-        2.0e7, gt=0, description="ca: white-jerk spectral density (mm²/s⁵)"
+        2.0e8, gt=0, description="ca: white-jerk spectral density (mm²/s⁵)"
     )
     init_accel_mm_s2: float = Field(
         20000.0, gt=0, description="ca: σ of the unknown acceleration at (re-)initialisation"
     )
     meas_noise_mm: float = Field(2.5, gt=0, description="σ of a triangulated point")
     max_gap_s: float = Field(0.5, gt=0, description="re-initialise after this long without data")
+    reinit_after_s: float | None = Field(
+        0.03, ge=0, description="re-initialise when the measurement (kf: the triangulated "
+        "point; ekf: the triangulation's views, which agree among themselves) disagreed with the "
+        "track this long; null: only after max_gap_s"
+    )
     gate_sigma: float = Field(6.0, gt=0, description="reject measurements beyond this many σ")
     init_speed_mm_s: float = Field(
         1000.0, gt=0, description="σ of the unknown velocity when a keypoint is (re-)initialised"
     )
     measurement_variance: Literal["fixed", "triangulation"] = Field(
-        "fixed",
+        "triangulation",
         description="R per axis: 'fixed' = meas_noise_mm²; 'triangulation' = the triangulation's "
         "own variance estimate (geometry, views used, reprojection error)",
     )
@@ -116,11 +249,11 @@ class EKFConfig(_Model):
         5.0, gt=0, description="drop a view whose innovation exceeds this Mahalanobis distance"
     )
     inflate_sigma: float = Field(
-        3.0, gt=0, description="inflate a view's variance by (d / inflate_sigma)² beyond this"
+        4.0, gt=0, description="inflate a view's variance by (d / inflate_sigma)² beyond this"
     )
-    reinit_after_s: float = Field(
-        0.05, ge=0, description="re-initialise from the triangulation when every view was "
-        "gated this long while the triangulation is valid"
+    consensus_after_s: float = Field(
+        0.02, ge=0, description="when the triangulation (views that agree among themselves) "
+        "disagrees with the track this long, update with its views instead of gating them"
     )
 
 
@@ -169,10 +302,47 @@ class TransportConfig(_Model):
 
 
 class RecordingConfig(_Model):
-    """Session recording (see docs)."""
+    """Session recording (see docs/recording.md).
 
-    enabled: bool = False
+    ``codec``: ``ffv1`` (bit-exact lossless, default), ``h264`` (libx264; ``crf`` and
+    ``preset``, or ``lossless: true`` for ``qp 0``), ``h264_nvenc``/``hevc_nvenc`` (NVIDIA
+    GPU) or ``raw`` (frames dumped as they are, for the highest rates).
+    """
+
+    enabled: bool = Field(False, description="record from pulse 0 (livepose run --record)")
     dir: Path = Path("sessions")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]+$", description="session name; default: config name"
+    )
+    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw"] = "ffv1"
+    crf: int = Field(18, ge=0, le=51, description="h264: constant rate factor")
+    preset: str = Field("ultrafast", description="h264: x264 preset (nvenc: p1…p7)")
+    lossless: bool = Field(False, description="h264: qp 0 (lossless), ignores crf")
+    threads: int = Field(2, ge=1, le=16, description="encoder threads per camera")
+    keyframe_s: float = Field(0.5, gt=0, le=10, description="keyframe interval (crash safety)")
+    queue_s: float = Field(2.0, gt=0, le=60, description="writer queue bound, seconds of frames")
+    checksum: Literal["xxh3", "crc32", "none"] = "xxh3"
+    predictions: bool = Field(True, description="write 2D/3D predictions (recorder process)")
+
+
+class DashboardConfig(_Model):
+    """The web dashboard (see docs/dashboard.md). It binds to loopback unless ``host`` says
+    otherwise, and then a ``token`` is required (clients pass ``?token=…`` or
+    ``Authorization: Bearer …``)."""
+
+    enabled: bool = Field(True, description="start it with `livepose run`/`demo`")
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535, description="0: any free port")
+    token: str | None = Field(None, min_length=8, description="required off loopback")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> DashboardConfig:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(
+                f"dashboard.host {self.host!r} is not loopback: set dashboard.token "
+                "(at least 8 characters) or bind to 127.0.0.1"
+            )
+        return self
 
 
 class LimitsConfig(_Model):
@@ -196,6 +366,7 @@ class Config(_Model):
     transport: TransportConfig = TransportConfig()
     recording: RecordingConfig = RecordingConfig()
     limits: LimitsConfig = LimitsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     desync_tolerance_ms: float = Field(2.0, gt=0)
 
     @model_validator(mode="after")

@@ -182,19 +182,25 @@ def run_pipeline(
     console: Console | None = None,
     log_level: int = logging.WARNING,
     pulses: int | None = None,
+    dashboard: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` until ``duration_s``, ``pulses`` trigger pulses or Ctrl-C.
 
+    ``dashboard`` also runs the web dashboard (``cfg.dashboard``; the CLI's default).
     Returns the summary (see :func:`summarize`).
     """
     console = console or Console(stderr=True)
-    with _Stop() as stop, Supervisor(cfg, log_level=log_level, trigger_count=pulses) as sup:
+    with _Stop() as stop, Supervisor(
+        cfg, log_level=log_level, trigger_count=pulses, dashboard=dashboard
+    ) as sup:
         console.print(
             f"[bold]livepose[/bold] starting {len(cfg.cameras)} cameras, "
             f"{cfg.model.workers} inference worker(s), fusion …"
         )
         t_start = time.monotonic()
         sup.launch()
+        if sup.dashboard_url:
+            console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
         mon = Monitor(sup.endpoints, sup.zctx)  # subscribed before pulse 0
         sup.start_trigger()
         console.print(
@@ -230,6 +236,11 @@ def run_pipeline(
             mon.close()
         summary = summarize(cfg, sup, mon, elapsed)
     print_summary(console, summary)
+    if sup.recording.last is not None:  # recording: where the session went, how it closed
+        rec = sup.recording.last
+        summary["session"] = {k: rec.get(k) for k in ("path", "state", "reason", "frames")}
+        console.print(f"session {rec['path']}: {rec['state']}"
+                      + (f" ({rec['reason']})" if rec.get("reason") else ""))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))

@@ -28,6 +28,7 @@ from livepose import protocol
 from livepose.config import Config, to_dict
 from livepose.errors import UserError
 from livepose.process import child_entry, load_target
+from livepose.recording import Recording
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ INFER_PREFLIGHT = "livepose.inference.worker:preflight"
 CAMERA = "livepose.acquisition.camera:main"
 TRIGGER = "livepose.acquisition.trigger:main"
 PREPARE = "livepose.acquisition.prepare:prepare_run"
+RECORDER = "livepose.recorder_proc:main"
+DASHBOARD = "livepose.dashboard.process:main"
 
 
 class ProcessDied(RuntimeError):
@@ -56,13 +59,34 @@ class ProcSpec:
     name: str
     target: str
     args: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False  # its death is logged and the run goes on (the dashboard)
 
 
-def plan(cfg: Config, calibration: str, trigger_count: int | None = None) -> list[ProcSpec]:
-    """The processes of a run, in start order (trigger last)."""
+def plan(
+    cfg: Config,
+    calibration: str,
+    trigger_count: int | None = None,
+    record: dict[str, Any] | None = None,
+    keypoints: list[str] | None = None,
+    dashboard: dict[str, Any] | None = None,
+) -> list[ProcSpec]:
+    """The processes of a run, in start order (trigger last).
+
+    ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
+    launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
+    ``dashboard`` (``{"host", "port"}``) adds the web dashboard, a consumer only whose death
+    does not stop the run (see docs/dashboard.md).
+    """
     specs = [ProcSpec("fusion", FUSION, {"calibration": calibration})]
     specs += [ProcSpec(f"infer{k}", INFER, {"worker": k}) for k in range(cfg.model.workers)]
-    specs += [ProcSpec(c.name, CAMERA, {"camera": i}) for i, c in enumerate(cfg.cameras)]
+    if keypoints is not None and cfg.recording.predictions:
+        specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record}))
+    if dashboard is not None:
+        args = {"calibration": calibration, **dashboard}
+        specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
+    specs += [
+        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}) for i, c in enumerate(cfg.cameras)
+    ]
     specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}))
     return specs
 
@@ -81,6 +105,9 @@ class Supervisor:
         Stop the trigger after this many pulses (``None``: until stopped).
     log_level
         Logging level inside the stage processes.
+    dashboard
+        Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
+        after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
     """
 
     def __init__(
@@ -89,6 +116,7 @@ class Supervisor:
         run_dir: Path | None = None,
         trigger_count: int | None = None,
         log_level: int = logging.WARNING,
+        dashboard: bool = False,
     ) -> None:
         self.cfg = cfg
         self._own_dir = run_dir is None
@@ -106,6 +134,11 @@ class Supervisor:
         self.calibration = ""
         self._stopping = False
         self._specs: list[ProcSpec] = []
+        self.recording = Recording(self)
+        self.dashboard = dashboard
+        self.dashboard_url: str | None = None
+        self._dash_args: dict[str, Any] | None = None
+        self._health_relay: zmq.Socket[Any] | None = None
 
     # ------------------------------------------------------------------ start
     def preflight(self) -> None:
@@ -113,6 +146,11 @@ class Supervisor:
         facts = load_target(PREPARE)(self.cfg, self.run_dir)
         self.calibration = facts["calibration"]
         load_target(INFER_PREFLIGHT)(self.cfg)
+        if self.dashboard:
+            self._dash_args = dashboard_address(self.cfg)
+            host = self._dash_args["host"]
+            self.dashboard_url = f"http://{'[' + host + ']' if ':' in host else host}:" \
+                f"{self._dash_args['port']}/"
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """:meth:`launch` then :meth:`start_trigger`."""
@@ -132,7 +170,13 @@ class Supervisor:
         self._health_sub.setsockopt(zmq.RCVHWM, 100_000)
         self._health_sub.setsockopt(zmq.SUBSCRIBE, b"health/")
         self._health_sub.bind(self.endpoints["health"])
-        self._specs = plan(self.cfg, self.calibration, self.trigger_count)
+        record = self.recording.bind()  # record/control sockets; the launch session
+        if self._dash_args is not None:
+            self._bind_health_relay()
+        self._specs = plan(
+            self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
+            self._dash_args,
+        )
         for spec in self._specs[:-1]:
             self._spawn(spec)
         self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
@@ -173,7 +217,8 @@ class Supervisor:
                     and order.index(h.state) >= order.index(state)
                 )
 
-            missing = [n for n in names if not reached(n)]
+            gone = {n for n in self.exited if n in self._optional()}  # optional, died
+            missing = [n for n in names if not reached(n) and n not in gone]
             if not missing:
                 return
             if time.monotonic() > deadline:
@@ -193,6 +238,11 @@ class Supervisor:
                 msg = self._decoder.decode(parts)
                 if isinstance(msg, protocol.Health):
                     self.health[msg.proc] = msg
+                    self.recording.on_health(msg)
+                    if self._health_relay is not None:
+                        with contextlib.suppress(zmq.Again):
+                            self._health_relay.send_multipart(parts, zmq.NOBLOCK)
+        self.recording.poll()
         self._check_children()
 
     def _check_children(self) -> None:
@@ -204,9 +254,27 @@ class Supervisor:
                 continue
             p.join(0)
             self.exited[n] = p.exitcode
-            if not self._stopping:
+            if not self._stopping and n in self._optional():
+                log.error("%s exited with code %s; the run goes on without it", n, p.exitcode)
+            elif not self._stopping:
                 h = self.health.get(n)
+                self.recording.on_died(n, p.exitcode, h.last_error if h else None)
                 raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def _optional(self) -> set[str]:
+        return {s.name for s in self._specs if s.optional}
+
+    def _bind_health_relay(self) -> None:
+        """A PUB re-publishing every health message (for the dashboard, which cannot bind
+        ``health``: the supervisor does). Drops at its high-water mark, never blocks."""
+        s = self.zctx.socket(zmq.PUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        t = self.cfg.transport
+        ep = f"ipc://{self.run_dir / 'health-relay'}.sock" if t.kind == "ipc" else f"tcp://{t.host}:*"
+        s.bind(ep)
+        self.endpoints["health/relay"] = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._health_relay = s
 
     def counters(self, proc: str) -> dict[str, int]:
         """Latest counters of a process (empty if none seen)."""
@@ -236,11 +304,13 @@ class Supervisor:
     def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
         """Stop every process (trigger, cameras, inference, fusion); return exit codes."""
         self._stopping = True
-        order = ["trigger"] + [c.name for c in self.cfg.cameras]
-        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion"]
+        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
+        writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
         for name in order:
             if name in self.procs:
-                self._terminate(name, timeout_s)
+                self._terminate(name, max(timeout_s, 60.0) if name in writers else timeout_s)
+        self.recording.finalize()
         return {n: self.exited.get(n) for n in self.procs}
 
     def close(self) -> None:
@@ -250,6 +320,9 @@ class Supervisor:
         finally:
             if self._health_sub is not None:
                 self._health_sub.close(0)
+            if self._health_relay is not None:
+                self._health_relay.close(0)
+            self.recording.close()
             self.zctx.term()
             if self._own_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -259,6 +332,37 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def dashboard_address(cfg: Config) -> dict[str, Any]:
+    """``{"host", "port"}`` of the dashboard; port 0 becomes a free port, and so does the
+    default port when it is taken (a port set explicitly — config or ``--port`` — is kept).
+
+    Raises
+    ------
+    UserError
+        An explicitly chosen port is taken — names it and the way out.
+    """
+    import socket
+
+    d = cfg.dashboard
+    host, port = d.host, d.port
+    explicit = "port" in d.model_fields_set and port != 0
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if explicit:
+                raise UserError(
+                    f"dashboard: cannot listen on {host}:{port} ({exc.strerror}; another "
+                    "livepose running?); use --port N, or --no-dashboard"
+                ) from None
+            log.warning("dashboard: port %d is taken (%s); using a free port", port, exc.strerror)
+            s.bind((host, 0))
+        port = s.getsockname()[1]
+    return {"host": host, "port": port}
 
 
 def check_config_runnable(cfg: Config) -> None:

@@ -44,15 +44,22 @@ def _random_camera(rng: np.random.Generator, sim: SimConfig) -> CameraModel:
     dist = [k1, float(rng.uniform(0.0, 0.06)), *rng.normal(0, 6e-4, 2).tolist(), 0.0]
     target = np.array([*rng.normal(0.0, 20.0, 2), rng.uniform(0.0, 40.0)])
     return make_camera(
-        "rand", (w, h), float(rng.uniform(0, 360)), float(rng.uniform(28, 75)),
-        float(rng.uniform(420, 680)), float(w * rng.uniform(0.78, 1.15)), dist,
-        (float(rng.uniform(-8, 8)), float(rng.uniform(-8, 8))), target,
+        "rand",
+        (w, h),
+        float(rng.uniform(0, 360)),
+        float(rng.uniform(28, 75)),
+        float(rng.uniform(420, 680)),
+        float(w * rng.uniform(0.78, 1.15)),
+        dist,
+        (float(rng.uniform(-8, 8)), float(rng.uniform(-8, 8))),
+        target,
         float(rng.normal(0, 3)),
     )
 
 
-def _crop(img: np.ndarray, uv: np.ndarray, size: int, rng: np.random.Generator
-          ) -> tuple[np.ndarray, np.ndarray]:
+def _crop(
+    img: np.ndarray, uv: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` square crop holding the keypoints (random placement), clipped to the image."""
     h, w = img.shape
     lo, hi = np.nanmin(uv, 0), np.nanmax(uv, 0)
@@ -64,11 +71,12 @@ def _crop(img: np.ndarray, uv: np.ndarray, size: int, rng: np.random.Generator
         x0, y0 = lo - 4 - rng.random(2) * slack
     x0 = int(np.clip(np.round(x0), 0, w - size))
     y0 = int(np.clip(np.round(y0), 0, h - size))
-    return img[y0:y0 + size, x0:x0 + size], (uv - [x0, y0]).astype(np.float32)
+    return img[y0 : y0 + size, x0 : x0 + size], (uv - [x0, y0]).astype(np.float32)
 
 
-def render_training_set(n: int, seed: int, size: int, frames_per_scene: int = 120
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def render_training_set(
+    n: int, seed: int, size: int, frames_per_scene: int = 120
+) -> tuple[np.ndarray, np.ndarray]:
     """Render ``n`` crops ``(n, size, size)`` uint8 and labels ``(n, J, 2)`` (crop pixels).
 
     Half the scenes use the default rig's cameras, half a random camera, random arena size,
@@ -86,17 +94,21 @@ def render_training_set(n: int, seed: int, size: int, frames_per_scene: int = 12
         if rng.random() < 0.5:
             cams, rends, r_arena = list(rig.cameras), default_renderers, radius
         else:
-            sim = SimConfig(seed=int(rng.integers(1 << 30)),
-                            noise_std=float(rng.uniform(0.5, 4.0)),
-                            arena_diameter_mm=float(rng.uniform(320, 480)))
+            sim = SimConfig(
+                seed=int(rng.integers(1 << 30)),
+                noise_std=float(rng.uniform(0.5, 4.0)),
+                arena_diameter_mm=float(rng.uniform(320, 480)),
+            )
             r_arena = arena_of(sim).radius_mm
             cam = _random_camera(rng, sim)
             light = np.array([*rng.normal(0, 0.35, 2), 1.0])
             cams = [cam]
-            rends = [SimRenderer(cam, sim, r_arena, light_dir=light,
-                                 floor_albedo=float(rng.uniform(0.5, 0.9)))]
-        animal = Rodent(int(rng.integers(1, 1 << 30)), r_arena,
-                        float(rng.uniform(60, 200)))
+            rends = [
+                SimRenderer(
+                    cam, sim, r_arena, light_dir=light, floor_albedo=float(rng.uniform(0.5, 0.9))
+                )
+            ]
+        animal = Rodent(int(rng.integers(1, 1 << 30)), r_arena, float(rng.uniform(60, 200)))
         t_max = float(rng.uniform(100, 1000))
         for _ in range(min(frames_per_scene, n - i)):
             t = float(rng.uniform(0, t_max))
@@ -138,16 +150,20 @@ def render_heldout(n: int, seed: int) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- model
 
 
-def build_model(n_keypoints: int, widths: tuple[int, int, int, int] = (16, 20, 40, 64),
-                head: int = 24):  # type: ignore[no-untyped-def]
+def build_model(
+    n_keypoints: int, widths: tuple[int, int, int, int] = (16, 20, 40, 64), head: int = 24
+):  # type: ignore[no-untyped-def]
     """The heatmap CNN: stride-2 stem, stride-4/8/16 stages (dilated at 16 for a receptive
     field over the whole animal), top-down merge back to stride 4, 1×1 head."""
     import torch
     from torch import nn
 
     def cbr(i: int, o: int, s: int = 1, d: int = 1) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(i, o, 3, s, d, dilation=d, bias=False),
-                             nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(i, o, 3, s, d, dilation=d, bias=False),
+            nn.BatchNorm2d(o),
+            nn.ReLU(inplace=True),
+        )
 
     c1, c2, c3, c4 = widths
 
@@ -187,8 +203,17 @@ def targets(kp, h: int, w: int):  # type: ignore[no-untyped-def]
     return torch.exp(-(dx + dy) / (2 * SIGMA_PX**2))
 
 
-def train(imgs: np.ndarray, kps: np.ndarray, mean: float, std: float, epochs: float,
-          seed: int, batch: int = 32, lr: float = 3e-3, log: Path | None = None):  # type: ignore[no-untyped-def]
+def train(
+    imgs: np.ndarray,
+    kps: np.ndarray,
+    mean: float,
+    std: float,
+    epochs: float,
+    seed: int,
+    batch: int = 32,
+    lr: float = 3e-3,
+    log: Path | None = None,
+):  # type: ignore[no-untyped-def]
     """Train on crops with brightness/contrast/noise augmentation; returns the model."""
     import torch
 
@@ -198,8 +223,9 @@ def train(imgs: np.ndarray, kps: np.ndarray, mean: float, std: float, epochs: fl
     n = len(imgs)
     steps = int(epochs * n / batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=0.05, final_div_factor=200)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=steps, pct_start=0.05, final_div_factor=200
+    )
     size = imgs.shape[1]
     hh = ww = size // STRIDE
     t0 = time.time()
@@ -211,7 +237,7 @@ def train(imgs: np.ndarray, kps: np.ndarray, mean: float, std: float, epochs: fl
         if j + batch > n:
             order = rng.permutation(n)
             j = 0
-        idx = np.sort(order[j:j + batch])
+        idx = np.sort(order[j : j + batch])
         x = torch.from_numpy(imgs[idx]).float()[:, None] / 255.0
         gain = torch.from_numpy(rng.uniform(0.7, 1.3, (batch, 1, 1, 1))).float()
         bias = torch.from_numpy(rng.uniform(-0.08, 0.08, (batch, 1, 1, 1))).float()
@@ -225,13 +251,15 @@ def train(imgs: np.ndarray, kps: np.ndarray, mean: float, std: float, epochs: fl
         loss.backward()
         opt.step()
         sched.step()
-        run = 0.98 * run + 0.02 * float(loss) if step else float(loss)
+        run = 0.98 * run + 0.02 * float(loss.detach()) if step else float(loss.detach())
         if step % 200 == 0 or step == steps - 1:
-            msg = f"step {step}/{steps} loss {run:.5f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s"
+            lr_now = sched.get_last_lr()[0]
+            msg = f"step {step}/{steps} loss {run:.5f} lr {lr_now:.2e} {time.time() - t0:.0f}s"
             print(msg, flush=True)
             if log is not None:
                 with log.open("a") as fh:
                     fh.write(msg + "\n")
+                torch.save(model.state_dict(), log.parent / "checkpoint.pt")
     model.eval()
     return model
 
@@ -254,9 +282,16 @@ def export_onnx(model, path: Path, width: int, height: int) -> None:  # type: ig
     wrapped = Clamped(model).eval()
     x = torch.zeros(2, 1, height, width)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(wrapped, (x,), str(path), input_names=["image"], output_names=["heatmaps"],
-                      dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        wrapped,
+        (x,),
+        str(path),
+        input_names=["image"],
+        output_names=["heatmaps"],
+        dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -285,8 +320,9 @@ def triangulate(cams: list[CameraModel], uvc: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate(onnx_path: Path, held: dict[str, np.ndarray], mean: float, std: float
-             ) -> dict[str, object]:
+def evaluate(
+    onnx_path: Path, held: dict[str, np.ndarray], mean: float, std: float
+) -> dict[str, object]:
     """2D errors (px) per keypoint and overall, PCK@5px, 3D errors (mm) over the 4 views."""
     from livepose.inference.decode import decode_heatmaps
 
@@ -300,26 +336,32 @@ def evaluate(onnx_path: Path, held: dict[str, np.ndarray], mean: float, std: flo
         pred[i] = decode_heatmaps(hm, STRIDE, OFFSET)
     err = np.linalg.norm(pred[..., :2] - uv, axis=-1)  # (n, C, J)
     rig = make_rig(SimConfig(), NAMES)
-    e3 = np.stack([np.linalg.norm(triangulate(rig.cameras, pred[i]) - xyz[i], axis=-1)
-                   for i in range(n)])
+    e3 = np.stack(
+        [np.linalg.norm(triangulate(rig.cameras, pred[i]) - xyz[i], axis=-1) for i in range(n)]
+    )
     per_kp = {k: round(float(np.median(err[:, :, j])), 3) for j, k in enumerate(KEYPOINTS)}
-    per_kp95 = {k: round(float(np.percentile(err[:, :, j], 95)), 3) for j, k in enumerate(KEYPOINTS)}
+    per_kp95 = {
+        k: round(float(np.percentile(err[:, :, j], 95)), 3) for j, k in enumerate(KEYPOINTS)
+    }
     per_kp3 = {k: round(float(np.median(e3[:, j])), 3) for j, k in enumerate(KEYPOINTS)}
     return {
-        "frames": int(n), "views": int(n * c),
+        "frames": int(n),
+        "views": int(n * c),
         "median_px": round(float(np.median(err)), 3),
         "p95_px": round(float(np.percentile(err, 95)), 3),
         "pck5": round(float(np.mean(err < 5.0)), 4),
         "median_conf": round(float(np.median(pred[..., 2])), 3),
-        "per_keypoint_median_px": per_kp, "per_keypoint_p95_px": per_kp95,
+        "per_keypoint_median_px": per_kp,
+        "per_keypoint_p95_px": per_kp95,
         "median_3d_mm": round(float(np.median(e3)), 3),
         "p95_3d_mm": round(float(np.percentile(e3, 95)), 3),
         "per_keypoint_median_3d_mm": per_kp3,
     }
 
 
-def time_inference(onnx_path: Path, width: int, height: int, batch: int = 4,
-                   runs: int = 200) -> float:
+def time_inference(
+    onnx_path: Path, width: int, height: int, batch: int = 4, runs: int = 200
+) -> float:
     """Median ONNX Runtime (CPU, 2 threads) latency in ms for one batch."""
     sess = _session(onnx_path)
     x = np.random.default_rng(0).standard_normal((batch, 1, height, width)).astype(np.float32)
@@ -363,13 +405,17 @@ def write_manifest(path: Path, mean: float, std: float, info: dict[str, object])
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--samples", type=int, default=60000, help="training crops")
-    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=400, help="held-out frame-sets (4 views)")
     ap.add_argument("--out", type=Path, default=ROOT / "inference/models/default")
-    ap.add_argument("--cache", type=Path, default=ROOT / "build/train_default_model",
-                    help="rendered data cache folder")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "build/train_default_model",
+        help="rendered data cache folder",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -413,11 +459,20 @@ def main(argv: list[str] | None = None) -> None:
     res["onnx_bytes"] = onnx_path.stat().st_size
     print(json.dumps(res, indent=1), flush=True)
     (args.cache / "eval.json").write_text(json.dumps(res, indent=1))
-    write_manifest(args.out / "manifest.yaml", mean, std, {
-        "script": "scripts/train_default_model.py", "samples": args.samples,
-        "epochs": args.epochs, "seed": args.seed, "heldout_median_px": res["median_px"],
-        "heldout_p95_px": res["p95_px"], "heldout_pck5": res["pck5"],
-    })
+    write_manifest(
+        args.out / "manifest.yaml",
+        mean,
+        std,
+        {
+            "script": "scripts/train_default_model.py",
+            "samples": args.samples,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "heldout_median_px": res["median_px"],
+            "heldout_p95_px": res["p95_px"],
+            "heldout_pck5": res["pck5"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ The animal is a set of spheres (body chain, tapered head, ears, eyes, legs, paws
 whose centres include the keypoints. Everything is a deterministic function of time, with
 random access (any ``t >= 0``):
 
-- the head runs along a smooth closed 2D curve (a random Fourier series squashed into the
-  arena) at a speed that varies smoothly around ``speed_mm_s`` with occasional pauses; the
-  speed profile is periodic (:data:`PERIOD_S`), so the arc length travelled is a table
-  lookup;
+- the head runs along a smooth closed 2D curve (laps around the arena in polar form: the
+  angle always advances, so there are no cusps, while the radius wanders between the centre
+  region and the wall; corners rounded) at a speed that varies smoothly around
+  ``speed_mm_s`` with occasional pauses; the speed profile is periodic (:data:`PERIOD_S`), so
+  the arc length travelled is a table lookup;
 - spine and tail points follow the curve *behind* the head by fixed arc lengths, so the body
   bends naturally in turns and the tail drags along the path;
 - the head yaws (sniffing) and pitches with slow noise; now and then, while slow, the animal
@@ -23,40 +24,62 @@ from __future__ import annotations
 import numpy as np
 
 KEYPOINTS: list[str] = [
-    "snout", "left_ear", "right_ear", "head", "neck", "spine_mid", "hip", "tail_base",
-    "tail_mid", "tail_tip", "left_forepaw", "right_forepaw", "left_hindpaw", "right_hindpaw",
+    "snout",
+    "left_ear",
+    "right_ear",
+    "head",
+    "neck",
+    "spine_mid",
+    "hip",
+    "tail_base",
+    "tail_mid",
+    "tail_tip",
+    "left_forepaw",
+    "right_forepaw",
+    "left_hindpaw",
+    "right_hindpaw",
 ]
 """Keypoint names, in the order of :meth:`Rodent.keypoints` rows."""
 
 SKELETON: list[tuple[str, str]] = [
-    ("snout", "head"), ("head", "left_ear"), ("head", "right_ear"), ("head", "neck"),
-    ("neck", "spine_mid"), ("spine_mid", "hip"), ("hip", "tail_base"),
-    ("tail_base", "tail_mid"), ("tail_mid", "tail_tip"),
-    ("neck", "left_forepaw"), ("neck", "right_forepaw"),
-    ("hip", "left_hindpaw"), ("hip", "right_hindpaw"),
+    ("snout", "head"),
+    ("head", "left_ear"),
+    ("head", "right_ear"),
+    ("head", "neck"),
+    ("neck", "spine_mid"),
+    ("spine_mid", "hip"),
+    ("hip", "tail_base"),
+    ("tail_base", "tail_mid"),
+    ("tail_mid", "tail_tip"),
+    ("neck", "left_forepaw"),
+    ("neck", "right_forepaw"),
+    ("hip", "left_hindpaw"),
+    ("hip", "right_hindpaw"),
 ]
 """Edges between keypoints, for drawing."""
 
 PERIOD_S = 120.0
 """Period of the speed and posture noise, seconds."""
 
-_DT = 0.005            # time grid of the speed integral, s
-_NCURVE = 16384        # samples of the closed path curve
-_MARGIN_MM = 32.0      # path stays this far inside the wall
-_TURN_SMOOTH_MM = 8.0   # smoothing of the path: tightest turns ~ this radius
-_STRIDE_MM = 30.0      # trot stride length
-_DUTY = 0.6            # stance fraction of a stride
-_LIFT_MM = 5.0         # paw lift at mid-swing
+_DT = 0.005  # time grid of the speed integral, s
+_NCURVE = 16384  # samples of the closed path curve
+_MARGIN_MM = 32.0  # path stays this far inside the wall
+_TURN_SMOOTH_MM = 8.0  # smoothing of the path: tightest turns ~ this radius
+_STRIDE_MM = 30.0  # trot stride length
+_DUTY = 0.6  # stance fraction of a stride
+_LIFT_MM = 5.0  # paw lift at mid-swing
 
 # spine spheres: (arc lag behind the head reference, radius, height of centre)
-_SPINE = np.array([
-    [22.0, 10.0, 15.0],   # neck
-    [36.0, 12.0, 14.0],   # chest
-    [50.0, 13.0, 14.5],   # spine_mid
-    [63.0, 12.5, 14.0],   # hip
-    [75.0, 10.5, 12.0],   # rump
-    [85.0, 6.5, 8.0],     # tail root
-])
+_SPINE = np.array(
+    [
+        [22.0, 10.0, 15.0],  # neck
+        [36.0, 12.0, 14.0],  # chest
+        [50.0, 13.0, 14.5],  # spine_mid
+        [63.0, 12.5, 14.0],  # hip
+        [75.0, 10.5, 12.0],  # rump
+        [85.0, 6.5, 8.0],  # tail root
+    ]
+)
 _TAIL_BASE_LAG = 92.0
 _TAIL_LEN = 80.0
 _NTAIL = 27
@@ -133,9 +156,15 @@ class Rodent:
         kp = np.arange(1, 3 * laps + 1, dtype=float)
         ap = rng.standard_normal(len(kp)) / kp
         ap *= 0.75 * laps / np.sum(np.abs(ap) * kp)  # keeps dφ/du ≥ 0.25 × its mean
-        phi = 2 * np.pi * (laps * u + (np.sin(2 * np.pi * np.outer(u, kp)
-                                              + rng.uniform(0, 2 * np.pi, len(kp))) @ ap)
-                           / (2 * np.pi))
+        phi = (
+            2
+            * np.pi
+            * (
+                laps * u
+                + (np.sin(2 * np.pi * np.outer(u, kp) + rng.uniform(0, 2 * np.pi, len(kp))) @ ap)
+                / (2 * np.pi)
+            )
+        )
         phi *= 1.0 if rng.random() < 0.5 else -1.0
         kr = np.arange(1, 4 * laps + 1, dtype=float)
         ar = rng.standard_normal(len(kr)) / kr**0.8
@@ -244,8 +273,12 @@ class Rodent:
         side = np.array([-hy, hx, 0.0])
         up = np.cross(axis, side)
         neck = spine[0]
-        head_pts = [(7.0, 8.5, ALBEDO_HEAD, "head"), (14.0, 6.8, ALBEDO_HEAD, None),
-                    (20.0, 4.8, ALBEDO_HEAD, None), (25.0, 2.8, ALBEDO_NOSE, "snout")]
+        head_pts = [
+            (7.0, 8.5, ALBEDO_HEAD, "head"),
+            (14.0, 6.8, ALBEDO_HEAD, None),
+            (20.0, 4.8, ALBEDO_HEAD, None),
+            (25.0, 2.8, ALBEDO_NOSE, "snout"),
+        ]
         for dist, r, a, nm in head_pts:
             add(neck + dist * axis, r, a, nm)
         hc = neck + 7.0 * axis
@@ -260,8 +293,11 @@ class Rodent:
         for i in range(len(_SPINE)):
             add(spine[i], float(_SPINE[i, 1]), ALBEDO_BODY, spine_names[i])
         for i in range(len(_SPINE) - 1):  # in-between spheres smooth the silhouette
-            add(0.5 * (spine[i] + spine[i + 1]), 0.5 * float(_SPINE[i, 1] + _SPINE[i + 1, 1]),
-                ALBEDO_BODY)
+            add(
+                0.5 * (spine[i] + spine[i + 1]),
+                0.5 * float(_SPINE[i, 1] + _SPINE[i + 1, 1]),
+                ALBEDO_BODY,
+            )
         # legs: joints, a mid sphere and the trotting paws
         for lat, lag, off, jlag, jlat, nm in (
             (+11.0, 30.0, 0.0, 34.0, 6.0, "left_forepaw"),
@@ -286,7 +322,9 @@ class Rodent:
         tl = np.linspace(0.0, _TAIL_LEN, _NTAIL)
         pt, dt = self._path(s - _TAIL_BASE_LAG - tl)
         f = tl / _TAIL_LEN
-        wave = 7.0 * f**1.5 * np.sin(2 * np.pi * (1.2 * f - 0.7 * t) + 3 * _noise(self._tail_bank, t))
+        wave = (
+            7.0 * f**1.5 * np.sin(2 * np.pi * (1.2 * f - 0.7 * t) + 3 * _noise(self._tail_bank, t))
+        )
         rad = 3.6 - 2.0 * f
         z = rad + (5.0 - 1.0) * (1.0 - f) ** 2
         for i in range(_NTAIL):

@@ -23,8 +23,9 @@ _NOISE_FIELDS = 8
 
 
 @nb.njit(cache=True, nogil=True)
-def _project_one(c: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray,
-                 dist: np.ndarray, fisheye: bool) -> tuple[float, float, float]:
+def _project_one(
+    c: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: bool
+) -> tuple[float, float, float]:
     X = R[0, 0] * c[0] + R[0, 1] * c[1] + R[0, 2] * c[2] + t[0]
     Y = R[1, 0] * c[0] + R[1, 1] * c[1] + R[1, 2] * c[2] + t[1]
     Z = R[2, 0] * c[0] + R[2, 1] * c[1] + R[2, 2] * c[2] + t[2]
@@ -35,12 +36,31 @@ def _project_one(c: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray,
 
 
 @nb.njit(cache=True, nogil=True)
-def _render_nb(spheres: np.ndarray, albedo: np.ndarray, origin: np.ndarray, rays: np.ndarray,
-               bg: np.ndarray, vign: np.ndarray, floor_xy: np.ndarray, wall_t: np.ndarray,
-               wall_a: np.ndarray, wall_c: float, light: np.ndarray, spot: np.ndarray,
-               R: np.ndarray, t: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: bool,
-               noise: np.ndarray, shift: int, depth: np.ndarray, shade: np.ndarray,
-               shadow: np.ndarray, out: np.ndarray) -> None:
+def _render_nb(
+    spheres: np.ndarray,
+    albedo: np.ndarray,
+    origin: np.ndarray,
+    rays: np.ndarray,
+    bg: np.ndarray,
+    vign: np.ndarray,
+    floor_xy: np.ndarray,
+    wall_t: np.ndarray,
+    wall_a: np.ndarray,
+    wall_c: float,
+    light: np.ndarray,
+    spot: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    K: np.ndarray,
+    dist: np.ndarray,
+    fisheye: bool,
+    noise: np.ndarray,
+    shift: int,
+    depth: np.ndarray,
+    shade: np.ndarray,
+    shadow: np.ndarray,
+    out: np.ndarray,
+) -> None:
     h, w = bg.shape
     f = max(K[0, 0], K[1, 1])
     x0, y0, x1, y1 = w, h, -1, -1
@@ -147,7 +167,9 @@ def _render_nb(spheres: np.ndarray, albedo: np.ndarray, origin: np.ndarray, rays
             out[yy, xx] = np.uint8(min(255.0, max(0.0, q)))
 
 
-def _value_noise(rng: np.random.Generator, xy: np.ndarray, cell: float, extent: float) -> np.ndarray:
+def _value_noise(
+    rng: np.random.Generator, xy: np.ndarray, cell: float, extent: float
+) -> np.ndarray:
     """Smooth value noise (bilinear on a random lattice of ``cell`` mm) at points ``(..., 2)``."""
     n = int(np.ceil(2 * extent / cell)) + 3
     g = rng.standard_normal((n, n))
@@ -157,8 +179,9 @@ def _value_noise(rng: np.random.Generator, xy: np.ndarray, cell: float, extent: 
     fr = fr * fr * (3 - 2 * fr)
     i0, j0 = i[..., 0], i[..., 1]
     fx, fy = fr[..., 0], fr[..., 1]
-    return ((g[i0, j0] * (1 - fx) + g[i0 + 1, j0] * fx) * (1 - fy)
-            + (g[i0, j0 + 1] * (1 - fx) + g[i0 + 1, j0 + 1] * fx) * fy)
+    return (g[i0, j0] * (1 - fx) + g[i0 + 1, j0] * fx) * (1 - fy) + (
+        g[i0, j0 + 1] * (1 - fx) + g[i0 + 1, j0 + 1] * fx
+    ) * fy
 
 
 class SimRenderer:
@@ -181,9 +204,15 @@ class SimRenderer:
         Seed of the floor texture and noise fields (default: ``sim.seed``).
     """
 
-    def __init__(self, camera: CameraModel, sim: SimConfig, arena_radius_mm: float,
-                 light_dir: np.ndarray | None = None, floor_albedo: float = 0.74,
-                 texture_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        camera: CameraModel,
+        sim: SimConfig,
+        arena_radius_mm: float,
+        light_dir: np.ndarray | None = None,
+        floor_albedo: float = 0.74,
+        texture_seed: int | None = None,
+    ) -> None:
         self.camera = camera
         w, h = camera.size
         self.size = (w, h)
@@ -197,7 +226,8 @@ class SimRenderer:
         self.rays = np.ascontiguousarray(rays, dtype=np.float64)
         self._rng_texture = rng
         self.bg, self.floor_xy, self.wall_t, self.wall_a = self._background(
-            float(arena_radius_mm), floor_albedo)
+            float(arena_radius_mm), floor_albedo
+        )
         u, v = np.meshgrid(np.arange(w) - (w - 1) / 2, np.arange(h) - (h - 1) / 2)
         rr = (u**2 + v**2) / ((w / 2) ** 2 + (h / 2) ** 2)
         self.vign = np.ascontiguousarray(1.0 - 0.32 * rr, dtype=np.float64)
@@ -205,13 +235,15 @@ class SimRenderer:
         self.wall_c = 0.85
         nrng = np.random.default_rng([seed, 99])
         self.noise = np.ascontiguousarray(
-            nrng.standard_normal((_NOISE_FIELDS, h, w)) * float(sim.noise_std), dtype=np.float64)
+            nrng.standard_normal((_NOISE_FIELDS, h, w)) * float(sim.noise_std), dtype=np.float64
+        )
         self._depth = np.empty((h, w))
         self._shade = np.empty((h, w))
         self._shadow = np.empty((h, w))
 
-    def _background(self, radius: float, floor_albedo: float
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _background(
+        self, radius: float, floor_albedo: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Static shading ``(H, W)``, floor hit points ``(H, W, 2)``, near-wall depth and
         opacity ``(H, W)``."""
         rng = self._rng_texture
@@ -223,19 +255,25 @@ class SimRenderer:
         rho = np.linalg.norm(pf, axis=-1)
         inside = rho <= radius
         ext = 3.0 * radius
-        tex = (0.05 * _value_noise(rng, pf, 40.0, ext) + 0.035 * _value_noise(rng, pf, 9.0, ext)
-               + 0.02 * _value_noise(rng, pf, 3.0, ext))
+        tex = (
+            0.05 * _value_noise(rng, pf, 40.0, ext)
+            + 0.035 * _value_noise(rng, pf, 9.0, ext)
+            + 0.02 * _value_noise(rng, pf, 3.0, ext)
+        )
         # bedding-like speckles and faint floor-plate seams
         speck = np.maximum(_value_noise(rng, pf, 2.2, ext) - 1.6, 0.0)
         seams = np.exp(-0.5 * (((pf[..., 0] + 0.3 * pf[..., 1]) % 100.0) - 50.0) ** 2)
         floor = floor_albedo * (1.0 + tex) - 0.25 * speck - 0.05 * seams
-        table = 0.30 * (1.0 + 0.15 * _value_noise(rng, pf, 25.0, ext)
-                        + 0.05 * _value_noise(rng, pf, 4.0, ext))
+        table = 0.30 * (
+            1.0 + 0.15 * _value_noise(rng, pf, 25.0, ext) + 0.05 * _value_noise(rng, pf, 4.0, ext)
+        )
         alb = np.where(inside, floor, table)
         # the arena wall's base leaves a dark contact line on the floor
         alb *= 1.0 - 0.35 * np.exp(-0.5 * ((rho - radius) / 1.5) ** 2)
-        sp = 1.0 / (1.0 + ((pf[..., 0] - self.spot[0]) ** 2 + (pf[..., 1] - self.spot[1]) ** 2)
-                    * self.spot[2])
+        sp = 1.0 / (
+            1.0
+            + ((pf[..., 0] - self.spot[0]) ** 2 + (pf[..., 1] - self.spot[1]) ** 2) * self.spot[2]
+        )
         bg = alb * (AMBIENT + DIFFUSE * self.light[2]) * sp
         # clear cylindrical wall: tint where a ray crosses it, bright top rim
         a = d[..., 0] ** 2 + d[..., 1] ** 2
@@ -256,8 +294,12 @@ class SimRenderer:
             if sign < 0:
                 wall_t = np.where(hit, tw, wall_t)
                 wall_a = np.where(hit, alpha, wall_a)
-        return (np.clip(bg, 0, 1), np.ascontiguousarray(pf, dtype=np.float64),
-                np.ascontiguousarray(wall_t), np.ascontiguousarray(wall_a))
+        return (
+            np.clip(bg, 0, 1),
+            np.ascontiguousarray(pf, dtype=np.float64),
+            np.ascontiguousarray(wall_t),
+            np.ascontiguousarray(wall_a),
+        )
 
     def render(self, spheres: np.ndarray, albedo: np.ndarray, frame_index: int) -> np.ndarray:
         """Render one frame.
@@ -282,12 +324,31 @@ class SimRenderer:
         self._depth.fill(np.inf)
         self._shadow.fill(1.0)
         k = int(frame_index)
-        _render_nb(np.ascontiguousarray(spheres, dtype=np.float64),
-                   np.ascontiguousarray(albedo, dtype=np.float64), self.origin, self.rays,
-                   self.bg, self.vign, self.floor_xy, self.wall_t, self.wall_a, self.wall_c,
-                   self.light, self.spot, cam.R, cam.tvec, cam.matrix, cam.dist8, cam.fisheye,
-                   self.noise[k % _NOISE_FIELDS], (k // _NOISE_FIELDS) * 37 % w,
-                   self._depth, self._shade, self._shadow, out)
+        _render_nb(
+            np.ascontiguousarray(spheres, dtype=np.float64),
+            np.ascontiguousarray(albedo, dtype=np.float64),
+            self.origin,
+            self.rays,
+            self.bg,
+            self.vign,
+            self.floor_xy,
+            self.wall_t,
+            self.wall_a,
+            self.wall_c,
+            self.light,
+            self.spot,
+            cam.R,
+            cam.tvec,
+            cam.matrix,
+            cam.dist8,
+            cam.fisheye,
+            self.noise[k % _NOISE_FIELDS],
+            (k // _NOISE_FIELDS) * 37 % w,
+            self._depth,
+            self._shade,
+            self._shadow,
+            out,
+        )
         return out
 
     @property

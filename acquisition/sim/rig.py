@@ -112,8 +112,12 @@ def make_camera(
         ]
     )
     return CameraModel(
-        name=name, size=(w, h), matrix=K, dist=np.asarray(dist, float),
-        rvec=rodrigues_inv(R), tvec=t,
+        name=name,
+        size=(w, h),
+        matrix=K,
+        dist=np.asarray(dist, float),
+        rvec=rodrigues_inv(R),
+        tvec=t,
     )
 
 
@@ -147,9 +151,14 @@ def make_rig(sim: SimConfig, names: Sequence[str]) -> CameraGroup:
         focal_i = focal * (1.0 + rng.uniform(-0.01, 0.01))
         cams.append(
             make_camera(
-                name, (sim.width, sim.height), 45.0 + i * 360.0 / n,
-                float(sim.camera_elevation_deg), float(sim.camera_distance_mm),
-                focal_i, dist, offset,
+                name,
+                (sim.width, sim.height),
+                45.0 + i * 360.0 / n,
+                float(sim.camera_elevation_deg),
+                float(sim.camera_distance_mm),
+                focal_i,
+                dist,
+                offset,
             )
         )
     return CameraGroup(cams)

@@ -78,7 +78,7 @@ class SimRecording:
         med = np.empty(e.shape[1:])
         med[..., :2] = np.median(e[..., :2], axis=0)
         med[..., 2] = np.mean(e[..., 2], axis=0)
-        var = np.var(e[..., :2], axis=0) if e.shape[0] > 1 else np.zeros(e.shape[1:-1] + (2,))
+        var = np.var(e[..., :2], axis=0) if e.shape[0] > 1 else np.zeros((*e.shape[1:-1], 2))
         return med, var
 
 
@@ -89,7 +89,7 @@ def _runs(rng: np.random.Generator, shape: tuple[int, int, int], rate: float, lo
     out = np.zeros(shape, dtype=bool)
     if rate <= 0:
         return out
-    n_runs = int(round(rate * C * T * J / ((lo + hi) / 2)))
+    n_runs = round(rate * C * T * J / ((lo + hi) / 2))
     cs = rng.integers(0, C, n_runs)
     js = rng.integers(0, J, n_runs)
     ts = rng.integers(0, T, n_runs)

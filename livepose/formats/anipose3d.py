@@ -111,7 +111,7 @@ def write_anipose3d(
     if any("," in n for n in names):
         raise ValueError("keypoint names must not contain ','")
     T, J = X.shape[:2]
-    known = np.isfinite(X).all(axis=2)
+    known = np.asarray(np.isfinite(X).all(axis=2))
     err = np.full((T, J), np.nan) if error is None else np.asarray(error, dtype=np.float64)
     nc = np.where(known, 3, 0) if ncams is None else np.asarray(ncams)
     sc = np.where(known, 1.0, 0.0) if score is None else np.asarray(score, dtype=np.float64)

@@ -1,13 +1,15 @@
 """TRC marker files (OpenSim, Pose2Sim): write and read.
 
-Tab-separated; five header lines, then one row per frame::
+Tab-separated (shown here with ``→`` for a tab); five header lines, a blank line, then one
+row per frame::
 
-    PathFileType	4	(X/Y/Z)	pose3d.trc
-    DataRate	CameraRate	NumFrames	NumMarkers	Units	OrigDataRate	OrigDataStartFrame	OrigNumFrames
-    100.00	100.00	500	12	mm	100.00	1	500
-    Frame#	Time	snout			ear			...
-    		X1	Y1	Z1	X2	Y2	Z2	...
-    1	0.000000	12.3	45.6	7.8	...
+    PathFileType→4→(X/Y/Z)→pose3d.trc
+    DataRate→CameraRate→NumFrames→NumMarkers→Units→OrigDataRate→OrigDataStartFrame→OrigNumFrames
+    100.00→100.00→500→12→mm→100.00→1→500
+    Frame#→Time→snout→→→ear→→→...
+    →→X1→Y1→Z1→X2→Y2→Z2→...
+
+    1→0.000000→12.3→45.6→7.8→...
 
 Frames are numbered from 1. A missing marker is an empty cell (OpenSim's convention). Our
 world is ``z`` up; OpenSim's is ``y`` up, so by default the axes are written as Pose2Sim does

@@ -114,9 +114,13 @@ def test_matches_filterpy(with_zvar: bool) -> None:
                                        atol=1e-9)
 
 
-def _converged(J: int = 2, T: int = 100) -> tuple[KeypointKalman, np.ndarray, np.ndarray]:
+def _converged(
+    J: int = 2, T: int = 100, reinit_after_s: float | None = None
+) -> tuple[KeypointKalman, np.ndarray, np.ndarray]:
     truth, v = track(J, T + 1, seed=4)
-    kf = KeypointKalman(J, KalmanConfig(gate_sigma=6.0, max_gap_s=0.2))
+    kf = KeypointKalman(
+        J, KalmanConfig(gate_sigma=6.0, max_gap_s=0.2, reinit_after_s=reinit_after_s)
+    )
     for t in range(T):
         kf.step(truth[t], None, DT)
     return kf, truth, v
@@ -156,6 +160,18 @@ def test_persistent_rejection_reinitialises() -> None:
     assert gated_steps * DT <= kf.max_gap + DT
     np.testing.assert_array_equal(xyz[0], jumped[0])  # re-initialised on the new track
     np.testing.assert_allclose(var[0], kf.r0)
+
+
+def test_rejection_for_reinit_after_s_reinitialises() -> None:
+    kf, truth, _ = _converged(reinit_after_s=0.03)
+    jumped = truth[-1].copy()
+    jumped[0] += [500.0, 0.0, 0.0]  # keypoint 0 is now elsewhere (and stays)
+    outs = [kf.step(jumped, None, DT)[0] for _ in range(4)]
+    assert kf.n_gated == 3  # gated at 10, 20 and 30 ms, then restarted on the measurement
+    np.testing.assert_array_equal(outs[2][0], jumped[0])
+    np.testing.assert_array_equal(kf.state[0, :, 1], 0.0)
+    assert not np.allclose(outs[1][0], jumped[0])
+    assert not kf.gated[1] and np.any(kf.state[1, :, 1] != 0.0)  # the other one is untouched
 
 
 def test_nan_gap_coasts_then_reinitialises() -> None:

@@ -1,0 +1,261 @@
+"""What the dashboard knows about a run, built from the messages it receives.
+
+:class:`DashState` is fed decoded messages (``preview``, ``kp2d``, ``pose3d``, ``trigger``,
+``health``) and produces what the web page shows: camera tiles (the JPEG preview with the 2D
+keypoints of the same ``frame_id``), the newest 3D pose, per-stage latency, the frame
+accounting, and a feed of warnings and errors. It holds no sockets and does no I/O, so it is
+tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from livepose import protocol
+from livepose.client import STAGES, stage_latencies_ms
+
+WINDOW = 300
+"""Latency samples per stage kept for p50/p99."""
+KP2D_CACHE = 64
+"""Recent kp2d messages kept to pair with previews (by ``frame_id``)."""
+PAIR_TIMEOUT_S = 1.0
+"""A preview whose keypoints did not arrive within this is shown without them."""
+FEED_LEN = 200
+
+
+def pct(values: Any, q: float) -> float | None:
+    """Percentile of finite values (``None`` if there are none)."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return round(float(np.percentile(a, q)), 3) if a.size else None
+
+
+def tile_payload(header: dict[str, Any], jpeg: bytes) -> bytes:
+    """A binary websocket message: ``u32`` header length (little endian), JSON header, JPEG."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(head)) + head + jpeg
+
+
+@dataclass
+class CamStats:
+    """Per-camera numbers shown on its tile."""
+
+    previews: int = 0
+    preview_times: deque[float] = field(default_factory=lambda: deque(maxlen=30))
+    frames: int = 0
+    dropped: int = 0
+    lost: int = 0
+    desync_ms: float | None = None
+    fps: float | None = None
+    exposure_us: float | None = None
+    last_frame_id: int | None = None
+
+
+class DashState:
+    """Aggregates a run's messages for the dashboard.
+
+    Parameters
+    ----------
+    cams
+        Camera names in config order.
+    preview_step
+        The cameras' preview decimation (``round(1 / preview.scale)``): keypoints in full-frame
+        pixels are divided by it to land on the preview.
+    desync_tolerance_ms
+        Grab-time spread of one frame-set above which a camera is flagged.
+    """
+
+    def __init__(self, cams: list[str], preview_step: int, desync_tolerance_ms: float) -> None:
+        self.cams = list(cams)
+        self.step = max(1, int(preview_step))
+        self.tol_ms = desync_tolerance_ms
+        self.cam = {c: CamStats() for c in cams}
+        self.kp2d: dict[int, protocol.Kp2d] = {}
+        self.pending: dict[tuple[str, int], tuple[float, protocol.Preview]] = {}
+        self.triggered = 0
+        self.fused = 0
+        self.skipped = 0
+        self.incomplete = 0
+        self.lat: dict[str, deque[float]] = {s: deque(maxlen=WINDOW) for s in STAGES}
+        self.fused_times: deque[int] = deque(maxlen=WINDOW)
+        self.pose: dict[str, Any] | None = None
+        self.health: dict[str, protocol.Health] = {}
+        self.feed: deque[dict[str, Any]] = deque(maxlen=FEED_LEN)
+        self.feed_seq = 0
+        self.recording: dict[str, Any] = {"available": None}
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ ingest
+    def add(self, msg: protocol.Message, now: float | None = None) -> list[tuple[str, bytes]]:
+        """Take in one message; return the ``(camera, tile payload)`` pairs it completes
+        (see :func:`tile_payload`)."""
+        now = time.monotonic() if now is None else now
+        if isinstance(msg, protocol.Preview):
+            return self._on_preview(msg, now)
+        if isinstance(msg, protocol.Kp2d):
+            return self._on_kp2d(msg)
+        if isinstance(msg, protocol.Pose3d):
+            self._on_pose(msg)
+        elif isinstance(msg, protocol.Trigger):
+            self.triggered = max(self.triggered, msg.frame_id + 1)
+        elif isinstance(msg, protocol.Health):
+            self._on_health(msg)
+        return []
+
+    def expire(self, now: float | None = None) -> list[tuple[str, bytes]]:
+        """Tiles of previews whose keypoints never came (shown without them)."""
+        now = time.monotonic() if now is None else now
+        old = [k for k, (t, _) in self.pending.items() if now - t > PAIR_TIMEOUT_S]
+        return [(k[0], self._tile(self.pending.pop(k)[1], None)) for k in old]
+
+    def _on_preview(self, msg: protocol.Preview, now: float) -> list[tuple[str, bytes]]:
+        st = self.cam.get(msg.cam)
+        if st is None:
+            return []
+        st.previews += 1
+        st.preview_times.append(now)
+        kp = self.kp2d.get(msg.frame_id)
+        if kp is not None:
+            return [(msg.cam, self._tile(msg, kp))]
+        self.pending[(msg.cam, msg.frame_id)] = (now, msg)
+        return []
+
+    def _on_kp2d(self, msg: protocol.Kp2d) -> list[tuple[str, bytes]]:
+        self.kp2d[msg.frame_id] = msg
+        while len(self.kp2d) > KP2D_CACHE:
+            del self.kp2d[min(self.kp2d)]
+        out = []
+        for cam in msg.cams:
+            hit = self.pending.pop((cam, msg.frame_id), None)
+            if hit is not None:
+                out.append((cam, self._tile(hit[1], msg)))
+        return out
+
+    def _tile(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> bytes:
+        pts: list[list[float | None]] = []
+        if kp is not None and prev.cam in kp.cams:
+            a = np.asarray(kp.points[kp.cams.index(prev.cam)], dtype=np.float64)
+            xy = a[:, :2] / self.step
+            for (x, y), c in zip(xy, a[:, 2], strict=True):
+                ok = bool(np.isfinite(x) and np.isfinite(y) and np.isfinite(c))
+                pts.append([round(float(x), 1), round(float(y), 1), round(float(c), 3)] if ok
+                           else [None, None, None])
+        self.cam[prev.cam].last_frame_id = prev.frame_id
+        head = {"cam": prev.cam, "frame_id": prev.frame_id, "w": prev.width, "h": prev.height,
+                "kp": pts}
+        return tile_payload(head, bytes(np.asarray(prev.jpeg, dtype=np.uint8)))
+
+    def _on_pose(self, msg: protocol.Pose3d) -> None:
+        self.fused += 1
+        self.skipped += len(msg.skipped)
+        self.incomplete += len(msg.incomplete)
+        self.fused_times.append(msg.t_fused_ns)
+        for k, v in stage_latencies_ms(msg).items():
+            self.lat[k].append(v)
+        if msg.t_grab_ns and len(msg.t_grab_ns) == len(msg.cams):
+            g = np.asarray(msg.t_grab_ns, dtype=np.float64)
+            med = float(np.median(g))
+            for cam, t in zip(msg.cams, g, strict=True):
+                if cam in self.cam:
+                    self.cam[cam].desync_ms = round(float(t - med) / 1e6, 3)
+        xyz = np.asarray(msg.xyz, dtype=np.float64)
+        self.pose = {
+            "type": "pose",
+            "frame_id": msg.frame_id,
+            "xyz": [[round(float(v), 2) if np.isfinite(v) else None for v in p] for p in xyz],
+        }
+
+    def _on_health(self, msg: protocol.Health) -> None:
+        prev = self.health.get(msg.proc)
+        self.health[msg.proc] = msg
+        if msg.state == "error" and (prev is None or prev.state != "error"):
+            self._note("error", msg.proc, f"state error: {msg.last_error or 'no detail'}")
+        elif msg.last_error and (prev is None or prev.last_error != msg.last_error):
+            self._note("warning", msg.proc, msg.last_error)
+        for key in ("dropped", "rejected", "late_pulses", "infer_errors", "bad_frames"):
+            before = prev.counters.get(key, 0) if prev else 0
+            now = msg.counters.get(key, 0)
+            if now > before:
+                self._note("warning", msg.proc, f"{key} +{now - before} (total {now})")
+        if msg.proc in self.cam:
+            st = self.cam[msg.proc]
+            st.frames = msg.counters.get("frames", st.frames)
+            st.dropped = msg.counters.get("dropped", 0)
+            if prev is not None and msg.t_ns > prev.t_ns:
+                df = msg.counters.get("frames", 0) - prev.counters.get("frames", 0)
+                st.fps = round(df / ((msg.t_ns - prev.t_ns) / 1e9), 2)
+            exp = msg.info.get("exposure_us")
+            st.exposure_us = float(exp) if isinstance(exp, int | float) else None
+        if msg.proc.startswith("infer"):
+            for cam, st in self.cam.items():
+                st.lost = sum(h.counters.get(f"gaps/{cam}", 0) for p, h in self.health.items()
+                              if p.startswith("infer"))
+        if msg.proc == "trigger":
+            self.triggered = max(self.triggered, msg.counters.get("pulses", 0))
+
+    def _note(self, level: str, proc: str, text: str) -> None:
+        self.feed_seq += 1
+        self.feed.append({"seq": self.feed_seq, "t": round(time.time(), 3), "level": level,
+                          "proc": proc, "msg": text[:300]})
+
+    def note(self, level: str, text: str) -> None:
+        """Add a dashboard-side entry to the feed (e.g. a recording command's result)."""
+        self._note(level, "dashboard", text)
+
+    # ------------------------------------------------------------------ output
+    def fused_rate(self) -> float:
+        """Recent fused frame-sets per second."""
+        if len(self.fused_times) < 2:
+            return 0.0
+        span = (self.fused_times[-1] - self.fused_times[0]) / 1e9
+        return round((len(self.fused_times) - 1) / span, 2) if span > 0 else 0.0
+
+    def snapshot(self, clients: int = 0) -> dict[str, Any]:
+        """Everything ``/api/status`` returns (JSON-able)."""
+        cams = {}
+        for name, st in self.cam.items():
+            t = st.preview_times
+            pfps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
+            cams[name] = {
+                "fps": st.fps,
+                "preview_fps": round(pfps, 2) if pfps else None,
+                "frames": st.frames,
+                "dropped": st.dropped,
+                "lost_in_transport": st.lost,
+                "desync_ms": st.desync_ms,
+                "desync": st.desync_ms is not None and abs(st.desync_ms) > self.tol_ms,
+                "exposure_us": st.exposure_us,
+                "last_frame_id": st.last_frame_id,
+            }
+        accounted = self.fused + self.skipped + self.incomplete
+        dropped = sum(s.dropped + s.lost for s in self.cam.values())
+        return {
+            "type": "status",
+            "t": round(time.time(), 3),
+            "uptime_s": round(time.time() - self.started, 1),
+            "frames": {
+                "triggered": self.triggered,
+                "fused": self.fused,
+                "skipped": self.skipped,
+                "incomplete": self.incomplete,
+                "in_flight": max(0, self.triggered - accounted),
+                "dropped_frames": dropped,
+                "fused_fps": self.fused_rate(),
+            },
+            "latency_ms": {s: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)}
+                           for s, v in self.lat.items()},
+            "cameras": cams,
+            "processes": {p: {"state": h.state, "pid": h.pid, "last_error": h.last_error,
+                              "counters": dict(h.counters), "rates": dict(h.rates)}
+                          for p, h in sorted(self.health.items())},
+            "feed": list(self.feed)[-50:],
+            "recording": self.recording,
+            "clients": clients,
+        }

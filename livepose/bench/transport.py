@@ -1,0 +1,216 @@
+"""``livepose bench transport``: camera frames across real processes over ZeroMQ.
+
+Each camera is a publisher process that sends real ``frame`` messages (the protocol's header
++ raw image buffer, ``copy=False``); the benchmark process subscribes to all of them, as an
+inference worker does, and decodes each message. Two modes per case:
+
+- ``saturated``: publishers send as fast as the subscriber takes them (XPUB with
+  ``XPUB_NODROP``: back-pressure instead of loss) → GB/s and frames/s;
+- ``paced``: 400 frames/s in total, spread over the cameras, on a PUB-like socket that drops
+  at the high-water mark as the camera process does → latency p50/p99 (send → decoded,
+  both ``time.time_ns()`` on this host) and frames lost (gaps in ``frame_id``).
+
+Publishers wait for the subscription to arrive (XPUB) before sending, so nothing is lost to
+ZeroMQ's slow joiner. ``memcpy`` bandwidth (``np.copyto`` of 64 MiB) is measured in the same
+run, and each throughput is also given as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from livepose import protocol
+
+SIZES = [(640, 512), (1280, 1024), (2048, 1536)]
+CAMERAS = [1, 4, 8]
+PACED_FPS = 400.0
+END = b"end"
+
+
+def memcpy_gbps(nbytes: int = 64 << 20, repeats: int = 10) -> float:
+    """Best-of-``repeats`` ``np.copyto`` bandwidth in GB/s (bytes copied per second)."""
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps: float | None,
+              hwm: int) -> None:
+    """One camera: wait for the subscriber, send ``frames`` frames, then an end marker."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 30_000)  # deliver what is queued before exiting
+    pub.setsockopt(zmq.SNDHWM, hwm)
+    if fps is None:
+        pub.setsockopt(zmq.XPUB_NODROP, 1)
+    pub.bind(endpoint)
+    if pub.poll(20_000):  # the subscription: someone listens
+        pub.recv()
+    image = np.full((height, width), 7, np.uint8)
+    t0 = time.perf_counter()
+    for k in range(frames):
+        if fps is not None:
+            due = t0 + k / fps
+            while (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait if wait > 0.0005 else 0)
+        msg = protocol.Frame(cam=cam, frame_id=k, t_grab_ns=time.time_ns(), pixel_format="Mono8",
+                             image=image)
+        parts = protocol.encode(msg)
+        while True:
+            try:
+                pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                if fps is not None:
+                    break  # paced = PUB semantics: dropped at the high-water mark
+                pub.poll(100, zmq.POLLOUT)
+    for _ in range(3):  # a PUB may drop one at the high-water mark
+        time.sleep(0.02)
+        pub.send_multipart([END, cam.encode()])
+    pub.close()
+    ctx.term()
+
+
+def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
+             duration_s: float, workdir: Path) -> dict[str, Any]:
+    """One case; returns its measurements."""
+    fps = PACED_FPS / cameras if mode == "paced" else None
+    frame_bytes = width * height
+    if fps is not None:
+        frames = max(20, round(fps * duration_s))
+    else:  # enough to take about duration_s at ~2 GB/s, bounded
+        frames = int(min(2000, max(50, 2e9 * duration_s / frame_bytes / cameras)))
+    if transport == "ipc":
+        eps = [f"ipc://{workdir}/t{k}.sock" for k in range(cameras)]
+    else:
+        eps = []
+        for _ in range(cameras):
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                eps.append(f"tcp://127.0.0.1:{s.getsockname()[1]}")
+    spawn = mp.get_context("spawn")
+    procs = [
+        spawn.Process(target=publisher, args=(ep, f"cam{k}", width, height, frames, fps, 64))
+        for k, ep in enumerate(eps)
+    ]
+    for p in procs:
+        p.start()
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 64)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    for ep in eps:
+        sub.connect(ep)
+    decoder = protocol.Decoder(expect=["frame"])
+    lat: list[int] = []
+    last = dict.fromkeys(range(cameras), -1)
+    received = lost = 0
+    ended: set[bytes] = set()
+    t_first = t_last = 0.0
+    deadline = time.monotonic() + 30 + 3 * duration_s
+    try:
+        while len(ended) < cameras and time.monotonic() < deadline:
+            if not sub.poll(200):
+                continue
+            parts = sub.recv_multipart(copy=False)
+            if parts[0].bytes == END:
+                ended.add(parts[1].bytes)
+                continue
+            msg = decoder.decode(parts)
+            now = time.time_ns()
+            if not isinstance(msg, protocol.Frame):
+                continue
+            lat.append(now - msg.t_grab_ns)
+            if received == 0:
+                t_first = time.perf_counter()
+            t_last = time.perf_counter()
+            received += 1
+            k = int(msg.cam[3:])
+            lost += msg.frame_id - last[k] - 1
+            last[k] = msg.frame_id
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        sub.close()
+        ctx.term()
+    lost += sum(frames - 1 - v for v in last.values())  # lost at the end
+    span = max(t_last - t_first, 1e-9)
+    rate = (received - 1) / span if received > 1 else 0.0
+    lat_a = np.array(lat, dtype=np.float64) / 1e6
+    return {
+        "transport": transport, "cameras": cameras, "width": width, "height": height,
+        "mode": mode, "target_fps": fps * cameras if fps else None, "frames_sent": frames * cameras,
+        "frames_received": received, "frames_lost": int(lost),
+        "fps": rate, "gbps": rate * frame_bytes / 1e9,
+        "latency_ms": {"p50": float(np.percentile(lat_a, 50)) if lat else None,
+                       "p99": float(np.percentile(lat_a, 99)) if lat else None},
+    }
+
+
+def run_bench(quick: bool = False, duration_s: float = 1.5) -> dict[str, Any]:
+    """The whole matrix (``quick``: 1280×1024 only, 1 and 4 cameras)."""
+    sizes = [(1280, 1024)] if quick else SIZES
+    cams = [1, 4] if quick else CAMERAS
+    mem = memcpy_gbps()
+    cases = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lp-tb-") as d:
+        for transport in ("ipc", "tcp"):
+            for w, h in sizes:
+                for n in cams:
+                    for mode in ("saturated", "paced"):
+                        c = run_case(transport, n, w, h, mode, duration_s, Path(d))
+                        c["memcpy_ratio"] = c["gbps"] / mem
+                        cases.append(c)
+    mem_after = memcpy_gbps()
+
+    def pick(transport: str, mode: str) -> dict[str, Any]:
+        return next(c for c in cases if c["transport"] == transport and c["cameras"] == 1
+                    and (c["width"], c["height"]) == (1280, 1024) and c["mode"] == mode)
+
+    sat, paced = pick("ipc", "saturated"), pick("ipc", "paced")
+    return {
+        "benchmark": "transport",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "wall_s": time.monotonic() - t0,
+        "memcpy_gbps_before_after": [mem, mem_after],
+        "cases": cases,
+        "summary": {
+            "ipc_1280x1024_gbps": sat["gbps"],
+            "ipc_1280x1024_fps": sat["fps"],
+            "ipc_1280x1024_p50_ms_400fps": paced["latency_ms"]["p50"],
+            "ipc_1280x1024_p99_ms_400fps": paced["latency_ms"]["p99"],
+            "tcp_1280x1024_gbps": pick("tcp", "saturated")["gbps"],
+            "memcpy_gbps": mem,
+            "ipc_1280x1024_memcpy_ratio": sat["gbps"] / mem,
+            "frames_lost": sum(c["frames_lost"] for c in cases),
+        },
+    }
+
+
+def main(json_path: Path | None, **kwargs: Any) -> dict[str, Any]:
+    """Run the benchmark and write ``json_path``."""
+    result = run_bench(**kwargs)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,68 @@
+"""Cross-camera synchrony of one ``frame_id``: the ``desync`` check.
+
+Every camera's frame of one ``frame_id`` should show the same instant. Any consumer that
+collects a frame-set (the inference assembler, a recorder, ``livepose bench acquisition``)
+feeds each frame's best timestamp here — ``t_exposure_ns`` when the camera has a device
+clock, else ``t_grab_ns`` — and learns whether the spread of the set exceeds
+``desync_tolerance_ms``. Core module: any stage may use it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+def frame_time_ns(t_exposure_ns: int | None, t_grab_ns: int) -> int:
+    """The timestamp a frame is compared on: exposure if known, else grab."""
+    return t_exposure_ns if t_exposure_ns is not None else t_grab_ns
+
+
+@dataclass
+class DesyncTracker:
+    """Collect per-camera timestamps by ``frame_id`` and flag spread above a tolerance.
+
+    Parameters
+    ----------
+    cameras
+        Camera names of a full set.
+    tolerance_ms
+        ``desync_tolerance_ms`` from the config.
+    max_pending
+        Incomplete sets kept at most (the oldest are dropped and counted ``incomplete``).
+
+    Attributes
+    ----------
+    counters
+        ``sets``, ``desync``, ``incomplete``.
+    max_spread_ns
+        Largest spread seen over complete sets.
+    """
+
+    cameras: list[str]
+    tolerance_ms: float
+    max_pending: int = 1000
+    counters: Counter[str] = field(default_factory=Counter)
+    max_spread_ns: int = 0
+    spreads_ns: list[int] = field(default_factory=list)
+    _pending: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, cam: str, frame_id: int, t_ns: int) -> bool | None:
+        """Record one frame. Returns ``None`` until the set is complete, then its desync flag."""
+        got = self._pending.setdefault(frame_id, {})
+        got[cam] = t_ns
+        if len(got) < len(self.cameras):
+            if len(self._pending) > self.max_pending:
+                oldest = min(self._pending)
+                del self._pending[oldest]
+                self.counters["incomplete"] += 1
+            return None
+        del self._pending[frame_id]
+        spread = max(got.values()) - min(got.values())
+        self.spreads_ns.append(spread)
+        self.max_spread_ns = max(self.max_spread_ns, spread)
+        self.counters["sets"] += 1
+        desync = spread > self.tolerance_ms * 1e6
+        if desync:
+            self.counters["desync"] += 1
+        return desync

@@ -1,0 +1,208 @@
+"""The pylon backend, for real, on pylon's camera emulation (``PYLON_CAMEMU``).
+
+Real camera processes and livepose's trigger process (the stage mains and supervisor of
+``livepose run``); emulated Basler cameras serve rendered sim-rig frames from PNG folders
+through the real grab path, and fault injection uses the emulator's own features
+(``ForceFailedBuffer``, ``FirePnPCallback``). Skipped when pypylon is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from livepose import protocol
+from livepose.config import Config, load_default_config, parse_config
+from livepose.errors import UserError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.basler,
+    pytest.mark.skipif(importlib.util.find_spec("pypylon") is None, reason="pypylon not installed"),
+]
+
+N_IMAGES = 6
+W, H = 320, 256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def camemu() -> Iterator[None]:
+    """Three emulated cameras, 0815-0000…0815-0002 (set before pypylon loads anywhere)."""
+    old = os.environ.get("PYLON_CAMEMU")
+    os.environ["PYLON_CAMEMU"] = "3"
+    yield
+    if old is None:
+        os.environ.pop("PYLON_CAMEMU", None)
+    else:
+        os.environ["PYLON_CAMEMU"] = old
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[np.ndarray]]:
+    """Sim-rig frames 0…N_IMAGES-1 of three cameras, rendered by the sim backend and saved
+    as PNGs in one folder per camera."""
+    from PIL import Image
+
+    from livepose.acquisition.sim.backend import SimCamera
+
+    root = tmp_path_factory.mktemp("rig")
+    sim = load_default_config()
+    sim.sim.width, sim.sim.height = W, H
+    out: dict[str, list[np.ndarray]] = {}
+    for i, cam_cfg in enumerate(sim.cameras[:3]):
+        cam = SimCamera(cam_cfg, sim, i)
+        cam.open()
+        cam.arm()
+        imgs = []
+        for k in range(N_IMAGES):
+            cam.software_trigger(k, 0)
+            g = cam.grab(5.0)
+            assert g is not None
+            imgs.append(g.image)
+            (root / f"cam{i}").mkdir(exist_ok=True)
+            Image.fromarray(g.image).save(root / f"cam{i}" / f"{k:03d}.png")
+        cam.close()
+        out[f"cam{i}"] = imgs
+    out["_root"] = [np.array(str(root))]
+    return out
+
+
+def _config(root: Path, cams: int, fps: float, **extra: dict) -> Config:
+    cameras = []
+    for k in range(cams):
+        c = {
+            "backend": "pylon",
+            "name": f"cam{k}",
+            "serial": f"0815-{k:04d}",
+            "exposure_us": 200,
+            "roi": {"width": W, "height": H},
+            "emulation": {"image_dir": str(root / f"cam{k}")},
+            "reconnect_timeout_s": 5,
+        }
+        c.update(extra.get(f"cam{k}", {}))
+        cameras.append(c)
+    return parse_config({"fps": fps, "cameras": cameras, "calibration": "x.toml"})
+
+
+def test_emulated_cameras_in_lockstep_deliver_rendered_frames_bit_exact(
+    rendered: dict[str, list[np.ndarray]],
+) -> None:
+    from livepose.bench.acquisition import run_acquisition
+
+    root = Path(str(rendered["_root"][0]))
+    pulses = 60
+    cfg = _config(root, 3, fps=60)
+    bad: list[tuple[str, int]] = []
+
+    def check(f: protocol.Frame, t_recv: int) -> None:
+        if not np.array_equal(f.image, rendered[f.cam][f.frame_id % N_IMAGES]):
+            bad.append((f.cam, f.frame_id))
+
+    res = run_acquisition(cfg, pulses, check, timeout_s=60)
+    assert not bad, bad[:5]
+    for cam, r in res.items():
+        assert r.frame_ids == list(range(pulses)), cam
+        assert r.counters.get("dropped", 0) == 0
+        assert r.counters.get("duplicates", 0) == 0
+
+
+def test_failed_buffers_are_drops_and_a_removed_camera_reconnects(
+    rendered: dict[str, list[np.ndarray]],
+) -> None:
+    from livepose.bench.acquisition import run_acquisition
+
+    root = Path(str(rendered["_root"][0]))
+    pulses = 80
+    cfg = _config(
+        root, 2, fps=40,
+        cam0={"emulation": {"image_dir": str(root / "cam0"), "fail_buffers_at": [10, 11, 30]}},
+        cam1={"emulation": {"image_dir": str(root / "cam1"), "remove_at": [20]}},
+    )
+    frames: dict[tuple[str, int], protocol.Frame] = {}
+    misaligned = []
+
+    def keep(f: protocol.Frame, t_recv: int) -> None:
+        frames[f.cam, f.frame_id] = f
+        if f.cam == "cam0" and not np.array_equal(f.image, rendered["cam0"][f.frame_id % N_IMAGES]):
+            misaligned.append(f.frame_id)
+
+    res = run_acquisition(cfg, pulses, keep, timeout_s=60)
+    c0, c1 = res["cam0"], res["cam1"]
+    # cam0: exactly the three failed buffers are missing, counted, and announced
+    assert sorted(set(range(pulses)) - set(c0.frame_ids)) == [10, 11, 30]
+    assert c0.counters["failed_buffers"] == 3
+    assert c0.counters["dropped"] == 3
+    assert frames["cam0", 12].dropped_before == 2
+    assert frames["cam0", 31].dropped_before == 1
+    assert not misaligned  # failed buffers did not shift frame_id against the images
+    # cam1: removal detected, reconnected, frame ids continue after the gap
+    assert c1.counters["device_lost"] == 1
+    assert c1.counters["reconnects"] == 1
+    ids = c1.frame_ids
+    assert ids == sorted(set(ids)) and ids[0] == 0 and ids[-1] == pulses - 1
+    missing = pulses - len(ids)
+    assert 1 <= missing == c1.counters["dropped"]
+    after = [i for i in ids if i > 20]
+    assert after and frames["cam1", after[0]].dropped_before == after[0] - max(i for i in ids if i < 20) - 1
+
+
+def _open(cfg: Config, index: int = 0) -> object:
+    from livepose.acquisition.base import make_backend
+
+    cam = make_backend(cfg.cameras[index], cfg=cfg, index=index)
+    cam.open()
+    return cam
+
+
+def test_bad_input_names_camera_and_setting(tmp_path: Path) -> None:
+    base = {"backend": "pylon", "name": "left", "serial": "0815-0000"}
+
+    def cfg(**kw: object) -> Config:
+        return parse_config({"cameras": [{**base, **kw}, {**base, "name": "right", "serial": "0815-0001"}],
+                             "calibration": "x.toml"})
+
+    with pytest.raises(UserError, match=r"camera 'left': serial: no Basler camera with serial 'nope'.*0815-0000"):
+        _open(cfg(serial="nope"))
+    with pytest.raises(UserError, match=r"camera 'left': exposure_us: .*out of range"):
+        _open(cfg(exposure_us=1e9))
+    with pytest.raises(UserError, match=r"camera 'left': features.NoSuchThing: the camera has no feature"):
+        _open(cfg(features={"NoSuchThing": 1}))
+    with pytest.raises(UserError, match=r"camera 'left': pixel_format: PixelFormat='Nope8' is not one of"):
+        _open(cfg(pixel_format="Nope8"))
+    # a hardware trigger that never fires: a clear error after first_frame_timeout_s
+    cam = _open(cfg(trigger={"mode": "hardware", "source": "Line1", "first_frame_timeout_s": 0.3}))
+    try:
+        cam.arm()  # type: ignore[attr-defined]
+        with pytest.raises(UserError, match=r"camera 'left': trigger.source=Line1: no frame within"):
+            for _ in range(20):
+                cam.grab(0.05)  # type: ignore[attr-defined]
+    finally:
+        cam.close()  # type: ignore[attr-defined]
+    # the device was released: it opens again
+    _open(cfg()).close()  # type: ignore[attr-defined]
+
+
+def test_a_camera_that_fails_to_configure_stops_the_run_and_names_itself(
+    rendered: dict[str, list[np.ndarray]],
+) -> None:
+    from livepose.bench.acquisition import AcquisitionSupervisor
+    from livepose.runner import ProcessDied
+
+    root = Path(str(rendered["_root"][0]))
+    cfg = _config(root, 2, fps=30, cam1={"exposure_us": 5e7})
+    sup = AcquisitionSupervisor(cfg, trigger_count=10)
+    try:
+        with pytest.raises(ProcessDied) as ei:
+            sup.launch(ready_timeout_s=60)
+        assert ei.value.name == "cam1"
+        assert "camera 'cam1': exposure_us: " in str(ei.value)
+        assert "out of range" in str(ei.value)
+    finally:
+        codes = sup.stop()
+        sup.close()
+    assert all(not p.is_alive() for p in sup.procs.values()), codes  # cam0 is not left armed

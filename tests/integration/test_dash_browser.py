@@ -1,0 +1,158 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright
+(pointed at ``/usr/bin/chromium``; nothing downloads a browser).
+
+The sim pipeline runs with the dashboard; the page must show every camera's live preview
+(non-blank, changing), draw the 3D view, update the latency numbers, and its record button
+must create and close a session on disk. A screenshot goes to ``artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livepose.config import load_default_config
+from livepose.runner import Supervisor
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+                 if Path(p).exists()), None)
+TILE_STATS = """cam => {
+  const c = document.querySelector(`#tile-${cam} canvas`);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let s = 0, s2 = 0, h = 0, colour = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    s += d[i]; s2 += d[i] * d[i]; h = (h * 31 + d[i]) >>> 0;
+    if (Math.abs(d[i] - d[i + 1]) > 40 || Math.abs(d[i + 1] - d[i + 2]) > 40) colour++;
+  }
+  const n = d.length / 4, m = s / n;
+  return {std: Math.sqrt(s2 / n - m * m), hash: h, colour: colour,
+          drawn: window.livepose.tiles[cam] || 0};
+}"""
+WEBGL_STATS = """() => {
+  const c = document.querySelector('#view3d canvas');
+  if (!c) return null;
+  const g = document.createElement('canvas'); g.width = c.width; g.height = c.height;
+  const x = g.getContext('2d'); x.drawImage(c, 0, 0);
+  const d = x.getImageData(0, 0, g.width, g.height).data;
+  const colours = new Set();
+  for (let i = 0; i < d.length; i += 16) colours.add((d[i] << 16) | (d[i+1] << 8) | d[i+2]);
+  return {colours: colours.size, renders: window.livepose.renders};
+}"""
+
+
+def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev)")
+    if CHROMIUM is None:
+        pytest.skip("no chromium: apt-get install -y chromium (Debian) — .ci/run does this")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--no-sandbox", "--enable-unsafe-swiftshader"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Supervisor]:
+    cfg = load_default_config()
+    cfg.dashboard.port = 0
+    cfg.recording.dir = tmp_path / "sessions"
+    stop = threading.Event()
+    with Supervisor(cfg, dashboard=True) as sup:
+        sup.launch()
+        sup.start_trigger()
+        t = threading.Thread(target=lambda: [sup.poll(0.02) for _ in iter(stop.is_set, True)],
+                             daemon=True)
+        t.start()
+        try:
+            yield sup
+        finally:
+            stop.set()
+            t.join(5)
+
+
+def test_dash_page_in_chromium(browser: Any, pipeline: Supervisor, artifacts: Path,
+                               tmp_path: Path) -> None:
+    url = pipeline.dashboard_url
+    assert url is not None
+    cams = pipeline.cfg.camera_names
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    _wait(lambda: page.evaluate("() => window.livepose && window.livepose.statuses >= 2"), 30,
+          "status messages")
+    # every camera tile: a non-blank image that changes
+    first = {c: _wait(lambda c=c: (s := page.evaluate(TILE_STATS, c))["drawn"] > 0 and s, 30,
+                      f"a preview of {c}") for c in cams}
+    for c in cams:
+        assert first[c]["std"] > 3.0, (c, first[c])  # not a flat (blank) image
+    later = {c: _wait(lambda c=c: (s := page.evaluate(TILE_STATS, c))["hash"] != first[c]["hash"]
+                      and s, 15, f"{c}'s preview to change") for c in cams}
+    assert all(later[c]["drawn"] > first[c]["drawn"] for c in cams)
+    # 2D keypoints drawn on the (grey) previews, coloured by confidence
+    _wait(lambda: any(page.evaluate(TILE_STATS, c)["colour"] > 0 for c in cams), 20,
+          "coloured keypoints on a preview")
+    # the 3D view draws (more than a clear colour) and poses arrive
+    gl = _wait(lambda: (s := page.evaluate(WEBGL_STATS)) and s["colours"] > 3 and s, 20,
+               "the 3D view to draw")
+    assert gl["renders"] > 1
+    _wait(lambda: page.evaluate("() => window.livepose.poses") > 3, 10, "3D poses")
+    # latency numbers update
+    p50 = "() => window.livepose.status.latency_ms.total"
+    a = _wait(lambda: page.evaluate(p50)["n"] > 0 and page.evaluate(p50), 20, "latency numbers")
+    _wait(lambda: page.evaluate(p50)["n"] != a["n"], 10, "latency numbers to update")
+    cell = page.locator("#latency tbody tr", has_text="total").locator("td").nth(1)
+    assert float(cell.inner_text()) > 0
+    # the record button creates and closes a session on disk
+    page.fill("#session-name", "browser_test")
+    page.click("#record-start")
+    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 10, "record start")
+    assert rec["status"] == 200, rec
+    session = Path(rec["body"]["session"])
+    assert session.is_dir() and session.parent == tmp_path / "sessions"
+    _wait(lambda: "recording" in page.inner_text("#record-status"), 10, "recording status")
+    time.sleep(2.0)
+    page.screenshot(path=str(artifacts / "dashboard.png"))
+    page.evaluate("() => { window.livepose.lastRecord = null; }")
+    page.click("#record-stop")
+    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 10, "record stop")
+    assert rec["status"] == 200, rec
+    status = _wait(lambda: (s := _read_json(session / "status.json")) and
+                   s.get("state") != "recording" and s, 40, "the session to close")
+    assert status["state"] in ("complete", "incomplete"), status
+    # the JSON API and metrics answer too
+    with urllib.request.urlopen(url + "api/status", timeout=5) as r:
+        assert json.load(r)["frames"]["fused"] > 0
+    with urllib.request.urlopen(url + "metrics", timeout=5) as r:
+        assert b"livepose_framesets_total" in r.read()
+    assert not errors, errors
+
+
+def _read_json(p: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

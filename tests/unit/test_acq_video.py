@@ -1,0 +1,107 @@
+"""The video backend on small lossless (FFV1) multi-view videos made here with PyAV: file
+matching by camera name, frame ``frame_id`` = frame index (bit-exact), skipping ahead,
+looping, free run, end of video, bad paths."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from livepose.config import parse_config
+from livepose.errors import UserError
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV not installed")
+
+N = 7
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("ffv1", rate=fps)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "gray"
+        for im in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(im, format="gray")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(1)
+    views = {}
+    for cam in ("cam1", "cam10"):
+        views[cam] = [rng.integers(0, 256, (24, 32), dtype=np.uint8) for _ in range(N)]
+        write_video(root / f"session_{cam}.mkv", views[cam])
+    (root / "notes.txt").write_text("not a video")
+    return root, views
+
+
+def _cam(path: Path, name: str = "cam1", **kw: object):  # type: ignore[no-untyped-def]
+    from livepose.acquisition.base import make_backend
+
+    cfg = parse_config({"calibration": "x.toml", "cameras": [
+        {"backend": "video", "name": name, "path": str(path), **kw},
+        {"backend": "video", "name": "other", "path": str(path / "session_cam10.mkv")},
+    ]})
+    cam = make_backend(cfg.cameras[0])
+    cam.open()
+    cam.arm()
+    return cam
+
+
+def _at(cam, frame_id: int) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+    cam.software_trigger(frame_id, 0)
+    g = cam.grab(0.1)
+    if g is None:
+        return None
+    assert g.counter == frame_id
+    return g.image  # type: ignore[no-any-return]
+
+
+def test_frame_id_is_frame_index_bit_exact_with_skips(session) -> None:  # type: ignore[no-untyped-def]
+    root, views = session
+    for name in ("cam1", "cam10"):  # cam1 must not pick cam10's file
+        cam = _cam(root, name)
+        assert cam.pixel_format == "Mono8"
+        for k in (0, 1, 2, 5, 6):  # 3 and 4 skipped (a lost pulse)
+            assert np.array_equal(_at(cam, k), views[name][k]), (name, k)
+        assert cam.counters["skipped"] == 2
+        assert _at(cam, N) is None and cam.counters["end_of_video"] == 1
+        assert np.array_equal(_at(cam, 1), views[name][1])  # behind: re-opened
+        cam.close()
+
+
+def test_loop_and_free_run(session) -> None:  # type: ignore[no-untyped-def]
+    from livepose.acquisition.video import probe_rate
+
+    root, views = session
+    cam = _cam(root, loop=True)
+    for k in range(2 * N + 3):
+        assert np.array_equal(_at(cam, k), views["cam1"][k % N]), k
+    cam.close()
+    free = _cam(root, free_run=True, loop=False)
+    assert not free.software_triggered
+    got = [free.grab(0.1) for _ in range(N + 1)]
+    assert [g.counter for g in got[:N]] == list(range(N)) and got[N] is None
+    assert all(np.array_equal(g.image, views["cam1"][k]) for k, g in enumerate(got[:N]))
+    free.close()
+    assert probe_rate(root / "session_cam1.mkv") == pytest.approx(25.0)
+
+
+def test_bad_paths_name_the_camera(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, _ = session
+    with pytest.raises(UserError, match=r"camera 'cam2': path: expected one video .* found none"):
+        _cam(root, "cam2")
+    with pytest.raises(UserError, match=r"camera 'cam1': path: .* does not exist"):
+        _cam(tmp_path / "nope")
+    bad = tmp_path / "cam1.mkv"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(UserError, match=r"camera 'cam1': path: cannot decode"):
+        _cam(bad)

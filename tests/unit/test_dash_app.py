@@ -1,0 +1,179 @@
+"""The dashboard's state and web app without a pipeline: pairing previews with keypoints,
+the JSON API, metrics, the token, recording control and bad clients."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette on httpx
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from livepose import protocol  # noqa: E402
+from livepose.dashboard.app import Hub, create_app  # noqa: E402
+from livepose.dashboard.control import ControlUnavailable  # noqa: E402
+from livepose.dashboard.state import DashState  # noqa: E402
+
+CAMS = ["cam0", "cam1"]
+META = {"name": "t", "cameras": CAMS, "keypoints": ["a", "b"], "skeleton": [["a", "b"]],
+        "camera_centers": {}, "fps": 30.0}
+
+
+def _jpeg() -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 10), 128, np.uint8)).save(buf, format="JPEG")
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def _preview(cam: str, fid: int) -> protocol.Preview:
+    return protocol.Preview(cam=cam, frame_id=fid, t_grab_ns=1, width=10, height=8, jpeg=_jpeg())
+
+
+def _kp2d(fid: int) -> protocol.Kp2d:
+    pts = np.array([[[20, 10, 0.9], [np.nan, np.nan, np.nan]],
+                    [[4, 2, 0.5], [8, 6, 0.1]]], np.float32)
+    return protocol.Kp2d(frame_id=fid, cams=CAMS, model="m", points=pts)
+
+
+def _pose(fid: int) -> protocol.Pose3d:
+    return protocol.Pose3d(
+        frame_id=fid, xyz=np.array([[1.0, 2, 3], [np.nan, 0, 0]]), variance=np.ones((2, 3)),
+        reproj=np.zeros(2, np.float32), views=np.ones(2, np.uint16), cams=CAMS,
+        t_trigger_ns=1_000_000_000 + fid, t_grab_ns=[1_002_000_000, 1_005_000_000],
+        t_set_ns=1_006_000_000, t_infer_start_ns=1_006_000_000, t_infer_end_ns=1_016_000_000,
+        t_fused_ns=1_017_000_000, skipped=[fid - 1] if fid else [],
+    )
+
+
+def _decode_tile(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("<I", payload[:4])
+    return json.loads(payload[4 : 4 + n]), payload[4 + n :]
+
+
+def test_dash_state_pairs_previews_with_keypoints_of_the_same_frame() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    assert st.add(_preview("cam0", 3), now=0.0) == []  # waits for its keypoints
+    out = st.add(_kp2d(3), now=0.01)
+    assert [c for c, _ in out] == ["cam0"]
+    head, jpeg = _decode_tile(out[0][1])
+    assert head["frame_id"] == 3 and jpeg[:2] == b"\xff\xd8"
+    assert head["kp"][0] == [10.0, 5.0, 0.9]  # full-frame pixels / preview step
+    assert head["kp"][1] == [None, None, None]  # NaN = no view
+    # keypoints first, then the preview: paired at once
+    assert [c for c, _ in st.add(_preview("cam1", 3), now=0.02)] == ["cam1"]
+    # a preview whose keypoints never come is shown without them after the timeout
+    st.add(_preview("cam0", 9), now=1.0)
+    assert st.expire(now=1.1) == []
+    (cam, tile), = st.expire(now=2.5)
+    assert cam == "cam0" and _decode_tile(tile)[0]["kp"] == []
+
+
+def test_dash_state_accounting_latency_desync_and_feed() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    for i in range(3):
+        st.add(protocol.Trigger(frame_id=i, t_trigger_ns=i))
+    st.add(_pose(2))
+    st.add(protocol.Health(proc="cam1", pid=1, state="running", t_ns=1, counters={"frames": 5}))
+    st.add(protocol.Health(proc="cam1", pid=1, state="running", t_ns=1_000_000_001,
+                           counters={"frames": 35, "dropped": 2}, last_error="2 dropped"))
+    s = st.snapshot()
+    assert s["frames"] == {**s["frames"], "triggered": 3, "fused": 1, "skipped": 1,
+                           "in_flight": 1, "dropped_frames": 2}
+    assert s["latency_ms"]["inference"]["p50"] == pytest.approx(10.0)
+    assert s["cameras"]["cam1"]["desync_ms"] == pytest.approx(1.5)
+    assert s["cameras"]["cam1"]["desync"] is False
+    assert s["cameras"]["cam1"]["fps"] == pytest.approx(30.0)
+    assert any("dropped +2" in e["msg"] for e in s["feed"])
+    json.dumps(s)  # JSON-able
+
+
+class FakeControl:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.fail:
+            raise ControlUnavailable("no answer from the supervisor's control socket")
+        self.calls.append(body)
+        return {"ok": True, "session": "sessions/x"}
+
+
+def _client(token: str | None = None, control: Any = None) -> tuple[TestClient, Hub]:
+    hub = Hub(DashState(CAMS, 2, 2.0), META, control, token)
+    return TestClient(create_app(hub)), hub
+
+
+def test_dash_api_status_metrics_and_unknown_route() -> None:
+    c, hub = _client()
+    hub.state.add(_pose(0))
+    r = c.get("/api/status")
+    assert r.status_code == 200 and r.json()["frames"]["fused"] == 1
+    assert c.get("/api/meta").json()["keypoints"] == ["a", "b"]
+    m = c.get("/metrics")
+    assert m.status_code == 200 and "text/plain" in m.headers["content-type"]
+    assert 'livepose_framesets_total{outcome="fused"} 1.0' in m.text
+    assert 'livepose_latency_ms{quantile="0.5",stage="total"}' in m.text
+    r = c.get("/no/such/thing")
+    assert r.status_code == 404 and "unknown route" in r.json()["error"]
+    assert c.get("/").status_code == 200
+    assert c.get("/static/vendor/three/LICENSE").status_code == 200
+
+
+def test_dash_token_is_required_when_configured() -> None:
+    c, _ = _client(token="s3cret-token")
+    assert c.get("/api/status").status_code == 401
+    assert c.get("/api/status?token=wrong-token").status_code == 401
+    assert c.get("/api/status?token=s3cret-token").status_code == 200
+    assert c.get("/metrics", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    with pytest.raises(Exception), c.websocket_connect("/ws") as ws:  # noqa: B017
+        ws.receive_text()
+
+
+def test_dash_record_button_api() -> None:
+    ctl = FakeControl()
+    c, _ = _client(control=ctl)
+    assert c.post("/api/record", json={"action": "start", "name": "t1"}).status_code == 200
+    assert c.post("/api/record", json={"action": "stop"}).status_code == 200
+    assert ctl.calls == [{"cmd": "record_start", "name": "t1"}, {"cmd": "record_stop"}]
+    assert c.post("/api/record", json={"action": "start"}).status_code == 400  # no name
+    assert c.post("/api/record", content=b"\xff garbage").status_code == 415  # not JSON
+    bad = c.post("/api/record", content=b"\xff", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400
+    c2, _ = _client(control=FakeControl(fail=True))
+    r = c2.post("/api/record", json={"action": "stop"})
+    assert r.status_code == 503 and "no answer" in r.json()["error"]
+    c3, _ = _client(control=None)
+    assert c3.post("/api/record", json={"action": "stop"}).status_code == 503
+
+
+def test_dash_websocket_ignores_garbage_and_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    c, hub = _client()
+    with caplog.at_level(logging.WARNING), c.websocket_connect("/ws") as ws:
+        first = [json.loads(ws.receive_text())["type"] for _ in range(2)]
+        assert first == ["meta", "status"]
+        ws.send_bytes(b"\x00\x01 not json")
+        ws.send_text("{not json")
+        ws.send_text(json.dumps({"type": "ping"}))
+        assert json.loads(ws.receive_text())["type"] == "pong"
+    assert "ignored a websocket message" in caplog.text
+    assert hub.clients == set()
+    # a page of another site may not open the stream
+    with pytest.raises(Exception), c.websocket_connect(  # noqa: B017
+        "/ws", headers={"Origin": "http://evil.example"}
+    ) as ws:
+        ws.receive_text()
