@@ -276,16 +276,18 @@ def _register_latency_bench() -> None:
     @bench.command("latency")
     def bench_latency(
         json_path: JsonOpt = None,
-        frames: Annotated[int, typer.Option("--frames", min=10, help="frame-sets per run")] = 3000,
+        frames: Annotated[int, typer.Option("--frames", min=10, help="frame-sets per condition")] = 3000,
         fps: Annotated[float, typer.Option("--fps", min=1, max=1000)] = 30.0,
         clients: Annotated[int, typer.Option("--clients", min=0, max=32,
                                              help="websocket clients on the dashboard")] = 10,
+        rounds: Annotated[int, typer.Option("--rounds", min=1, max=10,
+                                            help="alternate the conditions this many times")] = 2,
     ) -> None:
         """Trigger → pose3d → client callback → action, without and with the dashboard."""
         from livepose.bench.latency import run_latency
 
         try:
-            res = run_latency(frames, fps, clients, json_path)
+            res = run_latency(frames, fps, clients, json_path, rounds)
         except UserError as exc:
             _fail(str(exc))
         Console().print_json(data=res["summary"])

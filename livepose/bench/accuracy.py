@@ -24,8 +24,8 @@ the output, m/s²; the truth's is given for reference).
 from __future__ import annotations
 
 import functools
-import math
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path

@@ -17,6 +17,7 @@ frame-sets per second, dashboard with clients vs none) and ``dashboard_p99_chang
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -75,7 +76,7 @@ def _client_main(endpoint: str, keypoints: list[str], tty: str | None, out: Any,
             rows["to_callback"].append(to_cb)
             rows["overhead"].append(to_cb - lat.get("inference", float("nan")))
             rows["to_action"].append((ev.t_action_ns - m.t_trigger_ns) / 1e6)
-    out.put({k: v for k, v in rows.items()})
+    out.put({**rows, "cpu_s": [time.process_time()]})
 
 
 def _ws_reader(url: str, stop: threading.Event, counts: list[int], i: int) -> None:
@@ -94,8 +95,35 @@ def _ws_reader(url: str, stop: threading.Event, counts: list[int], i: int) -> No
         print(f"websocket client {i}: {exc}")
 
 
+def _viewers_main(url: str, n: int, stop: Any, out: Any) -> None:
+    """``n`` websocket clients (threads) reading everything, in a process of their own at
+    nice 10: viewers, which on a rig would rather be on other computers."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    counts = [0] * n
+    flag = threading.Event()
+    threads = [threading.Thread(target=_ws_reader, args=(url, flag, counts, i), daemon=True)
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    flag.set()
+    for t in threads:
+        t.join(5)
+    out.put(counts)
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by a process (Linux)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return round((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dict[str, Any]:
-    """One run of the sim rig; returns per-step stats, rates and accounting."""
+    """One run of the sim rig: counts, the fused span (s) and the raw per-pose rows (ms)."""
     from livepose.closedloop import model_keypoints
     from livepose.config import load_default_config
     from livepose.monitor import Monitor
@@ -108,19 +136,19 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dic
     tty, box, slave = emulated_box()  # the "trigger box": its protocol on a pseudo-terminal
     ctx = mp.get_context("spawn")
     q, ready = ctx.Queue(), ctx.Event()
-    stop = threading.Event()
-    counts = [0] * (clients if dashboard else 0)
+    counts: list[int] = []
+    vq, vstop = ctx.Queue(), ctx.Event()
     with Supervisor(cfg, trigger_count=frames, dashboard=dashboard) as sup:
         sup.launch()
         proc = ctx.Process(target=_client_main,
                            args=(sup.endpoints["pose3d"], names, tty, q, ready, 3.0))
         proc.start()
         ready.wait(60)
-        readers = [threading.Thread(target=_ws_reader, args=(
-            f"{sup.dashboard_url.replace('http', 'ws')}ws", stop, counts, i), daemon=True)
-            for i in range(len(counts)) if sup.dashboard_url]
-        for t in readers:
-            t.start()
+        viewers = None
+        if dashboard and clients and sup.dashboard_url:
+            url = f"{sup.dashboard_url.replace('http', 'ws')}ws"
+            viewers = ctx.Process(target=_viewers_main, args=(url, clients, vstop, vq))
+            viewers.start()
         mon = Monitor(sup.endpoints, sup.zctx)
         sup.start_trigger()
         t0 = time.monotonic()
@@ -131,11 +159,15 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dic
             if len(mon.triggered) >= frames and mon.triggered <= mon.accounted():
                 break
         elapsed = time.monotonic() - t0
+        cpu = {"dashboard": _cpu_s(sup.procs["dashboard"].pid) if dashboard else None,
+               "viewers": _cpu_s(viewers.pid) if viewers else None}
         rows = q.get(timeout=60)
+        cpu["client"] = round(rows.pop("cpu_s")[0], 2)
         proc.join(10)
-        stop.set()
-        for t in readers:
-            t.join(5)
+        if viewers is not None:
+            vstop.set()
+            counts = vq.get(timeout=30)
+            viewers.join(10)
         mon.close()
     box.halt()
     os.close(slave)
@@ -144,17 +176,37 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dic
         "dashboard": dashboard,
         "websocket_clients": len(counts),
         "websocket_messages": counts,
+        "cpu_s": cpu,
         "framesets_triggered": len(mon.triggered),
         "framesets_fused": len(mon.fused),
         "framesets_skipped": len(mon.skipped),
         "framesets_incomplete": len(mon.incomplete),
         "frame_accounting_ok": mon.accounting_ok(),
-        "fused_fps": round(len(mon.fused) / span, 3) if span > 0 else None,
+        "span_s": span,
         "duration_s": round(elapsed, 2),
         "poses_at_client": len(rows["delivery"]),
         "ttl_pulses_at_box": box.pulses,
-        "latency_ms": {k: _stats(v) for k, v in rows.items()},
+        "rows": rows,
     }
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool the runs of one condition: summed counts, pooled latencies."""
+    out: dict[str, Any] = {"runs": len(runs), "dashboard": runs[0]["dashboard"],
+                           "websocket_clients": runs[0]["websocket_clients"],
+                           "websocket_messages": [r["websocket_messages"] for r in runs]}
+    for k in ("framesets_triggered", "framesets_fused", "framesets_skipped",
+              "framesets_incomplete", "poses_at_client", "ttl_pulses_at_box"):
+        out[k] = sum(r[k] for r in runs)
+    out["frame_accounting_ok"] = all(r["frame_accounting_ok"] for r in runs)
+    span = sum(r["span_s"] for r in runs)
+    out["fused_fps"] = round(out["framesets_fused"] / span, 3) if span > 0 else None
+    out["fused_fps_per_run"] = [round(r["framesets_fused"] / r["span_s"], 3) if r["span_s"]
+                                else None for r in runs]
+    out["duration_s"] = round(sum(r["duration_s"] for r in runs), 2)
+    out["cpu_s"] = [r["cpu_s"] for r in runs]
+    out["latency_ms"] = {k: _stats([v for r in runs for v in r["rows"][k]]) for k in STEPS}
+    return out
 
 
 class BoxEmulator(threading.Thread):
@@ -223,10 +275,15 @@ def emulated_box() -> tuple[str, BoxEmulator, int]:
 
 
 def run_latency(frames: int = 3000, fps: float = 30.0, clients: int = 10,
-                json_path: Path | None = None) -> dict[str, Any]:
-    """Both conditions and the summary (see the module docstring)."""
-    base = run_condition(frames, fps, dashboard=False, clients=0)
-    dash = run_condition(frames, fps, dashboard=True, clients=clients)
+                json_path: Path | None = None, rounds: int = 2) -> dict[str, Any]:
+    """Both conditions and the summary (see the module docstring). ``frames`` per condition,
+    split over ``rounds`` runs in the order none, dashboard, dashboard, none, … (so a drift
+    of the machine's load hits both conditions alike)."""
+    n = max(1, frames // rounds)
+    order = [c for i in range(rounds) for c in ((False, True) if i % 2 == 0 else (True, False))]
+    runs = [run_condition(n, fps, dashboard=d, clients=clients if d else 0) for d in order]
+    base = _merge([r for r in runs if not r["dashboard"]])
+    dash = _merge([r for r in runs if r["dashboard"]])
 
     def p99(r: dict[str, Any], k: str) -> float | None:
         v: float | None = r["latency_ms"][k]["p99"]
@@ -238,8 +295,10 @@ def run_latency(frames: int = 3000, fps: float = 30.0, clients: int = 10,
 
     rate0, rate1 = base["fused_fps"], dash["fused_fps"]
     summary = {
-        "frames": frames,
+        "frames": n * rounds,
         "fps": fps,
+        "rounds": rounds,
+        "websocket_clients": clients,
         "frame_period_ms": round(1000 / fps, 3),
         "overhead_p99_ms": p99(base, "overhead"),
         "total_p99_ms": p99(base, "to_action"),
