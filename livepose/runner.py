@@ -323,7 +323,7 @@ class Supervisor:
             if self._health_relay is not None:
                 self._health_relay.close(0)
             self.recording.close()
-            self.zctx.term()
+            self.zctx.destroy(linger=0)  # closes sockets a caller left open; never blocks
             if self._own_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 

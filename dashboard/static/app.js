@@ -110,7 +110,7 @@ function init3d() {
     const g = new THREE.BufferGeometry().setFromPoints(
       [new THREE.Vector3(c[0], c[1], c[2]), new THREE.Vector3(0, 0, 20)]);
     scene.add(new THREE.Line(g, new THREE.LineBasicMaterial({ color: 0x2d5d75 })));
-    const far = Math.hypot(c[0], c[1], c[2]) * 1.7;  // every camera in view
+    const far = Math.hypot(c[0], c[1], c[2]) * 2.0;  // every camera in view
     if (far > camera.position.length()) camera.position.setLength(far);
   }
   const J = meta ? meta.keypoints.length : 0;
