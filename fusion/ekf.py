@@ -25,13 +25,18 @@ scale of the distortion is neglected: a few percent at the image corners).
    directions across its ray, so a keypoint seen by a single camera is pulled onto that ray
    while its depth keeps the prediction (and its variance).
 
-**Track life.** A keypoint starts (output NaN) at the first valid triangulation (≥
-``min_views`` views within ``reproj_threshold_px``): ``p`` = that point, covariance = its
-variance, velocity (and acceleration) zero with ``σ = init_speed_mm_s`` (``init_accel``).
-Without accepted views it coasts (variance grows with ``Q``); after ``max_gap_s`` without
-any, it is dropped (NaN) and restarts at the next valid triangulation. When every view is
-gated for ``reinit_after_s`` while the triangulation is valid (≥ 2 views agree among
-themselves but not with the track), the track is wrong: it restarts from the triangulation.
+**Consensus.** Before the gate, the triangulation of the same views (valid when ≥
+``min_views`` views agree within ``reproj_threshold_px``) is compared with the prediction.
+If it disagrees (Mahalanobis distance > ``ekf.gate_sigma``) for less than
+``ekf.consensus_after_s``, the views are gated as usual (a one-frame disagreement is more
+likely outliers); if longer, the track lags a real maneuver and the triangulation's views
+update it ungated; after ``kalman.reinit_after_s`` the track restarts at the triangulation.
+
+**Track life.** A keypoint starts (output NaN) at the first valid triangulation: ``p`` =
+that point, covariance = its variance, velocity (and acceleration) zero with
+``σ = init_speed_mm_s`` (``init_accel_mm_s2``). Without accepted views it coasts (variance
+grows with ``Q``); after ``max_gap_s`` without any, it is dropped (NaN) and restarts at the
+next valid triangulation.
 
 Forward prediction by ``lead`` extrapolates the state (the state does not change).
 """

@@ -86,8 +86,8 @@ class Fuser:
     Attributes
     ----------
     counters
-        ``fused``, ``late``, ``gated`` (keypoint measurements, or views with the EKF, rejected
-        by the filter gate), ``resets`` (filter resets after a restart of frame ids or a
+        ``fused``, ``late``, ``gated`` (keypoints whose measurement — the triangulated point,
+        or with the EKF one or more views — the filter's gate rejected), ``resets`` (filter resets after a restart of frame ids or a
         change of J).
     """
 

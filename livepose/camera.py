@@ -14,7 +14,7 @@ renderer can call them from their own compiled code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numba as nb
@@ -299,6 +299,9 @@ class CameraGroup:
 
     def __getitem__(self, i: int) -> CameraModel:
         return self.cameras[i]
+
+    def __iter__(self) -> Iterator[CameraModel]:
+        return iter(self.cameras)
 
     def subset(self, names: Sequence[str]) -> CameraGroup:
         """The cameras named ``names``, in that order (``KeyError`` names the missing one)."""

@@ -308,7 +308,7 @@ def encode(msg: Message) -> list[Buffer]:
             continue
         a = np.ascontiguousarray(arr)
         arrays.append([name, a.dtype.str, list(a.shape)])
-        buffers.append(memoryview(a).cast("B") if a.size else b"")
+        buffers.append(memoryview(a.data).cast("B") if a.size else b"")
     header["arrays"] = arrays
     return [msg.topic(), msgpack.packb(header, use_bin_type=True), *buffers]
 
