@@ -81,6 +81,28 @@ class CameraLoop:
         self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
         self.t_last_grab_ns = 0
         self.rec: RecordHook | None = None  # recording hook (acquisition/recorder.py)
+        # the preview is encoded a third of a period after its frame, away from the instant
+        # when every camera publishes and inference starts
+        self.preview_delay_ns = round(1e9 / ctx.cfg.fps / 3)
+        self.preview_due: tuple[int, np.ndarray, int, int] | None = None
+
+    def preview_wait_ms(self, default_ms: int) -> int:
+        """How long the loop may block before a pending preview is due."""
+        if self.preview_due is None:
+            return default_ms
+        return max(0, min(default_ms, (self.preview_due[0] - time.time_ns()) // 1_000_000))
+
+    def flush_preview(self) -> None:
+        """Encode and publish the pending preview if it is due."""
+        if self.preview_due is None or time.time_ns() < self.preview_due[0]:
+            return
+        _, image, frame_id, t_grab_ns = self.preview_due
+        self.preview_due = None
+        p = self.ctx.cfg.preview
+        jpeg, w, h = encode_preview(image, p.scale, p.jpeg_quality)
+        prev = protocol.Preview(cam=self.cam.name, frame_id=frame_id, t_grab_ns=t_grab_ns,
+                                width=w, height=h, jpeg=jpeg)
+        self.pub.send_multipart(protocol.encode(prev))
 
     def sync_counters(self) -> None:
         """Copy the backend's own counters (failed buffers, reconnects…) into health."""
@@ -151,17 +173,8 @@ class CameraLoop:
         if self.rec is not None:  # recording: hand the published frame to the writer
             self.rec.submit(msg)
         if frame_id % self.preview_every == 0:
-            p = self.ctx.cfg.preview
-            jpeg, w, h = encode_preview(grab.image, p.scale, p.jpeg_quality)
-            prev = protocol.Preview(
-                cam=self.cam.name,
-                frame_id=frame_id,
-                t_grab_ns=grab.t_grab_ns,
-                width=w,
-                height=h,
-                jpeg=jpeg,
-            )
-            self.pub.send_multipart(protocol.encode(prev))
+            self.preview_due = (grab.t_grab_ns + self.preview_delay_ns, grab.image, frame_id,
+                                grab.t_grab_ns)
 
 
 def main(ctx: StageContext) -> None:
@@ -180,8 +193,12 @@ def main(ctx: StageContext) -> None:
             connect=ctx.endpoints["trigger"],
             subscribe=[b"trigger", hello_topic(cam_cfg.name)],
         )
-    decoder = protocol.Decoder(expect=["trigger"])
+    on_scene = getattr(backend, "on_scene", None)  # a backend that renders a known scene
+    if trig is not None and on_scene is not None:
+        trig.setsockopt(zmq.SUBSCRIBE, b"truth")
+    decoder = protocol.Decoder(expect=["trigger", "truth"])
     ctx.publish_health(force=True)  # connect health now, so an error in open() is heard
+    encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)  # import the JPEG encoder now, not on frame 0
     backend.open()
     rec: RecordHook | None = None  # recording (acquisition/recorder.py)
     try:
@@ -195,6 +212,7 @@ def main(ctx: StageContext) -> None:
             ctx.counters["rejected"] = decoder.rejected
             loop.sync_counters()
             rec.poll()  # recording: start/stop messages
+            loop.flush_preview()
             if trig is None:
                 try:
                     grab = backend.grab(0.1)
@@ -209,7 +227,7 @@ def main(ctx: StageContext) -> None:
                         loop.reanchor(None)
                     loop.publish(None, grab)
                 continue
-            if not trig.poll(100):
+            if not trig.poll(loop.preview_wait_ms(100)):
                 continue
             while True:
                 try:
@@ -217,6 +235,10 @@ def main(ctx: StageContext) -> None:
                 except zmq.Again:
                     break
                 msg = decoder.decode(parts)
+                if isinstance(msg, protocol.Truth):
+                    if on_scene is not None and msg.spheres is not None and msg.albedo is not None:
+                        on_scene(msg.frame_id, msg.spheres, msg.albedo)
+                    continue
                 if not isinstance(msg, protocol.Trigger):
                     continue
                 if loop.rebase:

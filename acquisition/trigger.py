@@ -3,7 +3,8 @@
 Pulse ``frame_id`` is due at ``t0 + frame_id / fps`` (no drift accumulates). The clock sleeps
 until shortly before a pulse and spins for the last stretch, so pulses leave within tens of
 microseconds of their due time. With a simulated rig it also publishes the ground-truth 3D
-keypoints of each pulse (``truth``), so any consumer can measure the 3D error live.
+keypoints of each pulse (``truth``, half a period before the pulse, with the scene the sim
+cameras render), so any consumer can measure the 3D error live.
 
 ``ctx.args``: ``count`` (stop after this many pulses, optional).
 """
@@ -24,9 +25,9 @@ SPIN_S = 0.0008
 def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
     if not ctx.cfg.is_sim:
         return None
-    from livepose.acquisition.sim.backend import truth_function
+    from livepose.acquisition.sim.backend import scene_function
 
-    return truth_function(ctx.cfg)
+    return scene_function(ctx.cfg)
 
 
 def _wait_for_cameras(ctx: StageContext, pub: zmq.Socket[Any], timeout_s: float = 10.0) -> None:
@@ -45,6 +46,15 @@ def _wait_for_cameras(ctx: StageContext, pub: zmq.Socket[Any], timeout_s: float 
     if waiting:
         ctx.error(f"cameras not subscribed to the trigger after {timeout_s:g} s: "
                   f"{', '.join(sorted(waiting.values()))}")
+
+
+def _sleep_until(t_ns: int, ctx: StageContext) -> None:
+    """Sleep (coarsely) until host time ``t_ns`` or until asked to stop."""
+    while not ctx.stopping:
+        remaining = (t_ns - time.time_ns()) / 1e9
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, 0.1))
 
 
 def main(ctx: StageContext) -> None:
@@ -68,6 +78,13 @@ def main(ctx: StageContext) -> None:
     late = 0
     while not ctx.stopping and (count is None or frame_id < count):
         due = t0 + frame_id * period_ns
+        # ground truth is computed half a period before the pulse, while the clock waits
+        # anyway: right after a pulse every camera wakes and the CPU belongs to them
+        _sleep_until(due - period_ns // 2, ctx)
+        if truth is not None:  # the sim rig's scene for this pulse (cameras render it now)
+            spheres, albedo, xyz = truth(frame_id)
+            pub.send_multipart(protocol.encode(protocol.Truth(
+                frame_id=frame_id, t_trigger_ns=due, xyz=xyz, spheres=spheres, albedo=albedo)))
         while True:
             remaining = (due - time.time_ns()) / 1e9
             if remaining <= 0:
@@ -83,11 +100,6 @@ def main(ctx: StageContext) -> None:
             late += 1
             ctx.counters["late_pulses"] = late
         pub.send_multipart(protocol.encode(protocol.Trigger(frame_id=frame_id, t_trigger_ns=now)))
-        if truth is not None:
-            xyz = truth(frame_id)
-            pub.send_multipart(
-                protocol.encode(protocol.Truth(frame_id=frame_id, t_trigger_ns=now, xyz=xyz))
-            )
         frame_id += 1
         ctx.counters["pulses"] = frame_id
         ctx.tick_health()

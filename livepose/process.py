@@ -18,6 +18,7 @@ the supervisor decides the shutdown order) and SIGTERM sets the stop flag.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -130,6 +131,10 @@ class StageContext:
     def ready(self, **info: Any) -> None:
         """Tell the supervisor this stage is ready (sockets open, models loaded)."""
         self.info.update(info)
+        # everything allocated so far (modules, models, kernels) lives for the whole run:
+        # move it out of the collector's view so later collections stay short
+        gc.collect()
+        gc.freeze()
         self._state = "ready"
         self.publish_health(force=True)
 
@@ -205,9 +210,15 @@ def child_entry(
     endpoints: dict[str, str],
     args: dict[str, Any],
     log_level: int = logging.WARNING,
+    nice: int = 0,
 ) -> None:
-    """Entry point of every stage process (run under ``spawn``)."""
+    """Entry point of every stage process (run under ``spawn``).
+
+    ``nice`` > 0 lowers the process's priority (consumers off the latency path)."""
     setup_logging(name, log_level)
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args)
 

@@ -185,13 +185,24 @@ class Trigger(Message):
 @_register
 @dataclass(slots=True, kw_only=True)
 class Truth(Message):
-    """Ground-truth 3D keypoints ``xyz`` ``(J, 3)`` float64 (world units) of the sim rig."""
+    """Ground truth of the simulated rig for one pulse, published half a period *before* it.
+
+    ``xyz`` ``(J, 3)`` float64: the keypoints (world units). ``t_trigger_ns``: the time the
+    pulse is due. Optional ``spheres`` ``(S, 4)`` (centre, radius) and ``albedo`` ``(S,)``:
+    the scene the sim cameras render, computed once here instead of once per camera.
+    """
 
     KIND: ClassVar[str] = "truth"
-    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"xyz": ArraySpec((_F64,), (2,))}
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "xyz": ArraySpec((_F64,), (2,)),
+        "spheres": ArraySpec((_F64,), (2,), required=False),
+        "albedo": ArraySpec((_F64,), (1,), required=False),
+    }
     frame_id: int
     t_trigger_ns: int
     xyz: np.ndarray
+    spheres: np.ndarray | None = None
+    albedo: np.ndarray | None = None
 
 
 @_register

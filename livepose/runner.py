@@ -60,6 +60,7 @@ class ProcSpec:
     target: str
     args: dict[str, Any] = field(default_factory=dict)
     optional: bool = False  # its death is logged and the run goes on (the dashboard)
+    nice: int = 0  # raise to run a consumer that is off the latency path at lower priority
 
 
 def plan(
@@ -80,7 +81,8 @@ def plan(
     specs = [ProcSpec("fusion", FUSION, {"calibration": calibration})]
     specs += [ProcSpec(f"infer{k}", INFER, {"worker": k}) for k in range(cfg.model.workers)]
     if keypoints is not None and cfg.recording.predictions:
-        specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record}))
+        specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
+                              nice=5))
     if dashboard is not None:
         args = {"calibration": calibration, **dashboard}
         specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
@@ -198,6 +200,7 @@ class Supervisor:
                 self.endpoints,
                 spec.args,
                 self.log_level,
+                spec.nice,
             ),
         )
         p.start()

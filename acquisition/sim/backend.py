@@ -5,14 +5,18 @@ hardware backends: open, arm, one exposure per trigger pulse, grab with a counte
 of pulse ``frame_id`` is the animal at time ``frame_id / fps`` rendered through this camera's
 calibrated model (distortion included), so ground truth is exact for every frame.
 
-A simulator knows its scene in advance, so each camera renders the frame of the *next* pulse
-in a background thread while it waits (the numba renderer releases the GIL): on a pulse the
-image is ready and ``t_grab_ns - t_trigger_ns`` measures the software path only, not the
-renderer. A pulse that was not foreseen (after a lost pulse) is rendered on demand.
+A simulator knows its scene in advance: the trigger clock computes the animal once per pulse
+and publishes it (``truth`` with ``spheres``/``albedo``) half a period before the pulse; each
+camera renders it in a background thread at lower priority (the numba renderer releases the
+GIL). On the pulse the image is ready, so ``t_grab_ns - t_trigger_ns`` measures the software
+path only, not the renderer. A pulse whose scene did not arrive is rendered on demand.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +32,8 @@ from livepose.acquisition.sim.rig import make_rig
 from livepose.calibration import write_calibration
 from livepose.config import Config
 
+RENDER_NICE = 10
+
 
 def make_animal(cfg: Config) -> Rodent:
     """The rig's animal for a config (deterministic from ``sim.seed``)."""
@@ -40,6 +46,13 @@ def truth_function(cfg: Config) -> Callable[[int], np.ndarray]:
     animal = make_animal(cfg)
     fps = cfg.fps
     return lambda frame_id: animal.keypoints(frame_id / fps)
+
+
+def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``frame_id`` → (spheres ``(S, 4)``, albedo ``(S,)``, keypoints ``(J, 3)``), mm."""
+    animal = make_animal(cfg)
+    fps = cfg.fps
+    return lambda frame_id: animal.pose(frame_id / fps)
 
 
 def write_rig_calibration(cfg: Config, path: Path) -> Path:
@@ -75,6 +88,7 @@ class SimCamera:
         self._armed = False
         self._pool: ThreadPoolExecutor | None = None
         self.unforeseen = 0
+        self._niced = False
         self._ahead: tuple[int, Future[np.ndarray]] | None = None
 
     def open(self) -> None:
@@ -92,22 +106,26 @@ class SimCamera:
         spheres, albedo = self._animal.body(frame_id / self.cfg.fps)
         return self._renderer.render(spheres, albedo, frame_id)
 
-    def _render_later(self, frame_id: int, not_before_ns: int) -> np.ndarray:
-        delay = (not_before_ns - time.time_ns()) / 1e9
-        if delay > 0:
-            time.sleep(delay)
-        return self._render(frame_id)
+    def _render_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> np.ndarray:
+        if not self._niced:  # Linux nice is per thread: this one yields to the pipeline
+            self._niced = True
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RENDER_NICE)
+        assert self._renderer is not None
+        return self._renderer.render(spheres, albedo, frame_id)
 
-    def _render_ahead(self, frame_id: int, not_before_ns: int = 0) -> None:
-        """Render ``frame_id`` in the background, starting no earlier than ``not_before_ns``
-        (a third of a period after the current pulse, clear of the other cameras' publishing)."""
+    def on_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> None:
+        """The scene of a coming pulse (from the trigger clock's ``truth`` message, half a
+        period ahead): render it now in the background so the pulse finds it ready."""
         if self._pool is not None:
-            self._ahead = (frame_id, self._pool.submit(self._render_later, frame_id, not_before_ns))
+            sph, alb = np.array(spheres), np.array(albedo)  # own copies: received buffers go
+            self._ahead = (frame_id, self._pool.submit(self._render_scene, frame_id, sph, alb))
 
     def arm(self) -> None:
         """Ready for pulses (pulse 0's image is rendered ahead)."""
         self._armed = True
-        self._render_ahead(0)
+        if self._pool is not None and self._animal is not None:
+            self.on_scene(0, *self._animal.body(0.0))
 
     def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
         """Expose frame ``frame_id``."""
@@ -127,7 +145,6 @@ class SimCamera:
             self.unforeseen += 1
             image = self._render(frame_id)
         t_grab = time.time_ns()
-        self._render_ahead(frame_id + 1, t_grab + round(1e9 / self.cfg.fps / 3))
         return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig)
 
     def close(self) -> None:
