@@ -21,7 +21,7 @@ from livepose.fusion.ekf_model_nb import (
     process_noise_nb,
     undistort_fast_nb,
 )
-from livepose.fusion.triangulate import _mean_reproj, _triangulate_subset
+from livepose.fusion.triangulate import _mean_reproj, _triangulate_dropping_views
 
 
 @nb.njit(cache=True, nogil=True)
@@ -105,32 +105,9 @@ def fuse_frame_nb(
             mask |= 1 << c
             nv += 1
         # ---- triangulation (triangulate_nb's steps 2-5)
-        err = np.inf
-        tmask, tn = mask, nv
-        X = Y = Z = i0 = i1 = i2 = rss = np.nan
-        if tn >= min_views:
-            ok, X, Y, Z, i0, i1, i2, rss = _triangulate_subset(tmask, xn, yn, conf, P, K, wx, wy)
-            if ok:
-                err = _mean_reproj(tmask, X, Y, Z, pts, j, P, K, dist, fisheye)
-            while not (err <= reproj_thr) and tn > min_views:
-                best_err = np.inf
-                best_mask = -1
-                for c in range(C):
-                    if not (tmask >> c) & 1:
-                        continue
-                    m2 = tmask & ~(1 << c)
-                    ok2, X2, Y2, Z2, j0, j1, j2, rss2 = _triangulate_subset(
-                        m2, xn, yn, conf, P, K, wx, wy
-                    )
-                    e2 = np.inf
-                    if ok2:
-                        e2 = _mean_reproj(m2, X2, Y2, Z2, pts, j, P, K, dist, fisheye)
-                    if best_mask < 0 or e2 < best_err:
-                        best_err, best_mask = e2, m2
-                        X, Y, Z, i0, i1, i2, rss = X2, Y2, Z2, j0, j1, j2, rss2
-                tmask = best_mask
-                tn -= 1
-                err = best_err
+        tmask, tn, err, X, Y, Z, i0, i1, i2, rss = _triangulate_dropping_views(
+            mask, nv, min_views, reproj_thr, xn, yn, conf, P, K, wx, wy, pts, j, dist, fisheye
+        )
         tri_ok = err <= reproj_thr
         if tri_ok:
             dof = 2 * tn - 3

@@ -238,6 +238,45 @@ def _mean_reproj(
 
 
 @nb.njit(cache=True, nogil=True)
+def _triangulate_dropping_views(
+    mask, n, min_views, reproj_threshold, xn, yn, conf, P, K, wx, wy, pts, j, dist, fisheye
+):
+    """Triangulate the views in ``mask``; while the mean reprojection error exceeds the
+    threshold and more than ``min_views`` remain, drop the view whose removal gives the lowest
+    error (Pose2Sim's rule, with the best rather than the worst-looking view removed).
+
+    Returns ``(mask, n, err, X, Y, Z, i0, i1, i2, rss)``; ``err`` is ``inf`` if it failed.
+    """
+    C = P.shape[0]
+    err = np.inf
+    X = Y = Z = i0 = i1 = i2 = rss = np.nan
+    if n >= min_views:
+        ok, X, Y, Z, i0, i1, i2, rss = _triangulate_subset(mask, xn, yn, conf, P, K, wx, wy)
+        if ok:
+            err = _mean_reproj(mask, X, Y, Z, pts, j, P, K, dist, fisheye)
+        while not (err <= reproj_threshold) and n > min_views:
+            best_err = np.inf
+            best_mask = -1
+            for c in range(C):
+                if not (mask >> c) & 1:
+                    continue
+                m2 = mask & ~(1 << c)
+                ok2, X2, Y2, Z2, j0, j1, j2, rss2 = _triangulate_subset(
+                    m2, xn, yn, conf, P, K, wx, wy
+                )
+                e2 = np.inf
+                if ok2:
+                    e2 = _mean_reproj(m2, X2, Y2, Z2, pts, j, P, K, dist, fisheye)
+                if best_mask < 0 or e2 < best_err:
+                    best_err, best_mask = e2, m2
+                    X, Y, Z, i0, i1, i2, rss = X2, Y2, Z2, j0, j1, j2, rss2
+            mask = best_mask
+            n -= 1
+            err = best_err
+    return mask, n, err, X, Y, Z, i0, i1, i2, rss
+
+
+@nb.njit(cache=True, nogil=True)
 def triangulate_nb(
     pts: np.ndarray, P: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: np.ndarray,
     likelihood_threshold: float, min_views: int, reproj_threshold: float,
@@ -275,31 +314,9 @@ def triangulate_nb(
             conf[c] = cf
             mask |= 1 << c
             n += 1
-        err = np.inf
-        X = Y = Z = i0 = i1 = i2 = rss = np.nan
-        if n >= min_views:
-            ok, X, Y, Z, i0, i1, i2, rss = _triangulate_subset(mask, xn, yn, conf, P, K, wx, wy)
-            if ok:
-                err = _mean_reproj(mask, X, Y, Z, pts, j, P, K, dist, fisheye)
-            while not (err <= reproj_threshold) and n > min_views:
-                best_err = np.inf
-                best_mask = -1
-                for c in range(C):
-                    if not (mask >> c) & 1:
-                        continue
-                    m2 = mask & ~(1 << c)
-                    ok2, X2, Y2, Z2, j0, j1, j2, rss2 = _triangulate_subset(
-                        m2, xn, yn, conf, P, K, wx, wy
-                    )
-                    e2 = np.inf
-                    if ok2:
-                        e2 = _mean_reproj(m2, X2, Y2, Z2, pts, j, P, K, dist, fisheye)
-                    if best_mask < 0 or e2 < best_err:
-                        best_err, best_mask = e2, m2
-                        X, Y, Z, i0, i1, i2, rss = X2, Y2, Z2, j0, j1, j2, rss2
-                mask = best_mask
-                n -= 1
-                err = best_err
+        mask, n, err, X, Y, Z, i0, i1, i2, rss = _triangulate_dropping_views(
+            mask, n, min_views, reproj_threshold, xn, yn, conf, P, K, wx, wy, pts, j, dist, fisheye
+        )
         if err <= reproj_threshold:
             dof = 2 * n - 3
             s2 = max(pixel_noise2, rss / (dof if dof > 0 else 1))
