@@ -90,8 +90,8 @@ class Pose:
     @property
     def n_views(self) -> np.ndarray:
         """``(J,)`` number of cameras used per keypoint."""
-        v = self.views.astype(np.uint32)
-        return np.array([bin(int(x)).count("1") for x in v], dtype=np.int32)
+        bits = np.unpackbits(self.views.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1)
+        return bits.sum(axis=1, dtype=np.int32)
 
 
 class PoseClient:

@@ -41,13 +41,6 @@ def make_animal(cfg: Config) -> Rodent:
     return Rodent(seed=s.seed, arena_radius_mm=s.arena_diameter_mm / 2, speed_mm_s=s.speed_mm_s)
 
 
-def truth_function(cfg: Config) -> Callable[[int], np.ndarray]:
-    """``frame_id`` → ground-truth keypoints ``(J, 3)`` in mm."""
-    animal = make_animal(cfg)
-    fps = cfg.fps
-    return lambda frame_id: animal.keypoints(frame_id / fps)
-
-
 def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``frame_id`` → (spheres ``(S, 4)``, albedo ``(S,)``, keypoints ``(J, 3)``), mm."""
     animal = make_animal(cfg)
