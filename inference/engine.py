@@ -288,6 +288,31 @@ EngineFactory = Callable[[Path, Manifest, ModelConfig], Engine]
 ENGINES: dict[str, EngineFactory] = {"onnxruntime": OrtEngine.from_config}
 
 
+#: ``model.engine: auto`` picks the engine by the model file's suffix.
+ENGINE_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
+                    ".pt": "torch", ".pt2": "torch", ".ts": "torch"}
+
+
+def engine_name(cfg: ModelConfig, model_path: Path) -> str:
+    """The engine to run ``model_path`` with: ``model.engine``, or by suffix when ``auto``.
+
+    Raises
+    ------
+    ModelError
+        ``auto`` and a suffix no engine reads.
+    """
+    if cfg.engine != "auto":
+        return cfg.engine
+    try:
+        return ENGINE_BY_SUFFIX[model_path.suffix.lower()]
+    except KeyError:
+        raise ModelError(
+            f"{model_path}: model.engine: auto cannot tell the engine from the suffix "
+            f"{model_path.suffix!r}; known: {', '.join(sorted(ENGINE_BY_SUFFIX))}, or set "
+            "model.engine"
+        ) from None
+
+
 def create_engine(name: str, onnx_path: Path, manifest: Manifest, cfg: ModelConfig) -> Engine:
     """Build the engine ``name`` (a key of :data:`ENGINES`)."""
     try:

@@ -28,6 +28,7 @@ from livepose.inference.engine import (
     available_providers,
     check_output,
     create_engine,
+    engine_name,
     select_providers,
 )
 from livepose.inference.manifest import ModelError, resolve_model
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 WARMUP_RUNS = 5
 
-ENGINE = "onnxruntime"
 POLL_MS = 100
 MAX_DRAIN = 10_000  # messages taken in per loop turn at most
 MAX_PENDING = 32  # frame-sets the assembler keeps
@@ -59,9 +59,10 @@ def preflight(cfg: Config) -> None:
     UserError
         Anything wrong with the model, its manifest or the ``model`` config.
     """
-    if ENGINE not in ENGINES:
-        raise ModelError(f"inference engine {ENGINE!r} is not available")
     path, manifest = resolve_model(cfg.model)
+    name = engine_name(cfg.model, path)
+    if name not in ENGINES:
+        raise ModelError(f"model.engine: {name!r} is not available; known: {sorted(ENGINES)}")
     select_providers(cfg.model.providers, available_providers(), cfg.model.allow_cpu_fallback)
     spec = manifest.input
     if cfg.is_sim and (cfg.sim.width, cfg.sim.height) != (spec.width, spec.height):
@@ -84,7 +85,7 @@ class _Worker:
         self.k = int(ctx.args.get("worker", 0))
         self.cams = cfg.camera_names
         path, self.manifest = resolve_model(cfg.model)
-        self.engine = create_engine(ENGINE, path, self.manifest, cfg.model)
+        self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest, cfg.model)
         self.pre = Preprocessor(self.manifest.input, len(self.cams))
         self.assembler = FrameSetAssembler(
             self.cams, self.k, cfg.model.workers, max_pending=MAX_PENDING,

@@ -219,6 +219,15 @@ def _register_recording() -> None:
 _register_recording()  # session / replay / export commands (livepose/cli_session.py)
 
 
+def _register_model() -> None:
+    from livepose.cli_model import register
+
+    register(app, err)
+
+
+_register_model()  # model check / export / build-engine (livepose/cli_model.py)
+
+
 def _bench_group() -> typer.Typer:
     """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
     group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)

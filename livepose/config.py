@@ -195,10 +195,29 @@ class TriggerConfig(_Model):
 class ModelConfig(_Model):
     """The 2D keypoint model run by the inference workers."""
 
-    path: str = Field("default", description="'default' (bundled sim-rig model) or an .onnx file")
+    path: str = Field(
+        "default", description="'default' (bundled sim-rig model), a model folder, an .onnx "
+        "file, a TensorRT engine (.engine/.plan) or a TorchScript/exported program (.pt/.pt2)"
+    )
     manifest: Path | None = Field(None, description="default: manifest.yaml next to the model")
-    providers: list[str] | Literal["auto"] = ["CPUExecutionProvider"]
-    allow_cpu_fallback: bool = False
+    engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+        "auto", description="auto: by the model file's suffix (.onnx → onnxruntime, "
+        ".engine/.plan → tensorrt, .pt/.pt2 → torch)"
+    )
+    providers: list[str] | Literal["auto"] = Field(
+        ["CPUExecutionProvider"], description="onnxruntime execution providers, best first, or "
+        "'auto' (TensorRT, CUDA, CPU: the best available)"
+    )
+    allow_cpu_fallback: bool = Field(
+        False, description="run on CPU when a requested GPU provider/device is missing"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch engine: auto = CUDA when present, else CPU"
+    )
+    fp16: bool = Field(True, description="TensorRT (provider and native engine): build in fp16")
+    cache_dir: Path | None = Field(
+        None, description="TensorRT engine and timing cache (default: ~/.cache/livepose/trt)"
+    )
     intra_op_threads: int = Field(2, ge=0, description="0 = ONNX Runtime's default")
     workers: int = Field(1, ge=1, le=16)
 
