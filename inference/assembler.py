@@ -168,6 +168,30 @@ class FrameSetAssembler:
         if last is None or fid > last:
             self._last_seen[cam] = fid
 
+    def reshard(self, worker: int, workers: int, from_id: int) -> None:
+        """Own ``frame_id % workers == worker`` from ``from_id`` on (a worker died).
+
+        Every id of the old share below ``from_id`` is abandoned now (reported by the next
+        pop as skipped or incomplete); frames below ``from_id`` are late from here on.
+        """
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker {worker} out of range for {workers} workers")
+        if self._floor is None and self._pending:
+            self._floor = min(self._pending) - self.workers
+        if self._floor is not None and from_id > self._floor + self.workers:
+            self._retire_below(from_id)
+        self._pending = {k: v for k, v in self._pending.items() if k >= from_id}
+        self.worker, self.workers = worker, workers
+        self._floor = self._share_floor(from_id)
+        self._last_seen.clear()
+        self._newest_complete = None
+        for fid, fs in list(self._pending.items()):  # kept only if also in the new share
+            if fid % workers != worker:
+                del self._pending[fid]
+            elif fs.complete and (self._newest_complete is None or fid > self._newest_complete):
+                self._newest_complete = fid
+        self.counters["reshards"] += 1
+
     # ------------------------------------------------------------------ output
     @property
     def has_complete(self) -> bool:

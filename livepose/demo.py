@@ -235,6 +235,8 @@ def run_pipeline(
         finally:
             mon.close()
         summary = summarize(cfg, sup, mon, elapsed)
+    if sup.takeovers:  # an inference worker died and the others took over its share
+        summary["worker_takeovers"] = sup.takeovers
     print_summary(console, summary)
     if sup.recording.last is not None:  # recording: where the session went, how it closed
         rec = sup.recording.last

@@ -29,6 +29,7 @@ from livepose.config import Config, to_dict
 from livepose.errors import UserError
 from livepose.process import child_entry, load_target
 from livepose.recording import Recording
+from livepose.sharding import encode_reshard
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ TRIGGER = "livepose.acquisition.trigger:main"
 PREPARE = "livepose.acquisition.prepare:prepare_run"
 RECORDER = "livepose.recorder_proc:main"
 DASHBOARD = "livepose.dashboard.process:main"
+#: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
+#: reaches it every ~0.5 s; the message reaches the workers within milliseconds)
+TAKEOVER_LEAD_S = 1.0
 
 
 class ProcessDied(RuntimeError):
@@ -135,6 +139,8 @@ class Supervisor:
         self._mp = mp.get_context("spawn")
         self.calibration = ""
         self._stopping = False
+        #: inference workers that died while others took over their share (see sharding.py)
+        self.takeovers: list[dict[str, Any]] = []
         self._specs: list[ProcSpec] = []
         self.recording = Recording(self)
         self.dashboard = dashboard
@@ -259,10 +265,31 @@ class Supervisor:
             self.exited[n] = p.exitcode
             if not self._stopping and n in self._optional():
                 log.error("%s exited with code %s; the run goes on without it", n, p.exitcode)
+            elif not self._stopping and self._take_over(n, p.exitcode):
+                pass
             elif not self._stopping:
                 h = self.health.get(n)
                 self.recording.on_died(n, p.exitcode, h.last_error if h else None)
                 raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def _take_over(self, name: str, exitcode: int | None) -> bool:
+        """An inference worker died: hand its share to the survivors (True), if any."""
+        workers = self.cfg.model.workers
+        dead = [k for k in range(workers) if f"infer{k}" in self.exited]
+        if not name.startswith("infer") or len(dead) >= workers or self.recording.pub is None:
+            return False
+        alive = [k for k in range(workers) if k not in dead]
+        h = self.health.get("trigger")
+        newest = int(h.counters.get("pulses", 0)) if h else 0
+        from_id = newest + int(TAKEOVER_LEAD_S * self.cfg.fps) + 1
+        self.recording.pub.send_multipart(encode_reshard(alive, from_id))
+        err = self.health[name].last_error if name in self.health else None
+        log.error("%s exited with code %s (%s); workers %s take over its share from frame %d",
+                  name, exitcode, err or "no error reported", alive, from_id)
+        self.recording.on_died(name, exitcode, err)
+        self.takeovers.append({"dead": name, "exitcode": exitcode, "alive": alive,
+                               "from_frame": from_id, "error": err})
+        return True
 
     def _optional(self) -> set[str]:
         return {s.name for s in self._specs if s.optional}

@@ -183,3 +183,38 @@ def test_every_frame_id_accounted_exactly_once(scenario: tuple) -> None:
     if in_order and max_pending >= n:  # nothing evicted: incomplete means a frame was lost
         assert not set(incomplete) & truly_complete
         assert a.counters["late"] == 0
+
+
+@given(st.integers(0, 2), st.integers(3, 40), st.integers(0, 3))
+@settings(max_examples=60, deadline=None)
+def test_reshard_accounts_for_the_old_share_and_owns_the_new_one(
+    dead: int, from_id: int, popped_before: int
+) -> None:
+    """Worker ``k`` of 3 loses worker ``dead``; from ``from_id`` on the two survivors split
+    every frame-id. Each id of the old share below ``from_id`` (from the first one seen) is
+    handed out, skipped or incomplete exactly once; every id of the new share is owned."""
+    survivors = [k for k in range(3) if k != dead]
+    k = survivors[0]
+    a = FrameSetAssembler(CAMS, worker=k, workers=3)
+    seen: list[int] = []
+    for fid in range(0, from_id - 1):  # everything up to just before the switch arrives
+        feed(a, [(c, fid) for c in CAMS])
+        if popped_before and fid % 3 == k and fid % (3 * popped_before + 1) == 0:
+            p = a.pop_latest_complete()
+            assert p is not None
+            seen += [p.frame_id, *p.skipped, *p.incomplete]
+    a.reshard(survivors.index(k), 2, from_id)
+    for fid in range(from_id - 3, from_id + 20):  # late ones first, then the new share
+        feed(a, [(c, fid) for c in CAMS])
+        p = a.pop_latest_complete()
+        if p is not None:
+            seen += [p.frame_id, *p.skipped, *p.incomplete]
+    old = [i for i in range(from_id) if i % 3 == k]
+    new = [i for i in range(from_id, from_id + 20) if i % 2 == survivors.index(k)]
+    assert sorted(seen) == sorted(set(seen))  # nothing twice
+    olds = [i for i in sorted(seen) if i < from_id]
+    assert olds and olds == old[old.index(olds[0]):]  # contiguous to the switch
+    assert [i for i in sorted(seen) if i >= from_id] == new
+    assert a.counters["reshards"] == 1
+    with pytest.raises(ValueError):
+        a.reshard(2, 2, from_id + 30)
