@@ -88,12 +88,14 @@ class FrameSetAssembler:
     counters
         ``frames`` (accepted), ``sets`` (completed), ``skipped``, ``incomplete``,
         ``late``, ``duplicates``, ``foreign`` (another worker's share), ``unknown_cam``,
-        ``unlisted`` and ``gaps/<cam>`` (frame-ids of this share a camera never delivered,
-        judged from consecutive frames of that camera).
+        ``unlisted``, ``gaps/<cam>`` (frame-ids of this share a camera never delivered,
+        judged from consecutive frames of that camera), ``desync`` (complete sets whose
+        cross-camera timestamp spread exceeds ``desync_tolerance_ms``) and ``reshards``.
     """
 
     def __init__(self, cams: list[str], worker: int = 0, workers: int = 1,
-                 max_pending: int = 64, start_id: int | None = None) -> None:
+                 max_pending: int = 64, start_id: int | None = None,
+                 desync_tolerance_ms: float | None = None) -> None:
         if not cams or len(set(cams)) != len(cams):
             raise ValueError(f"cams must be unique and non-empty, got {cams}")
         if not 0 <= worker < workers:
@@ -113,6 +115,9 @@ class FrameSetAssembler:
         self._skipped: list[int] = []
         self._incomplete: list[int] = []
         self.counters: Counter[str] = Counter()
+        self._desync_ns = None if desync_tolerance_ms is None else int(desync_tolerance_ms * 1e6)
+        #: largest cross-camera timestamp spread of a completed set, ns
+        self.max_spread_ns = 0
 
     def _share_floor(self, start_id: int) -> int:
         """The share frame-id just before the first share frame-id ≥ ``start_id``."""
@@ -155,11 +160,22 @@ class FrameSetAssembler:
         if fs.complete:
             fs.t_set_ns = time.time_ns() if t_recv_ns is None else t_recv_ns
             self.counters["sets"] += 1
+            self._check_spread(fs)
             if self._newest_complete is None or fid > self._newest_complete:
                 self._newest_complete = fid
         if len(self._pending) > self.max_pending:
             self._evict_oldest()
         return True
+
+    def _check_spread(self, fs: FrameSet) -> None:
+        """Cross-camera spread of a complete set (exposure time if known, else grab time):
+        above ``desync_tolerance_ms`` it counts ``desync`` (see :mod:`livepose.sync`)."""
+        ts = [f.t_exposure_ns if f.t_exposure_ns is not None else f.t_grab_ns
+              for f in fs.frames if f is not None]
+        spread = max(ts) - min(ts)
+        self.max_spread_ns = max(self.max_spread_ns, spread)
+        if self._desync_ns is not None and spread > self._desync_ns:
+            self.counters["desync"] += 1
 
     def _track_gap(self, cam: str, fid: int) -> None:
         last = self._last_seen.get(cam)

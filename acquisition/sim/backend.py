@@ -138,7 +138,10 @@ class SimCamera:
             self.unforeseen += 1
             image = self._render(frame_id)
         t_grab = time.time_ns()
-        return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig)
+        # the simulated sensors expose exactly on the pulse: their (host-mapped) exposure
+        # time is the trigger time, so cross-camera spread is 0 unless a camera is wrong
+        return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig,
+                    t_exposure_ns=t_trig)
 
     def close(self) -> None:
         """Stop the render thread."""

@@ -218,3 +218,22 @@ def test_reshard_accounts_for_the_old_share_and_owns_the_new_one(
     assert a.counters["reshards"] == 1
     with pytest.raises(ValueError):
         a.reshard(2, 2, from_id + 30)
+
+
+def test_cross_camera_spread_above_tolerance_counts_desync() -> None:
+    a = FrameSetAssembler(CAMS, desync_tolerance_ms=2.0)
+
+    def f(cam: str, fid: int, t_ms: float, exposure: bool) -> Frame:
+        t = int(t_ms * 1e6)
+        return Frame(cam=cam, frame_id=fid, t_grab_ns=t + 5_000_000, pixel_format="Mono8",
+                     image=_IMG, t_trigger_ns=0, t_exposure_ns=t if exposure else None)
+
+    for c, t in zip(CAMS, (0.0, 1.0, 1.9), strict=True):  # 1.9 ms spread: in sync
+        a.add(f(c, 0, t, exposure=True))
+    assert a.counters["desync"] == 0 and a.max_spread_ns == 1_900_000
+    for c, t in zip(CAMS, (0.0, 0.5, 2.5), strict=True):  # 2.5 ms: desync
+        a.add(f(c, 1, t, exposure=True))
+    assert a.counters["desync"] == 1 and a.max_spread_ns == 2_500_000
+    for c, t in zip(CAMS, (0.0, 0.0, 3.0), strict=True):  # no device clock: grab times
+        a.add(f(c, 2, t, exposure=False))
+    assert a.counters["desync"] == 2 and a.counters["sets"] == 3
