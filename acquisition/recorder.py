@@ -39,6 +39,7 @@ import zmq
 from livepose import protocol
 from livepose.acquisition.encoders import Sink, open_sink, video_path
 from livepose.config import Config
+from livepose.realtime import leave_realtime
 from livepose.session import RECORD_TOPIC, EventLog, decode_record_control, video_dir
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class FrameRecorder:
 
     # ---------------------------------------------------------------- writer thread
     def _run(self) -> None:
+        leave_realtime()  # bulk encoding: never ahead of the camera loop
         while True:
             try:
                 item = self.queue.get(timeout=POLL_S)

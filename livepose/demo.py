@@ -24,6 +24,7 @@ from livepose import __version__
 from livepose.client import STAGES
 from livepose.config import Config
 from livepose.monitor import Monitor, pct
+from livepose.realtime import PRIORITY, enter_realtime
 from livepose.runner import Supervisor
 
 DRAIN_TIMEOUT_S = 5.0
@@ -202,6 +203,8 @@ def run_pipeline(
         if sup.dashboard_url:
             console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
         mon = Monitor(sup.endpoints, sup.zctx)  # subscribed before pulse 0
+        if cfg.realtime:  # this process is the demo's pose consumer (children are started)
+            enter_realtime(PRIORITY["client"])
         sup.start_trigger()
         console.print(
             f"running (ready in {time.monotonic() - t_start:.1f} s); pose3d on "
@@ -235,6 +238,8 @@ def run_pipeline(
         finally:
             mon.close()
         summary = summarize(cfg, sup, mon, elapsed)
+    if cfg.realtime:
+        summary["scheduling"] = sup.scheduling()
     if sup.takeovers:  # an inference worker died and the others took over its share
         summary["worker_takeovers"] = sup.takeovers
     print_summary(console, summary)

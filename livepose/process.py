@@ -35,6 +35,7 @@ import zmq
 
 from livepose import protocol
 from livepose.config import Config, from_dict
+from livepose.realtime import enter_realtime, leave_realtime
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +212,25 @@ def child_entry(
     args: dict[str, Any],
     log_level: int = logging.WARNING,
     nice: int = 0,
+    rt_priority: int = 0,
 ) -> None:
     """Entry point of every stage process (run under ``spawn``).
 
-    ``nice`` > 0 lowers the process's priority (consumers off the latency path)."""
+    ``nice`` > 0 lowers the process's priority (consumers off the latency path);
+    ``rt_priority`` > 0 asks for ``SCHED_FIFO`` at that priority (:mod:`livepose.realtime`)
+    before anything starts a thread, so the stage's threads inherit it."""
     setup_logging(name, log_level)
     if nice > 0:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    if rt_priority > 0:
+        sched = enter_realtime(rt_priority)
+    else:  # spawned by a real-time parent (the demo's consumer): back to the fair scheduler
+        leave_realtime()
+        sched = "other"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args)
+    ctx.info["sched"] = sched
 
     def _on_term(signum: int, frame: Any) -> None:
         ctx.request_stop()

@@ -14,9 +14,6 @@ path only, not the renderer. A pulse whose scene did not arrive is rendered on d
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +28,7 @@ from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import make_rig
 from livepose.calibration import write_calibration
 from livepose.config import Config
+from livepose.realtime import leave_realtime
 
 RENDER_NICE = 10
 
@@ -102,8 +100,7 @@ class SimCamera:
     def _render_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> np.ndarray:
         if not self._niced:  # Linux nice is per thread: this one yields to the pipeline
             self._niced = True
-            with contextlib.suppress(OSError, AttributeError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RENDER_NICE)
+            leave_realtime(RENDER_NICE)
         assert self._renderer is not None
         return self._renderer.render(spheres, albedo, frame_id)
 

@@ -44,11 +44,15 @@ def _stats(v: list[float]) -> dict[str, float | None]:
 
 
 def _client_main(endpoint: str, keypoints: list[str], tty: str | None, out: Any,
-                 ready: Any, idle_s: float) -> None:
+                 ready: Any, idle_s: float, realtime: bool = False) -> None:
     """The closed-loop client process: every pose through a rule that always fires."""
     from livepose.client import PoseClient
     from livepose.closedloop import ActionEvent, HalfSpace, Rule, RuleEngine
     from livepose.closedloop_actions import TTLPulse
+    from livepose.realtime import PRIORITY, enter_realtime
+
+    if realtime:  # as a user's closed-loop script would (docs/closed-loop.md)
+        enter_realtime(PRIORITY["client"])
 
     action: Any = TTLPulse(tty, width_us=500) if tty else (lambda e: None)
     rule = Rule("always", keypoints[0], HalfSpace((0, 0, 1), -1e9), action=action,
@@ -122,7 +126,8 @@ def _cpu_s(pid: int | None) -> float | None:
         return None
 
 
-def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dict[str, Any]:
+def run_condition(frames: int, fps: float, dashboard: bool, clients: int,
+                  realtime: bool = False) -> dict[str, Any]:
     """One run of the sim rig: counts, the fused span (s) and the raw per-pose rows (ms)."""
     from livepose.closedloop import model_keypoints
     from livepose.config import load_default_config
@@ -132,6 +137,7 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dic
     cfg = load_default_config()
     cfg.fps = fps
     cfg.dashboard.port = 0
+    cfg.realtime = realtime
     names, _ = model_keypoints(cfg)
     tty, box, slave = emulated_box()  # the "trigger box": its protocol on a pseudo-terminal
     ctx = mp.get_context("spawn")
@@ -141,7 +147,8 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int) -> dic
     with Supervisor(cfg, trigger_count=frames, dashboard=dashboard) as sup:
         sup.launch()
         proc = ctx.Process(target=_client_main,
-                           args=(sup.endpoints["pose3d"], names, tty, q, ready, 3.0))
+                           args=(sup.endpoints["pose3d"], names, tty, q, ready, 3.0,
+                                 realtime))
         proc.start()
         ready.wait(60)
         viewers = None
@@ -275,13 +282,15 @@ def emulated_box() -> tuple[str, BoxEmulator, int]:
 
 
 def run_latency(frames: int = 3000, fps: float = 30.0, clients: int = 10,
-                json_path: Path | None = None, rounds: int = 2) -> dict[str, Any]:
+                json_path: Path | None = None, rounds: int = 2,
+                realtime: bool = False) -> dict[str, Any]:
     """Both conditions and the summary (see the module docstring). ``frames`` per condition,
     split over ``rounds`` runs in the order none, dashboard, dashboard, none, … (so a drift
     of the machine's load hits both conditions alike)."""
     n = max(1, frames // rounds)
     order = [c for i in range(rounds) for c in ((False, True) if i % 2 == 0 else (True, False))]
-    runs = [run_condition(n, fps, dashboard=d, clients=clients if d else 0) for d in order]
+    runs = [run_condition(n, fps, dashboard=d, clients=clients if d else 0, realtime=realtime)
+            for d in order]
     base = _merge([r for r in runs if not r["dashboard"]])
     dash = _merge([r for r in runs if r["dashboard"]])
 
@@ -300,6 +309,7 @@ def run_latency(frames: int = 3000, fps: float = 30.0, clients: int = 10,
         "rounds": rounds,
         "websocket_clients": clients,
         "frame_period_ms": round(1000 / fps, 3),
+        "realtime": realtime,
         "overhead_p99_ms": p99(base, "overhead"),
         "total_p99_ms": p99(base, "to_action"),
         "inference_p99_ms": p99(base, "inference"),
