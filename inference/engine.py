@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from livepose.config import ModelConfig
 from livepose.inference.manifest import Manifest, ModelError
+from livepose.inference.providers import provider_options
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class Engine(Protocol):
     provider: str
     input_shape: tuple[Dim, ...]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` (or NHWC) float32 → raw output, ``(N, J, h, w)`` for heatmaps."""
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """``(N, C, H, W)`` (or NHWC) float32 → the raw outputs named by
+        ``manifest.output.tensor_names()``, in that order (e.g. ``[(N, J, h, w)]`` for
+        heatmaps); decode them with :func:`~livepose.inference.decode.decode_outputs`."""
         ...
 
 
@@ -109,10 +112,80 @@ def _dim_ok(declared: Dim, expected: int) -> bool:
     return not isinstance(declared, int) or declared in (expected, -1, 0)
 
 
+def _fixed(d: Dim) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+def _output_problem(
+    shapes: Sequence[tuple[Dim, ...]], manifest: Manifest, strict: bool = False
+) -> str | None:
+    """The first disagreement between the output shapes (in ``tensor_names()`` order) and
+    the manifest, or ``None``. ``strict``: actual shapes (every dimension must match);
+    else declared ones (a named or -1 dimension matches anything)."""
+    out, inp = manifest.output, manifest.input
+    j = len(manifest.keypoints)
+    names = out.tensor_names()
+
+    def ok(declared: Dim, want: int) -> bool:
+        return declared == want if strict else _dim_ok(declared, want)
+
+    def desc(i: int) -> str:
+        return f"output {names[i]!r} (shape {list(shapes[i])})"
+
+    kp = f"the manifest lists {j} keypoints but "
+    s = shapes[0]
+    if out.type == "heatmap":
+        stride = out.cell_stride
+        if len(s) != 4:
+            return f"output.type heatmap needs (N, J, h, w) but {desc(0)} is {len(s)}-D"
+        if not ok(s[1], j):
+            return f"{kp}{desc(0)} has {s[1]} channels"
+        for field, d, size in (("height", s[2], inp.height), ("width", s[3], inp.width)):
+            # d · stride ≈ size; up to 4 cells more: unpadded deconvolutions (DeepLabCut's
+            # heads turn n cells into 2n + 1, so 256 px at stride 8 gives 35, not 32)
+            if isinstance(d, int) and d > 0 and not -stride < d * stride - size <= 4 * stride:
+                return (f"{desc(0)}: heatmap {field} {d} does not match input.{field} {size} "
+                        f"/ output.stride {stride:g}")
+        if out.locref is not None:
+            lr = shapes[1]
+            if len(lr) != 4 or not ok(lr[1], 2 * j):
+                return (f"output.locref: {desc(1)} must be (N, 2J, h, w) = (N, {2 * j}, h, w): "
+                        f"x and y offsets for each of the {j} keypoints")
+            for field, a, b in (("height", lr[2], s[2]), ("width", lr[3], s[3])):
+                if _fixed(a) and _fixed(b) and a != b:
+                    return f"output.locref: {desc(1)} {field} {a} differs from {desc(0)}"
+    elif out.type == "simcc":
+        lengths = out.simcc_lengths(inp.width, inp.height)
+        for i, key, field, size in ((0, "output.name", "width", inp.width),
+                                    (1, "output.name_y", "height", inp.height)):
+            s = shapes[i]
+            if len(s) != 3:
+                return f"{key}: output.type simcc needs (N, J, bins) but {desc(i)} is {len(s)}-D"
+            if not ok(s[1], j):
+                return f"{kp}{desc(i)} has {s[1]} rows"
+            if not ok(s[2], lengths[i]):
+                return (f"{key}: {desc(i)} has {s[2]} bins but input.{field} {size} × "
+                        f"output.split_ratio {out.simcc_ratio:g} = {lengths[i]}")
+    elif out.type == "regression":
+        if len(s) != 3 or ((strict or _fixed(s[2])) and s[2] not in (2, 3)):
+            return (f"output.type regression needs (N, J, 2) or (N, J, 3) (x, y[, confidence]) "
+                    f"but {desc(0)} is not")
+        if not ok(s[1], j):
+            return f"{kp}{desc(0)} has {s[1]} rows"
+    else:
+        return f"unknown output.type {out.type!r}"
+    return None
+
+
 def check_io(
     sess: Any, manifest: Manifest, source: Path
 ) -> tuple[tuple[Dim, ...], int | None]:
     """Check the session's input/output names and shapes against the manifest.
+
+    Every output the decoder reads (``manifest.output.tensor_names()``) must exist with the
+    shape its ``output.type`` needs: ``heatmap`` ``(N, J, ~H/stride, ~W/stride)`` (and a
+    ``locref`` ``(N, 2J, h, w)``), ``simcc`` ``(N, J, round(W·k))`` and
+    ``(N, J, round(H·k))``, ``regression`` ``(N, J, 2|3)``.
 
     Returns
     -------
@@ -122,7 +195,7 @@ def check_io(
     Raises
     ------
     ModelError
-        Naming the manifest field that disagrees with the ONNX graph.
+        Naming the manifest field that disagrees with the ONNX graph, and the ONNX shapes.
     """
     spec, out = manifest.input, manifest.output
     inputs = {i.name: i for i in sess.get_inputs()}
@@ -134,11 +207,16 @@ def check_io(
         )
     if len(inputs) != 1:
         raise ModelError(f"{source}: the model must have exactly one input, has {sorted(inputs)}")
-    if out.name not in outputs:
-        raise ModelError(
-            f"{source}: manifest output.name {out.name!r} is not an output of the model "
-            f"(outputs: {sorted(outputs)})"
-        )
+    fields = {"heatmap": ("name", "locref"), "simcc": ("name", "name_y"),
+              "regression": ("name",)}[out.type]
+    names = out.tensor_names()
+    for field, name in zip(fields, names, strict=False):
+        if name not in outputs:
+            have = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+            raise ModelError(
+                f"{source}: manifest output.{field} {name!r} is not an output of the model "
+                f"(outputs: {have})"
+            )
     inp = inputs[spec.name]
     if inp.type != "tensor(float)":
         raise ModelError(f"{source}: input {spec.name!r} is {inp.type}; only float32 is supported")
@@ -153,45 +231,38 @@ def check_io(
                 f"{source}: manifest input.{field} is {want} but the model's input "
                 f"{spec.name!r} has shape {list(shape)} (layout {spec.layout})"
             )
-    oshape = tuple(outputs[out.name].shape)
-    if len(oshape) != 4:
-        raise ModelError(
-            f"{source}: output {out.name!r} has shape {list(oshape)}; a heatmap output is "
-            "(N, J, h, w)"
-        )
-    if not _dim_ok(oshape[1], len(manifest.keypoints)):
-        raise ModelError(
-            f"{source}: manifest lists {len(manifest.keypoints)} keypoints but output "
-            f"{out.name!r} has {oshape[1]} channels"
-        )
-    for field, declared, size in (("height", oshape[2], spec.height),
-                                  ("width", oshape[3], spec.width)):
-        fixed = isinstance(declared, int) and declared > 0
-        if fixed and abs(declared * out.stride - size) >= out.stride:
-            raise ModelError(
-                f"{source}: output {out.name!r} {field} {declared} does not match "
-                f"input.{field} {size} / output.stride {out.stride:g}"
-            )
+    problem = _output_problem([tuple(outputs[n].shape) for n in names], manifest)
+    if problem:
+        raise ModelError(f"{source}: {problem}")
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     return shape, batch
 
 
-def check_output(out: np.ndarray, manifest: Manifest, n: int) -> None:
-    """Check an actual output (dynamic dimensions resolved) for a batch of ``n``."""
-    spec = manifest.input
-    stride = manifest.output.stride
-    j = len(manifest.keypoints)
-    ok = (
-        out.ndim == 4 and out.shape[0] == n and out.shape[1] == j
-        and abs(out.shape[2] * stride - spec.height) < stride
-        and abs(out.shape[3] * stride - spec.width) < stride
-    )
-    if not ok:
+def check_output(outputs: Sequence[np.ndarray], manifest: Manifest, n: int) -> None:
+    """Check the actual outputs of :meth:`Engine.run` (dynamic dimensions resolved) for a
+    batch of ``n``, in the order of ``manifest.output.tensor_names()``.
+
+    Raises
+    ------
+    ModelError
+        Wrong number of outputs, batch size, or a shape the decoder cannot read.
+    """
+    names = manifest.output.tensor_names()
+    where = f"model {manifest.name!r}"
+    if len(outputs) != len(names):
         raise ModelError(
-            f"model {manifest.name!r}: output {manifest.output.name!r} has shape "
-            f"{list(out.shape)} for a batch of {n}; expected ({n}, {j}, "
-            f"~{spec.height / stride:g}, ~{spec.width / stride:g}) from the manifest"
+            f"{where}: the engine returned {len(outputs)} outputs; output.type "
+            f"{manifest.output.type} reads {len(names)} ({', '.join(names)})"
         )
+    shapes = [tuple(int(d) for d in np.shape(o)) for o in outputs]
+    for name, shp in zip(names, shapes, strict=True):
+        if not shp or shp[0] != n:
+            raise ModelError(
+                f"{where}: output {name!r} has shape {list(shp)} for a batch of {n}"
+            )
+    problem = _output_problem(shapes, manifest, strict=True)
+    if problem:
+        raise ModelError(f"{where}: {problem} for a batch of {n}")
 
 
 class OrtEngine:
@@ -209,6 +280,9 @@ class OrtEngine:
         Run on CPU when a requested GPU provider is missing or fails to load.
     intra_op_threads
         Threads per operator (0: ONNX Runtime's default).
+    model_cfg
+        The ``model`` config, for the TensorRT and CUDA provider options (fp16, cache folder;
+        :func:`livepose.inference.providers.provider_options`); default values if ``None``.
     """
 
     name = "onnxruntime"
@@ -220,6 +294,7 @@ class OrtEngine:
         providers: Sequence[str] | Literal["auto"] = (CPU,),
         allow_cpu_fallback: bool = False,
         intra_op_threads: int = 0,
+        model_cfg: ModelConfig | None = None,
     ) -> None:
         path = Path(onnx_path)
         if not path.is_file():
@@ -239,7 +314,8 @@ class OrtEngine:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+            specs = provider_options(chosen, model_cfg or ModelConfig())
+            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=specs)
         except Exception as exc:  # ORT raises its own unrelated exception types
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
             raise ModelError(f"{path}: cannot load the ONNX model ({first})") from None
@@ -254,38 +330,55 @@ class OrtEngine:
         self.providers: list[str] = list(used)
         self.input_shape, self._batch = check_io(self._sess, manifest, path)
         self._in = manifest.input.name
-        self._out = [manifest.output.name]
+        self._out = manifest.output.tensor_names()
         log.info("model %s on %s (providers %s)", manifest.name, self.provider, used)
 
     @classmethod
     def from_config(cls, onnx_path: str | Path, manifest: Manifest, cfg: ModelConfig) -> OrtEngine:
         """Build from the ``model`` section of the config."""
         return cls(onnx_path, manifest, cfg.providers, cfg.allow_cpu_fallback,
-                   cfg.intra_op_threads)
+                   cfg.intra_op_threads, cfg)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the model on ``batch`` ``(N, …)`` float32 (C-contiguous).
 
-        A model with a fixed batch size ``B`` is run in chunks of ``B`` (the last one padded).
+        Returns the outputs ``manifest.output.tensor_names()``, in that order. A model with
+        a fixed batch size ``B`` is run in chunks of ``B`` (the last one padded).
         """
         b = self._batch
         if b is None or batch.shape[0] == b:
-            out: np.ndarray = self._sess.run(self._out, {self._in: batch})[0]
-            return out
-        parts = []
+            return list(self._sess.run(self._out, {self._in: batch}))
+        parts: list[list[np.ndarray]] = []
         for s in range(0, batch.shape[0], b):
             chunk = batch[s : s + b]
             if chunk.shape[0] < b:
                 pad = np.zeros((b - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            parts.append(self._sess.run(self._out, {self._in: chunk})[0])
-        return np.concatenate(parts)[: batch.shape[0]]
+            parts.append(self._sess.run(self._out, {self._in: chunk}))
+        n = batch.shape[0]
+        return [np.concatenate([p[i] for p in parts])[:n] for i in range(len(self._out))]
 
 
 EngineFactory = Callable[[Path, Manifest, ModelConfig], Engine]
 
+def _torch_engine(path: Path, manifest: Manifest, cfg: ModelConfig) -> Engine:
+    from livepose.inference.engine_torch import TorchEngine  # torch is imported in there, lazily
+
+    return TorchEngine.from_config(path, manifest, cfg)
+
+
+def _tensorrt_engine(path: Path, manifest: Manifest, cfg: ModelConfig) -> Engine:
+    from livepose.inference.engine_trt import TrtEngine  # tensorrt/cuda-python: lazily, inside
+
+    return TrtEngine.from_config(path, manifest, cfg)
+
+
 #: Engine backends by name.
-ENGINES: dict[str, EngineFactory] = {"onnxruntime": OrtEngine.from_config}
+ENGINES: dict[str, EngineFactory] = {
+    "onnxruntime": OrtEngine.from_config,
+    "tensorrt": _tensorrt_engine,
+    "torch": _torch_engine,
+}
 
 
 #: ``model.engine: auto`` picks the engine by the model file's suffix.

@@ -12,6 +12,11 @@ A model is an ONNX file plus a ``manifest.yaml`` next to it::
     skeleton: [[snout, left_ear], ...]
     training: {...}   # free-form
 
+``output.type`` selects the decoder (:mod:`livepose.inference.decode`): ``heatmap``
+(optionally with DeepLabCut location refinement, ``locref``), ``simcc`` (RTMPose: ``name``
+is the x vector, ``name_y`` the y vector) or ``regression`` (coordinates straight out of the
+network). Fields of another type are refused.
+
 A pixel value ``v`` (8-bit range; deeper pixels are first brought to it) becomes
 ``(v * scale - mean[c]) / std[c]`` in channel ``c``. Every error is a :class:`ModelError`
 (a :class:`~livepose.errors.UserError`) that names the file and the field.
@@ -31,7 +36,9 @@ from livepose.errors import UserError
 
 MANIFEST_FORMAT = "livepose-model/1"
 MANIFEST_NAME = "manifest.yaml"
-OUTPUT_TYPES = ("heatmap",)  # SimCC and regression heads come later
+OUTPUT_TYPES = ("heatmap", "simcc", "regression")
+#: DeepLabCut's default ``locref_stdev`` (location-refinement scale, input pixels).
+DLC_LOCREF_STD = 7.2801
 
 
 class ModelError(UserError):
@@ -79,14 +86,37 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    """The network output. ``heatmap``: ``(N, J, h, w)``, cell ``i`` centred on input pixel
-    ``offset + i * stride``; ``offset`` defaults to ``(stride - 1) / 2``."""
+    """The network output(s) and how to decode them (``type``).
+
+    ``heatmap``
+        ``name``: ``(N, J, h, w)``; cell ``i`` centred on input pixel ``offset + i * stride``
+        (``offset`` defaults to ``(stride - 1) / 2``). ``locref`` (optional): a DeepLabCut
+        location-refinement output ``(N, 2J, h, w)``, x and y interleaved per keypoint,
+        scaled by ``locref_std``.
+    ``simcc``
+        ``name``: x vectors ``(N, J, round(width * split_ratio))``; ``name_y``: y vectors
+        ``(N, J, round(height * split_ratio))``.
+    ``regression``
+        ``name``: ``(N, J, 2)`` or ``(N, J, 3)`` (x, y[, confidence]), ``coords`` in input
+        ``pixels`` or ``normalized`` to 0..1 of the input width and height.
+
+    ``activation`` applies to the values read as confidence (heatmap, SimCC vectors, the
+    regression confidence column): ``none`` or ``sigmoid`` (the network emits logits).
+    """
 
     name: str
     type: str
-    stride: float = Field(gt=0)
-    offset: float | None = None
     activation: Literal["none", "sigmoid"] = "none"
+    # heatmap
+    stride: float | None = Field(None, gt=0)
+    offset: float | None = None
+    locref: str | None = None
+    locref_std: float | None = Field(None, gt=0)
+    # simcc
+    name_y: str | None = None
+    split_ratio: float | None = Field(None, gt=0)
+    # regression
+    coords: Literal["pixels", "normalized"] | None = None
 
     @field_validator("type")
     @classmethod
@@ -97,10 +127,66 @@ class OutputSpec(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> OutputSpec:
+        own = {
+            "heatmap": ("stride", "offset", "locref", "locref_std"),
+            "simcc": ("name_y", "split_ratio"),
+            "regression": ("coords",),
+        }
+        foreign = [f for t, fields in own.items() if t != self.type for f in fields
+                   if getattr(self, f) is not None]
+        if foreign:
+            raise ValueError(
+                f"output.{foreign[0]} does not apply to output.type {self.type!r} "
+                f"(its fields: {', '.join(('name', 'activation', *own[self.type]))})"
+            )
+        if self.type == "heatmap" and self.stride is None:
+            raise ValueError("output.stride is required for output.type 'heatmap'")
+        if self.type == "heatmap" and self.locref_std is not None and self.locref is None:
+            raise ValueError("output.locref_std needs output.locref (the refinement output)")
+        if self.type == "simcc" and not self.name_y:
+            raise ValueError("output.name_y (the y vectors) is required for output.type 'simcc'")
+        names = self.tensor_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"the decoder's tensor names must differ, got {names}")
+        return self
+
+    def tensor_names(self) -> list[str]:
+        """The model outputs the decoder reads, in the order :meth:`Engine.run` returns them:
+        heatmap ``[name]`` or ``[name, locref]``; simcc ``[name, name_y]``; regression
+        ``[name]``."""
+        if self.type == "simcc":
+            return [self.name, str(self.name_y)]
+        if self.type == "heatmap" and self.locref is not None:
+            return [self.name, self.locref]
+        return [self.name]
+
+    @property
+    def cell_stride(self) -> float:
+        """Heatmap cell size in input pixels (``stride``; 1 for other types)."""
+        return 1.0 if self.stride is None else self.stride
+
     @property
     def cell_offset(self) -> float:
         """Input-pixel position of heatmap cell 0."""
-        return (self.stride - 1.0) / 2.0 if self.offset is None else self.offset
+        return (self.cell_stride - 1.0) / 2.0 if self.offset is None else self.offset
+
+    @property
+    def locref_scale(self) -> float:
+        """``locref_std`` or DeepLabCut's default :data:`DLC_LOCREF_STD`."""
+        return DLC_LOCREF_STD if self.locref_std is None else self.locref_std
+
+    @property
+    def simcc_ratio(self) -> float:
+        """SimCC bins per input pixel (``split_ratio``, RTMPose's default 2.0)."""
+        return 2.0 if self.split_ratio is None else self.split_ratio
+
+    def simcc_lengths(self, width: int, height: int) -> tuple[int, int]:
+        """Expected SimCC vector lengths ``(Wx, Wy)`` for an input of ``width × height``
+        (mmpose: ``round(size * split_ratio)``)."""
+        k = self.simcc_ratio
+        return round(width * k), round(height * k)  # half to even, as np.around
 
 
 class Manifest(_Strict):
@@ -136,7 +222,7 @@ def _format_errors(source: Path, err: ValidationError) -> str:
             msg = "unknown field"
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg[:1].lower()}{msg[1:]}"
-        out.append(f"{loc}: {msg}" if loc else msg)
+        out.append(f"{loc}: {msg}" if loc and not msg.startswith(f"{loc}.") else msg)
     return f"{source}: " + "; ".join(out)
 
 
@@ -174,17 +260,22 @@ def default_model_dir() -> Path:
     return Path(str(files("livepose.inference") / "models" / "default"))
 
 
-def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
-    """Find the ONNX file and load its manifest.
+#: Model files ``model.path`` may name (the engine is picked by suffix: ``engine_name``).
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".pt", ".pt2", ".ts")
 
-    ``model.path`` is ``default`` (the bundled model), an ``.onnx`` file, or a folder holding
-    ``manifest.yaml`` (whose ``file`` names the ONNX file). The manifest is
+
+def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
+    """Find the model file and load its manifest.
+
+    ``model.path`` is ``default`` (the bundled model), a model file (:data:`MODEL_SUFFIXES`:
+    ONNX, TensorRT engine, TorchScript or ``torch.export`` program), or a folder holding
+    ``manifest.yaml`` (whose ``file`` names the model file). The manifest is
     ``model.manifest`` when set, else ``manifest.yaml`` next to the model.
 
     Returns
     -------
     tuple[Path, Manifest]
-        The ONNX file and its validated manifest.
+        The model file and its validated manifest.
     """
     raw = model_cfg.path
     if raw == "default":
@@ -199,8 +290,11 @@ def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
     else:
         onnx = Path(raw)
         folder = onnx.parent
-        if onnx.suffix.lower() != ".onnx":
-            raise ModelError(f"{onnx}: model.path must be 'default', a folder or an .onnx file")
+        if onnx.suffix.lower() not in MODEL_SUFFIXES:
+            raise ModelError(
+                f"{onnx}: model.path must be 'default', a folder or a model file "
+                f"({', '.join(MODEL_SUFFIXES)})"
+            )
         if not onnx.is_file():
             raise ModelError(f"{onnx}: model file not found (model.path)")
     manifest = load_manifest(model_cfg.manifest or folder / MANIFEST_NAME)

@@ -2,7 +2,7 @@
 
 Worker ``k`` of ``model.workers`` subscribes to every camera's frames, assembles the
 frame-sets of its share (``frame_id % K == k``), and for the newest complete set runs one
-batched model call over all C views, decodes the heatmaps and publishes a
+batched model call over all C views, decodes its outputs and publishes a
 :class:`~livepose.protocol.Kp2d`. Each kp2d also lists the frame-ids this worker abandoned
 since its previous message (``skipped``, ``incomplete``), so downstream can account for
 every frame-set. A frame it cannot read becomes a NaN view and a counted ``bad_frames``;
@@ -21,7 +21,8 @@ import zmq
 from livepose import protocol
 from livepose.config import Config
 from livepose.inference.assembler import FrameSetAssembler, Popped
-from livepose.inference.decode import decode_heatmaps
+from livepose.inference.crops import CropPlan, CropPlanner
+from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import (
     ENGINES,
     OrtEngine,
@@ -32,8 +33,9 @@ from livepose.inference.engine import (
     select_providers,
 )
 from livepose.inference.manifest import ModelError, resolve_model
-from livepose.inference.preprocess import Preprocessor, to_frame_pixels
+from livepose.inference.preprocess import Preprocessor
 from livepose.process import StageContext
+from livepose.sharding import WORKERS_TOPIC, decode_reshard
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ def preflight(cfg: Config) -> None:
         raise ModelError(f"model.engine: {name!r} is not available; known: {sorted(ENGINES)}")
     select_providers(cfg.model.providers, available_providers(), cfg.model.allow_cpu_fallback)
     spec = manifest.input
-    if cfg.is_sim and (cfg.sim.width, cfg.sim.height) != (spec.width, spec.height):
+    resampled = spec.resize != "none" or cfg.model.crop.enabled  # any frame size then
+    if cfg.is_sim and not resampled and (cfg.sim.width, cfg.sim.height) != (spec.width,
+                                                                          spec.height):
         raise ModelError(
             f"sim frames are {cfg.sim.width}×{cfg.sim.height} but model {manifest.name!r} "
             f"needs {spec.width}×{spec.height} (input.resize: {spec.resize}); set sim.width "
@@ -87,16 +91,25 @@ class _Worker:
         path, self.manifest = resolve_model(cfg.model)
         self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest, cfg.model)
         self.pre = Preprocessor(self.manifest.input, len(self.cams))
+        self.pre.warm_up()
         self.assembler = FrameSetAssembler(
             self.cams, self.k, cfg.model.workers, max_pending=MAX_PENDING,
             start_id=ctx.args.get("start_frame_id"),
+            desync_tolerance_ms=cfg.desync_tolerance_ms,
         )
         spec = self.manifest.input
-        frame_bytes = spec.width * spec.height * spec.channels * 2  # at most (uint16)
+        fw, fh = (max(spec.width, cfg.sim.width), max(spec.height, cfg.sim.height)) \
+            if cfg.is_sim else (spec.width, spec.height)
+        frame_bytes = fw * fh * spec.channels * 2  # at most (uint16)
         self.rcv_hwm = int(min(1000, max(cfg.transport.frame_hwm, RCV_BUDGET // frame_bytes)))
         self.decoder = protocol.Decoder(
             protocol.Limits(max_array_bytes=cfg.limits.max_frame_bytes), expect=["frame"]
         )
+        self.crops = CropPlanner.from_config(
+            cfg, ctx.args.get("calibration"), (spec.width, spec.height)
+        ) if cfg.model.crop.enabled else None
+        self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
+        self.pose_decoder = protocol.Decoder(expect=["pose3d"])
         self.failures = 0
         self._last_log: dict[str, float] = {}
         self._rate_t = time.monotonic()
@@ -109,14 +122,14 @@ class _Worker:
         left pulse 0 at ~5× the steady inference time."""
         n = len(self.cams)
         for _ in range(WARMUP_RUNS):
-            out = self.engine.run(self.pre.batch(n))
-            check_output(out, self.manifest, n)
-            self._decode(out)
+            outs = self.engine.run(self.pre.batch(n))
+            check_output(outs, self.manifest, n)
+            self._decode(outs)
 
-    def _decode(self, out: np.ndarray) -> np.ndarray:
-        o = self.manifest.output
-        pts = decode_heatmaps(out, o.stride, o.cell_offset, o.activation)
-        return to_frame_pixels(pts, self.manifest.input)
+    def _decode(self, outs: list[np.ndarray]) -> np.ndarray:
+        """Raw outputs (``manifest.output.tensor_names()`` order) → ``(N, J, 3)`` in
+        model-input pixels, by the manifest's ``output.type``."""
+        return decode_outputs(outs, self.manifest)
 
     def _warn(self, key: str, message: str) -> None:
         """Record an error, logging at most once per second per kind."""
@@ -141,13 +154,46 @@ class _Worker:
                 self.assembler.add(msg, t)
         return n
 
+    def drain_poses(self) -> None:
+        """Take in every fused pose available (crops), without blocking."""
+        if self.pose_sub is None or self.crops is None:
+            return
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = self.pose_sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            msg = self.pose_decoder.decode(parts)
+            if isinstance(msg, protocol.Pose3d):
+                self.crops.update(msg.frame_id, msg.xyz, msg.lead_ns)
+
+    def plan_crops(self, popped: Popped) -> CropPlan | None:
+        """Each view's region (``None`` without crops); the whole frames if planning
+        fails (counted ``crop_errors``)."""
+        if self.crops is None:
+            return None
+        sizes = [(int(f.image.shape[1]), int(f.image.shape[0])) for f in popped.frames]
+        try:
+            self.drain_poses()
+            plan = self.crops.plan(popped.frame_id, sizes)
+        except Exception as exc:  # never stop the loop over a crop
+            self.ctx.counters["crop_errors"] += 1
+            self._warn("crop", f"crop planning failed on frame {popped.frame_id}: {exc!r}")
+            plan = CropPlan([(0, 0, w, h) for w, h in sizes], ["error"] * len(sizes))
+        c = self.ctx.counters
+        for key, val in self.crops.counters.items():  # totals (counters is a Counter)
+            c[key] = val
+        return plan
+
     def infer(self, popped: Popped) -> protocol.Kp2d:
-        """Preprocess, run, decode one frame-set."""
+        """Preprocess (crops when enabled), run, decode one frame-set; points in full-frame
+        pixels."""
         t0 = time.time_ns()
         bad = []
+        plan = self.plan_crops(popped)
         for i, f in enumerate(popped.frames):
             try:
-                self.pre.fill(i, f.image, f.pixel_format)
+                self.pre.fill(i, f.image, f.pixel_format, None if plan is None else plan.rois[i])
             except ValueError as exc:
                 bad.append(i)
                 self.pre.blank(i)
@@ -155,8 +201,7 @@ class _Worker:
                 self._warn("bad_frame", f"bad frame {f.cam}#{f.frame_id}: {exc}")
         n = len(popped.frames)
         try:
-            out = self.engine.run(self.pre.batch(n))
-            points = self._decode(out)
+            points = self.pre.to_frame_pixels(self._decode(self.engine.run(self.pre.batch(n))))
             self.failures = 0
         except Exception as exc:  # a failed model call must not end the run at once
             self.failures += 1
@@ -184,11 +229,31 @@ class _Worker:
         pub.send_multipart(protocol.encode(msg), copy=False)
         self.ctx.counters["inferred"] += 1
 
+    def poll_control(self, ctl: zmq.Socket[Any]) -> None:
+        """Apply a reshard from the supervisor (another worker died), without blocking."""
+        while True:
+            try:
+                parts = ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = decode_reshard(parts)
+            if msg is None:
+                self.ctx.counters["bad_control"] += 1
+                continue
+            alive, from_id = msg
+            if self.k not in alive:
+                continue
+            self.assembler.reshard(alive.index(self.k), len(alive), from_id)
+            self.ctx.counters["takeovers"] += 1
+            log.warning("%s: workers %s share the frame-sets from frame %d on", self.ctx.name,
+                        alive, from_id)
+
     def update_health(self) -> None:
         """Copy assembler and decoder counts into the health counters; update rates."""
         c = self.ctx.counters
         for key, val in self.assembler.counters.items():
             c[key] = val
+        c["max_spread_us"] = self.assembler.max_spread_ns // 1000  # cross-camera, per set
         c["rejected"] = self.decoder.rejected
         for reason, val in self.decoder.errors.items():
             c[f"rejected/{reason}"] = val
@@ -215,13 +280,22 @@ def main(ctx: StageContext) -> None:
     zero = ["frames", "sets", "inferred", "skipped", "incomplete", "late", "bad_frames",
             "rejected", *(f"gaps/{c}" for c in w.cams)]
     ctx.counters.update(dict.fromkeys(zero, 0))
+    if w.crops is not None:  # 3D-guided crops: fusion's poses, drained without blocking
+        w.pose_sub = ctx.socket(zmq.SUB, connect=ctx.endpoints["pose3d"], subscribe=b"pose3d",
+                                hwm=1000)
+        ctx.counters.update(dict.fromkeys(w.crops.counters, 0))
     ctx.ready(provider=w.engine.provider, model=w.manifest.name, engine=w.engine.name,
               worker=k, keypoints=len(w.manifest.keypoints))
     log.info("%s: %s on %s", ctx.name, w.manifest.name, w.engine.provider)
+    ctl_ep = ctx.endpoints.get("record")  # the supervisor's control PUB (sharding.py)
+    ctl = ctx.socket(zmq.SUB, connect=ctl_ep, subscribe=WORKERS_TOPIC) if ctl_ep else None
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     while not ctx.stopping:
         w.update_health()
+        w.drain_poses()
+        if ctl is not None:
+            w.poll_control(ctl)
         if not w.assembler.has_complete and not poller.poll(POLL_MS):
             continue
         w.drain(sub)

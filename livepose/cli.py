@@ -50,6 +50,7 @@ def _run(
     no_dashboard: bool = False,
     port: int | None = None,
     record: str | None = None,
+    realtime: bool = False,
 ) -> None:
     from livepose.demo import run_pipeline
     from livepose.runner import ProcessDied
@@ -66,6 +67,8 @@ def _run(
             cfg.cameras = [SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(cameras)]
         if port is not None:
             cfg.dashboard.port = port
+        if realtime:
+            cfg.realtime = True
         if record is not None:  # recording (docs/recording.md)
             cfg.recording.enabled = True
             cfg.recording.name = record if record != RECORD_DEFAULT else None
@@ -106,6 +109,9 @@ RecordOpt = Annotated[
         help="record a session sessions/<date>_<NAME>/ (NAME optional: default the config name)",
     ),
 ]
+RealtimeOpt = Annotated[
+    bool, typer.Option("--realtime", help="SCHED_FIFO for the latency path (config realtime)")
+]
 PortOpt = Annotated[
     int | None,
     typer.Option("--port", min=0, max=65535, help="dashboard port (default 8765; 0: any free)"),
@@ -123,9 +129,11 @@ def demo(
     no_dashboard: NoDashOpt = False,
     port: PortOpt = None,
     record: RecordOpt = None,
+    realtime: RealtimeOpt = False,
 ) -> None:
     """Run the simulated rig end to end with a live view (Ctrl-C to stop)."""
-    _run(None, duration, json_path, fps, cameras, no_live, verbose, no_dashboard, port, record)
+    _run(None, duration, json_path, fps, cameras, no_live, verbose, no_dashboard, port, record,
+         realtime)
 
 
 @app.command()
@@ -139,9 +147,11 @@ def run(
     no_dashboard: NoDashOpt = False,
     port: PortOpt = None,
     record: RecordOpt = None,
+    realtime: RealtimeOpt = False,
 ) -> None:
     """Run the pipeline described by CONFIG."""
-    _run(config, duration, json_path, fps, None, no_live, verbose, no_dashboard, port, record)
+    _run(config, duration, json_path, fps, None, no_live, verbose, no_dashboard, port, record,
+         realtime)
 
 
 @app.command("check-config")
@@ -291,18 +301,47 @@ def _register_latency_bench() -> None:
                                              help="websocket clients on the dashboard")] = 10,
         rounds: Annotated[int, typer.Option("--rounds", min=1, max=10,
                                             help="alternate the conditions this many times")] = 2,
+        realtime: RealtimeOpt = False,
     ) -> None:
         """Trigger → pose3d → client callback → action, without and with the dashboard."""
         from livepose.bench.latency import run_latency
 
         try:
-            res = run_latency(frames, fps, clients, json_path, rounds)
+            res = run_latency(frames, fps, clients, json_path, rounds, realtime)
         except UserError as exc:
             _fail(str(exc))
         Console().print_json(data=res["summary"])
 
 
 _register_latency_bench()
+
+
+def _register_inference_bench() -> None:
+    """``bench inference`` (livepose/bench/inference.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("inference")
+    def bench_inference(
+        json_path: JsonOpt = None,
+        model: Annotated[str | None, typer.Option("--model", help="model path (default: the "
+                                                  "bundled model)")] = None,
+        views: Annotated[int, typer.Option("--views", min=1, max=16)] = 4,
+        runs: Annotated[int, typer.Option("--runs", min=10, help="timed calls per case")] = 200,
+        threads: Annotated[int | None, typer.Option("--threads", min=0,
+                                                    help="ONNX Runtime intra-op threads")] = None,
+    ) -> None:
+        """Per engine/provider: latency per frame-set for batch 1…C, decode, throughput."""
+        from livepose.bench.inference import main as run
+
+        try:
+            res = run(json_path, model, views, runs, threads,
+                      progress=lambda m: err.print(m, highlight=False))
+        except UserError as exc:
+            _fail(str(exc))
+        Console().print_json(data=res["summary"])
+
+
+_register_inference_bench()
 
 
 def _split_camera_names(camera_names: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -382,6 +421,27 @@ def _register_fusion_bench() -> None:
 
 
 _register_fusion_bench()
+
+
+def _register_crops_bench() -> None:
+    """``bench crops`` (livepose/bench/crops.py; results in docs/inference.md)."""
+    bench = _bench_group()
+
+    @bench.command("crops")
+    def bench_crops(
+        json_path: JsonOpt = None,
+        frames: Annotated[int, typer.Option("--frames", min=10, help="frame-sets")] = 150,
+    ) -> None:
+        """Small animals in 1280×1024 frames: full frame resized vs 3D-guided crops."""
+        from livepose.bench.crops import CropScenario
+        from livepose.bench.crops import run as run_crops
+
+        res = run_crops(json_path, CropScenario(frames=frames),
+                        progress=lambda m: err.print(m, highlight=False))
+        Console().print_json(data=res["summary"])
+
+
+_register_crops_bench()
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from livepose import protocol
 from livepose.config import Config, to_dict
 from livepose.errors import UserError
 from livepose.process import child_entry, load_target
+from livepose.realtime import PRIORITY
 from livepose.recording import Recording
 from livepose.sharding import encode_reshard
 
@@ -65,6 +66,7 @@ class ProcSpec:
     args: dict[str, Any] = field(default_factory=dict)
     optional: bool = False  # its death is logged and the run goes on (the dashboard)
     nice: int = 0  # raise to run a consumer that is off the latency path at lower priority
+    rt: str | None = None  # its role in realtime.PRIORITY: SCHED_FIFO when cfg.realtime
 
 
 def plan(
@@ -82,8 +84,10 @@ def plan(
     ``dashboard`` (``{"host", "port"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
-    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration})]
-    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k}) for k in range(cfg.model.workers)]
+    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
+    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
+                       rt="inference")
+              for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
     if keypoints is not None and cfg.recording.predictions:
         specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
                               nice=5))
@@ -91,9 +95,10 @@ def plan(
         args = {"calibration": calibration, **dashboard}
         specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
     specs += [
-        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}) for i, c in enumerate(cfg.cameras)
+        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}, rt="camera")
+        for i, c in enumerate(cfg.cameras)
     ]
-    specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}))
+    specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}, rt="trigger"))
     return specs
 
 
@@ -194,6 +199,18 @@ class Supervisor:
         time.sleep(0.2)  # let subscriptions settle (ZeroMQ's slow joiner)
         self._spawn(self._specs[-1])
         self.wait_state(["trigger"], "ready", ready_timeout_s)
+        if self.cfg.realtime:
+            refused = {n: h.info.get("sched") for n, h in self.health.items()
+                       if any(s.name == n and s.rt for s in self._specs)
+                       and not str(h.info.get("sched", "")).startswith("fifo")}
+            if refused:
+                log.warning("realtime: true, but these processes run on the ordinary "
+                            "scheduler: %s", refused)
+
+    def scheduling(self) -> dict[str, str]:
+        """How each process is scheduled (``fifo:<priority>`` or ``other``), from its ready
+        message."""
+        return {n: str(h.info.get("sched", "?")) for n, h in self.health.items()}
 
     def _spawn(self, spec: ProcSpec) -> None:
         p = self._mp.Process(
@@ -207,6 +224,7 @@ class Supervisor:
                 spec.args,
                 self.log_level,
                 spec.nice,
+                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
             ),
         )
         p.start()

@@ -34,8 +34,9 @@ def decode_reshard(parts: list[Any]) -> tuple[list[int], int] | None:
     if not isinstance(body, dict) or body.get("v") != 1 or body.get("cmd") != "reshard":
         return None
     alive, start = body.get("alive"), body.get("from")
-    ok = (
-        isinstance(alive, list) and alive and all(type(a) is int and a >= 0 for a in alive)
-        and len(set(alive)) == len(alive) and type(start) is int and start >= 0
-    )
-    return (sorted(alive), start) if ok else None
+    if not isinstance(alive, list) or not alive or type(start) is not int or start < 0:
+        return None
+    ids = [a for a in alive if type(a) is int and a >= 0]
+    if len(ids) != len(alive) or len(set(ids)) != len(ids):
+        return None
+    return sorted(ids), start
