@@ -34,6 +34,7 @@ BACKENDS: dict[str, tuple[str, str, str | None, str | None]] = {
     "genicam": ("livepose.acquisition.genicam", "GenICamCamera", "harvesters", "genicam"),
     "spinnaker": ("livepose.acquisition.spinnaker", "SpinnakerCamera", "PySpin", None),
     "video": ("livepose.acquisition.video", "VideoCamera", None, None),  # PyAV: a dependency
+    "webcam": ("livepose.acquisition.webcam", "WebcamCamera", "cv2", "webcam"),
 }
 
 

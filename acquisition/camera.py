@@ -17,10 +17,13 @@ import numpy as np
 import zmq
 
 from livepose import protocol
-from livepose.acquisition.base import CameraBackend, DeviceLost, GrabFailed, make_backend
+from livepose.acquisition.base import CameraBackend, DeviceLost, Grab, GrabFailed, make_backend
 from livepose.acquisition.clock import ClockFit
 from livepose.acquisition.identity import FrameIdentity
+from livepose.acquisition.outputs import OutputPulser
 from livepose.acquisition.recorder import RecordHook
+from livepose.acquisition.timematch import Match, TimeMatcher
+from livepose.config import clock_matched
 from livepose.process import StageContext
 
 
@@ -39,6 +42,37 @@ def software_triggered(cam_cfg: object) -> bool:
         return not getattr(cam_cfg, "free_run", False)
     trigger = getattr(cam_cfg, "trigger", None)
     return trigger is not None and trigger.mode == "software"
+
+
+def clock_subscriber(cam_cfg: object) -> bool:
+    """Whether a camera listens to the trigger clock: triggered by it, or matched to its
+    pulses by timestamp (the clock waits for both kinds before pulse 0)."""
+    return software_triggered(cam_cfg) or clock_matched(cam_cfg)
+
+
+def time_matcher(cam_cfg: Any, fps: float) -> tuple[TimeMatcher[Any], int] | None:
+    """The matcher of a ``match: clock`` camera and its latency to subtract (ns), else None.
+
+    Tolerance: ``match_tolerance_ms``, by default a third of the trigger period. Pulses are
+    taken to be at least half a period apart (a pulse later than that is counted by the
+    clock as ``late_pulses``), so a frame within a quarter period after its pulse is decided
+    at once; when the camera's rate is configured (webcam ``fps``, ``frame_rate``), its
+    frames are taken to be at least 3/4 of its period apart.
+    """
+    if not clock_matched(cam_cfg):
+        return None
+    webcam = getattr(cam_cfg, "backend", "") == "webcam"
+    src = cam_cfg if webcam else cam_cfg.trigger
+    period_ns = round(1e9 / fps)
+    tol_ms = src.match_tolerance_ms
+    tol_ns = period_ns // 3 if tol_ms is None else round(tol_ms * 1e6)
+    cam_fps = cam_cfg.fps if webcam else cam_cfg.frame_rate
+    matcher: TimeMatcher[Any] = TimeMatcher(
+        tol_ns, min_pulse_gap_ns=period_ns // 2,
+        min_frame_gap_ns=0 if cam_fps is None else round(0.75e9 / cam_fps),
+        idle_ns=max(10 * period_ns, 500_000_000),
+    )
+    return matcher, round(src.match_latency_ms * 1e6)
 
 
 def encode_preview(image: np.ndarray, scale: float, quality: int) -> tuple[np.ndarray, int, int]:
@@ -137,35 +171,52 @@ class CameraLoop:
         self.ctx.counters["dropped"] += missed
         self.rebase = False
 
-    def publish(self, grab_t_trigger: int | None, grab: object) -> None:
-        """Number, stamp and publish one grab (and maybe its preview)."""
-        from livepose.acquisition.base import Grab
+    def stamp(self, grab: Grab) -> int:
+        """Map the device time to host time (``t_exposure_ns``) when the camera has a clock;
+        return the frame's best host time (exposure if known, else grab)."""
+        self.t_last_grab_ns = grab.t_grab_ns
+        if grab.t_device_ns is not None and grab.t_exposure_ns is None:
+            self.clock.add(grab.t_device_ns, grab.t_grab_ns)
+            grab.t_exposure_ns = self.clock.to_host(grab.t_device_ns)
+        return grab.t_exposure_ns if grab.t_exposure_ns is not None else grab.t_grab_ns
 
-        assert isinstance(grab, Grab)
+    def publish(self, grab_t_trigger: int | None, grab: Grab) -> None:
+        """Number (by the camera's counter), stamp and publish one grab."""
         ident = self.identity.update(grab.counter)
         c = self.ctx.counters
         if ident is None:
             c["duplicates"] += 1
             return
         frame_id, dropped = ident
-        self.t_last_grab_ns = grab.t_grab_ns
-        if grab.t_device_ns is not None and grab.t_exposure_ns is None:
-            self.clock.add(grab.t_device_ns, grab.t_grab_ns)
-            grab.t_exposure_ns = self.clock.to_host(grab.t_device_ns)
+        self.stamp(grab)
         if dropped:
             c["dropped"] += dropped
             self.ctx.error(f"{self.cam.name}: {dropped} frame(s) dropped before frame {frame_id}")
         dropped += self.pending_dropped  # already counted when they failed
         self.pending_dropped = 0
+        t_trigger = grab.t_trigger_ns if grab.t_trigger_ns is not None else grab_t_trigger
+        self.send(grab, frame_id, dropped, t_trigger)
+
+    def publish_matched(self, match: Match[Grab]) -> None:
+        """Publish a grab numbered by the trigger pulse its time was matched to (already
+        stamped; gaps counted by the matcher)."""
+        self.send(match.item, match.frame_id, match.dropped_before, match.t_pulse_ns,
+                  match_error_ns=match.error_ns)
+
+    def send(self, grab: Grab, frame_id: int, dropped: int, t_trigger: int | None,
+             match_error_ns: int | None = None) -> None:
+        """Publish one numbered frame (and maybe its preview)."""
+        c = self.ctx.counters
         msg = protocol.Frame(
             cam=self.cam.name,
             frame_id=frame_id,
             t_grab_ns=grab.t_grab_ns,
             pixel_format=self.cam.pixel_format,
             image=grab.image,
-            t_trigger_ns=grab.t_trigger_ns if grab.t_trigger_ns is not None else grab_t_trigger,
+            t_trigger_ns=t_trigger,
             t_exposure_ns=grab.t_exposure_ns,
             dropped_before=dropped,
+            match_error_ns=match_error_ns,
         )
         msg.t_pub_ns = time.time_ns()
         self.pub.send_multipart(protocol.encode(msg), copy=False)
@@ -186,7 +237,8 @@ def main(ctx: StageContext) -> None:
         zmq.PUB, bind=ctx.endpoints[f"frame/{cam_cfg.name}"], hwm=ctx.cfg.transport.frame_hwm
     )
     trig = None
-    if backend.software_triggered:
+    matching = time_matcher(cam_cfg, ctx.cfg.fps)  # free-running, matched to the clock
+    if backend.software_triggered or matching is not None:
         # the second topic never matches a message: it tells the clock this camera listens
         trig = ctx.socket(
             zmq.SUB,
@@ -201,11 +253,15 @@ def main(ctx: StageContext) -> None:
     encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)  # import the JPEG encoder now, not on frame 0
     backend.open()
     rec: RecordHook | None = None  # recording (acquisition/recorder.py)
+    pulser: OutputPulser | None = None  # output lines for closed-loop actions (outputs.py)
     try:
         backend.arm()
         loop = CameraLoop(ctx, backend, pub)
         loop.rec = rec = RecordHook(ctx, cam_cfg.name)  # recording
-        ctx.ready(pixel_format=backend.pixel_format)
+        if getattr(backend, "output_lines", None) and ctx.endpoints.get("camctl"):
+            pulser = OutputPulser(ctx, cam_cfg.name, backend, ctx.endpoints["camctl"])
+            pulser.start()
+        ctx.ready(pixel_format=backend.pixel_format, **getattr(backend, "info", {}))
         ctx.set_state("running")
         while not ctx.stopping:
             ctx.tick_health()
@@ -213,6 +269,9 @@ def main(ctx: StageContext) -> None:
             loop.sync_counters()
             rec.poll()  # recording: start/stop messages
             loop.flush_preview()
+            if matching is not None and trig is not None:
+                _matched_step(ctx, backend, loop, trig, decoder, *matching)
+                continue
             if trig is None:
                 try:
                     grab = backend.grab(0.1)
@@ -258,10 +317,45 @@ def main(ctx: StageContext) -> None:
                 loop.publish(msg.t_trigger_ns, grab)
     finally:
         try:
+            if pulser is not None:
+                pulser.close()
             backend.close()
         finally:
             if rec is not None:  # recording: drain the queue, close the video
                 rec.close()
+
+
+def _matched_step(ctx: StageContext, backend: CameraBackend, loop: CameraLoop,
+                  trig: zmq.Socket[Any], decoder: protocol.Decoder, matcher: TimeMatcher[Grab],
+                  latency_ns: int) -> None:
+    """One turn of a free-running camera matched to the trigger clock: grab (waiting no
+    longer than the matcher's next deadline, and 1 ms at a time while a frame waits for a
+    pulse), take the pulses that arrived, match, publish."""
+    wait_ms = loop.preview_wait_ms(100)
+    deadline = matcher.next_deadline_ns()
+    if deadline is not None:
+        wait_ms = max(0, min(wait_ms, 1, (deadline - time.time_ns()) // 1_000_000 + 1))
+    grab = None
+    try:
+        grab = backend.grab(wait_ms / 1000)
+    except GrabFailed as exc:  # a gap: the pulse gets no frame (counted by the matcher)
+        ctx.error(str(exc))
+    except DeviceLost as exc:
+        _recover(ctx, backend, loop, exc, None)  # pulses meanwhile stay queued: gaps
+    while True:
+        try:
+            parts = trig.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        msg = decoder.decode(parts)
+        if isinstance(msg, protocol.Trigger):
+            matcher.add_pulse(msg.frame_id, msg.t_trigger_ns)
+    if grab is not None:
+        matcher.add_frame(loop.stamp(grab) - latency_ns, grab)
+    for match in matcher.poll(time.time_ns()):
+        loop.publish_matched(match)
+    for key in ("unmatched", "no_trigger", "duplicates", "dropped"):
+        ctx.counters[key] = matcher.counters[key]
 
 
 def _recover(ctx: StageContext, backend: CameraBackend, loop: CameraLoop, exc: Exception,

@@ -153,6 +153,49 @@ def configure(writer: FeatureWriter, cfg: Any, names: FeatureNames = GENICAM_NAM
         writer.set(f"features.{name}", name, value)
 
 
+def configure_outputs(writer: FeatureWriter, lines: Sequence[str]) -> dict[str, str]:
+    """Make each of ``lines`` an output driven by a user output (closed-loop actions).
+
+    Line ``i`` (in order) gets ``UserOutput{i+1}`` as its source and starts low.
+
+    Returns
+    -------
+    dict
+        Line name → its user output.
+    """
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        user, setting = f"UserOutput{i + 1}", f"outputs[{i}] ({line})"
+        writer.set(setting, "LineSelector", line)
+        writer.set(setting, "LineMode", "Output", required=False)
+        writer.set(setting, "LineSource", user)
+        writer.set(setting, "UserOutputSelector", user)
+        writer.set(setting, "UserOutputValue", False)
+        out[line] = user
+    return out
+
+
+class UserOutputs:
+    """Mixin of the GenICam backends: output lines that closed-loop actions pulse
+    (:mod:`livepose.acquisition.outputs`)."""
+
+    def setup_outputs(self, writer: FeatureWriter, lines: Sequence[str]) -> None:
+        """Configure ``lines`` (``outputs`` in the camera's config) at open."""
+        self._outputs = (configure_outputs(writer, lines), writer.nodes)
+
+    @property
+    def output_lines(self) -> list[str]:
+        """The lines :meth:`set_output` may drive (none before :meth:`setup_outputs`)."""
+        outputs = getattr(self, "_outputs", None)
+        return list(outputs[0]) if outputs else []
+
+    def set_output(self, line: str, high: bool) -> None:
+        """Set an output line high or low (``KeyError`` for a line not configured)."""
+        users, nodes = self._outputs
+        nodes.set("UserOutputSelector", users[line])
+        nodes.set("UserOutputValue", high)
+
+
 def configure_trigger(writer: FeatureWriter, cfg: Any, names: FeatureNames) -> None:
     """Trigger and frame-rate features for ``cfg.trigger.mode``."""
     t = cfg.trigger

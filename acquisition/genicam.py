@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from livepose.acquisition.base import DeviceLost, Grab
-from livepose.acquisition.genapi import GENICAM_NAMES, FeatureWriter, configure
+from livepose.acquisition.genapi import GENICAM_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
 
@@ -86,7 +86,7 @@ class HarvestersNodes:
         getattr(self.nm, name).execute()
 
 
-class GenICamCamera:
+class GenICamCamera(UserOutputs):
     """A camera behind a GenTL producer.
 
     Parameters
@@ -153,6 +153,7 @@ class GenICamCamera:
         nodes = HarvestersNodes(self._ia.remote_device.node_map)
         w = FeatureWriter(self.name, nodes)
         configure(w, self.cc, GENICAM_NAMES)
+        self.setup_outputs(w, self.cc.outputs)
         self.pixel_format = str(nodes.get("PixelFormat"))
         try:
             self._ia.num_buffers = self.cc.buffers

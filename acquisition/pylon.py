@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Any
 
 from livepose.acquisition.base import DeviceLost, Grab, GrabFailed
-from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, configure
+from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
 _STRATEGIES = {
@@ -89,7 +89,7 @@ class BlockIdUnwrapper:
         return self._wraps * self.modulus + c
 
 
-class PylonCamera:
+class PylonCamera(UserOutputs):
     """A Basler camera (or an emulated one).
 
     Parameters
@@ -176,6 +176,7 @@ class PylonCamera:
             w.set("emulation.image_dir", "ImageFileMode", "On")
             w.set("emulation.image_dir", "ImageFilename", str(emu.image_dir))
         configure(w, cc, PYLON_NAMES)
+        self.setup_outputs(w, cc.outputs)
         if cc.chunks and w.find("chunks", ["ChunkSelector"], required=False):
             w.set("chunks", "ChunkModeActive", True)
             for chunk in ("Timestamp", "Framecounter"):

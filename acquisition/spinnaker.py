@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Any
 
 from livepose.acquisition.base import DeviceLost, Grab, GrabFailed
-from livepose.acquisition.genapi import SPINNAKER_NAMES, FeatureWriter, configure
+from livepose.acquisition.genapi import SPINNAKER_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
 
@@ -85,7 +85,7 @@ class SpinNodes:
         self._typed(name)[0].Execute()
 
 
-class SpinnakerCamera:
+class SpinnakerCamera(UserOutputs):
     """A FLIR camera.
 
     Parameters
@@ -130,6 +130,7 @@ class SpinnakerCamera:
             self._nodes = SpinNodes(self._cam.GetNodeMap(), PySpin)
             w = FeatureWriter(self.name, self._nodes)
             configure(w, self.cc, SPINNAKER_NAMES)
+            self.setup_outputs(w, self.cc.outputs)
             self.pixel_format = str(self._nodes.get("PixelFormat"))
             stream = FeatureWriter(self.name, SpinNodes(self._cam.GetTLStreamNodeMap(), PySpin))
             stream.set("buffers", "StreamBufferCountMode", "Manual", required=False)

@@ -31,12 +31,13 @@ def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
 
 
 def _wait_for_cameras(ctx: StageContext, pub: zmq.Socket[Any], timeout_s: float = 10.0) -> None:
-    """Wait until every software-triggered camera subscribed (its ``hello_topic``), so no
-    camera misses the first pulses (ZeroMQ's slow joiner); report the ones that never did."""
-    from livepose.acquisition.camera import hello_topic, software_triggered
+    """Wait until every camera that listens to the clock (software-triggered, or matched to
+    it by time) subscribed (its ``hello_topic``), so no camera misses the first pulses
+    (ZeroMQ's slow joiner); report the ones that never did."""
+    from livepose.acquisition.camera import clock_subscriber, hello_topic
 
     waiting = {
-        b"\x01" + hello_topic(c.name): c.name for c in ctx.cfg.cameras if software_triggered(c)
+        b"\x01" + hello_topic(c.name): c.name for c in ctx.cfg.cameras if clock_subscriber(c)
     }
     deadline = time.monotonic() + timeout_s
     while waiting and time.monotonic() < deadline and not ctx.stopping:

@@ -10,8 +10,8 @@ firing.
   protocol, through its driver (``livepose.acquisition.triggerbox``) — a second box: one
   process owns a serial port, and the trigger process owns the box that fires the cameras.
 - :class:`CameraOutput`: a camera output line (``UserOutput`` on Basler) through the camera
-  process's control channel — a stand-in: the message is defined here and sent without
-  blocking; cameras that do not listen yet count it as undelivered (see docs/closed-loop.md).
+  processes' ``camctl`` channel, pulsed by the camera's
+  :class:`~livepose.acquisition.outputs.OutputPulser` (see docs/closed-loop.md).
 - :class:`Callback`: any function, wrapped with a name for the log.
 
 :class:`ActionLog` writes every firing (JSON lines) into the recording session's event log or a
@@ -40,6 +40,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CAMERA_CONTROL_TOPIC = b"camctl"
+
+
+def decode_camera_command(parts: list[bytes]) -> dict[str, Any] | None:
+    """A :class:`CameraOutput` command (camera side); ``None`` for anything malformed."""
+    if len(parts) != 2 or parts[0] != CAMERA_CONTROL_TOPIC:
+        return None
+    try:
+        body = msgpack.unpackb(parts[1], raw=False)
+    except Exception:  # msgpack raises several unrelated types; a bad message is dropped
+        return None
+    ok = (isinstance(body, dict) and body.get("v") == 1 and body.get("cmd") == "user_output"
+          and isinstance(body.get("cam"), str) and isinstance(body.get("line"), str)
+          and type(body.get("width_us")) is int and body["width_us"] > 0
+          and type(body.get("t_ns")) is int)
+    return body if ok else None
 
 
 class ActionDeviceError(UserError):

@@ -59,6 +59,25 @@ class CameraTriggerConfig(_Model):
     output_line: str | None = Field(
         None, description="camera-as-master: drive this line with ExposureActive"
     )
+    match: Literal["counter", "clock"] = Field(
+        "counter", description="free_run: frame_id from the camera's counter, or from the "
+        "nearest pulse of the trigger clock by timestamp (acquisition/timematch.py)"
+    )
+    match_tolerance_ms: float | None = Field(
+        None, gt=0, description="match: clock: largest |frame − pulse| time; None: a third "
+        "of the trigger period"
+    )
+    match_latency_ms: float = Field(
+        0.0, ge=0, description="match: clock: subtracted from the frame's time before matching"
+    )
+
+    @model_validator(mode="after")
+    def _match_needs_free_run(self) -> CameraTriggerConfig:
+        if self.match == "clock" and self.mode != "free_run":
+            raise ValueError(
+                f"trigger.match 'clock' needs trigger.mode 'free_run', got {self.mode!r}"
+            )
+        return self
 
 
 class RoiConfig(_Model):
@@ -87,6 +106,19 @@ class _MachineVisionConfig(_Model):
     features: dict[str, FeatureValue] = Field(
         default_factory=dict, description="raw GenICam features, set last, in order"
     )
+    outputs: list[str] = Field(
+        default_factory=list, description="output lines closed-loop actions may pulse "
+        "(CameraOutput; docs/closed-loop.md): line i is driven by UserOutput{i+1}"
+    )
+
+    @model_validator(mode="after")
+    def _outputs_free(self) -> _MachineVisionConfig:
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(f"outputs must be unique, got {self.outputs}")
+        if self.trigger.output_line is not None and self.trigger.output_line in self.outputs:
+            raise ValueError(f"{self.trigger.output_line} is trigger.output_line (exposure "
+                             "active); it cannot also be in outputs")
+        return self
 
 
 class PylonEmulationConfig(_Model):
@@ -144,16 +176,66 @@ class VideoCameraConfig(_Model):
     free_run: bool = False
 
 
+class WebcamCameraConfig(_Model):
+    """A USB webcam, or anything else OpenCV's ``VideoCapture`` opens (a device path, a
+    video file, a stream URL), through OpenCV (extra ``webcam``). Free-running: frames are
+    matched to the trigger clock's pulses by timestamp (``match: clock``) or numbered by
+    their own count (``counter``). See docs/acquisition.md."""
+
+    backend: Literal["webcam"]
+    name: CameraName
+    device: int | str = Field(
+        0, description="index (0: the first camera; a string of digits too), device path "
+        "(/dev/video2), video file or stream URL"
+    )
+    api: Literal["any", "v4l2", "dshow", "msmf", "avfoundation", "ffmpeg", "gstreamer"] = Field(
+        "any", description="OpenCV capture backend (cv2.CAP_*)"
+    )
+    width: int | None = Field(None, ge=8, le=16384, description="requested; None: the default")
+    height: int | None = Field(None, ge=8, le=16384)
+    fps: float | None = Field(None, gt=0, le=1000, description="requested frame rate")
+    fourcc: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9 ]{4}$", description="e.g. MJPG (full rate at high "
+        "resolution on USB 2), YUYV"
+    )
+    pixel_format: Literal["Mono8", "RGB8"] = "RGB8"
+    buffers: int = Field(1, ge=1, le=32, description="CAP_PROP_BUFFERSIZE; 1: least latency")
+    properties: dict[str, float] = Field(
+        default_factory=dict, description="cv2.CAP_PROP_<NAME>: value, e.g. {AUTO_EXPOSURE: 1, "
+        "EXPOSURE: 100}; set in order, after the above"
+    )
+    match: Literal["clock", "counter"] = Field(
+        "clock", description="frame_id from the nearest trigger pulse, or the frame count"
+    )
+    match_tolerance_ms: float | None = Field(
+        None, gt=0, description="largest |frame − pulse| time; None: a third of the trigger "
+        "period"
+    )
+    match_latency_ms: float = Field(
+        0.0, ge=0, description="subtracted from the grab time before matching (the camera's "
+        "exposure-to-host delay)"
+    )
+    lost_after_s: float = Field(2.0, gt=0, description="no frame this long: the device is lost")
+    reconnect_timeout_s: float = Field(10.0, ge=0, description="0: do not try to reconnect")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> WebcamCameraConfig:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together (set both or neither)")
+        return self
+
+
 CameraConfig = Annotated[
     SimCameraConfig
     | PylonCameraConfig
     | GenICamCameraConfig
     | SpinnakerCameraConfig
-    | VideoCameraConfig,
+    | VideoCameraConfig
+    | WebcamCameraConfig,
     Field(discriminator="backend"),
 ]
 
-CAMERA_BACKENDS = ("sim", "pylon", "genicam", "spinnaker", "video")
+CAMERA_BACKENDS = ("sim", "pylon", "genicam", "spinnaker", "video", "webcam")
 
 
 class SimConfig(_Model):
@@ -192,6 +274,36 @@ class TriggerConfig(_Model):
 # --------------------------------------------------------------------------- stages
 
 
+class CropConfig(_Model):
+    """3D-guided crops (docs/inference.md): each view gets a crop of ``size`` frame pixels
+    around the fused pose predicted to its frame time and projected into the camera; the
+    whole (resized) frame while the track is lost."""
+
+    enabled: bool = False
+    size: tuple[int, int] | None = Field(
+        None, description="[width, height] in frame pixels; default: the model input size "
+        "(native resolution)"
+    )
+    margin: float = Field(
+        16.0, ge=0, description="frame pixels added on every side of the projected keypoints' "
+        "bounding box (a crop grows, keeping its aspect, when the box does not fit)"
+    )
+    max_age_s: float = Field(
+        0.25, gt=0, description="full frame when the last fused pose is older than this"
+    )
+    min_keypoints: int = Field(
+        3, ge=1, description="full frame when fewer fused keypoints are known (or, per view, "
+        "project inside the frame)"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 8 or v[1] < 8):
+            raise ValueError(f"crop size must be at least 8×8 pixels, got {list(v)}")
+        return v
+
+
 class ModelConfig(_Model):
     """The 2D keypoint model run by the inference workers."""
 
@@ -220,6 +332,7 @@ class ModelConfig(_Model):
     )
     intra_op_threads: int = Field(2, ge=0, description="0 = ONNX Runtime's default")
     workers: int = Field(1, ge=1, le=16)
+    crop: CropConfig = CropConfig()
 
 
 class KalmanConfig(_Model):
@@ -387,6 +500,10 @@ class Config(_Model):
     limits: LimitsConfig = LimitsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     desync_tolerance_ms: float = Field(2.0, gt=0)
+    realtime: bool = Field(
+        False, description="run trigger, cameras, inference and fusion under SCHED_FIFO "
+        "(Linux; needs root, CAP_SYS_NICE or an rtprio limit; docs/closed-loop.md)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -396,6 +513,12 @@ class Config(_Model):
             raise ValueError(f"camera names must be unique; repeated: {dup}")
         if self.calibration is None and not all(c.backend == "sim" for c in self.cameras):
             raise ValueError("calibration is required unless every camera is a sim camera")
+        matched = [c.name for c in self.cameras if clock_matched(c)]
+        if matched and self.trigger.source != "software":
+            raise ValueError(
+                f"cameras {matched} are matched to the trigger clock by time (match: clock), "
+                "which needs trigger.source 'software' (a trigger box publishes no pulse times)"
+            )
         if self.fusion.min_views > len(self.cameras):
             raise ValueError(
                 f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
@@ -411,6 +534,14 @@ class Config(_Model):
     def is_sim(self) -> bool:
         """True when every camera is simulated (ground truth is available)."""
         return all(c.backend == "sim" for c in self.cameras)
+
+
+def clock_matched(cam: Any) -> bool:
+    """Whether a camera's frames are matched to the trigger clock's pulses by timestamp."""
+    if isinstance(cam, WebcamCameraConfig):
+        return cam.match == "clock"
+    trigger = getattr(cam, "trigger", None)
+    return isinstance(trigger, CameraTriggerConfig) and trigger.match == "clock"
 
 
 def _format_errors(source: str, err: ValidationError) -> str:

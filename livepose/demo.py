@@ -208,7 +208,8 @@ def run_pipeline(
         sup.start_trigger()
         console.print(
             f"running (ready in {time.monotonic() - t_start:.1f} s); pose3d on "
-            f"{sup.endpoints['pose3d']}  — Ctrl-C to stop"
+            f"{sup.endpoints['pose3d']}, control on {sup.endpoints.get('control')}, camera "
+            f"outputs on {sup.endpoints.get('camctl')}  — Ctrl-C to stop"
         )
         t0 = time.monotonic()
         try:

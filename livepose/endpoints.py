@@ -9,6 +9,7 @@ Roles (who binds → who connects):
 ``pose3d``           fusion PUB (topic ``pose3d``) → clients, dashboard
 ``health``           supervisor SUB ← every process PUB connects (topic ``health/<proc>``)
 ``control``          supervisor REP ← CLI / dashboard REQ
+``camctl``           closed-loop client PUB (``CameraOutput``) → camera processes' output lines
 ==================  ====================================================================
 
 Same host: ``ipc://`` in a private temporary folder. ``tcp``: ``transport.host`` (loopback
@@ -29,6 +30,7 @@ def roles(cfg: Config) -> list[str]:
     out = ["trigger", "health", "control", "pose3d"]
     out += [f"frame/{n}" for n in cfg.camera_names]
     out += [f"kp2d/{k}" for k in range(cfg.model.workers)]
+    out.append("camctl")  # closed-loop CameraOutput binds it; camera processes connect
     return out
 
 

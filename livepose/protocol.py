@@ -132,6 +132,9 @@ class Frame(Message):
 
     ``image`` is ``(H, W)`` for mono or ``(H, W, 3)`` for colour, uint8 or uint16.
     ``dropped_before`` counts frame ids this camera missed since its previous frame.
+    ``match_error_ns`` is set when a free-running camera's ``frame_id`` came from matching
+    its timestamp to the nearest trigger pulse (``t_trigger_ns``): frame time − pulse time;
+    ``None`` when the frame was triggered by that pulse or numbered by the camera's counter.
     """
 
     KIND: ClassVar[str] = "frame"
@@ -146,6 +149,7 @@ class Frame(Message):
     t_exposure_ns: int | None = None
     t_pub_ns: int | None = None
     dropped_before: int = 0
+    match_error_ns: int | None = None
 
     def topic(self) -> bytes:
         return b"frame/" + self.cam.encode()

@@ -68,6 +68,8 @@ class SimCamera:
     counter_bits = 32
     counter_origin: int | None = 0
     software_triggered = True
+    #: virtual output lines for closed-loop actions (acquisition/outputs.py)
+    output_lines = ("Line1", "Line2", "Line3")
 
     def __init__(self, cam_cfg: Any, cfg: Config, index: int) -> None:
         self.name: str = cam_cfg.name
@@ -79,6 +81,7 @@ class SimCamera:
         self._armed = False
         self._pool: ThreadPoolExecutor | None = None
         self.unforeseen = 0
+        self.line_state: dict[str, bool] = {}
         self._niced = False
         self._ahead: tuple[int, Future[np.ndarray]] | None = None
 
@@ -139,6 +142,12 @@ class SimCamera:
         # time is the trigger time, so cross-camera spread is 0 unless a camera is wrong
         return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig,
                     t_exposure_ns=t_trig)
+
+    def set_output(self, line: str, high: bool) -> None:
+        """Drive a virtual output line (its state is kept in :attr:`line_state`)."""
+        if line not in self.output_lines:
+            raise KeyError(line)
+        self.line_state[line] = high
 
     def close(self) -> None:
         """Stop the render thread."""

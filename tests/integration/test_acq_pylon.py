@@ -206,3 +206,85 @@ def test_a_camera_that_fails_to_configure_stops_the_run_and_names_itself(
         codes = sup.stop()
         sup.close()
     assert all(not p.is_alive() for p in sup.procs.values()), codes  # cam0 is not left armed
+
+
+def test_closed_loop_pulses_a_camera_output_line(tmp_path: Path) -> None:
+    """CameraOutput (the closed-loop action) → ZeroMQ → the camera's OutputPulser thread →
+    ``UserOutputValue`` of the emulated camera, read back while the line is high. The
+    emulator has no electrical line to probe, so the readback of the features is the check."""
+    import threading
+    import time
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import msgpack
+    import zmq
+
+    from livepose.acquisition.outputs import OutputPulser
+    from livepose.closedloop import ActionEvent
+    from livepose.closedloop_actions import CameraOutput
+
+    base = {"backend": "pylon", "name": "left", "serial": "0815-0000", "outputs": ["Line2"]}
+    other = {"backend": "pylon", "name": "right", "serial": "0815-0001"}
+
+    def config(**kw: object) -> Config:
+        return parse_config({"cameras": [{**base, **kw}, other], "calibration": "x.toml"})
+
+    cfg = config()
+    with pytest.raises(UserError, match="outputs must be unique"):
+        config(outputs=["Line2", "Line2"])
+    with pytest.raises(UserError, match=r"camera 'left': outputs\[0\] \(Line9\): .*Line9"):
+        _open(config(outputs=["Line9"]))
+    cam = _open(cfg)
+    try:
+        node = cam._cam  # type: ignore[attr-defined]
+        node.LineSelector.Value = "Line2"
+        assert node.LineMode.Value == "Output" and node.LineSource.Value == "UserOutput1"
+        assert cam.output_lines == ["Line2"]  # type: ignore[attr-defined]
+        seen: list[bool] = []
+        real_set = cam.set_output  # type: ignore[attr-defined]
+
+        def spy(line: str, high: bool) -> None:
+            real_set(line, high)
+            node.UserOutputSelector.Value = "UserOutput1"
+            seen.append(bool(node.UserOutputValue.Value))
+
+        cam.set_output = spy  # type: ignore[attr-defined]
+        zctx = zmq.Context()
+        ctx = SimpleNamespace(counters=Counter(), rates={}, last_error=None, zmq_ctx=zctx)
+        ep = f"ipc://{tmp_path / 'camctl.sock'}"
+        pulser = OutputPulser(ctx, "left", cam, ep)  # type: ignore[arg-type]
+        pulser.start()
+        action = CameraOutput(ep, "left", line="Line2", width_us=2000, context=zctx)
+        wrong = CameraOutput(ep, "left", line="Line3", width_us=2000, context=zctx)
+        def wrong_body() -> dict[str, object]:  # a line the camera does not drive
+            return {"v": 1, "cmd": "user_output", "cam": "left", "line": wrong.line,
+                    "width_us": 2000, "frame_id": 7}
+
+        event = ActionEvent(rule="r", action=action.name, keypoint="snout", frame_id=7,
+                            xyz=[0.0, 0.0, 0.0], speed_mm_s=None, t_trigger_ns=0, t_fused_ns=0,
+                            t_recv_ns=0, t_decided_ns=0)
+        deadline = time.monotonic() + 10
+        while ctx.counters["outputs_fired"] == 0 and time.monotonic() < deadline:
+            action(event)  # PUB: the first ones may go before the subscription is joined
+            time.sleep(0.05)
+        assert ctx.counters["outputs_fired"] >= 1, time.monotonic() - deadline
+        fired = ctx.counters["outputs_fired"]
+        action._sock.send_multipart(  # type: ignore[union-attr]
+            [b"camctl", msgpack.packb({**wrong_body(), "t_ns": time.time_ns()})])
+        action._sock.send_multipart([b"camctl", b"\x93junk"])  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while (ctx.counters["outputs_refused"] == 0 or ctx.counters["outputs_bad"] == 0) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ctx.counters["outputs_refused"] == 1 and ctx.counters["outputs_bad"] == 1, (
+            dict(ctx.counters), ctx.last_error)
+        assert "Line3" in str(ctx.last_error)
+        assert seen[: 2 * fired] == [True, False] * fired  # high, then low again
+        assert 0 <= ctx.rates["output_latency_ms"] < 1000
+        pulser.close()
+        action.close()
+        assert not any(t.name == "left-outputs" for t in threading.enumerate())
+        zctx.term()
+    finally:
+        cam.close()  # type: ignore[attr-defined]

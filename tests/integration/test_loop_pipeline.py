@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import zmq
 
 from livepose.closedloop import ActionEvent, ActionLog, ClosedLoop, HalfSpace, Rule, model_keypoints
+from livepose.closedloop_actions import CameraOutput
 from livepose.config import load_default_config
 from livepose.runner import Supervisor
 from livepose.session import read_events
@@ -58,8 +60,11 @@ def test_loop_actions_are_logged_into_the_session(running: Supervisor, tmp_path:
     calls: list[ActionEvent] = []
     always = HalfSpace((0, 0, 1), -1e6)  # z >= -1 km: every pose
     rule = Rule("always", names[0], always, action=calls.append, fire="while", refractory_s=0.2)
+    # a camera output line: CameraOutput → camctl → cam1's OutputPulser (sim: virtual line)
+    line = CameraOutput(sup.endpoints["camctl"], "cam1", line="Line2", width_us=500)
+    pulse = Rule("pulse", names[0], always, action=line, fire="while", refractory_s=0.5)
     log = ActionLog(tmp_path / "outside.jsonl", control=sup.endpoints["control"])
-    loop = ClosedLoop(sup.endpoints["pose3d"], names, [rule], log)
+    loop = ClosedLoop(sup.endpoints["pose3d"], names, [rule, pulse], log)
     reply = _control(sup.endpoints["control"], {"cmd": "record_start", "name": "loop"})
     assert reply["ok"], reply
     session = Path(reply["session"])
@@ -67,9 +72,17 @@ def test_loop_actions_are_logged_into_the_session(running: Supervisor, tmp_path:
     assert loop.run(duration_s=4.0, idle_timeout_s=10.0) > 30
     assert _control(sup.endpoints["control"], {"cmd": "record_stop"})["ok"]
     assert 10 <= len(calls) <= 25  # 5 per second at most (refractory 0.2 s)
+    deadline = time.monotonic() + 3
+    while sup.counters("cam1").get("outputs_fired", 0) < line.sent - 1 and time.monotonic() < deadline:
+        time.sleep(0.1)  # health comes every 0.5 s
+    assert line.sent >= 4
+    assert line.sent - 1 <= sup.counters("cam1")["outputs_fired"] <= line.sent  # first may be lost
+    assert sup.counters("cam0").get("outputs_fired", 0) == 0  # only the camera named
     gaps = [(b.t_trigger_ns or 0) - (a.t_trigger_ns or 0) for a, b in itertools.pairwise(calls)]
     assert min(gaps) >= 0.2e9 - 1e6
-    actions = [e for e in read_events(session) if e.get("kind") == "action"]
+    actions = [e for e in read_events(session)
+               if e.get("kind") == "action" and e.get("rule") == "always"]
+    assert any(e.get("rule") == "pulse" for e in read_events(session))
     assert [e["frame_id"] for e in actions] == [c.frame_id for c in calls][: len(actions)]
     assert len(actions) >= len(calls) - 1  # the first may precede the first status answer
     a = actions[-1]

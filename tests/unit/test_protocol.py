@@ -30,6 +30,7 @@ def frames() -> st.SearchStrategy[P.Frame]:
         t_trigger_ns=st.none() | ints,
         t_exposure_ns=st.none() | ints,
         dropped_before=ints,
+        match_error_ns=st.none() | st.integers(-(2**62), 2**62),
     )
 
 
