@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -20,7 +20,7 @@ from livepose import protocol
 from livepose.acquisition.base import CameraBackend, DeviceLost, Grab, GrabFailed, make_backend
 from livepose.acquisition.clock import ClockFit
 from livepose.acquisition.identity import FrameIdentity
-from livepose.acquisition.outputs import OutputPulser
+from livepose.acquisition.outputs import HasOutputs, OutputPulser
 from livepose.acquisition.recorder import RecordHook
 from livepose.acquisition.timematch import Match, TimeMatcher
 from livepose.config import clock_matched
@@ -259,7 +259,8 @@ def main(ctx: StageContext) -> None:
         loop = CameraLoop(ctx, backend, pub)
         loop.rec = rec = RecordHook(ctx, cam_cfg.name)  # recording
         if getattr(backend, "output_lines", None) and ctx.endpoints.get("camctl"):
-            pulser = OutputPulser(ctx, cam_cfg.name, backend, ctx.endpoints["camctl"])
+            outputs = cast(HasOutputs, backend)  # it has output_lines and set_output
+            pulser = OutputPulser(ctx, cam_cfg.name, outputs, ctx.endpoints["camctl"])
             pulser.start()
         ctx.ready(pixel_format=backend.pixel_format, **getattr(backend, "info", {}))
         ctx.set_state("running")
