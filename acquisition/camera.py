@@ -99,6 +99,9 @@ def encode_preview(image: np.ndarray, scale: float, quality: int) -> tuple[np.nd
     return np.frombuffer(buf.getvalue(), dtype=np.uint8), small.shape[1], small.shape[0]
 
 
+COPY_BELOW_BYTES = 1 << 20
+
+
 class CameraLoop:
     """Drives one backend and publishes what it grabs."""
 
@@ -115,9 +118,10 @@ class CameraLoop:
         self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
         self.t_last_grab_ns = 0
         self.rec: RecordHook | None = None  # recording hook (acquisition/recorder.py)
-        # the preview is encoded a third of a period after its frame, away from the instant
-        # when every camera publishes and inference starts
-        self.preview_delay_ns = round(1e9 / ctx.cfg.fps / 3)
+        # the preview is encoded two thirds of a period after its frame: away from the instant
+        # when every camera publishes and inference starts, and after a typical inference +
+        # fusion (at a third it collided with the end of inference and delayed fusion)
+        self.preview_delay_ns = round(2e9 / ctx.cfg.fps / 3)
         self.preview_due: tuple[int, np.ndarray, int, int] | None = None
 
     def preview_wait_ms(self, default_ms: int) -> int:
@@ -236,6 +240,10 @@ def main(ctx: StageContext) -> None:
     pub = ctx.socket(
         zmq.PUB, bind=ctx.endpoints[f"frame/{cam_cfg.name}"], hwm=ctx.cfg.transport.frame_hwm
     )
+    # pyzmq sends a buffer above copy_threshold without copying, and frees it later through
+    # its garbage-collector thread: one more thread wake-up per frame. Below ~1 MB the copy
+    # (tens of µs) is cheaper than that wake-up; bigger frames stay zero-copy.
+    pub.copy_threshold = COPY_BELOW_BYTES
     trig = None
     matching = time_matcher(cam_cfg, ctx.cfg.fps)  # free-running, matched to the clock
     if backend.software_triggered or matching is not None:
