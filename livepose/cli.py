@@ -129,7 +129,9 @@ def demo(
     no_dashboard: NoDashOpt = False,
     port: PortOpt = None,
     record: RecordOpt = None,
-    realtime: RealtimeOpt = False,
+    realtime: Annotated[bool, typer.Option(
+        "--realtime/--no-realtime", help="SCHED_FIFO for the latency path; falls back to the "
+        "ordinary scheduler where not permitted (docs/closed-loop.md)")] = True,
 ) -> None:
     """Run the simulated rig end to end with a live view (Ctrl-C to stop)."""
     _run(None, duration, json_path, fps, cameras, no_live, verbose, no_dashboard, port, record,
