@@ -303,7 +303,9 @@ def _register_latency_bench() -> None:
                                              help="websocket clients on the dashboard")] = 10,
         rounds: Annotated[int, typer.Option("--rounds", min=1, max=10,
                                             help="alternate the conditions this many times")] = 2,
-        realtime: RealtimeOpt = False,
+        realtime: Annotated[bool, typer.Option(
+            "--realtime/--no-realtime", help="SCHED_FIFO for the latency path and the client, "
+            "as `livepose demo` runs it")] = True,
     ) -> None:
         """Trigger → pose3d → client callback → action, without and with the dashboard."""
         from livepose.bench.latency import run_latency
