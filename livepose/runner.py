@@ -16,6 +16,7 @@ import multiprocessing.connection
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,7 @@ class Supervisor:
         self._mp = mp.get_context("spawn")
         self.calibration = ""
         self._stopping = False
+        self._poll_lock = threading.RLock()
         #: inference workers that died while others took over their share (see sharding.py)
         self.takeovers: list[dict[str, Any]] = []
         self._specs: list[ProcSpec] = []
@@ -254,7 +256,15 @@ class Supervisor:
 
     # ------------------------------------------------------------------ watch
     def poll(self, timeout_s: float = 0.0) -> None:
-        """Take in health messages; raise :class:`ProcessDied` if a stage died unexpectedly."""
+        """Take in health messages; raise :class:`ProcessDied` if a stage died unexpectedly.
+
+        Safe to call from several threads (a UI thread and the main loop): the supervisor's
+        sockets are used by one thread at a time (libzmq aborts the process otherwise).
+        """
+        with self._poll_lock:
+            self._poll(timeout_s)
+
+    def _poll(self, timeout_s: float) -> None:
         sub = self._health_sub
         if sub is not None and sub.poll(int(timeout_s * 1000)):
             while True:
@@ -351,6 +361,10 @@ class Supervisor:
 
     def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
         """Stop every process (trigger, cameras, inference, fusion); return exit codes."""
+        with self._poll_lock:  # no poll() in another thread while the sockets wind down
+            return self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
         order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
         order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
