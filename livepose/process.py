@@ -73,6 +73,8 @@ class StageContext:
     rates: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
+    #: the supervisor's pid (set by :func:`child_entry`); ``None``: no orphan check
+    parent_pid: int | None = None
     _stop: bool = False
     _health: zmq.Socket[Any] | None = None
     _state: str = "starting"
@@ -155,11 +157,18 @@ class StageContext:
         self.publish_health(force=False)
 
     def publish_health(self, force: bool = False) -> None:
-        """Publish a ``health`` message (always when ``force``)."""
+        """Publish a ``health`` message (always when ``force``).
+
+        Also the orphan check: when the supervisor is gone (killed, or its process aborted)
+        this process is re-parented, and it stops instead of running on unsupervised.
+        """
         now = time.monotonic()
         if not force and now - self._last_health < HEALTH_PERIOD_S:
             return
         self._last_health = now
+        if self.parent_pid is not None and os.getppid() != self.parent_pid and not self._stop:
+            log.error("%s: the supervisor (pid %d) is gone; stopping", self.name, self.parent_pid)
+            self.request_stop()
         if self._health is None:
             ep = self.endpoints.get("health")
             if not ep:
@@ -229,7 +238,8 @@ def child_entry(
         leave_realtime()
         sched = "other"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args)
+    ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args,
+                       parent_pid=os.getppid())
     ctx.info["sched"] = sched
 
     def _on_term(signum: int, frame: Any) -> None:

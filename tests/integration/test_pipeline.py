@@ -62,3 +62,46 @@ def test_a_dying_process_is_reported_with_its_exit_code() -> None:
         assert "cam1" in str(ei.value) and "-9" in str(ei.value)
     # every other process was stopped by the context manager
     assert all(not p.is_alive() for p in sup.procs.values())
+
+
+def test_stages_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
+    """``kill -9`` of the supervisor's process (here: a child process running one) must not
+    leave the stage processes running unsupervised: each notices it was re-parented and
+    stops within a few health periods."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from livepose.config import load_default_config\n"
+        "from livepose.runner import Supervisor\n"
+        "sup = Supervisor(load_default_config())\n"
+        "sup.launch(); sup.start_trigger()\n"
+        "print(' '.join(str(p.pid) for p in sup.procs.values()), flush=True)\n"
+        "while True: sup.poll(0.05)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) >= 6
+    time.sleep(1.0)
+    proc.kill()  # SIGKILL: no cleanup in the supervisor
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie waiting for init to reap it counts as gone
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"stage processes still running after the supervisor died: {left}"
