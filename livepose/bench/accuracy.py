@@ -24,8 +24,6 @@ the output, m/s²; the truth's is given for reference).
 from __future__ import annotations
 
 import functools
-import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from livepose.bench import peers
+from livepose.bench.results import write_json
 from livepose.bench.scenarios import Scenario, SimRecording, simulate
 from livepose.config import Config, FusionConfig, SimCameraConfig
 
@@ -217,19 +216,5 @@ def run(json_path: Path | None, frames: int = 300, scenarios: list[Scenario] | N
         "fusion_config": fusion.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    out = _no_nan(out)
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(out, indent=2))
-    return out
+    return write_json(out, json_path)
 
-
-def _no_nan(obj: Any) -> Any:
-    """NaN → ``None`` (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_no_nan(v) for v in obj]
-    return obj

@@ -25,8 +25,6 @@ fallback counts by reason and the first frame-set with crops in every view.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from livepose.bench.results import write_json
 from livepose.config import Config, SimCameraConfig, SimConfig
 
 
@@ -209,19 +208,5 @@ def run(json_path: Path | None, scenario: CropScenario | None = None,
         "seconds": {"total": round(time.perf_counter() - t_start, 1),
                     "render": round(render_s, 1)},
     }
-    out = _no_nan(out)
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(out, indent=2))
-    return out
+    return write_json(out, json_path)
 
-
-def _no_nan(obj: Any) -> Any:
-    """NaN → ``None`` (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_no_nan(v) for v in obj]
-    return obj

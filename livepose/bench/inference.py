@@ -18,7 +18,6 @@ Timings are ``time.perf_counter_ns`` around each call, after a warm-up.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from livepose.bench.results import write_json
 from livepose.config import Config, ModelConfig, load_default_config
 
 CPU = "CPUExecutionProvider"
@@ -161,7 +161,4 @@ def main(json_path: Path | None = None, model_path: str | None = None, views: in
     out = {"summary": summary, "results": results,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "python": platform.python_version()}}
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(out, indent=2))
-    return out
+    return write_json(out, json_path)
