@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,6 +86,19 @@ class Grab:
     t_device_ns: int | None = None
     t_trigger_ns: int | None = None
     t_exposure_ns: int | None = None
+
+
+ImageSink = Callable[[tuple[int, ...], np.dtype[Any]], np.ndarray]
+"""Where a backend puts the next image: ``sink(shape, dtype)`` → a writable array (a slot of
+the camera's same-host frame ring, so the one copy out of the SDK's buffer is the transport)."""
+
+
+def copy_out(src: np.ndarray, sink: ImageSink | None) -> np.ndarray:
+    """Copy an image out of a driver buffer we must release: into ``sink``'s array when the
+    camera loop gave one, else into a new array."""
+    dst = np.empty(src.shape, src.dtype) if sink is None else sink(src.shape, src.dtype)
+    np.copyto(dst, src)
+    return dst
 
 
 class CameraBackend(Protocol):

@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 import zmq
 
-from livepose import protocol
+from livepose import protocol, shmring
 from livepose.acquisition.base import CameraBackend, DeviceLost, Grab, GrabFailed, make_backend
 from livepose.acquisition.clock import ClockFit
 from livepose.acquisition.identity import FrameIdentity
@@ -123,6 +123,59 @@ class CameraLoop:
         # fusion (at a third it collided with the end of inference and delayed fusion)
         self.preview_delay_ns = round(2e9 / ctx.cfg.fps / 3)
         self.preview_due: tuple[int, np.ndarray, int, int] | None = None
+        tcfg = ctx.cfg.transport
+        self.shm = tcfg.frames_in_shm()  # pixels through a frame ring (same host)
+        self.ring_slots = tcfg.ring_slots(ctx.cfg.fps)
+        self.ring: shmring.FrameRing | None = None
+        self.loaned: np.ndarray | None = None  # the ring slot the backend is filling
+        if self.shm and hasattr(backend, "image_sink"):
+            # backends that copy out of a driver buffer copy straight into the ring
+            backend.image_sink = self.loan
+
+    def _ring_for(self, nbytes: int) -> shmring.FrameRing | None:
+        """This camera's frame ring (made at the first frame, again if a frame no longer
+        fits, e.g. after a ROI change); ``None`` if /dev/shm cannot hold it — the frames
+        then carry their pixels, as with ``transport.frames: zmq``."""
+        if self.ring is None or nbytes > self.ring.slot_bytes:
+            if self.ring is not None:
+                self.ring.close()
+                self.ring = None
+            try:
+                self.ring = shmring.FrameRing(self.cam.name, self.ring_slots, nbytes)
+            except OSError as exc:
+                self.shm = False
+                self.ctx.counters["shm_unavailable"] += 1
+                self.ctx.error(f"{self.cam.name}: no frame ring of {self.ring_slots} × "
+                               f"{nbytes} bytes in {shmring.SHM_DIR} ({exc.strerror}); frames "
+                               "carry their pixels instead (lower transport.shm_slots)")
+                return None
+            self.ctx.counters["shm_rings"] += 1
+        return self.ring
+
+    def loan(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """The backend's image sink: the next ring slot (committed when published)."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        ring = self._ring_for(nbytes) if self.shm else None
+        if ring is None:
+            return np.empty(shape, dtype)
+        self.loaned = ring.loan(shape, dtype)
+        return self.loaned
+
+    def put_in_ring(self, image: np.ndarray) -> dict[str, shmring.SlotRef] | None:
+        """The image's place in the frame ring: committed if the backend wrote it into the
+        loaned slot, else copied into the next slot; ``None`` without a ring."""
+        loaned, self.loaned = self.loaned, None
+        if not self.shm:
+            return None
+        if loaned is not None and image is loaned and self.ring is not None:
+            return {"image": self.ring.commit()}
+        ring = self._ring_for(image.nbytes)
+        return None if ring is None else {"image": ring.put(image)}
+
+    def close(self) -> None:
+        """Unlink the frame ring (subscribers keep what they mapped)."""
+        if self.ring is not None:
+            self.ring.close()
 
     def preview_wait_ms(self, default_ms: int) -> int:
         """How long the loop may block before a pending preview is due."""
@@ -222,10 +275,13 @@ class CameraLoop:
             dropped_before=dropped,
             match_error_ns=match_error_ns,
         )
+        shared = self.put_in_ring(grab.image)
         msg.t_pub_ns = time.time_ns()
-        self.pub.send_multipart(protocol.encode(msg), copy=False)
+        self.pub.send_multipart(protocol.encode(msg, shared), copy=False)
         c["frames"] += 1
         if self.rec is not None:  # recording: hand the published frame to the writer
+            if shared is not None and self.rec.recording:
+                msg.image = grab.image.copy()  # the writer may lag more than the ring holds
             self.rec.submit(msg)
         if frame_id % self.preview_every == 0:
             self.preview_due = (grab.t_grab_ns + self.preview_delay_ns, grab.image, frame_id,
@@ -262,6 +318,7 @@ def main(ctx: StageContext) -> None:
     backend.open()
     rec: RecordHook | None = None  # recording (acquisition/recorder.py)
     pulser: OutputPulser | None = None  # output lines for closed-loop actions (outputs.py)
+    loop: CameraLoop | None = None
     try:
         backend.arm()
         loop = CameraLoop(ctx, backend, pub)
@@ -330,6 +387,8 @@ def main(ctx: StageContext) -> None:
                 pulser.close()
             backend.close()
         finally:
+            if loop is not None:
+                loop.close()
             if rec is not None:  # recording: drain the queue, close the video
                 rec.close()
 

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from livepose.acquisition.base import DeviceLost, Grab
+from livepose.acquisition.base import DeviceLost, Grab, ImageSink, copy_out
 from livepose.acquisition.genapi import GENICAM_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
@@ -100,6 +100,7 @@ class GenICamCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = None
+    image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
         self.cc = cam_cfg
@@ -196,7 +197,7 @@ class GenICamCamera(UserOutputs):
             comp = buf.payload.components[0]
             shape = (comp.height, comp.width)
             n = int(comp.num_components_per_pixel)
-            image = comp.data.reshape(shape + ((n,) if n > 1 else ())).copy()
+            image = copy_out(comp.data.reshape(shape + ((n,) if n > 1 else ())), self.image_sink)
             counter = int(buf.frame_id)
             try:
                 t_dev: int | None = int(buf.timestamp_ns)

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from livepose.acquisition.base import DeviceLost, Grab, GrabFailed
+from livepose.acquisition.base import DeviceLost, Grab, GrabFailed, ImageSink, copy_out
 from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
@@ -103,6 +103,7 @@ class PylonCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = 0
+    image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
         self.cc = cam_cfg
@@ -257,7 +258,8 @@ class PylonCamera(UserOutputs):
                 counter = self._counter(r)
                 self._trigger_id = None
                 raise GrabFailed(self.name, counter, r.GetErrorDescription())
-            image = r.GetArray()
+            with r.GetArrayZeroCopy() as view:  # one copy: into the frame ring when shared
+                image = copy_out(view, self.image_sink)
             counter = self._counter(r)
             t_dev = self._device_time(r)
         finally:

@@ -291,6 +291,11 @@ class RecordHook:
         if self.rec is not None:
             self.ctx.rates["rec_queue"] = self.rec.queue.qsize()
 
+    @property
+    def recording(self) -> bool:
+        """Whether frames are being written now."""
+        return self.rec is not None
+
     def submit(self, msg: protocol.Frame) -> None:
         """Hand a just-published frame to the recorder (if recording covers it)."""
         if self.rec is None or msg.frame_id < self.start_frame:

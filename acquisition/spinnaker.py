@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from livepose.acquisition.base import DeviceLost, Grab, GrabFailed
+from livepose.acquisition.base import DeviceLost, Grab, GrabFailed, ImageSink, copy_out
 from livepose.acquisition.genapi import SPINNAKER_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
@@ -99,6 +99,7 @@ class SpinnakerCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = None
+    image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
         self.cc = cam_cfg
@@ -185,7 +186,7 @@ class SpinnakerCamera(UserOutputs):
             if img.IsIncomplete():
                 self.counters["failed_buffers"] += 1
                 raise GrabFailed(self.name, counter, f"image status {img.GetImageStatus()}")
-            image = img.GetNDArray().copy()
+            image = copy_out(img.GetNDArray(), self.image_sink)
             t_dev = int(img.GetTimeStamp()) or None
         finally:
             img.Release()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import protocol
+from livepose import protocol, shmring
 from livepose.config import Config
 from livepose.inference.assembler import FrameSetAssembler, Popped
 from livepose.inference.crops import CropPlan, CropPlanner
@@ -102,8 +102,13 @@ class _Worker:
             if cfg.is_sim else (spec.width, spec.height)
         frame_bytes = fw * fh * spec.channels * 2  # at most (uint16)
         self.rcv_hwm = int(min(1000, max(cfg.transport.frame_hwm, RCV_BUDGET // frame_bytes)))
+        if cfg.transport.frames_in_shm():  # pixels wait in the camera's ring, not the queue:
+            # a backlog longer than the ring would only hold frames already overwritten
+            self.rcv_hwm = min(self.rcv_hwm, cfg.transport.ring_slots(cfg.fps))
+        # frames in a ring are read in place (checked with shmring.intact after use)
         self.decoder = protocol.Decoder(
-            protocol.Limits(max_array_bytes=cfg.limits.max_frame_bytes), expect=["frame"]
+            protocol.Limits(max_array_bytes=cfg.limits.max_frame_bytes), expect=["frame"],
+            copy_shared=False,
         )
         self.crops = CropPlanner.from_config(
             cfg, ctx.args.get("calibration"), (spec.width, spec.height)
@@ -199,6 +204,13 @@ class _Worker:
                 self.pre.blank(i)
                 self.ctx.counters["bad_frames"] += 1
                 self._warn("bad_frame", f"bad frame {f.cam}#{f.frame_id}: {exc}")
+                continue
+            if not shmring.intact(f.image):  # the camera reused its ring slot meanwhile
+                bad.append(i)
+                self.pre.blank(i)
+                self.ctx.counters["shm_overrun"] += 1
+                self._warn("shm_overrun", f"frame {f.cam}#{f.frame_id} was overwritten in its "
+                           "ring before inference read it (raise transport.shm_slots)")
         n = len(popped.frames)
         try:
             points = self.pre.to_frame_pixels(self._decode(self.engine.run(self.pre.batch(n))))

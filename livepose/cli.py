@@ -208,6 +208,14 @@ def doctor() -> None:
     import shutil
     import subprocess
 
+    from livepose import shmring
+
+    if shmring.available():
+        free = shutil.disk_usage(shmring.SHM_DIR).free
+        t.add_row("frame rings (/dev/shm)", f"writable, {free / 2**30:.1f} GiB free")
+    else:
+        t.add_row("frame rings (/dev/shm)", "not writable: frames travel inside the messages")
+
     gpus = "none found"
     if shutil.which("nvidia-smi"):
         r = subprocess.run(
@@ -260,7 +268,7 @@ def _register_acquisition_bench() -> None:
         quick: Annotated[bool, typer.Option("--quick", help="1280x1024 only, 1 and 4 cameras")] = False,
         duration: Annotated[float, typer.Option("--case-duration", help="seconds per case")] = 1.5,
     ) -> None:
-        """Frames across processes over ZeroMQ (ipc, tcp): GB/s, frames/s, latency, losses."""
+        """Frames across processes: shm ring + ipc headers, ipc, tcp: GB/s, frames/s, latency, losses."""
         from livepose.bench.transport import main as run
 
         res = run(json_path, quick=quick, duration_s=duration)

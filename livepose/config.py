@@ -424,6 +424,38 @@ class TransportConfig(_Model):
     base_port: int = Field(0, ge=0, le=65000, description="0: pick free ports")
     ipc_dir: Path | None = None
     frame_hwm: int = Field(64, ge=1, description="PUB high-water mark for frames (messages)")
+    frames: Literal["auto", "zmq", "shm"] = Field(
+        "auto",
+        description="how frame pixels travel: 'shm' a frame ring in /dev/shm with headers over "
+        "ZeroMQ (one host), 'zmq' inside the messages; 'auto' = shm with kind ipc",
+    )
+    shm_slots: int | None = Field(
+        None, ge=4, le=4096,
+        description="frames per camera ring (how far a subscriber may fall behind); "
+        "default: half a second of frames, at least 16",
+    )
+
+    @model_validator(mode="after")
+    def _shm_needs_one_host(self) -> TransportConfig:
+        if self.frames == "shm" and self.kind != "ipc":
+            raise ValueError("frames: 'shm' needs every process on one host (kind: ipc); "
+                             "use 'zmq' or 'auto' with kind: tcp")
+        return self
+
+    def frames_in_shm(self) -> bool:
+        """Whether cameras put pixels in a frame ring (``frames`` resolved)."""
+        from livepose import shmring
+
+        if self.frames == "zmq" or (self.frames == "auto" and self.kind != "ipc"):
+            return False
+        if self.frames == "shm" and not shmring.available():
+            raise ValueError(f"transport.frames: 'shm' but {shmring.SHM_DIR} is not writable "
+                             "on this host; use 'zmq'")
+        return shmring.available()
+
+    def ring_slots(self, fps: float) -> int:
+        """Slots per camera ring: ``shm_slots``, else half a second of frames (≥ 16)."""
+        return self.shm_slots or max(16, min(1024, round(fps / 2)))
 
     @field_validator("host")
     @classmethod

@@ -137,7 +137,17 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         "frame_accounting_ok": mon.accounting_ok(),
         "provider": infer_info.info.get("provider") if infer_info else None,
         "rejected_messages": mon.decoder.rejected,
+        "frames_via": _frames_via(cfg, sup),
+        "shm_overruns": sum(sup.counters(f"infer{k}").get("shm_overrun", 0)
+                            for k in range(cfg.model.workers)),
     }
+
+
+def _frames_via(cfg: Config, sup: Supervisor) -> str:
+    """How the frames travelled: ``shm`` (every camera published through its frame ring),
+    ``zmq`` (inside the messages) or ``mixed`` (a camera fell back)."""
+    rings = [sup.counters(c.name).get("shm_rings", 0) > 0 for c in cfg.cameras]
+    return "shm" if all(rings) else "zmq" if not any(rings) else "mixed"
 
 
 def print_summary(console: Console, s: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ from typing import Any, ClassVar, TypeVar
 import msgpack
 import numpy as np
 
+from livepose.shmring import RingError, RingReader, SlotRef, intact
+
 PROTOCOL_VERSION = 1
 
 log = logging.getLogger(__name__)
@@ -305,12 +307,16 @@ class Health(Message):
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(msg: Message) -> list[Buffer]:
+def encode(msg: Message, shared: dict[str, SlotRef] | None = None) -> list[Buffer]:
     """Encode a message into multipart frames ``[topic, header, *buffers]``.
 
     Arrays are sent as their own memory (no copy) when C-contiguous; otherwise a contiguous
     copy is made. Keep the arrays alive and unmodified until the send completes (allocate a
     new array per message rather than reusing one).
+
+    ``shared`` names arrays already written to a same-host frame ring
+    (:mod:`livepose.shmring`): their entry is ``[name, dtype, shape, [ring, slot, gen]]`` and
+    no buffer is sent for them.
     """
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "kind": msg.KIND}
     arrays: list[list[Any]] = []
@@ -320,6 +326,9 @@ def encode(msg: Message) -> list[Buffer]:
     for name in msg.ARRAYS:
         arr = getattr(msg, name)
         if arr is None:
+            continue
+        if shared is not None and name in shared:
+            arrays.append([name, np.dtype(arr.dtype).str, list(arr.shape), shared[name].wire()])
             continue
         a = np.ascontiguousarray(arr)
         arrays.append([name, a.dtype.str, list(a.shape)])
@@ -362,11 +371,17 @@ def _check_scalar(name: str, value: Any, ann: Any) -> Any:
     return value
 
 
-def decode_strict(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode_strict(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS,
+                  rings: RingReader | None = None, copy_shared: bool = True) -> Message:
     """Decode multipart frames into a message, raising :class:`ProtocolError` if malformed.
 
     ``parts`` may be bytes, memoryviews or ``zmq.Frame`` objects (their ``.buffer`` is used,
     so arrays are views of the received memory: read-only, no copy).
+
+    Arrays in a same-host frame ring are resolved through ``rings`` (without one they are a
+    ``shm_unavailable`` error). With ``copy_shared`` they are copied out (safe to keep);
+    without, they are :class:`~livepose.shmring.SharedView` s of the ring — check
+    :func:`livepose.shmring.intact` after using one.
     """
     if len(parts) < 2:
         raise ProtocolError("too_few_parts", f"{len(parts)} part(s), need at least 2")
@@ -393,22 +408,26 @@ def decode_strict(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Mess
                 raise ProtocolError("missing_field", f"{kind}.{name}")
             continue
         kwargs[name] = _check_scalar(name, header[name], ann)
-    kwargs.update(_decode_arrays(cls, header.get("arrays"), bufs[2:], limits))
+    kwargs.update(_decode_arrays(cls, header.get("arrays"), bufs[2:], limits, rings,
+                                 copy_shared))
     return cls(**kwargs)
 
 
 def _decode_arrays(
-    cls: type[Message], spec: Any, bufs: Sequence[Buffer], limits: Limits
+    cls: type[Message], spec: Any, bufs: Sequence[Buffer], limits: Limits,
+    rings: RingReader | None = None, copy_shared: bool = True,
 ) -> dict[str, np.ndarray]:
     if not isinstance(spec, list) or len(spec) > limits.max_arrays:
         raise ProtocolError("bad_arrays", "arrays must be a list of [name, dtype, shape]")
-    if len(spec) != len(bufs):
-        raise ProtocolError("buffer_count", f"{len(spec)} arrays described, {len(bufs)} sent")
+    inline = sum(1 for e in spec if not (isinstance(e, list) and len(e) == 4))
+    if inline != len(bufs):
+        raise ProtocolError("buffer_count", f"{inline} arrays described, {len(bufs)} sent")
     out: dict[str, np.ndarray] = {}
-    for entry, buf in zip(spec, bufs, strict=True):
-        if not (isinstance(entry, list) and len(entry) == 3):
+    it = iter(bufs)
+    for entry in spec:
+        if not (isinstance(entry, list) and len(entry) in (3, 4)):
             raise ProtocolError("bad_arrays", "array entry must be [name, dtype, shape]")
-        name, dtype, shape = entry
+        name, dtype, shape = entry[:3]
         aspec = cls.ARRAYS.get(name) if isinstance(name, str) else None
         if aspec is None or name in out:
             raise ProtocolError("unknown_array", f"{cls.KIND}.{name!r}")
@@ -425,6 +444,10 @@ def _decode_arrays(
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         if nbytes > limits.max_array_bytes:
             raise ProtocolError("array_too_big", f"{name}: {nbytes} bytes")
+        if len(entry) == 4:
+            out[name] = _shared_array(entry[3], dt, shape, rings, copy_shared)
+            continue
+        buf = next(it)
         if len(buf) != nbytes:
             raise ProtocolError("buffer_size", f"{name}: {len(buf)} bytes, dtype×shape={nbytes}")
         out[name] = np.frombuffer(buf, dtype=dt).reshape(shape)
@@ -432,6 +455,23 @@ def _decode_arrays(
         if aspec.required and name not in out:
             raise ProtocolError("missing_array", f"{cls.KIND}.{name}")
     return out
+
+
+def _shared_array(ref: Any, dt: np.dtype[Any], shape: list[int], rings: RingReader | None,
+                  copy: bool) -> np.ndarray:
+    """Resolve a frame-ring reference (copied out, or as a checked view)."""
+    if rings is None:
+        raise ProtocolError("shm_unavailable", "array in shared memory, no ring reader")
+    try:
+        view = rings.view(ref, dt, shape)
+        if not copy:
+            return view
+        out = np.array(view, copy=True).view(np.ndarray)
+        if not intact(view):
+            raise RingError("shm_overrun", "slot reused while copying")
+        return out
+    except RingError as exc:
+        raise ProtocolError(exc.reason, str(exc)) from None
 
 
 class Decoder:
@@ -452,9 +492,12 @@ class Decoder:
         Number of messages accepted.
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, expect: Sequence[str] = ()) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, expect: Sequence[str] = (),
+                 copy_shared: bool = True) -> None:
         self.limits = limits
         self.expect = frozenset(expect)
+        self.copy_shared = copy_shared
+        self.rings = RingReader()
         self.errors: Counter[str] = Counter()
         self.received = 0
         self._last_log = 0.0
@@ -467,7 +510,7 @@ class Decoder:
     def decode(self, parts: Sequence[Any]) -> Message | None:
         """Decode ``parts``; on a protocol violation count it, log it and return ``None``."""
         try:
-            msg = decode_strict(parts, self.limits)
+            msg = decode_strict(parts, self.limits, self.rings, self.copy_shared)
             if self.expect and msg.KIND not in self.expect:
                 raise ProtocolError("unexpected_kind", msg.KIND)
         except ProtocolError as exc:

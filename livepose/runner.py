@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from livepose import endpoints as eps
-from livepose import protocol
+from livepose import protocol, shmring
 from livepose.config import Config, to_dict
 from livepose.errors import UserError
 from livepose.process import child_entry, load_target
@@ -161,6 +161,14 @@ class Supervisor:
         facts = load_target(PREPARE)(self.cfg, self.run_dir)
         self.calibration = facts["calibration"]
         load_target(INFER_PREFLIGHT)(self.cfg)
+        try:
+            if self.cfg.transport.frames_in_shm():
+                stale = shmring.remove_stale()  # rings of cameras killed with -9
+                if stale:
+                    log.info("removed %d stale frame ring(s) from %s", len(stale),
+                             shmring.SHM_DIR)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         if self.dashboard:
             self._dash_args = dashboard_address(self.cfg)
             host = self._dash_args["host"]

@@ -188,7 +188,11 @@ def bench_config(cameras: int, fps: float, width: int, height: int, image_root: 
         for k in range(cameras)
     ]
     return parse_config(
-        {"fps": fps, "cameras": cams, "calibration": "unused.toml", "fusion": {"min_views": 2}}
+        {"fps": fps, "cameras": cams, "calibration": "unused.toml", "fusion": {"min_views": 2},
+         # the checker compares every frame's pixels; a deep ring (5.7 s at 90 fps) so that a
+         # slow moment of the checker is not a frame lost to an overwritten slot (it would
+         # show as unaccounted)
+         "transport": {"shm_slots": 512}}
     )
 
 

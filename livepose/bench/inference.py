@@ -11,7 +11,8 @@ by the sim rig (the default model's own input), the wall time of:
   at the rig's rate a worker is busy.
 
 ``summary``: ``provider`` (best provider measured), ``cpu_batched_speedup`` (``C`` single-
-view calls ÷ one batched call of ``C`` views, on CPU), ``decode_share`` (``(pre + decode) /
+view calls ÷ one batched call of ``C`` views, on CPU; the two are timed alternately, ``runs``
+times, and the medians divided), ``decode_share`` (``(pre + decode) /
 infer(C)`` on the best provider), and the same figures per provider.
 Timings are ``time.perf_counter_ns`` around each call, after a warm-up.
 """
@@ -48,6 +49,26 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[int]:
         fn()
         out.append(time.perf_counter_ns() - t0)
     return out
+
+
+def _interleaved(engine: Any, x: np.ndarray, runs: int) -> tuple[list[int], list[int]]:
+    """``C`` single-view calls and one ``C``-view call, alternated ``runs`` times, so that
+    whatever else the machine does weighs on both alike (the batched speedup is the ratio
+    of their medians)."""
+    views = [np.ascontiguousarray(x[i : i + 1]) for i in range(x.shape[0])]
+    for _ in range(5):
+        engine.run(x)
+    singles, batched = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        for v in views:
+            engine.run(v)
+        t1 = time.perf_counter_ns()
+        engine.run(x)
+        t2 = time.perf_counter_ns()
+        singles.append(t1 - t0)
+        batched.append(t2 - t1)
+    return singles, batched
 
 
 def sim_frames(cfg: Config, width: int, height: int) -> list[np.ndarray]:
@@ -111,11 +132,12 @@ def measure(label: str, model: ModelConfig, path: Path, frames: list[np.ndarray]
     dec_ns = _time(lambda: decode_outputs(outs, manifest), runs, 5)
     infer_c = batches[str(c)]["median_ms"]
     pre_ms, dec_ms = _stats(pre_ns)["median_ms"], _stats(dec_ns)["median_ms"]
-    singles = c * batches["1"]["median_ms"]
+    singles, batched = _interleaved(engine, np.ascontiguousarray(pre.batch(c)), runs)
     return {
         "engine": engine.name, "provider": engine.provider, "views": c,
         "batches": batches, "preprocess": _stats(pre_ns), "decode": _stats(dec_ns),
-        "batched_speedup": singles / infer_c,
+        "singles_vs_batched_ms": {"singles": _stats(singles), "batched": _stats(batched)},
+        "batched_speedup": float(np.median(singles) / np.median(batched)),
         "decode_share": (pre_ms + dec_ms) / infer_c,
         "frameset_ms": pre_ms + infer_c + dec_ms,
         "period_share": (pre_ms + infer_c + dec_ms) * fps / 1e3,

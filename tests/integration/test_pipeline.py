@@ -30,6 +30,7 @@ def test_stream_accounts_for_every_frame_and_meets_error_bound(
     cfg = load_default_config()
     cfg.transport.kind = transport  # tcp: free random ports on 127.0.0.1
     out = artifacts / f"pipeline_{transport}.json"
+    rings_before = set(Path("/dev/shm").glob("livepose-*"))
     with open(os.devnull, "w") as devnull:
         s = run_pipeline(cfg, pulses=PULSES, live=False, json_path=out, console=Console(file=devnull))
     assert json.loads(out.read_text())["framesets_triggered"] == s["framesets_triggered"]
@@ -44,6 +45,10 @@ def test_stream_accounts_for_every_frame_and_meets_error_bound(
     for stage in ("acquire", "transport", "inference", "fusion", "total"):
         assert s["latency_ms"][stage]["p50"] is not None, stage
     assert s["latency_ms"]["total"]["p50"] >= s["latency_ms"]["inference"]["p50"]
+    # ipc: pixels through the cameras' frame rings in /dev/shm; tcp: inside the messages
+    assert s["frames_via"] == ("shm" if transport == "ipc" else "zmq"), s["frames_via"]
+    assert s["shm_overruns"] == 0 and s["rejected_messages"] == 0
+    assert set(Path("/dev/shm").glob("livepose-*")) <= rings_before  # none outlives the run
 
 
 def test_a_dying_process_is_reported_with_its_exit_code() -> None:

@@ -170,3 +170,62 @@ def recv_until_probe(send: Any, sub: zmq.Socket[Any]) -> int:
         if recv_until(sub, 1, timeout_s=0.2):
             return fid
     raise AssertionError("the worker never answered")
+
+
+@pytest.mark.timeout(60)
+def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> None:
+    """Frames whose pixels are in the cameras' frame rings (livepose.shmring): read in place;
+    a frame overwritten in its ring while the worker held it (waiting for the other views)
+    is blanked and counted (``shm_overrun``), never inferred from the wrong pixels."""
+    from livepose import shmring
+
+    cfg = config(tmp_path)
+    cfg.transport.frames = "shm"
+    eps = {f"frame/{c}": f"ipc://{tmp_path}/f-{c}.sock" for c in CAMS}
+    eps["kp2d/0"] = f"ipc://{tmp_path}/kp2d-0.sock"
+    zctx: zmq.Context[Any] = zmq.Context()
+    ctx = StageContext(name="infer0", cfg=cfg, endpoints=eps, args={"worker": 0},
+                       zmq_ctx=zctx)
+    rings = {c: shmring.FrameRing(c, 4, S * S) for c in CAMS}
+    pubs = {c: zctx.socket(zmq.PUB) for c in CAMS}
+    for c, s in pubs.items():
+        s.setsockopt(zmq.LINGER, 0)
+        s.bind(eps[f"frame/{c}"])
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kp2d")
+    sub.connect(eps["kp2d/0"])
+    t = threading.Thread(target=worker.main, args=(ctx,), daemon=True)
+    t.start()
+
+    def send(c: str, fid: int, image: np.ndarray) -> None:
+        f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
+                           image=image)
+        pubs[c].send_multipart(protocol.encode(f, {"image": rings[c].put(image)}))
+
+    try:
+        b = recv_until_probe(send, sub)
+        img = blob(30.5, 20.5)
+        for c in CAMS:
+            send(c, b, img)
+        (m,) = recv_until(sub, 1)
+        np.testing.assert_allclose(m.points[:, 0, :2], [[30.5, 20.5]] * 3, atol=0.5)
+        send("cam0", b + 1, img)
+        time.sleep(0.5)  # the worker holds cam0's view, waiting for cam1 and cam2
+        for _ in range(4):  # cam0's ring goes round: its slot is reused
+            rings["cam0"].put(np.zeros((S, S), np.uint8))
+        send("cam1", b + 1, img)
+        send("cam2", b + 1, img)
+        (m,) = recv_until(sub, 1)
+        assert m.frame_id == b + 1
+        assert np.isnan(m.points[0]).all() and np.isfinite(m.points[1:, 0, :2]).all()
+        assert ctx.counters["shm_overrun"] == 1 and ctx.counters["bad_frames"] == 0
+    finally:
+        ctx.request_stop()
+        t.join(5)
+        for s in [*pubs.values(), sub]:
+            s.close(linger=0)
+        ctx.close()
+        for r in rings.values():
+            r.close()
+    assert not t.is_alive()
