@@ -315,11 +315,15 @@ def test_worker_crop_path(tmp_path: Path) -> None:
             f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
                                image=images[c])
             pubs[c].send_multipart(protocol.encode(f))
-        if sub.poll(wait_ms):
+        # this set's kp2d only: a late answer to an earlier set (the slow-joiner loop gives
+        # up after wait_ms) must not be taken for this one
+        deadline = time.monotonic() + wait_ms / 1e3
+        while (left := deadline - time.monotonic()) > 0 and sub.poll(int(left * 1e3) + 1):
             msg = protocol.decode_strict(sub.recv_multipart(copy=False))
             assert isinstance(msg, protocol.Kp2d)
             received.append(msg.frame_id)
-            return msg
+            if msg.frame_id == fid:
+                return msg
         return None
 
     t = threading.Thread(target=run, daemon=True)
