@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,6 +100,23 @@ def copy_out(src: np.ndarray, sink: ImageSink | None) -> np.ndarray:
     dst = np.empty(src.shape, src.dtype) if sink is None else sink(src.shape, src.dtype)
     np.copyto(dst, src)
     return dst
+
+
+def reopen(cam: Any, timeout_s: float, pause_s: float) -> UserError | None:
+    """Open and arm ``cam`` again (after a device loss) until it works or ``timeout_s`` has
+    passed, ``pause_s`` between tries; on success count ``reconnects`` and return ``None``,
+    else return the last error (the backend words the final message)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cam.open()
+            cam.arm()
+            cam.counters["reconnects"] += 1
+            return None
+        except UserError as exc:
+            if time.monotonic() + pause_s > deadline:
+                return exc
+        time.sleep(pause_s)
 
 
 class CameraBackend(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -280,7 +281,7 @@ class CameraLoop:
         self.pub.send_multipart(protocol.encode(msg, shared), copy=False)
         c["frames"] += 1
         if self.rec is not None:  # recording: hand the published frame to the writer
-            if shared is not None and self.rec.recording:
+            if self.rec.recording and self.ring is not None and self.ring.holds(grab.image):
                 msg.image = grab.image.copy()  # the writer may lag more than the ring holds
             self.rec.submit(msg)
         if frame_id % self.preview_every == 0:
@@ -354,12 +355,7 @@ def main(ctx: StageContext) -> None:
                 continue
             if not trig.poll(loop.preview_wait_ms(100)):
                 continue
-            while True:
-                try:
-                    parts = trig.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                msg = decoder.decode(parts)
+            for msg in pending(trig, decoder):
                 if isinstance(msg, protocol.Truth):
                     if on_scene is not None and msg.spheres is not None and msg.albedo is not None:
                         on_scene(msg.frame_id, msg.spheres, msg.albedo)
@@ -393,6 +389,19 @@ def main(ctx: StageContext) -> None:
                 rec.close()
 
 
+def pending(sock: zmq.Socket[Any], decoder: protocol.Decoder) -> Iterator[protocol.Message]:
+    """The messages waiting on ``sock``, decoded, without blocking (malformed ones are
+    counted by ``decoder`` and skipped)."""
+    while True:
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        msg = decoder.decode(parts)
+        if msg is not None:
+            yield msg
+
+
 def _matched_step(ctx: StageContext, backend: CameraBackend, loop: CameraLoop,
                   trig: zmq.Socket[Any], decoder: protocol.Decoder, matcher: TimeMatcher[Grab],
                   latency_ns: int) -> None:
@@ -410,12 +419,7 @@ def _matched_step(ctx: StageContext, backend: CameraBackend, loop: CameraLoop,
         ctx.error(str(exc))
     except DeviceLost as exc:
         _recover(ctx, backend, loop, exc, None)  # pulses meanwhile stay queued: gaps
-    while True:
-        try:
-            parts = trig.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            break
-        msg = decoder.decode(parts)
+    for msg in pending(trig, decoder):
         if isinstance(msg, protocol.Trigger):
             matcher.add_pulse(msg.frame_id, msg.t_trigger_ns)
     if grab is not None:

@@ -22,7 +22,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from livepose.acquisition.base import DeviceLost, Grab, GrabFailed, ImageSink, copy_out
+from livepose.acquisition.base import (
+    DeviceLost,
+    Grab,
+    GrabFailed,
+    ImageSink,
+    copy_out,
+    reopen,
+)
 from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.errors import UserError
 
@@ -289,18 +296,9 @@ class PylonCamera(UserOutputs):
     def reconnect(self) -> None:
         """Re-open the same serial after a removal, within ``reconnect_timeout_s``."""
         self.close()
-        deadline = time.monotonic() + self.cc.reconnect_timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                self.open()
-                self.arm()
-                self.counters["reconnects"] += 1
-                return
-            except UserError as exc:
-                last = exc
-                time.sleep(0.2)
-        raise self._fail("reconnect", f"camera {self.serial} did not come back ({last})")
+        last = reopen(self, self.cc.reconnect_timeout_s, 0.2)
+        if last is not None:
+            raise self._fail("reconnect", f"camera {self.serial} did not come back ({last})")
 
     def close(self) -> None:
         """Stop grabbing (disarms the trigger) and release the device (idempotent)."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.acquisition.base import DeviceLost, Grab
+from livepose.acquisition.base import DeviceLost, Grab, reopen
 from livepose.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -275,18 +275,10 @@ class WebcamCamera:
         if timeout <= 0:
             raise self._fail("device", f"{describe(self.device)} was lost "
                              "(reconnect_timeout_s is 0)")
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.open()
-                self.arm()
-                self.counters["reconnects"] += 1
-                return
-            except UserError as exc:
-                if time.monotonic() > deadline:
-                    raise self._fail("device", f"{describe(self.device)} did not come back "
-                                     f"within {timeout:g} s ({exc})") from None
-            time.sleep(0.5)
+        last = reopen(self, timeout, 0.5)
+        if last is not None:
+            raise self._fail("device", f"{describe(self.device)} did not come back "
+                             f"within {timeout:g} s ({last})")
 
     def close(self) -> None:
         """Stop the reader thread and release the device (idempotent)."""

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from livepose.config import ModelConfig
+from livepose.inference.batching import run_in_chunks
 from livepose.inference.manifest import Manifest, ModelError
 from livepose.inference.providers import provider_options
 
@@ -347,16 +348,11 @@ class OrtEngine:
         """
         b = self._batch
         if b is None or batch.shape[0] == b:
-            return list(self._sess.run(self._out, {self._in: batch}))
-        parts: list[list[np.ndarray]] = []
-        for s in range(0, batch.shape[0], b):
-            chunk = batch[s : s + b]
-            if chunk.shape[0] < b:
-                pad = np.zeros((b - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            parts.append(self._sess.run(self._out, {self._in: chunk}))
-        n = batch.shape[0]
-        return [np.concatenate([p[i] for p in parts])[:n] for i in range(len(self._out))]
+            return self._run_once(batch)
+        return run_in_chunks(batch, b, True, self._run_once)
+
+    def _run_once(self, batch: np.ndarray) -> list[np.ndarray]:
+        return list(self._sess.run(self._out, {self._in: batch}))
 
 
 EngineFactory = Callable[[Path, Manifest, ModelConfig], Engine]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from livepose.config import ModelConfig
+from livepose.inference.batching import run_in_chunks
 from livepose.inference.manifest import Manifest, ModelError
 
 log = logging.getLogger(__name__)
@@ -221,15 +222,7 @@ class TorchEngine:
         b = self._batch
         if b is None or batch.shape[0] == b:
             return self._run(batch)
-        parts: list[list[np.ndarray]] = []
-        for s in range(0, batch.shape[0], b):
-            chunk = batch[s : s + b]
-            if chunk.shape[0] < b:
-                pad = np.zeros((b - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            parts.append(self._run(chunk))
-        n = batch.shape[0]
-        return [np.concatenate([p[k] for p in parts])[:n] for k in range(len(self._names))]
+        return run_in_chunks(batch, b, True, self._run)
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         torch = self._torch

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from livepose.config import ModelConfig
+from livepose.inference.batching import run_in_chunks
 from livepose.inference.manifest import Manifest, ModelError
 from livepose.inference.providers import cache_dir as config_cache_dir
 from livepose.inference.providers import default_cache_dir
@@ -197,16 +198,6 @@ def check_engine_io(
             raise ModelError(f"{source}: manifest output {name!r} is not an output of the engine "
                              f"(outputs: {sorted(outputs)})")
     return shape
-
-
-def chunks(n: int, capacity: int, fixed: bool) -> list[tuple[int, int, int]]:
-    """Split a batch of ``n`` into runs ``(start, stop, run_batch)``: at most ``capacity``
-    each; a fixed-batch engine always runs ``capacity`` (the tail zero-padded)."""
-    out = []
-    for s in range(0, n, capacity):
-        stop = min(s + capacity, n)
-        out.append((s, stop, capacity if fixed else stop - s))
-    return out
 
 
 # --------------------------------------------------------------------------- build
@@ -442,16 +433,7 @@ class TrtEngine:
         if tuple(batch.shape[1:]) != self._per_sample:
             raise ModelError(f"{self._path}: batch of shape {list(batch.shape)}; the engine "
                              f"takes {list(self._per_sample)} per view")
-        n = batch.shape[0]
-        parts = []
-        for start, stop, size in chunks(n, self._capacity, not self._dynamic):
-            x = batch[start:stop]
-            if size > x.shape[0]:
-                x = np.concatenate([x, np.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
-            parts.append(self._run(x))
-        if len(parts) == 1:
-            return [p[:n] for p in parts[0]]
-        return [np.concatenate([p[k] for p in parts])[:n] for k in range(len(self._outs))]
+        return run_in_chunks(batch, self._capacity, not self._dynamic, self._run)
 
     def _bind(self, n: int) -> None:
         """Set the batch size ``n`` (dynamic engines) and the output shapes it gives."""

@@ -466,7 +466,7 @@ def _shared_array(ref: Any, dt: np.dtype[Any], shape: list[int], rings: RingRead
         view = rings.view(ref, dt, shape)
         if not copy:
             return view
-        out = np.array(view, copy=True).view(np.ndarray)
+        out = np.array(view, copy=True)  # a plain ndarray (subok=False)
         if not intact(view):
             raise RingError("shm_overrun", "slot reused while copying")
         return out

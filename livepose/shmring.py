@@ -149,9 +149,9 @@ class FrameRing:
         np.copyto(self.loan(array.shape, array.dtype), array)
         return self.commit()
 
-    def fits(self, array: np.ndarray) -> bool:
-        """Whether ``array`` fits one slot."""
-        return bool(array.nbytes <= self.slot_bytes)
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether ``array`` lies in this ring's memory (a loaned slot)."""
+        return not self.closed and bool(np.may_share_memory(array, self._data))
 
     def close(self) -> None:
         """Unlink the ring (readers keep their mappings until they drop them)."""

@@ -24,11 +24,11 @@ import yaml
 
 from livepose.config import ModelConfig
 from livepose.inference import engine_trt
+from livepose.inference.batching import chunks
 from livepose.inference.engine import ENGINES
 from livepose.inference.engine_trt import (
     TrtEngine,
     check_engine_io,
-    chunks,
     engine_cache_path,
     profile_shapes,
     timing_cache_path,

@@ -231,10 +231,11 @@ def test_camera_loop_loans_slots_to_the_backend(tmp_path: Path) -> None:
         driver_buffer = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)
         image = copy_out(driver_buffer, backend.image_sink)  # what pylon/harvesters/PySpin do
         ref = loop.put_in_ring(image)["image"]  # committed in place: no second copy
-        assert np.shares_memory(image, loop.ring._data)
+        assert np.shares_memory(image, loop.ring._data) and loop.ring.holds(image)
         view = shmring.RingReader().view(ref.wire(), np.dtype(np.uint16), [48, 64])
         np.testing.assert_array_equal(view, driver_buffer)
         other = np.ones((48, 64), np.uint16)  # a backend's own array: copied into a slot
+        assert not loop.ring.holds(other)
         ref2 = loop.put_in_ring(other)["image"]
         assert ref2.slot != ref.slot and ref2.gen > ref.gen
         big = np.zeros((480, 640), np.uint16)  # bigger frames (ROI change): a new ring

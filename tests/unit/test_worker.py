@@ -83,9 +83,9 @@ def recv_until(sub: zmq.Socket[Any], n: int, timeout_s: float = 10.0) -> list[pr
     return out
 
 
-@pytest.mark.timeout(60)
-def test_worker_loop(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
+def worker_sockets(tmp_path: Path, cfg: Config) -> tuple[StageContext, dict[str, Any], Any]:
+    """A worker context on ipc endpoints in ``tmp_path``; camera PUB sockets bound, a kp2d
+    SUB connected."""
     eps = {f"frame/{c}": f"ipc://{tmp_path}/f-{c}.sock" for c in CAMS}
     eps["kp2d/0"] = f"ipc://{tmp_path}/kp2d-0.sock"
     zctx: zmq.Context[Any] = zmq.Context()
@@ -99,6 +99,12 @@ def test_worker_loop(tmp_path: Path) -> None:
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"kp2d")
     sub.connect(eps["kp2d/0"])
+    return ctx, pubs, sub
+
+
+@pytest.mark.timeout(60)
+def test_worker_loop(tmp_path: Path) -> None:
+    ctx, pubs, sub = worker_sockets(tmp_path, config(tmp_path))
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -183,20 +189,8 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
 
     cfg = config(tmp_path)
     cfg.transport.frames = "shm"
-    eps = {f"frame/{c}": f"ipc://{tmp_path}/f-{c}.sock" for c in CAMS}
-    eps["kp2d/0"] = f"ipc://{tmp_path}/kp2d-0.sock"
-    zctx: zmq.Context[Any] = zmq.Context()
-    ctx = StageContext(name="infer0", cfg=cfg, endpoints=eps, args={"worker": 0},
-                       zmq_ctx=zctx)
+    ctx, pubs, sub = worker_sockets(tmp_path, cfg)
     rings = {c: shmring.FrameRing(c, 4, S * S) for c in CAMS}
-    pubs = {c: zctx.socket(zmq.PUB) for c in CAMS}
-    for c, s in pubs.items():
-        s.setsockopt(zmq.LINGER, 0)
-        s.bind(eps[f"frame/{c}"])
-    sub = zctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"kp2d")
-    sub.connect(eps["kp2d/0"])
     t = threading.Thread(target=worker.main, args=(ctx,), daemon=True)
     t.start()
 
