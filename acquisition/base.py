@@ -12,6 +12,8 @@ the same way::
         grab = cam.grab(timeout_s)             # Grab | None
     cam.close()
 
+Machine-vision backends (``overlapped_trigger = True``) are fired from a trigger thread while
+the main thread grabs (:class:`OverlappedTrigger`, :mod:`livepose.acquisition.swtrigger`).
 Backends are imported lazily by name, so a missing SDK only matters to the backend that needs
 it, and the error names the extra to install.
 """
@@ -142,6 +144,28 @@ class CameraBackend(Protocol):
 
     def close(self) -> None:
         """Stop acquisition and release the device (idempotent)."""
+
+
+class OverlappedTrigger(CameraBackend, Protocol):
+    """A software-triggered camera that may be fired while earlier frames are still being
+    read out (``overlapped_trigger = True``: ``pylon``, ``genicam``, ``spinnaker``). The
+    camera process then fires it from a trigger thread and grabs in its main thread
+    (:mod:`livepose.acquisition.swtrigger`); its grabs carry the camera's own frame counter,
+    which says which exposure since arming an image is.
+
+    ``exposure_origin`` is that counter's value for the first exposure after ``arm()``
+    (``None``: the camera does not say; the first image is then taken as the first exposure).
+    """
+
+    overlapped_trigger: bool
+    exposure_origin: int | None
+
+    def wait_trigger_ready(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until a trigger would start an exposure (a trigger fired
+        before that is lost by the camera); ``True`` when ready."""
+
+    def fire(self, frame_id: int) -> None:
+        """Execute one software trigger now (for pulse ``frame_id``; no ready check)."""
 
 
 def make_backend(cam_cfg: Any, **kwargs: Any) -> CameraBackend:

@@ -162,16 +162,15 @@ class CameraLoop:
         self.loaned = ring.loan(shape, dtype)
         return self.loaned
 
-    def put_in_ring(self, image: np.ndarray) -> dict[str, shmring.SlotRef] | None:
-        """The image's place in the frame ring: committed if the backend wrote it into the
-        loaned slot, else copied into the next slot; ``None`` without a ring."""
+    def ring_for_image(self, image: np.ndarray) -> tuple[shmring.FrameRing | None, bool]:
+        """The frame ring this image goes through (``None``: frames carry their pixels) and
+        whether it is already in the loaned slot (the backend wrote it there)."""
         loaned, self.loaned = self.loaned, None
         if not self.shm:
-            return None
+            return None, False
         if loaned is not None and image is loaned and self.ring is not None:
-            return {"image": self.ring.commit()}
-        ring = self._ring_for(image.nbytes)
-        return None if ring is None else {"image": ring.put(image)}
+            return self.ring, True
+        return self._ring_for(image.nbytes), False
 
     def close(self) -> None:
         """Unlink the frame ring (subscribers keep what they mapped)."""
@@ -276,9 +275,14 @@ class CameraLoop:
             dropped_before=dropped,
             match_error_ns=match_error_ns,
         )
-        shared = self.put_in_ring(grab.image)
+        ring, staged = self.ring_for_image(grab.image)
         msg.t_pub_ns = time.time_ns()
-        self.pub.send_multipart(protocol.encode(msg, shared), copy=False)
+        if ring is None:
+            parts = protocol.encode(msg)
+        else:  # pixels and header into the ring: a worker following it is woken now
+            parts = protocol.encode_in_ring(msg, ring, staged=staged)
+            c["shm_header_overflow"] = ring.meta_overflows
+        self.pub.send_multipart(parts, copy=False)
         c["frames"] += 1
         if self.rec is not None:  # recording: hand the published frame to the writer
             if self.rec.recording and self.ring is not None and self.ring.holds(grab.image):
@@ -291,6 +295,11 @@ class CameraLoop:
 
 def main(ctx: StageContext) -> None:
     """Camera process main."""
+    from functools import partial
+
+    from livepose.acquisition.base import OverlappedTrigger
+    from livepose.acquisition.swtrigger import TriggerThread
+
     index = int(ctx.args["camera"])
     cam_cfg = ctx.cfg.cameras[index]
     backend = make_backend(cam_cfg, cfg=ctx.cfg, index=index)
@@ -320,6 +329,7 @@ def main(ctx: StageContext) -> None:
     rec: RecordHook | None = None  # recording (acquisition/recorder.py)
     pulser: OutputPulser | None = None  # output lines for closed-loop actions (outputs.py)
     loop: CameraLoop | None = None
+    fire: TriggerThread | None = None  # overlapped software trigger (swtrigger.py)
     try:
         backend.arm()
         loop = CameraLoop(ctx, backend, pub)
@@ -328,6 +338,12 @@ def main(ctx: StageContext) -> None:
             outputs = cast(HasOutputs, backend)  # it has output_lines and set_output
             pulser = OutputPulser(ctx, cam_cfg.name, outputs, ctx.endpoints["camctl"])
             pulser.start()
+        overlapped = backend.software_triggered and getattr(backend, "overlapped_trigger", False)
+        if trig is not None and overlapped:  # the trigger thread takes the socket over
+            fire = TriggerThread(cast(OverlappedTrigger, backend), trig, decoder,
+                                 round(ctx.cfg.desync_tolerance_ms * 1e6))
+            trig, recover = None, partial(_recover, ctx, backend, loop, trig=None)
+            fire.start()
         ctx.ready(pixel_format=backend.pixel_format, **getattr(backend, "info", {}))
         ctx.set_state("running")
         while not ctx.stopping:
@@ -336,6 +352,10 @@ def main(ctx: StageContext) -> None:
             loop.sync_counters()
             rec.poll()  # recording: start/stop messages
             loop.flush_preview()
+            if fire is not None:  # overlapped software trigger: grab like hardware-triggered
+                fire.sync(ctx.counters, ctx.error)
+                fire.grab(loop, recover)
+                continue
             if matching is not None and trig is not None:
                 _matched_step(ctx, backend, loop, trig, decoder, *matching)
                 continue
@@ -379,6 +399,8 @@ def main(ctx: StageContext) -> None:
                 loop.publish(msg.t_trigger_ns, grab)
     finally:
         try:
+            if fire is not None:
+                fire.close()
             if pulser is not None:
                 pulser.close()
             backend.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 from livepose.acquisition.base import DeviceLost, Grab, ImageSink, copy_out
 from livepose.acquisition.genapi import GENICAM_NAMES, FeatureWriter, UserOutputs, configure
+from livepose.acquisition.swtrigger import FrameTriggerWait
 from livepose.errors import UserError
 
 
@@ -100,13 +101,18 @@ class GenICamCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = None
+    overlapped_trigger = True  # software trigger: fired from a trigger thread (swtrigger.py)
+    exposure_origin: int | None = None  # GenTL frame ids start where the producer likes
     image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
         self.cc = cam_cfg
         self.name: str = cam_cfg.name
         self.software_triggered = cam_cfg.trigger.mode == "software"
+        if self.software_triggered:  # frames are numbered by pulse: pulse 0 is frame 0
+            self.counter_origin = 0
         self.counters: Counter[str] = Counter()
+        self._ready: FrameTriggerWait | None = None
         self._h: Any = None
         self._ia: Any = None
         self._t_trigger: int | None = None
@@ -156,6 +162,7 @@ class GenICamCamera(UserOutputs):
         configure(w, self.cc, GENICAM_NAMES)
         self.setup_outputs(w, self.cc.outputs)
         self.pixel_format = str(nodes.get("PixelFormat"))
+        self._ready = FrameTriggerWait(nodes) if self.software_triggered else None
         try:
             self._ia.num_buffers = self.cc.buffers
         except ValueError as exc:
@@ -175,9 +182,20 @@ class GenICamCamera(UserOutputs):
         self._ia.start()
         self._armed_at = time.monotonic()
 
-    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
-        """Fire one exposure (``TriggerSoftware``)."""
+    def wait_trigger_ready(self, timeout_s: float) -> bool:
+        """Whether the camera waits for a frame trigger within ``timeout_s``
+        (``AcquisitionStatus[FrameTriggerWait]``; always ``True`` if it lacks that)."""
+        return self._ready is None or self._ready.wait(timeout_s)
+
+    def fire(self, frame_id: int) -> None:
+        """Execute ``TriggerSoftware`` now; the grab carries the GenTL frame id."""
         self._ia.remote_device.node_map.TriggerSoftware.execute()
+
+    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
+        """Fire one exposure and number the next grab by this pulse (one at a time; the
+        camera process fires from a trigger thread instead, see :meth:`fire`)."""
+        self.wait_trigger_ready(1.0)
+        self.fire(frame_id)
         self._t_trigger = t_trigger_ns
         self._trigger_id = frame_id
 

@@ -9,7 +9,10 @@ GigE counts 1…65535 and wraps to 1 (0 is never used) unless the Extended ID mo
 backend unwraps that into a 64-bit counter, so :class:`FrameIdentity` sees one that never
 wraps. A failed buffer (incomplete, lost packets) raises :class:`GrabFailed` with its block id
 (counted as a dropped frame); device removal raises :class:`DeviceLost`, and
-:meth:`PylonCamera.reconnect` re-opens the same serial number.
+:meth:`PylonCamera.reconnect` re-opens the same serial number. Software trigger: the camera
+process fires from a trigger thread (``WaitForFrameTriggerReady``, then ``TriggerSoftware``;
+pypylon releases the GIL in both and in ``RetrieveResult``) and maps block ids to pulses
+(:mod:`livepose.acquisition.swtrigger`).
 
 Camera emulation (``PYLON_CAMEMU=N`` in the environment before pypylon loads) is how this
 backend is tested: see docs/acquisition.md. The emulator has no device timestamps
@@ -31,6 +34,7 @@ from livepose.acquisition.base import (
     reopen,
 )
 from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, UserOutputs, configure
+from livepose.acquisition.swtrigger import poll_until
 from livepose.errors import UserError
 
 _STRATEGIES = {
@@ -110,6 +114,8 @@ class PylonCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = 0
+    overlapped_trigger = True  # software trigger: fired from a trigger thread (swtrigger.py)
+    exposure_origin: int | None = 0  # BlockID of the first exposure after StartGrabbing
     image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
@@ -205,6 +211,8 @@ class PylonCamera(UserOutputs):
         """Start grabbing; the camera now waits for trigger pulses."""
         strategy = getattr(self._pylon, _STRATEGIES[self.cc.grab_strategy])
         self._last_block = None
+        if self._unwrap is not None:  # block ids restart with the grab
+            self._unwrap = BlockIdUnwrapper()
         self._cam.StartGrabbing(strategy)
         self._armed_at = time.monotonic()
 
@@ -213,8 +221,15 @@ class PylonCamera(UserOutputs):
         if self._cam is not None and self._cam.IsCameraDeviceRemoved():
             raise DeviceLost(f"{self.name}: camera {self.serial} was removed")
 
-    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
-        """Fire one exposure (``TriggerSoftware``)."""
+    def wait_trigger_ready(self, timeout_s: float) -> bool:
+        """Whether the camera is ready for a trigger within ``timeout_s`` (a trigger fired
+        before that is lost: no image, no block id)."""
+        cam, ret = self._cam, self._pylon.TimeoutHandling_Return
+        return poll_until(lambda: bool(cam.WaitForFrameTriggerReady(0, ret)), timeout_s)
+
+    def fire(self, frame_id: int) -> None:
+        """Execute ``TriggerSoftware`` now (emulation: after injecting the faults configured
+        for pulse ``frame_id``); the grab carries the block id."""
         emu = self.cc.emulation
         if emu is not None and frame_id not in self._faults_done:
             if frame_id in emu.fail_buffers_at:
@@ -225,14 +240,20 @@ class PylonCamera(UserOutputs):
                 self._cam.FirePnPCallback.Execute()
                 self._faults_done.add(frame_id)
         self._check_removed()
-        self._cam.WaitForFrameTriggerReady(1000, self._pylon.TimeoutHandling_Return)
         self._cam.ExecuteSoftwareTrigger()
+
+    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
+        """Fire one exposure and number the next grab by this pulse (one at a time; the
+        camera process fires from a trigger thread instead, see :meth:`fire`)."""
+        self.wait_trigger_ready(1.0)
+        self.fire(frame_id)
         self._t_trigger = t_trigger_ns
         self._trigger_id = frame_id
 
     def _counter(self, r: Any) -> int | None:
-        """Software trigger: the pulse's ``frame_id`` (a pulse that never reached the
-        camera is then a gap, not a shift); otherwise the unwrapped block id."""
+        """The pulse's ``frame_id`` after :meth:`software_trigger`; otherwise the unwrapped
+        block id (which the camera process maps to pulses when it fires from its trigger
+        thread)."""
         block = int(r.BlockID)
         if block >= 2**64 - 1:  # UINT64_MAX: invalid
             return self._trigger_id
@@ -240,7 +261,7 @@ class PylonCamera(UserOutputs):
         if self._last_block is not None and block != self._last_block + 1:
             self.counters["block_id_jumps"] += 1
         self._last_block = block
-        return self._trigger_id if self.software_triggered else block
+        return block if self._trigger_id is None else self._trigger_id
 
     def _device_time(self, r: Any) -> int | None:
         ts = int(r.TimeStamp)

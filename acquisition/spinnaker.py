@@ -24,6 +24,7 @@ from typing import Any
 
 from livepose.acquisition.base import DeviceLost, Grab, GrabFailed, ImageSink, copy_out
 from livepose.acquisition.genapi import SPINNAKER_NAMES, FeatureWriter, UserOutputs, configure
+from livepose.acquisition.swtrigger import FrameTriggerWait
 from livepose.errors import UserError
 
 
@@ -99,13 +100,18 @@ class SpinnakerCamera(UserOutputs):
     pixel_format = "Mono8"
     counter_bits = 64
     counter_origin: int | None = None
+    overlapped_trigger = True  # software trigger: fired from a trigger thread (swtrigger.py)
+    exposure_origin: int | None = None  # FrameID after BeginAcquisition: not verified here
     image_sink: ImageSink | None = None  # set by the camera loop (frame ring slot)
 
     def __init__(self, cam_cfg: Any, cfg: Any = None, index: int = 0) -> None:
         self.cc = cam_cfg
         self.name: str = cam_cfg.name
         self.software_triggered = cam_cfg.trigger.mode == "software"
+        if self.software_triggered:  # frames are numbered by pulse: pulse 0 is frame 0
+            self.counter_origin = 0
         self.counters: Counter[str] = Counter()
+        self._ready: FrameTriggerWait | None = None
         self._ps: Any = None
         self._system: Any = None
         self._list: Any = None
@@ -133,6 +139,7 @@ class SpinnakerCamera(UserOutputs):
             configure(w, self.cc, SPINNAKER_NAMES)
             self.setup_outputs(w, self.cc.outputs)
             self.pixel_format = str(self._nodes.get("PixelFormat"))
+            self._ready = FrameTriggerWait(self._nodes) if self.software_triggered else None
             stream = FeatureWriter(self.name, SpinNodes(self._cam.GetTLStreamNodeMap(), PySpin))
             stream.set("buffers", "StreamBufferCountMode", "Manual", required=False)
             stream.set("buffers", "StreamBufferCountManual", self.cc.buffers, required=False)
@@ -163,10 +170,21 @@ class SpinnakerCamera(UserOutputs):
         self._cam.BeginAcquisition()
         self._armed_at = time.monotonic()
 
-    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
-        """Fire one exposure (``TriggerSoftware``)."""
+    def wait_trigger_ready(self, timeout_s: float) -> bool:
+        """Whether the camera waits for a frame trigger within ``timeout_s``
+        (``AcquisitionStatus[FrameTriggerWait]``; always ``True`` if it lacks that)."""
+        return self._ready is None or self._ready.wait(timeout_s)
+
+    def fire(self, frame_id: int) -> None:
+        """Execute ``TriggerSoftware`` now; the grab carries the camera's ``FrameID``."""
         assert self._nodes is not None
         self._nodes.execute("TriggerSoftware")
+
+    def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
+        """Fire one exposure and number the next grab by this pulse (one at a time; the
+        camera process fires from a trigger thread instead, see :meth:`fire`)."""
+        self.wait_trigger_ready(1.0)
+        self.fire(frame_id)
         self._trigger = (frame_id, t_trigger_ns)
 
     def grab(self, timeout_s: float) -> Grab | None:

@@ -20,6 +20,7 @@ import zmq
 
 from livepose import protocol, shmring
 from livepose.config import Config
+from livepose.framefeed import FrameFeed
 from livepose.inference.assembler import FrameSetAssembler, Popped
 from livepose.inference.crops import CropPlan, CropPlanner
 from livepose.inference.decode import decode_outputs
@@ -114,6 +115,7 @@ class _Worker:
             cfg, ctx.args.get("calibration"), (spec.width, spec.height)
         ) if cfg.model.crop.enabled else None
         self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
+        self.feed: FrameFeed  # the cameras' frames, set by main
         self.pose_decoder = protocol.Decoder(expect=["pose3d"])
         self.failures = 0
         self._last_log: dict[str, float] = {}
@@ -144,17 +146,12 @@ class _Worker:
             self._last_log[key] = now
             log.warning("%s: %s", self.ctx.name, message)
 
-    def drain(self, sub: zmq.Socket[Any]) -> int:
-        """Take in every frame available without blocking; return how many messages."""
+    def drain(self) -> int:
+        """Take in every frame available without blocking (socket and followed rings);
+        return how many messages."""
         n = 0
-        while n < MAX_DRAIN:
-            try:
-                parts = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            t = time.time_ns()
+        for msg, t in self.feed.drain():
             n += 1
-            msg = self.decoder.decode(parts)
             if isinstance(msg, protocol.Frame):
                 self.assembler.add(msg, t)
         return n
@@ -267,6 +264,8 @@ class _Worker:
             c[key] = val
         c["max_spread_us"] = self.assembler.max_spread_ns // 1000  # cross-camera, per set
         c["rejected"] = self.decoder.rejected
+        for key, val in self.feed.counters.items():
+            c[key] = val
         for reason, val in self.decoder.errors.items():
             c[f"rejected/{reason}"] = val
         now = time.monotonic()
@@ -288,6 +287,8 @@ def main(ctx: StageContext) -> None:
         zmq.SUB, connect=[ctx.endpoints[f"frame/{c}"] for c in w.cams],
         subscribe=[b"frame/" + c.encode() for c in w.cams], hwm=w.rcv_hwm,
     )
+    # same-host cameras' frames are then taken from their rings, woken by their doorbells
+    w.feed = FrameFeed(sub, w.cams, w.decoder, follow=ctx.cfg.transport.follow_rings)
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints[f"kp2d/{k}"], hwm=1000)
     zero = ["frames", "sets", "inferred", "skipped", "incomplete", "late", "bad_frames",
             "rejected", *(f"gaps/{c}" for c in w.cams)]
@@ -301,16 +302,14 @@ def main(ctx: StageContext) -> None:
     log.info("%s: %s on %s", ctx.name, w.manifest.name, w.engine.provider)
     ctl_ep = ctx.endpoints.get("record")  # the supervisor's control PUB (sharding.py)
     ctl = ctx.socket(zmq.SUB, connect=ctl_ep, subscribe=WORKERS_TOPIC) if ctl_ep else None
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
     while not ctx.stopping:
         w.update_health()
         w.drain_poses()
         if ctl is not None:
             w.poll_control(ctl)
-        if not w.assembler.has_complete and not poller.poll(POLL_MS):
+        if not w.assembler.has_complete and not w.feed.wait(POLL_MS):
             continue
-        w.drain(sub)
+        w.drain()
         popped = w.assembler.pop_latest_complete()
         if popped is None:
             continue

@@ -215,6 +215,7 @@ def doctor() -> None:
         t.add_row("frame rings (/dev/shm)", f"writable, {free / 2**30:.1f} GiB free")
     else:
         t.add_row("frame rings (/dev/shm)", "not writable: frames travel inside the messages")
+    t.add_row("frame doorbells", _doorbells())
 
     gpus = "none found"
     if shutil.which("nvidia-smi"):
@@ -469,3 +470,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _doorbells() -> str:
+    """How inference workers wait for same-host frames (``livepose doctor``)."""
+    from livepose import doorbell
+
+    if not doorbell.supported():
+        return "no futex here: workers take frames over ZeroMQ"
+    import numpy as np
+
+    word = np.zeros(1, np.uint32)
+    if doorbell.wait_any([word, np.zeros(1, np.uint32)], [1, 0], 0.0) is None:
+        return "futex (kernel < 5.16: one ring at a time, 2 ms naps between rings)"
+    return "futex_waitv: workers sleep on every camera's ring at once"

@@ -434,6 +434,12 @@ class TransportConfig(_Model):
         description="frames per camera ring (how far a subscriber may fall behind); "
         "default: half a second of frames, at least 16",
     )
+    follow_rings: bool = Field(
+        True,
+        description="inference workers take same-host frames straight from the rings, woken "
+        "by a futex doorbell (Linux), instead of from the ZeroMQ headers; false: headers "
+        "over ZeroMQ only",
+    )
 
     @model_validator(mode="after")
     def _shm_needs_one_host(self) -> TransportConfig:

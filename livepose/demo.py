@@ -140,6 +140,9 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         "frames_via": _frames_via(cfg, sup),
         "shm_overruns": sum(sup.counters(f"infer{k}").get("shm_overrun", 0)
                             for k in range(cfg.model.workers)),
+        # cameras whose frames the workers took straight from the rings (futex doorbell)
+        "rings_followed": sum(sup.counters(f"infer{k}").get("shm_followed", 0)
+                              for k in range(cfg.model.workers)),
     }
 
 

@@ -150,7 +150,8 @@ class StageContext:
         """Record a non-fatal error: counted, logged, published as ``last_error``."""
         self.counters["errors"] += 1
         self.last_error = message
-        log.error("%s: %s", self.name, message)
+        named = message.startswith(f"{self.name}: ")  # many messages name their camera
+        log.error("%s", message if named else f"{self.name}: {message}")
 
     def tick_health(self) -> None:
         """Publish health if the period elapsed (cheap to call every loop)."""

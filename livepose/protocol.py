@@ -41,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 import msgpack
 import numpy as np
 
-from livepose.shmring import RingError, RingReader, SlotRef, intact
+from livepose.shmring import FrameRing, RingError, RingReader, SlotRef, intact
 
 PROTOCOL_VERSION = 1
 
@@ -335,6 +335,22 @@ def encode(msg: Message, shared: dict[str, SlotRef] | None = None) -> list[Buffe
         buffers.append(memoryview(a.data).cast("B") if a.size else b"")
     header["arrays"] = arrays
     return [msg.topic(), msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def encode_in_ring(msg: Message, ring: FrameRing, array: str = "image",
+                   staged: bool = False) -> list[Buffer]:
+    """Encode ``msg`` with its array ``array`` in a frame ring, and commit it.
+
+    The array is copied into the ring's next slot (``staged``: the caller already wrote it
+    into the loaned slot), the encoded ``[topic, header]`` is stored beside it, and the
+    commit rings the ring's doorbell for followers. Returns the parts to send over ZeroMQ.
+    """
+    arr = getattr(msg, array)
+    if not staged:
+        np.copyto(ring.loan(arr.shape, arr.dtype), arr)
+    parts = encode(msg, {array: ring.pending_ref()})
+    ring.commit(parts)
+    return parts
 
 
 def _check_scalar(name: str, value: Any, ann: Any) -> Any:

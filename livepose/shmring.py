@@ -9,18 +9,31 @@ frame-set that a worker does not own (``frame_id % K``) costs it nothing.
 
 Ring file layout (little-endian)::
 
-    0     magic  b"LPRING1\\0"
+    0     magic  b"LPRING2\\0"
     8     slots       u64
     16    slot_bytes  u64   (stride, a multiple of 4096)
+    24    meta_bytes  u64   (room for each slot's message header)
+    32    head        u64   generation of the newest committed slot (0: none yet)
+    40    bell        u32   low 32 bits of ``head``: the futex word (livepose.doorbell)
+    44    closed      u32   1 once the writer has closed the ring
     64    gen[slots]  u64   generation of each slot's content, 0 while it is being written
-    DATA  slot k at DATA + k * slot_bytes, DATA = 4096-aligned end of the header
+    META  slot k's header at META + k * meta_bytes: u32 part count, then (u32 length, bytes)…
+    DATA  slot k at DATA + k * slot_bytes, DATA = 4096-aligned end of the META area
 
 Generations are a seqlock: the writer zeroes ``gen[k]`` before it writes slot ``k`` and sets
 it to a new, never reused value after; a reader accepts a reference ``(ring, k, g)`` only while
 ``gen[k] == g``, and checks again after it has used the pixels (:func:`intact`) — a slot
 overwritten meanwhile (the reader fell ``slots`` frames behind) is detected, never used
-silently. The ring's name carries the writer's pid; :func:`remove_stale` deletes rings whose
-writer died without unlinking (``kill -9``).
+silently. Generations count commits (1, 2, …) and slots are used in turn, so generation ``g``
+lives in slot ``(g - 1) % slots``.
+
+Each commit also stores the frame's encoded message (``[topic, header]``, the same bytes that
+go over ZeroMQ) beside the pixels, advances ``head`` and rings the doorbell: a follower
+(:class:`livepose.framefeed.RingFollower`, in the inference worker) takes frames straight
+from the ring and sleeps on the doorbell in between — one futex wake-up per frame instead of a
+ZeroMQ hop. The ring's name
+carries the writer's pid; :func:`remove_stale` deletes rings whose writer died without
+unlinking (``kill -9``), and a follower notices such a writer is gone.
 """
 
 from __future__ import annotations
@@ -30,18 +43,23 @@ import mmap
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livepose import doorbell
+
 SHM_DIR = Path("/dev/shm")
-MAGIC = b"LPRING1\0"
+MAGIC = b"LPRING2\0"
 PAGE = 4096
 PREFIX = "livepose-"
 _NAME = re.compile(r"^livepose-(\d+)-[A-Za-z0-9_.-]{1,96}$")
 MAX_SLOTS = 4096
+Buffer = bytes | memoryview
+META_BYTES = 2048
 
 
 class RingError(ValueError):
@@ -57,8 +75,30 @@ def available() -> bool:
     return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
 
 
-def _data_offset(slots: int) -> int:
-    return -(-(64 + 8 * slots) // PAGE) * PAGE
+def _offsets(slots: int, meta_bytes: int) -> tuple[int, int]:
+    """Byte offsets of the META and DATA areas."""
+    meta = -(-(64 + 8 * slots) // 64) * 64
+    data = -(-(meta + slots * meta_bytes) // PAGE) * PAGE
+    return meta, data
+
+
+class _Header:
+    """Views of a ring file's header fields (shared by the writer and the readers)."""
+
+    __slots__ = ("bell", "closed", "gen", "head", "meta", "meta_bytes", "slot_bytes", "slots")
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self.slots, self.slot_bytes, self.meta_bytes = (int(v) for v in buf[8:32].view("<u8"))
+        self.head = buf[32:40].view("<u8")
+        self.bell = buf[40:44].view(np.uint32)
+        self.closed = buf[44:48].view(np.uint32)
+        self.gen = buf[64 : 64 + 8 * self.slots].view("<u8")
+        meta, _ = _offsets(self.slots, self.meta_bytes)
+        self.meta = buf[meta : meta + self.slots * self.meta_bytes]
+
+    def meta_of(self, k: int) -> np.ndarray:
+        """Slot ``k``'s header area."""
+        return self.meta[k * self.meta_bytes : (k + 1) * self.meta_bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +125,19 @@ class FrameRing:
         Number of slots: a reader may fall this many frames behind before it loses one.
     slot_bytes
         Bytes of the biggest array a slot must hold.
+    meta_bytes
+        Room for each slot's encoded message header (a frame header is a few hundred bytes).
     """
 
-    def __init__(self, tag: str, slots: int, slot_bytes: int) -> None:
+    def __init__(self, tag: str, slots: int, slot_bytes: int, meta_bytes: int = META_BYTES) -> None:
         if not 2 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 2..{MAX_SLOTS}, got {slots}")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:64] or "ring"
         self.name = f"{PREFIX}{os.getpid()}-{safe}-{secrets.token_hex(4)}"
         self.slots = slots
         self.slot_bytes = -(-max(1, slot_bytes) // PAGE) * PAGE
-        self.data_offset = _data_offset(slots)
+        self.meta_bytes = -(-max(64, meta_bytes) // 64) * 64
+        _, self.data_offset = _offsets(slots, self.meta_bytes)
         size = self.data_offset + slots * self.slot_bytes
         self.path = SHM_DIR / self.name
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -110,8 +153,8 @@ class FrameRing:
         os.close(fd)
         buf = np.frombuffer(self._mm, np.uint8)
         buf[:8] = np.frombuffer(MAGIC, np.uint8)
-        buf[8:24].view("<u8")[:] = (slots, self.slot_bytes)
-        self._gen = buf[64 : 64 + 8 * slots].view("<u8")
+        buf[8:32].view("<u8")[:] = (slots, self.slot_bytes, self.meta_bytes)
+        self._h = _Header(buf)
         self._data = buf[self.data_offset :]
         # touch every page now: first-touch page faults on a fresh ring cost ~1 ms per
         # megabyte-sized slot, and would land on the first `slots` frames
@@ -119,47 +162,80 @@ class FrameRing:
         self._next = 0
         self._last_gen = 0
         self._loaned: int | None = None
+        self.meta_overflows = 0  # headers too big for meta_bytes (followers skip those)
         self.closed = False
 
     def loan(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """The next slot as a writable ``shape``/``dtype`` array, marked as being written.
-        Fill it, then :meth:`commit`."""
+        Fill it, then :meth:`commit` (a slot loaned again before its commit is reused)."""
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         if nbytes > self.slot_bytes:
             raise ValueError(f"array of {nbytes} bytes does not fit a {self.slot_bytes}-byte slot")
         k = self._next
-        self._next = (k + 1) % self.slots
-        self._gen[k] = 0  # readers holding the old content see it is gone
+        self._h.gen[k] = 0  # readers holding the old content see it is gone
         self._loaned = k
         start = k * self.slot_bytes
         return self._data[start : start + nbytes].view(dt).reshape(shape)
 
-    def commit(self) -> SlotRef:
-        """Publish the loaned slot's content; returns the reference to send."""
+    def pending_ref(self) -> SlotRef:
+        """The reference the loaned slot will have once committed (to encode the header
+        that :meth:`commit` stores with it)."""
+        if self._loaned is None:
+            raise RuntimeError("pending_ref() without loan()")
+        return SlotRef(self.name, self._loaned, self._last_gen + 1)
+
+    def commit(self, meta: Sequence[Buffer] = ()) -> SlotRef:
+        """Publish the loaned slot's content with its encoded message ``meta`` (the parts
+        sent over ZeroMQ, at most ``meta_bytes`` in all), advance ``head`` and ring the
+        doorbell; returns the reference."""
         if self._loaned is None:
             raise RuntimeError("commit() without loan()")
         k, self._loaned = self._loaned, None
+        self._next = (k + 1) % self.slots
+        self._write_meta(k, meta)
         self._last_gen += 1
-        self._gen[k] = self._last_gen
+        h = self._h
+        h.gen[k] = self._last_gen
+        h.head[0] = self._last_gen
+        h.bell[0] = self._last_gen & 0xFFFFFFFF
+        doorbell.wake(h.bell)
         return SlotRef(self.name, k, self._last_gen)
 
-    def put(self, array: np.ndarray) -> SlotRef:
+    def _write_meta(self, k: int, meta: Sequence[Buffer]) -> None:
+        area = self._h.meta_of(k)
+        views = [np.frombuffer(m, np.uint8) for m in meta]
+        need = 4 + sum(4 + v.size for v in views)
+        if need > area.size:
+            self.meta_overflows += 1
+            views = []  # a follower skips this frame (counted); ZeroMQ subscribers get it
+        area[:4].view("<u4")[0] = len(views)
+        pos = 4
+        for v in views:
+            area[pos : pos + 4].view("<u4")[0] = v.size
+            area[pos + 4 : pos + 4 + v.size] = v
+            pos += 4 + v.size
+
+    def put(self, array: np.ndarray, meta: Sequence[Buffer] = ()) -> SlotRef:
         """Copy ``array`` into the next slot and commit it."""
         np.copyto(self.loan(array.shape, array.dtype), array)
-        return self.commit()
+        return self.commit(meta)
 
     def holds(self, array: np.ndarray) -> bool:
         """Whether ``array`` lies in this ring's memory (a loaned slot)."""
         return not self.closed and bool(np.may_share_memory(array, self._data))
 
     def close(self) -> None:
-        """Unlink the ring (readers keep their mappings until they drop them)."""
+        """Mark the ring closed (followers stop following it), unlink it (readers keep their
+        mappings until they drop them)."""
         if self.closed:
             return
         self.closed = True
+        self._h.closed[0] = 1
+        doorbell.wake(self._h.bell)
         self.path.unlink(missing_ok=True)
-        self._gen = self._data = np.empty(0, np.uint8)
+        self._h = _Header(np.zeros(64, np.uint8))
+        self._data = np.empty(0, np.uint8)
         with contextlib.suppress(BufferError):  # a loaned view still held: it keeps the map
             self._mm.close()
 
@@ -184,8 +260,10 @@ def intact(array: np.ndarray) -> bool:
     return int(array.slot_gen[array.slot_ref.slot]) == array.slot_ref.gen
 
 
-class _Mapped:
-    __slots__ = ("data", "gen", "mm", "slot_bytes", "slots")
+class MappedRing:
+    """A ring mapped read-only by a reader."""
+
+    __slots__ = ("data", "h", "mm", "pid")
 
     def __init__(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
@@ -198,13 +276,31 @@ class _Mapped:
             os.close(fd)
         buf = np.frombuffer(self.mm, np.uint8)
         if bytes(buf[:8]) != MAGIC:
-            raise RingError("shm_bad_ring", f"{path.name}: not a livepose ring")
-        self.slots, self.slot_bytes = (int(v) for v in buf[8:24].view("<u8"))
-        off = _data_offset(self.slots) if 0 < self.slots <= MAX_SLOTS else -1
-        if off < 0 or self.slot_bytes % PAGE or off + self.slots * self.slot_bytes > size:
+            raise RingError("shm_bad_ring", f"{path.name}: not a livepose ring (version 2)")
+        slots, slot_bytes, meta_bytes = (int(v) for v in buf[8:32].view("<u8"))
+        off = _offsets(slots, meta_bytes)[1] if 0 < slots <= MAX_SLOTS and meta_bytes % 64 == 0 \
+            and 0 <= meta_bytes <= 1 << 20 else -1
+        if off < 0 or slot_bytes % PAGE or off + slots * slot_bytes > size:
             raise RingError("shm_bad_ring", f"{path.name}: inconsistent header")
-        self.gen = buf[64 : 64 + 8 * self.slots].view("<u8")
+        self.h = _Header(buf)
         self.data = buf[off:]
+        m = _NAME.match(path.name)
+        self.pid = int(m.group(1)) if m else 0
+
+    def writer_gone(self, check_pid: bool = True) -> bool:
+        """The writer closed the ring, or (``check_pid``: one system call) its process no
+        longer exists (``kill -9``)."""
+        if int(self.h.closed[0]):
+            return True
+        if not check_pid or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
 
 class RingReader:
@@ -219,16 +315,20 @@ class RingReader:
 
     def __init__(self, max_rings: int = 64) -> None:
         self.max_rings = max_rings
-        self._rings: dict[str, _Mapped] = {}
+        self._rings: dict[str, MappedRing] = {}
 
-    def _ring(self, name: Any) -> _Mapped:
+    def mapping(self, name: Any) -> MappedRing:
+        """The mapping of ring ``name`` (mapped at first use). Raises :class:`RingError`."""
+        return self._ring(name)
+
+    def _ring(self, name: Any) -> MappedRing:
         m = self._rings.get(name)
         if m is not None:
             return m
         if not isinstance(name, str) or not _NAME.match(name):
             raise RingError("shm_bad_ref", f"ring name {name!r}")
         try:
-            m = _Mapped(SHM_DIR / name)
+            m = MappedRing(SHM_DIR / name)
         except FileNotFoundError:
             raise RingError("shm_missing", f"no ring {name} on this host") from None
         except OSError as exc:
@@ -253,13 +353,14 @@ class RingReader:
         name, k, g = ref
         m = self._ring(name)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= k < m.slots or nbytes > m.slot_bytes or g <= 0:
+        h = m.h
+        if not 0 <= k < h.slots or nbytes > h.slot_bytes or g <= 0:
             raise RingError("shm_bad_ref", f"slot {k} / {nbytes} bytes in {name}")
-        if int(m.gen[k]) != g:
+        if int(h.gen[k]) != g:
             raise RingError("shm_overrun", f"{name} slot {k} was reused")
-        start = k * m.slot_bytes
+        start = k * h.slot_bytes
         out = m.data[start : start + nbytes].view(dtype).reshape(shape).view(SharedView)
-        out.slot_gen = m.gen
+        out.slot_gen = h.gen
         out.slot_ref = SlotRef(name, k, g)
         return out
 

@@ -7,8 +7,10 @@ hands each frame to a callback, and returns per-camera facts: frame ids received
 cameras' own health counters (dropped, failed buffers, reconnects), CPU time.
 
 ``bench acquisition``: ``PYLON_CAMEMU`` emulated Basler cameras serving numbered PNGs,
-software-triggered at 90 fps; every frame is checked against the image its ``frame_id``
-must show (``frames_misaligned``), and every pulse must be delivered or counted as dropped.
+software-triggered at 90 fps; every frame is checked against the image its exposure must
+show (``frames_misaligned``), and every pulse must be delivered or counted as dropped. A pulse
+the camera could not be fired for within ``desync_tolerance_ms`` is skipped and counted
+(``trigger_late``, ``trigger_not_ready``; acquisition/swtrigger.py).
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def run_acquisition(
 
 # --------------------------------------------------------------------------- the benchmark
 
+SKIPS = ("trigger_late", "trigger_not_ready", "trigger_failed", "exposures_lost")
+"""Pulses that gave no image, by cause (camera health counters; each is also in ``dropped``)."""
+
 
 def numbered_images(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
     """Write ``n`` distinct noise PNGs ``000.png``… and return them (image ``k`` is what
@@ -210,6 +215,7 @@ def run_bench(
     pulses = round(duration_s * fps)
     lat_pub: list[int] = []
     lat_trig: list[int] = []
+    lat_trig_pub: list[int] = []
     span: dict[str, list[int]] = {}
     misaligned = 0
     desync = DesyncTracker(cfg.camera_names, cfg.desync_tolerance_ms)
@@ -232,6 +238,8 @@ def run_bench(
             lat_pub.append(f.t_pub_ns - f.t_grab_ns)
         if f.t_trigger_ns is not None:
             lat_trig.append(f.t_grab_ns - f.t_trigger_ns)
+            if f.t_pub_ns is not None:
+                lat_trig_pub.append(f.t_pub_ns - f.t_trigger_ns)
         desync.add(f.cam, f.frame_id, frame_time_ns(f.t_exposure_ns, f.t_grab_ns))
         s = span.setdefault(f.cam, [f.t_grab_ns, f.t_grab_ns])
         s[1] = f.t_grab_ns
@@ -264,6 +272,7 @@ def run_bench(
             "duplicates": int(r.counters.get("duplicates", 0)),
             "unaccounted": reached - len(ids) - dropped,
             "pulses_not_reached": pulses - reached,  # still queued when the bench ended
+            **{k: int(r.counters.get(k, 0)) for k in SKIPS},
             "cpu_ms_per_frame": 1e3 * r.cpu_s / max(1, len(r.frame_ids)),
         }
     rates = [
@@ -285,6 +294,7 @@ def run_bench(
         "latency_ms": {
             "grab_to_publish": {"p50": pct(lat_pub, 50), "p99": pct(lat_pub, 99)},
             "trigger_to_grab": {"p50": pct(lat_trig, 50), "p99": pct(lat_trig, 99)},
+            "trigger_to_publish": {"p50": pct(lat_trig_pub, 50), "p99": pct(lat_trig_pub, 99)},
         },
         "desync": {"tolerance_ms": cfg.desync_tolerance_ms, **desync.counters,
                    "grab_spread_p99_ms": pct(desync.spreads_ns, 99)},
@@ -296,7 +306,9 @@ def run_bench(
             "frames_misaligned": misaligned,
             "frames_unaccounted": sum(p["unaccounted"] for p in per_cam.values()),
             "pulses_not_reached": sum(p["pulses_not_reached"] for p in per_cam.values()),
+            **{k: sum(p[k] for p in per_cam.values()) for k in SKIPS},
             "grab_to_publish_p99_ms": pct(lat_pub, 99),
+            "trigger_to_publish_p99_ms": pct(lat_trig_pub, 99),
             "cpu_ms_per_frame": float(np.mean([p["cpu_ms_per_frame"] for p in per_cam.values()])),
         },
     }

@@ -13,10 +13,13 @@ inference worker does, and decodes each message. Two modes per case:
 Transports: ``ipc`` and ``tcp`` carry the pixels inside the ZeroMQ messages; ``shm`` is the
 pipeline's same-host default (``transport.frames: auto`` with ``kind: ipc``): the publisher
 copies each image into its frame ring in ``/dev/shm`` (:mod:`livepose.shmring`, the copy is
-inside the measured latency) and sends the header over ipc; the subscriber reads the image in
-place and checks after use that the slot was not reused (a reused slot counts as lost). In
-``saturated`` mode the ring cannot apply back-pressure by itself, so the subscriber returns
-credits (its last frame id, every 8 frames) and the publisher stays within half a ring of it.
+inside the measured latency), stores the header beside it, rings the ring's doorbell and also
+sends the header over ipc. The subscriber receives exactly as an inference worker does
+(:class:`livepose.framefeed.FrameFeed`): the first frame over the socket, then straight from
+the ring, woken by the futex doorbell; it reads the image in place and checks after use that
+the slot was not reused (a reused slot counts as lost). In ``saturated`` mode the ring cannot
+apply back-pressure by itself, so the subscriber returns credits (its last frame id, every 8
+frames) and the publisher stays within half a ring of it.
 
 Publishers wait for the subscription to arrive (XPUB) before sending, so nothing is lost to
 ZeroMQ's slow joiner. ``memcpy`` bandwidth (``np.copyto`` of 64 MiB) is measured in the same
@@ -39,11 +42,11 @@ import numpy as np
 import zmq
 
 from livepose import protocol, shmring
+from livepose.framefeed import FrameFeed
 
 SIZES = [(640, 512), (1280, 1024), (2048, 1536)]
 CAMERAS = [1, 4, 8]
 PACED_FPS = 400.0
-END = b"end"
 RING_SLOTS = 32
 CREDIT_EVERY = 8
 
@@ -62,7 +65,7 @@ def memcpy_gbps(nbytes: int = 64 << 20, repeats: int = 10) -> float:
 
 def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps: float | None,
               hwm: int, credit_ep: str | None = None) -> None:
-    """One camera: wait for the subscriber, send ``frames`` frames, then an end marker.
+    """One camera: wait for the subscriber, send ``frames`` frames.
 
     With ``credit_ep`` the pixels go through a frame ring; saturated, the publisher waits for
     credits on that PULL endpoint so as to stay within half a ring of the subscriber."""
@@ -94,9 +97,11 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
                 acked = max(acked, int(credits.recv()))
         msg = protocol.Frame(cam=cam, frame_id=k, t_grab_ns=time.time_ns(), pixel_format="Mono8",
                              image=image)
-        shared = {"image": ring.put(image)} if ring is not None else None
+        if ring is not None:  # the copy a camera makes (pylon: out of the driver's buffer)
+            np.copyto(ring.loan(image.shape, image.dtype), image)
         msg.t_pub_ns = time.time_ns()
-        parts = protocol.encode(msg, shared)
+        parts = protocol.encode(msg) if ring is None else \
+            protocol.encode_in_ring(msg, ring, staged=True)
         while True:
             try:
                 pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
@@ -105,10 +110,7 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
                 if fps is not None:
                     break  # paced = PUB semantics: dropped at the high-water mark
                 pub.poll(100, zmq.POLLOUT)
-    for _ in range(3):  # a PUB may drop one at the high-water mark
-        time.sleep(0.02)
-        pub.send_multipart([END, cam.encode()])
-    pub.close()
+    pub.close()  # LINGER: what is queued is still delivered
     if credits is not None:
         credits.close()
     ctx.term()
@@ -150,10 +152,13 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 64)
-    sub.setsockopt(zmq.RCVTIMEO, 200)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    for t in [f"frame/cam{k}".encode() for k in range(cameras)]:
+        sub.setsockopt(zmq.SUBSCRIBE, t)
     for ep in eps:
         sub.connect(ep)
+    # the worker's receive path: shm frames are taken from the rings once seen
+    decoder = protocol.Decoder(expect=["frame"], copy_shared=False)
+    feed = FrameFeed(sub, [f"cam{k}" for k in range(cameras)], decoder, follow=shm)
     pushes = []
     for cep in credit_eps:
         if cep is not None:
@@ -162,41 +167,37 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
             push.setsockopt(zmq.SNDHWM, 4)
             push.connect(cep)
             pushes.append(push)
-    decoder = protocol.Decoder(expect=["frame"], copy_shared=False)
     lat: list[int] = []
     hop: list[int] = []  # from the send call (after the ring copy)
     last = dict.fromkeys(range(cameras), -1)
     received = lost = 0
-    ended: set[bytes] = set()
     t_first = t_last = 0.0
     deadline = time.monotonic() + 30 + 3 * duration_s
     try:
-        while len(ended) < cameras and time.monotonic() < deadline:
-            try:
-                parts = sub.recv_multipart(copy=False)
-            except zmq.Again:
+        while time.monotonic() < deadline:
+            if not feed.wait(200):
+                if not any(p.is_alive() for p in procs):
+                    break  # every publisher is done and nothing more came: the rest is lost
                 continue
-            if parts[0].bytes == END:
-                ended.add(parts[1].bytes)
-                continue
-            msg = decoder.decode(parts)
-            now = time.time_ns()
-            if not isinstance(msg, protocol.Frame):
-                continue  # a slot reused before we got its header: lost (frame_id gap)
-            if not shmring.intact(msg.image):
-                continue  # reused while we held it: lost (frame_id gap)
-            lat.append(now - msg.t_grab_ns)
-            hop.append(now - (msg.t_pub_ns or msg.t_grab_ns))
-            if received == 0:
-                t_first = time.perf_counter()
-            t_last = time.perf_counter()
-            received += 1
-            k = int(msg.cam[3:])
-            lost += msg.frame_id - last[k] - 1
-            last[k] = msg.frame_id
-            if pushes and msg.frame_id % CREDIT_EVERY == 0:
-                with contextlib.suppress(zmq.Again):
-                    pushes[k].send(str(msg.frame_id).encode(), zmq.NOBLOCK)
+            for msg, now in feed.drain():
+                if not isinstance(msg, protocol.Frame):
+                    continue  # a slot reused before we read it: lost (a frame_id gap)
+                if not shmring.intact(msg.image):
+                    continue  # reused while we held it: lost (frame_id gap)
+                lat.append(now - msg.t_grab_ns)
+                hop.append(now - (msg.t_pub_ns or msg.t_grab_ns))
+                if received == 0:
+                    t_first = time.perf_counter()
+                t_last = time.perf_counter()
+                received += 1
+                k = int(msg.cam[3:])
+                lost += msg.frame_id - last[k] - 1
+                last[k] = msg.frame_id
+                if pushes and msg.frame_id % CREDIT_EVERY == 0:
+                    with contextlib.suppress(zmq.Again):
+                        pushes[k].send(str(msg.frame_id).encode(), zmq.NOBLOCK)
+            if all(v == frames - 1 for v in last.values()):
+                break
     finally:
         for p in procs:
             p.join(10)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from livepose import doorbell
 from livepose.config import load_default_config
 from livepose.demo import run_pipeline
 from livepose.runner import ProcessDied, Supervisor
@@ -48,6 +49,10 @@ def test_stream_accounts_for_every_frame_and_meets_error_bound(
     # ipc: pixels through the cameras' frame rings in /dev/shm; tcp: inside the messages
     assert s["frames_via"] == ("shm" if transport == "ipc" else "zmq"), s["frames_via"]
     assert s["shm_overruns"] == 0 and s["rejected_messages"] == 0
+    if transport == "ipc" and doorbell.supported():  # the worker reads frames from the rings
+        assert s["rings_followed"] == s["cameras"], s["rings_followed"]
+    elif transport == "tcp":
+        assert s["rings_followed"] == 0
     assert set(Path("/dev/shm").glob("livepose-*")) <= rings_before  # none outlives the run
 
 

@@ -230,17 +230,21 @@ def test_camera_loop_loans_slots_to_the_backend(tmp_path: Path) -> None:
         assert loop.shm and backend.image_sink == loop.loan
         driver_buffer = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)
         image = copy_out(driver_buffer, backend.image_sink)  # what pylon/harvesters/PySpin do
-        ref = loop.put_in_ring(image)["image"]  # committed in place: no second copy
+        ring, staged = loop.ring_for_image(image)
+        assert staged  # in place: no second copy
+        ref = ring.commit()
         assert np.shares_memory(image, loop.ring._data) and loop.ring.holds(image)
         view = shmring.RingReader().view(ref.wire(), np.dtype(np.uint16), [48, 64])
         np.testing.assert_array_equal(view, driver_buffer)
         other = np.ones((48, 64), np.uint16)  # a backend's own array: copied into a slot
         assert not loop.ring.holds(other)
-        ref2 = loop.put_in_ring(other)["image"]
+        ring, staged = loop.ring_for_image(other)
+        assert ring is loop.ring and not staged
+        ref2 = ring.put(other)
         assert ref2.slot != ref.slot and ref2.gen > ref.gen
         big = np.zeros((480, 640), np.uint16)  # bigger frames (ROI change): a new ring
         name = loop.ring.name
-        loop.put_in_ring(big)
+        loop.ring_for_image(big)
         assert loop.ring.name != name and not (shmring.SHM_DIR / name).exists()
         assert loop.ctx.counters["shm_rings"] == 2
     finally:
@@ -262,8 +266,8 @@ def test_camera_loop_falls_back_when_dev_shm_is_full(tmp_path: Path,
     try:
         before = set(shmring.SHM_DIR.glob("livepose-*"))
         image = backend.image_sink((8, 8), np.dtype(np.uint8))
-        assert loop.put_in_ring(image) is None and not loop.shm
-        assert loop.put_in_ring(np.zeros((8, 8), np.uint8)) is None
+        assert loop.ring_for_image(image) == (None, False) and not loop.shm
+        assert loop.ring_for_image(np.zeros((8, 8), np.uint8)) == (None, False)
         assert loop.ctx.counters["shm_unavailable"] == 1
         assert "No space left" in (loop.ctx.last_error or "")
         assert set(shmring.SHM_DIR.glob("livepose-*")) == before  # nothing left half-made

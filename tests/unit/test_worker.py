@@ -197,7 +197,7 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
     def send(c: str, fid: int, image: np.ndarray) -> None:
         f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
                            image=image)
-        pubs[c].send_multipart(protocol.encode(f, {"image": rings[c].put(image)}))
+        pubs[c].send_multipart(protocol.encode_in_ring(f, rings[c]))
 
     try:
         b = recv_until_probe(send, sub)
@@ -216,6 +216,8 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
         assert m.frame_id == b + 1
         assert np.isnan(m.points[0]).all() and np.isfinite(m.points[1:, 0, :2]).all()
         assert ctx.counters["shm_overrun"] == 1 and ctx.counters["bad_frames"] == 0
+        # after the first frame of each camera, the worker took frames from the rings
+        assert ctx.counters["shm_followed"] == len(CAMS)
     finally:
         ctx.request_stop()
         t.join(5)

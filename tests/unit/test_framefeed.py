@@ -1,0 +1,210 @@
+"""Frames straight from the rings: headers beside the pixels, futex doorbells, and the feed
+that switches a camera from the ZeroMQ socket to its ring and back (livepose.framefeed)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from livepose import doorbell, protocol, shmring
+from livepose.framefeed import FrameFeed, RingFollower
+
+pytestmark = pytest.mark.skipif(not shmring.available(), reason="no writable /dev/shm")
+needs_futex = pytest.mark.skipif(not doorbell.supported(), reason="no futex on this host")
+
+
+def frame(k: int, cam: str = "cam0", shape: tuple[int, int] = (6, 8)) -> protocol.Frame:
+    image = np.full(shape, k % 256, np.uint8)
+    return protocol.Frame(cam=cam, frame_id=k, t_grab_ns=k, pixel_format="Mono8", image=image)
+
+
+def test_follower_takes_frames_in_order_and_counts_what_it_lost() -> None:
+    ring = shmring.FrameRing("cam0", 4, 48)
+    dec = protocol.Decoder(copy_shared=False)
+    try:
+        for k in range(3):
+            protocol.encode_in_ring(frame(k), ring)
+        fo = RingFollower(dec.rings.mapping(ring.name), after_gen=0)
+        got = [dec.decode(p) for p in fo.take()]
+        assert [m.frame_id for m in got] == [0, 1, 2]  # type: ignore[union-attr]
+        assert [int(m.image[0, 0]) for m in got] == [0, 1, 2]  # type: ignore[union-attr]
+        assert not fo.pending() and list(fo.take()) == []
+        for k in range(3, 9):  # 6 more into 4 slots while the follower sleeps: 2 are gone
+            protocol.encode_in_ring(frame(k), ring)
+        got = [dec.decode(p) for p in fo.take()]
+        assert [m.frame_id for m in got] == [5, 6, 7, 8]  # type: ignore[union-attr]
+        assert fo.lost == 2
+        # started after a frame received some other way: the next one on
+        fo2 = RingFollower(dec.rings.mapping(ring.name), after_gen=7)
+        assert [dec.decode(p).frame_id for p in fo2.take()] == [7, 8]  # type: ignore[union-attr]
+    finally:
+        ring.close()
+
+
+def test_header_too_big_for_the_ring_is_counted_not_misread() -> None:
+    ring = shmring.FrameRing("cam0", 4, 48, meta_bytes=64)  # a frame header is ~200 bytes
+    try:
+        parts = protocol.encode_in_ring(frame(0), ring)
+        assert ring.meta_overflows == 1
+        assert protocol.Decoder().decode(parts) is not None  # the socket copy is whole
+        fo = RingFollower(shmring.RingReader().mapping(ring.name), after_gen=0)
+        assert list(fo.take()) == [] and fo.no_header == 1
+    finally:
+        ring.close()
+
+
+def _commit_later(delay_s: float) -> None:
+    ring = shmring.FrameRing("cam0", 4, 48)
+    Path(os.environ["RING_NAME_FILE"]).write_text(ring.name)
+    time.sleep(delay_s)
+    protocol.encode_in_ring(frame(0), ring)
+    time.sleep(60)  # killed by the test
+
+
+@needs_futex
+def test_doorbell_wakes_a_follower_in_another_process(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real writer process commits after 0.5 s; the follower sleeping on the doorbell wakes
+    then (not at its 10 s timeout). Killed with -9, the writer is noticed as gone."""
+    name_file = tmp_path / "ring"
+    monkeypatch.setenv("RING_NAME_FILE", str(name_file))
+    p = mp.get_context("spawn").Process(target=_commit_later, args=(0.5,))
+    p.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not name_file.exists() or not name_file.read_text():
+            assert time.monotonic() < deadline, "writer never started"
+            time.sleep(0.01)
+        fo = RingFollower(shmring.RingReader().mapping(name_file.read_text()), 0)
+        t0 = time.monotonic()
+        assert not fo.wait(0.05)  # nothing yet: a timeout, False
+        assert fo.wait(10.0)
+        waited = time.monotonic() - t0
+        assert waited < 5.0, waited
+        assert len(list(fo.take())) == 1
+        assert not fo.writer_gone()
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        assert fo.writer_gone()  # died without closing: its pid is gone
+    finally:
+        if p.is_alive():
+            p.kill()
+        shmring.remove_stale()
+
+
+@needs_futex
+def test_wait_any_wakes_on_any_word() -> None:
+    words = [np.zeros(1, np.uint32), np.zeros(1, np.uint32)]
+
+    def ring_second() -> None:
+        time.sleep(0.2)
+        words[1][0] = 5
+        doorbell.wake(words[1])
+
+    t = threading.Thread(target=ring_second)
+    t0 = time.monotonic()
+    t.start()
+    woken = doorbell.wait_any(words, [0, 0], 10.0)
+    t.join()
+    if woken is None:
+        pytest.skip("kernel older than 5.16 (no futex_waitv)")
+    assert woken and time.monotonic() - t0 < 5.0
+    assert doorbell.wait_any(words, [0, 5], 0.05) is False  # unchanged: times out
+    assert doorbell.wait_any(words, [0, 4], 10.0) is True  # already changed: at once
+
+
+def _pub_sub(tmp_path: Path) -> tuple[zmq.Context[Any], zmq.Socket[Any], zmq.Socket[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    ep = f"ipc://{tmp_path}/feed.sock"
+    pub.bind(ep)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame/cam0")
+    sub.connect(ep)
+    return ctx, pub, sub
+
+
+def _until_first(pub: zmq.Socket[Any], ring: shmring.FrameRing, feed: FrameFeed,
+                 start: int) -> tuple[int, list[int]]:
+    """Publish frames until one arrives (ZeroMQ's slow joiner); returns the next frame id
+    and the ids received."""
+    k = start
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while not got:
+        assert time.monotonic() < deadline, "no frame arrived"
+        pub.send_multipart(protocol.encode_in_ring(frame(k), ring))
+        k += 1
+        time.sleep(0.02)
+        got = [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
+    return k, got
+
+
+@needs_futex
+@pytest.mark.parametrize("waitv", [True, False], ids=["futex_waitv", "one_bell"])
+def test_feed_moves_a_camera_to_its_ring_and_back(tmp_path: Path, waitv: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real ZeroMQ ipc sockets: the first frame comes over the socket, the rest from the
+    ring, each exactly once; when the ring closes (a new ring after a ROI change) the feed
+    subscribes again and follows the next ring."""
+    if not waitv:
+        monkeypatch.setitem(doorbell._WAITV, "ok", False)
+    ctx, pub, sub = _pub_sub(tmp_path)
+    ring = shmring.FrameRing("cam0", 64, 48)
+    feed = FrameFeed(sub, ["cam0"], protocol.Decoder(copy_shared=False))
+    try:
+        k, got = _until_first(pub, ring, feed, 0)
+        assert feed.followed == ["cam0"] and feed.counters["shm_followed"] == 1
+        for j in range(k, k + 20):
+            pub.send_multipart(protocol.encode_in_ring(frame(j), ring))
+        while got[-1] != k + 19:
+            assert feed.wait(5000), "the doorbell never rang"
+            got += [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
+        assert got == sorted(set(got)), "a frame came twice (socket and ring)"
+        assert got[-20:] == list(range(k, k + 20))
+        ring.close()  # e.g. a ROI change: the camera makes a new ring
+        list(feed.drain())
+        assert feed.followed == [] and feed.counters["shm_writer_gone"] == 1
+        ring = shmring.FrameRing("cam0", 64, 48)
+        _, got2 = _until_first(pub, ring, feed, k + 20)
+        assert feed.followed == ["cam0"] and feed.counters["shm_followed"] == 2
+        assert got2 == sorted(set(got2)) and got2[0] >= k + 20
+        assert feed.counters["shm_lost"] == 0
+    finally:
+        ring.close()
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
+
+
+def test_feed_stays_on_the_socket_without_futexes(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doorbell, "supported", lambda: False)
+    ctx, pub, sub = _pub_sub(tmp_path)
+    ring = shmring.FrameRing("cam0", 64, 48)
+    feed = FrameFeed(sub, ["cam0"], protocol.Decoder(copy_shared=False))
+    try:
+        k, got = _until_first(pub, ring, feed, 0)
+        for j in range(k, k + 5):
+            pub.send_multipart(protocol.encode_in_ring(frame(j), ring))
+        while got[-1] != k + 4:
+            assert feed.wait(5000)
+            got += [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
+        assert feed.followed == [] and feed.counters["shm_followed"] == 0
+        assert got[-5:] == list(range(k, k + 5))
+    finally:
+        ring.close()
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
