@@ -269,7 +269,7 @@ def _register_acquisition_bench() -> None:
         quick: Annotated[bool, typer.Option("--quick", help="1280x1024 only, 1 and 4 cameras")] = False,
         duration: Annotated[float, typer.Option("--case-duration", help="seconds per case")] = 1.5,
     ) -> None:
-        """Frames across processes: shm ring + ipc headers, ipc, tcp: GB/s, frames/s, latency, losses."""
+        """Frames across processes: shm ring + doorbell, ipc, tcp: GB/s, frames/s, latency, losses."""
         from livepose.bench.transport import main as run
 
         res = run(json_path, quick=quick, duration_s=duration)
