@@ -33,6 +33,7 @@ FUTEX_32 = 2
 _ENOSYS = 38
 FUTEX_WAIT = 0
 FUTEX_WAKE = 1
+FUTEX_PRIVATE = 128
 _EAGAIN, _EINTR, _ETIMEDOUT = 11, 4, 110
 
 
@@ -148,3 +149,30 @@ def wait_any(words: list[np.ndarray], seen: list[int], timeout_s: float) -> bool
         _WAITV["ok"] = False
         return None
     return err in (_EAGAIN, _EINTR)
+
+
+_TSO = {"x86_64", "amd64", "i686", "i386"}  # x86: stores keep their order, so do loads
+_FENCE_WORD = np.zeros(1, np.uint32)
+
+
+@functools.cache
+def _needs_fence() -> bool:
+    return platform.machine().lower() not in _TSO and _syscall() is not None
+
+
+def fence() -> None:
+    """A full memory barrier between the shared-memory accesses before and after it.
+
+    On x86 (total store order) a seqlock of plain stores and loads is already ordered, so
+    this is a no-op. Elsewhere (ARM: Jetson; POWER) stores and loads may become visible out of
+    program order, and NumPy has no barrier; the kernel's ``futex_wake`` executes a full
+    barrier (``smp_mb``) on every call, so a ``FUTEX_WAKE`` on a private word nobody waits
+    on is one (about a microsecond).
+    """
+    if not _needs_fence():
+        return
+    sc = _syscall()
+    if sc is None:
+        return
+    fn, number = sc
+    fn(number, _address(_FENCE_WORD), FUTEX_WAKE | FUTEX_PRIVATE, 1, None, None, 0)

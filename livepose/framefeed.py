@@ -75,8 +75,9 @@ class RingFollower:
             g = self.next_gen
             self.next_gen += 1
             k = (g - 1) % h.slots
-            area = h.meta_of(k)
-            parts = _read_meta(area) if int(h.gen[k]) == g else None
+            doorbell.fence()  # head, then the slot's generation (weakly ordered CPUs)
+            parts = _read_meta(h.meta_of(k)) if int(h.gen[k]) == g else None
+            doorbell.fence()  # the header was read before the generation is checked again
             if parts is None or int(h.gen[k]) != g:  # torn or reused while we read it
                 self.lost += 1
                 continue

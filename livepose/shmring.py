@@ -174,6 +174,7 @@ class FrameRing:
             raise ValueError(f"array of {nbytes} bytes does not fit a {self.slot_bytes}-byte slot")
         k = self._next
         self._h.gen[k] = 0  # readers holding the old content see it is gone
+        doorbell.fence()  # … before any new byte lands in the slot (weakly ordered CPUs)
         self._loaned = k
         start = k * self.slot_bytes
         return self._data[start : start + nbytes].view(dt).reshape(shape)
@@ -196,7 +197,9 @@ class FrameRing:
         self._write_meta(k, meta)
         self._last_gen += 1
         h = self._h
+        doorbell.fence()  # pixels and header visible before the generation says so
         h.gen[k] = self._last_gen
+        doorbell.fence()  # and the generation before head (a follower reads head first)
         h.head[0] = self._last_gen
         h.bell[0] = self._last_gen & 0xFFFFFFFF
         doorbell.wake(h.bell)
@@ -257,6 +260,7 @@ def intact(array: np.ndarray) -> bool:
     received; ``True`` for any other array."""
     if not isinstance(array, SharedView) or array.slot_gen is None or array.slot_ref is None:
         return True
+    doorbell.fence()  # the pixels were read before the generation is looked at again
     return int(array.slot_gen[array.slot_ref.slot]) == array.slot_ref.gen
 
 
@@ -358,6 +362,7 @@ class RingReader:
             raise RingError("shm_bad_ref", f"slot {k} / {nbytes} bytes in {name}")
         if int(h.gen[k]) != g:
             raise RingError("shm_overrun", f"{name} slot {k} was reused")
+        doorbell.fence()  # the generation was read before the caller reads the pixels
         start = k * h.slot_bytes
         out = m.data[start : start + nbytes].view(dtype).reshape(shape).view(SharedView)
         out.slot_gen = h.gen

@@ -208,3 +208,24 @@ def test_feed_stays_on_the_socket_without_futexes(tmp_path: Path,
         pub.close(0)
         sub.close(0)
         ctx.term()
+
+
+def test_barriers_order_the_seqlock_on_weakly_ordered_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """x86 keeps stores (and loads) in order; ARM does not, so the ring puts a full barrier
+    between the slot's bytes and its generation, and the generation and ``head``. Counted
+    here with a recording stand-in for the barrier; the real one is a private FUTEX_WAKE
+    (run once below: it must not fail)."""
+    calls: list[str] = []
+    monkeypatch.setattr(doorbell, "fence", lambda: calls.append("fence"))
+    ring = shmring.FrameRing("cam0", 4, 48)
+    try:
+        protocol.encode_in_ring(frame(0), ring)
+        assert calls == ["fence"] * 3  # after gen = 0; before gen = g; before head = g
+        calls.clear()
+        fo = RingFollower(shmring.RingReader().mapping(ring.name), after_gen=0)
+        assert len(list(fo.take())) == 1 and calls == ["fence"] * 2
+    finally:
+        ring.close()
+    monkeypatch.undo()
+    monkeypatch.setattr(doorbell, "_needs_fence", lambda: True)
+    doorbell.fence()
