@@ -29,6 +29,7 @@ from livepose import doorbell, protocol, shmring
 MAX_DRAIN = 256  # messages taken per drain, per source
 CHECK_GONE_S = 0.25  # how often a silent followed ring's writer is checked
 SINGLE_BELL_MS = 2  # longest sleep on one ring's doorbell when others may ring
+MAX_LEFT = 256  # rings remembered as left
 
 
 class RingFollower:
@@ -109,6 +110,12 @@ class RingFollower:
         return not self.pending() and self.m.writer_gone(check_pid)
 
 
+def _ring_of(msg: protocol.Frame) -> str | None:
+    """The ring a frame's pixels lie in (``None``: in the message)."""
+    ref = getattr(msg.image, "slot_ref", None)
+    return ref.ring if ref is not None else None
+
+
 def _read_meta(area: np.ndarray) -> list[bytes] | None:
     """A slot's stored message parts; ``None`` if the area is inconsistent (torn)."""
     n = int(area[:4].view("<u4")[0])
@@ -130,6 +137,7 @@ def _read_meta(area: np.ndarray) -> list[bytes] | None:
 @dataclass
 class _Followed:
     follower: RingFollower
+    name: str
     last_frame_id: int
     last_seen: float
 
@@ -145,7 +153,9 @@ class FrameFeed:
     cams
         Camera names whose frames are wanted.
     decoder
-        Decodes every message (socket or ring); its ring reader maps the rings.
+        Decodes every message (socket or ring); its ring reader maps the rings. Rings are
+        found through frames decoded in place (``copy_shared=False``, as the worker does): a
+        copied image no longer says which ring it came from.
     follow
         Take frames from rings when they are in one (``False``: the socket only).
 
@@ -153,7 +163,8 @@ class FrameFeed:
     ----------
     counters
         ``shm_followed`` (rings followed so far), ``shm_lost`` (frames overwritten in a ring
-        before this consumer read them), ``shm_no_header``, ``shm_writer_gone``.
+        before this consumer read them), ``shm_no_header``, ``shm_writer_gone``,
+        ``shm_socket_dups`` (socket copies of frames taken from a ring, dropped).
     """
 
     def __init__(self, sub: zmq.Socket[Any], cams: list[str], decoder: protocol.Decoder,
@@ -163,8 +174,10 @@ class FrameFeed:
         self.decoder = decoder
         self.follow = follow and doorbell.supported()
         self.rings: dict[str, _Followed] = {}
+        self._left: dict[str, None] = {}  # rings followed and left (oldest first)
         self.counters = dict.fromkeys(
-            ("shm_followed", "shm_lost", "shm_no_header", "shm_writer_gone"), 0)
+            ("shm_followed", "shm_lost", "shm_no_header", "shm_writer_gone", "shm_socket_dups"),
+            0)
         self._poller = zmq.Poller()
         self._poller.register(sub, zmq.POLLIN)
 
@@ -184,8 +197,9 @@ class FrameFeed:
             t = time.time_ns()
             msg = self.decoder.decode(parts)
             if isinstance(msg, protocol.Frame):
-                if msg.cam in self.rings:
-                    continue  # queued before the unsubscribe: the ring has it too
+                if msg.cam in self.rings or _ring_of(msg) in self._left:
+                    self.counters["shm_socket_dups"] += 1  # sent before the unsubscribe
+                    continue  # reached us: taken from the ring already
                 self._maybe_follow(msg)
             yield msg, t
         now = time.monotonic()
@@ -234,13 +248,18 @@ class FrameFeed:
             mapped = self.decoder.rings.mapping(ref.ring)
         except shmring.RingError:
             return
-        self.rings[msg.cam] = _Followed(RingFollower(mapped, ref.gen), msg.frame_id,
+        if mapped.writer_gone(check_pid=False):
+            return  # closed: its remaining frames come over the socket
+        self.rings[msg.cam] = _Followed(RingFollower(mapped, ref.gen), ref.ring, msg.frame_id,
                                         time.monotonic())
         self.counters["shm_followed"] += 1
         self.sub.setsockopt(zmq.UNSUBSCRIBE, b"frame/" + msg.cam.encode())
 
     def _unfollow(self, cam: str) -> None:
         f = self.rings.pop(cam)
+        self._left[f.name] = None  # its frames still queued on the socket are duplicates
+        while len(self._left) > MAX_LEFT:
+            self._left.pop(next(iter(self._left)))
         self._count(f.follower)
         self.counters["shm_writer_gone"] += 1
         self.sub.setsockopt(zmq.SUBSCRIBE, b"frame/" + cam.encode())

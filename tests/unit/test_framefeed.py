@@ -167,7 +167,8 @@ def test_feed_moves_a_camera_to_its_ring_and_back(tmp_path: Path, waitv: bool,
         k, got = _until_first(pub, ring, feed, 0)
         assert feed.followed == ["cam0"] and feed.counters["shm_followed"] == 1
         for j in range(k, k + 20):
-            pub.send_multipart(protocol.encode_in_ring(frame(j), ring))
+            stale = protocol.encode_in_ring(frame(j), ring)
+            pub.send_multipart(stale)
         while got[-1] != k + 19:
             assert feed.wait(5000), "the doorbell never rang"
             got += [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
@@ -176,6 +177,16 @@ def test_feed_moves_a_camera_to_its_ring_and_back(tmp_path: Path, waitv: bool,
         ring.close()  # e.g. a ROI change: the camera makes a new ring
         list(feed.drain())
         assert feed.followed == [] and feed.counters["shm_writer_gone"] == 1
+        # a socket copy of a frame of the left ring (sent before the unsubscribe, late):
+        # already delivered from the ring, dropped, and the closed ring is not followed again
+        dups = feed.counters["shm_socket_dups"]
+        deadline = time.monotonic() + 10
+        while feed.counters["shm_socket_dups"] == dups:  # once the subscription is back
+            assert time.monotonic() < deadline, "the socket copy never came"
+            pub.send_multipart(stale)
+            time.sleep(0.02)
+            assert [m for m, _ in feed.drain() if m is not None] == []
+        assert feed.followed == []
         ring = shmring.FrameRing("cam0", 64, 48)
         _, got2 = _until_first(pub, ring, feed, k + 20)
         assert feed.followed == ["cam0"] and feed.counters["shm_followed"] == 2
@@ -229,3 +240,33 @@ def test_barriers_order_the_seqlock_on_weakly_ordered_cpus(monkeypatch: pytest.M
     monkeypatch.undo()
     monkeypatch.setattr(doorbell, "_needs_fence", lambda: True)
     doorbell.fence()
+
+
+@pytest.mark.parametrize("garbage", ["too_many_parts", "length_past_the_area", "not_msgpack"])
+def test_a_corrupt_header_in_the_ring_is_counted_and_dropped(garbage: str) -> None:
+    """The ring is a file any process of this user can write: a slot's header area that does
+    not parse is a counted loss or a counted rejection, the frames around it still arrive."""
+    ring = shmring.FrameRing("cam0", 4, 48)
+    dec = protocol.Decoder(copy_shared=False)
+    try:
+        for k in range(3):
+            protocol.encode_in_ring(frame(k), ring)
+        area = ring._h.meta_of(1)  # frame 1's header (generation 2 is slot 1)
+        words = area[:12].view("<u4")
+        if garbage == "too_many_parts":
+            words[0] = 10_000
+        elif garbage == "length_past_the_area":
+            words[1] = 1 << 30
+        else:  # the second part (the msgpack header) overwritten with junk
+            n0 = int(words[1])
+            area[4 + 4 + n0 + 4 : 4 + 4 + n0 + 12] = 0xC1  # 0xc1: never valid msgpack
+        fo = RingFollower(dec.rings.mapping(ring.name), after_gen=0)
+        got = [dec.decode(p) for p in fo.take()]
+        ids = [m.frame_id for m in got if isinstance(m, protocol.Frame)]
+        assert ids == [0, 2]
+        if garbage == "not_msgpack":
+            assert dec.rejected == 1 and fo.lost == 0
+        else:
+            assert fo.lost == 1 and dec.rejected == 0
+    finally:
+        ring.close()
