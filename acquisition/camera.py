@@ -12,17 +12,26 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
 import zmq
 
 from livepose import protocol, shmring
-from livepose.acquisition.base import CameraBackend, DeviceLost, Grab, GrabFailed, make_backend
+from livepose.acquisition.base import (
+    CameraBackend,
+    DeviceLost,
+    Grab,
+    GrabFailed,
+    OverlappedTrigger,
+    make_backend,
+)
 from livepose.acquisition.clock import ClockFit
 from livepose.acquisition.identity import FrameIdentity
 from livepose.acquisition.outputs import HasOutputs, OutputPulser
 from livepose.acquisition.recorder import RecordHook
+from livepose.acquisition.swtrigger import TriggerThread
 from livepose.acquisition.timematch import Match, TimeMatcher
 from livepose.config import clock_matched
 from livepose.process import StageContext
@@ -295,11 +304,6 @@ class CameraLoop:
 
 def main(ctx: StageContext) -> None:
     """Camera process main."""
-    from functools import partial
-
-    from livepose.acquisition.base import OverlappedTrigger
-    from livepose.acquisition.swtrigger import TriggerThread
-
     index = int(ctx.args["camera"])
     cam_cfg = ctx.cfg.cameras[index]
     backend = make_backend(cam_cfg, cfg=ctx.cfg, index=index)

@@ -138,12 +138,15 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         "provider": infer_info.info.get("provider") if infer_info else None,
         "rejected_messages": mon.decoder.rejected,
         "frames_via": _frames_via(cfg, sup),
-        "shm_overruns": sum(sup.counters(f"infer{k}").get("shm_overrun", 0)
-                            for k in range(cfg.model.workers)),
+        "shm_overruns": _workers_total(cfg, sup, "shm_overrun"),
         # cameras whose frames the workers took straight from the rings (futex doorbell)
-        "rings_followed": sum(sup.counters(f"infer{k}").get("shm_followed", 0)
-                              for k in range(cfg.model.workers)),
+        "rings_followed": _workers_total(cfg, sup, "shm_followed"),
     }
+
+
+def _workers_total(cfg: Config, sup: Supervisor, counter: str) -> int:
+    """A health counter summed over the inference workers."""
+    return sum(sup.counters(f"infer{k}").get(counter, 0) for k in range(cfg.model.workers))
 
 
 def _frames_via(cfg: Config, sup: Supervisor) -> str:

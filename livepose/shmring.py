@@ -323,9 +323,6 @@ class RingReader:
 
     def mapping(self, name: Any) -> MappedRing:
         """The mapping of ring ``name`` (mapped at first use). Raises :class:`RingError`."""
-        return self._ring(name)
-
-    def _ring(self, name: Any) -> MappedRing:
         m = self._rings.get(name)
         if m is not None:
             return m
@@ -355,7 +352,7 @@ class RingReader:
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in ref[1:])):
             raise RingError("shm_bad_ref", f"reference {ref!r}")
         name, k, g = ref
-        m = self._ring(name)
+        m = self.mapping(name)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         h = m.h
         if not 0 <= k < h.slots or nbytes > h.slot_bytes or g <= 0:

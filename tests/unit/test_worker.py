@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +85,12 @@ def recv_until(sub: zmq.Socket[Any], n: int, timeout_s: float = 10.0) -> list[pr
     return out
 
 
-def worker_sockets(tmp_path: Path, cfg: Config) -> tuple[StageContext, dict[str, Any], Any]:
-    """A worker context on ipc endpoints in ``tmp_path``; camera PUB sockets bound, a kp2d
-    SUB connected."""
+@contextlib.contextmanager
+def running_worker(tmp_path: Path, cfg: Config) -> Iterator[
+        tuple[StageContext, dict[str, Any], Any, list[BaseException]]]:
+    """Worker 0 of ``cfg`` running in a thread on ipc endpoints in ``tmp_path``: yields its
+    context, the cameras' bound PUB sockets, a SUB connected to its kp2d, and the exceptions
+    it raised; stops it, checks that it ended and closes everything on exit."""
     eps = {f"frame/{c}": f"ipc://{tmp_path}/f-{c}.sock" for c in CAMS}
     eps["kp2d/0"] = f"ipc://{tmp_path}/kp2d-0.sock"
     zctx: zmq.Context[Any] = zmq.Context()
@@ -99,12 +104,6 @@ def worker_sockets(tmp_path: Path, cfg: Config) -> tuple[StageContext, dict[str,
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"kp2d")
     sub.connect(eps["kp2d/0"])
-    return ctx, pubs, sub
-
-
-@pytest.mark.timeout(60)
-def test_worker_loop(tmp_path: Path) -> None:
-    ctx, pubs, sub = worker_sockets(tmp_path, config(tmp_path))
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -116,6 +115,19 @@ def test_worker_loop(tmp_path: Path) -> None:
     t = threading.Thread(target=run, daemon=True)
     t.start()
     try:
+        yield ctx, pubs, sub, errors
+    finally:
+        ctx.request_stop()
+        t.join(5)
+        for s in [*pubs.values(), sub]:
+            s.close(linger=0)
+        ctx.close()
+    assert not t.is_alive()
+
+
+@pytest.mark.timeout(60)
+def test_worker_loop(tmp_path: Path) -> None:
+    with running_worker(tmp_path, config(tmp_path)) as (ctx, pubs, sub, errors):
         deadline = time.monotonic() + 30
         while ctx._state != "ready" and time.monotonic() < deadline and not errors:
             time.sleep(0.01)
@@ -154,13 +166,7 @@ def test_worker_loop(tmp_path: Path) -> None:
         cnt = ctx.counters
         assert cnt["inferred"] >= 3 and cnt["bad_frames"] == 1 and cnt["rejected"] == 1
         assert cnt["incomplete"] >= 2 and cnt["gaps/cam1"] >= 2 and cnt["gaps/cam2"] >= 2  # + probe
-    finally:
-        ctx.request_stop()
-        t.join(5)
-        for s in [*pubs.values(), sub]:
-            s.close(linger=0)
-        ctx.close()
-    assert not t.is_alive() and not errors
+    assert not errors
 
 
 def recv_until_probe(send: Any, sub: zmq.Socket[Any]) -> int:
@@ -189,10 +195,7 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
 
     cfg = config(tmp_path)
     cfg.transport.frames = "shm"
-    ctx, pubs, sub = worker_sockets(tmp_path, cfg)
     rings = {c: shmring.FrameRing(c, 4, S * S) for c in CAMS}
-    t = threading.Thread(target=worker.main, args=(ctx,), daemon=True)
-    t.start()
 
     def send(c: str, fid: int, image: np.ndarray) -> None:
         f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
@@ -200,30 +203,26 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
         pubs[c].send_multipart(protocol.encode_in_ring(f, rings[c]))
 
     try:
-        b = recv_until_probe(send, sub)
-        img = blob(30.5, 20.5)
-        for c in CAMS:
-            send(c, b, img)
-        (m,) = recv_until(sub, 1)
-        np.testing.assert_allclose(m.points[:, 0, :2], [[30.5, 20.5]] * 3, atol=0.5)
-        send("cam0", b + 1, img)
-        time.sleep(0.5)  # the worker holds cam0's view, waiting for cam1 and cam2
-        for _ in range(4):  # cam0's ring goes round: its slot is reused
-            rings["cam0"].put(np.zeros((S, S), np.uint8))
-        send("cam1", b + 1, img)
-        send("cam2", b + 1, img)
-        (m,) = recv_until(sub, 1)
-        assert m.frame_id == b + 1
-        assert np.isnan(m.points[0]).all() and np.isfinite(m.points[1:, 0, :2]).all()
-        assert ctx.counters["shm_overrun"] == 1 and ctx.counters["bad_frames"] == 0
-        # after the first frame of each camera, the worker took frames from the rings
-        assert ctx.counters["shm_followed"] == len(CAMS)
+        with running_worker(tmp_path, cfg) as (ctx, pubs, sub, errors):
+            b = recv_until_probe(send, sub)
+            img = blob(30.5, 20.5)
+            for c in CAMS:
+                send(c, b, img)
+            (m,) = recv_until(sub, 1)
+            np.testing.assert_allclose(m.points[:, 0, :2], [[30.5, 20.5]] * 3, atol=0.5)
+            send("cam0", b + 1, img)
+            time.sleep(0.5)  # the worker holds cam0's view, waiting for cam1 and cam2
+            for _ in range(4):  # cam0's ring goes round: its slot is reused
+                rings["cam0"].put(np.zeros((S, S), np.uint8))
+            send("cam1", b + 1, img)
+            send("cam2", b + 1, img)
+            (m,) = recv_until(sub, 1)
+            assert m.frame_id == b + 1
+            assert np.isnan(m.points[0]).all() and np.isfinite(m.points[1:, 0, :2]).all()
+            assert ctx.counters["shm_overrun"] == 1 and ctx.counters["bad_frames"] == 0
+            # after the first frame of each camera, the worker took frames from the rings
+            assert ctx.counters["shm_followed"] == len(CAMS)
+            assert not errors
     finally:
-        ctx.request_stop()
-        t.join(5)
-        for s in [*pubs.values(), sub]:
-            s.close(linger=0)
-        ctx.close()
         for r in rings.values():
             r.close()
-    assert not t.is_alive()
