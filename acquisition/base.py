@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 # name -> (module, class, SDK module or None, pip extra)
 BACKENDS: dict[str, tuple[str, str, str | None, str | None]] = {

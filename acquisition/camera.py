@@ -18,7 +18,6 @@ from typing import Any, cast
 import numpy as np
 import zmq
 
-from livepose import protocol, shmring
 from livepose.acquisition.base import (
     CameraBackend,
     DeviceLost,
@@ -33,8 +32,10 @@ from livepose.acquisition.outputs import HasOutputs, OutputPulser
 from livepose.acquisition.recorder import RecordHook
 from livepose.acquisition.swtrigger import TriggerThread
 from livepose.acquisition.timematch import Match, TimeMatcher
-from livepose.config import clock_matched
-from livepose.process import StageContext
+from livepose.core import protocol
+from livepose.core.config import clock_matched
+from livepose.kit.process import StageContext
+from livepose.transport import codec, shmring
 
 
 def hello_topic(cam: str) -> bytes:
@@ -134,7 +135,7 @@ class CameraLoop:
         self.preview_delay_ns = round(2e9 / ctx.cfg.fps / 3)
         self.preview_due: tuple[int, np.ndarray, int, int] | None = None
         tcfg = ctx.cfg.transport
-        self.shm = tcfg.frames_in_shm()  # pixels through a frame ring (same host)
+        self.shm = shmring.frames_in_shm(tcfg)  # pixels through a frame ring (same host)
         self.ring_slots = tcfg.ring_slots(ctx.cfg.fps)
         self.ring: shmring.FrameRing | None = None
         self.loaned: np.ndarray | None = None  # the ring slot the backend is filling
@@ -289,7 +290,7 @@ class CameraLoop:
         if ring is None:
             parts = protocol.encode(msg)
         else:  # pixels and header into the ring: a worker following it is woken now
-            parts = protocol.encode_in_ring(msg, ring, staged=staged)
+            parts = codec.encode_in_ring(msg, ring, staged=staged)
             c["shm_header_overflow"] = ring.meta_overflows
         self.pub.send_multipart(parts, copy=False)
         c["frames"] += 1
@@ -326,7 +327,7 @@ def main(ctx: StageContext) -> None:
     on_scene = getattr(backend, "on_scene", None)  # a backend that renders a known scene
     if trig is not None and on_scene is not None:
         trig.setsockopt(zmq.SUBSCRIBE, b"truth")
-    decoder = protocol.Decoder(expect=["trigger", "truth"])
+    decoder = codec.Decoder(expect=["trigger", "truth"])
     ctx.publish_health(force=True)  # connect health now, so an error in open() is heard
     encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)  # import the JPEG encoder now, not on frame 0
     backend.open()
@@ -415,7 +416,7 @@ def main(ctx: StageContext) -> None:
                 rec.close()
 
 
-def pending(sock: zmq.Socket[Any], decoder: protocol.Decoder) -> Iterator[protocol.Message]:
+def pending(sock: zmq.Socket[Any], decoder: codec.Decoder) -> Iterator[protocol.Message]:
     """The messages waiting on ``sock``, decoded, without blocking (malformed ones are
     counted by ``decoder`` and skipped)."""
     while True:
@@ -429,7 +430,7 @@ def pending(sock: zmq.Socket[Any], decoder: protocol.Decoder) -> Iterator[protoc
 
 
 def _matched_step(ctx: StageContext, backend: CameraBackend, loop: CameraLoop,
-                  trig: zmq.Socket[Any], decoder: protocol.Decoder, matcher: TimeMatcher[Grab],
+                  trig: zmq.Socket[Any], decoder: codec.Decoder, matcher: TimeMatcher[Grab],
                   latency_ns: int) -> None:
     """One turn of a free-running camera matched to the trigger clock: grab (waiting no
     longer than the matcher's next deadline, and 1 ms at a time while a frame waits for a

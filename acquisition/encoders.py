@@ -20,8 +20,8 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from livepose.config import RecordingConfig
-from livepose.errors import UserError
+from livepose.core.config import RecordingConfig
+from livepose.core.errors import UserError
 
 ENCODERS = {"ffv1": "ffv1", "h264": "libx264", "h264_nvenc": "h264_nvenc",
             "hevc_nvenc": "hevc_nvenc"}

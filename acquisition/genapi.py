@@ -3,7 +3,7 @@
 pypylon, harvesters and PySpin all expose the same GenICam node maps through different
 Python APIs. Each backend wraps its node map in a small :class:`Nodes` adapter; everything
 else — which features a config field maps to, the order they are written in, range and
-enumeration checks, and one clear :class:`~livepose.errors.UserError` naming the camera and
+enumeration checks, and one clear :class:`~livepose.core.errors.UserError` naming the camera and
 the setting — lives here once. No SDK is imported by this module.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 
 class Nodes(Protocol):

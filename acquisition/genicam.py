@@ -22,7 +22,7 @@ from typing import Any
 from livepose.acquisition.base import DeviceLost, Grab, ImageSink, copy_out
 from livepose.acquisition.genapi import GENICAM_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.acquisition.swtrigger import FrameTriggerWait
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 
 def producer_files(cti: list[str]) -> list[str]:
@@ -93,7 +93,7 @@ class GenICamCamera(UserOutputs):
     Parameters
     ----------
     cam_cfg
-        A :class:`~livepose.config.GenICamCameraConfig`.
+        A :class:`~livepose.core.config.GenICamCameraConfig`.
     cfg, index
         Unused (uniform backend signature).
     """

@@ -1,4 +1,4 @@
-"""Camera output lines pulsed by closed-loop actions (:class:`~livepose.closedloop_actions.CameraOutput`).
+"""Camera output lines pulsed by closed-loop actions (:class:`~livepose.closedloop.actions.CameraOutput`).
 
 A camera process whose backend has output lines (``outputs`` in a pylon / genicam /
 spinnaker camera's config; the sim's virtual ``Line1``…``Line3``) runs an
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import zmq
 
-from livepose.closedloop_actions import CAMERA_CONTROL_TOPIC, decode_camera_command
-from livepose.realtime import leave_realtime
+from livepose.core.control import CAMERA_CONTROL_TOPIC, decode_camera_command
+from livepose.kit.realtime import leave_realtime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class OutputPulser:
     Parameters
     ----------
     ctx
-        The camera's :class:`~livepose.process.StageContext` (socket factory, counters).
+        The camera's :class:`~livepose.kit.process.StageContext` (socket factory, counters).
     cam
         The camera's name: only commands for it are carried out.
     backend

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from livepose.calibration import read_calibration
-from livepose.config import Config
-from livepose.errors import UserError
+from livepose.core.calibration import read_calibration
+from livepose.core.config import Config
+from livepose.core.errors import UserError
 
 
 def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:

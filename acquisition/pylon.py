@@ -35,7 +35,7 @@ from livepose.acquisition.base import (
 )
 from livepose.acquisition.genapi import PYLON_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.acquisition.swtrigger import poll_until
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 _STRATEGIES = {
     "one_by_one": "GrabStrategy_OneByOne",
@@ -106,7 +106,7 @@ class PylonCamera(UserOutputs):
     Parameters
     ----------
     cam_cfg
-        A :class:`~livepose.config.PylonCameraConfig`.
+        A :class:`~livepose.core.config.PylonCameraConfig`.
     cfg, index
         The whole config and this camera's position (unused; uniform backend signature).
     """

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import protocol
 from livepose.acquisition.encoders import Sink, open_sink, video_path
-from livepose.config import Config
-from livepose.realtime import leave_realtime
-from livepose.session import RECORD_TOPIC, EventLog, decode_record_control, video_dir
+from livepose.core import protocol
+from livepose.core.config import Config
+from livepose.core.control import RECORD_TOPIC, decode_record_control
+from livepose.kit.realtime import leave_realtime
+from livepose.kit.session import EventLog, video_dir
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 from livepose.acquisition.base import DeviceLost, Grab, GrabFailed, ImageSink, copy_out
 from livepose.acquisition.genapi import SPINNAKER_NAMES, FeatureWriter, UserOutputs, configure
 from livepose.acquisition.swtrigger import FrameTriggerWait
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 
 class SpinNodes:
@@ -92,7 +92,7 @@ class SpinnakerCamera(UserOutputs):
     Parameters
     ----------
     cam_cfg
-        A :class:`~livepose.config.SpinnakerCameraConfig`.
+        A :class:`~livepose.core.config.SpinnakerCameraConfig`.
     cfg, index
         Unused (uniform backend signature).
     """

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from livepose import protocol
 from livepose.acquisition.base import DeviceLost, GrabFailed, OverlappedTrigger
+from livepose.core import protocol
+from livepose.transport import codec
 
 if TYPE_CHECKING:
     from livepose.acquisition.camera import CameraLoop
@@ -194,7 +195,7 @@ class TriggerThread:
         A pulse is fired no later than this after its ``t_trigger_ns`` or not at all.
     """
 
-    def __init__(self, cam: OverlappedTrigger, sock: zmq.Socket[Any], decoder: protocol.Decoder,
+    def __init__(self, cam: OverlappedTrigger, sock: zmq.Socket[Any], decoder: codec.Decoder,
                  budget_ns: int) -> None:
         self.cam = cam
         self.sock = sock

@@ -16,8 +16,8 @@ from typing import Any
 
 import zmq
 
-from livepose import protocol
-from livepose.process import StageContext
+from livepose.core import protocol
+from livepose.kit.process import StageContext
 
 SPIN_S = 0.0008
 

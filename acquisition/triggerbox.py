@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from livepose.errors import UserError
-from livepose.process import StageContext
+from livepose.core.errors import UserError
+from livepose.kit.process import StageContext
 
 IDENT = "LIVEPOSE-TRIGGERBOX"
 

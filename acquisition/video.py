@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from livepose.acquisition.base import Grab
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 VIDEO_SUFFIXES = (".mkv", ".mp4", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
 
@@ -80,7 +80,7 @@ class VideoCamera:
     Parameters
     ----------
     cam_cfg
-        A :class:`~livepose.config.VideoCameraConfig`.
+        A :class:`~livepose.core.config.VideoCameraConfig`.
     cfg, index
         Unused (uniform backend signature).
     """

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from livepose.acquisition.base import DeviceLost, Grab, reopen
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class WebcamCamera:
     Parameters
     ----------
     cam_cfg
-        A :class:`~livepose.config.WebcamCameraConfig`.
+        A :class:`~livepose.core.config.WebcamCameraConfig`.
     cfg, index
         Unused (uniform backend signature).
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import zmq
 
-from livepose import protocol
-from livepose.config import Config
-from livepose.process import StageContext
+from livepose.core.config import Config
+from livepose.kit.process import StageContext
+from livepose.transport import codec
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,13 @@ CONTROL_PERIOD_S = 1.0
 
 def meta_of(cfg: Config, calibration: str | None) -> dict[str, Any]:
     """What the page needs once: cameras (with centres), keypoints, skeleton, rates."""
-    from livepose.closedloop import model_keypoints
+    from livepose.core.modelinfo import model_keypoints
 
     names, edges = model_keypoints(cfg)
     centres: dict[str, list[float]] = {}
     if calibration:
         try:
-            from livepose.calibration import read_calibration
+            from livepose.core.calibration import read_calibration
 
             group = read_calibration(calibration, cfg.camera_names)
             centres = {c.name: [round(float(v), 2) for v in c.center] for c in group.cameras}
@@ -92,7 +92,7 @@ def _subscribe(ctx: StageContext) -> zmq.Socket[Any]:
     return ctx.socket(zmq.SUB, connect=peers, subscribe=topics, hwm=RCVHWM)
 
 
-def _drain(sub: zmq.Socket[Any], decoder: protocol.Decoder, limit: int = 2000) -> Iterator[Any]:
+def _drain(sub: zmq.Socket[Any], decoder: codec.Decoder, limit: int = 2000) -> Iterator[Any]:
     for _ in range(limit):
         try:
             parts = sub.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -147,7 +147,7 @@ async def _serve(ctx: StageContext, hub: Any, sub: zmq.Socket[Any], lsock: socke
     ctx.ready(url=f"http://{host}:{port}/")
     ctx.set_state("running")
     control = asyncio.create_task(_control_poll(hub))
-    decoder = protocol.Decoder(expect=["preview", "kp2d", "pose3d", "trigger", "health"])
+    decoder = codec.Decoder(expect=["preview", "kp2d", "pose3d", "trigger", "health"])
     state = hub.state
     last_status = last_pose = 0.0
     pose_sent = None

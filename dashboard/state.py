@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from livepose import protocol
-from livepose.client import STAGES, stage_latencies_ms
+from livepose.core import protocol
+from livepose.core.latency import STAGES, stage_latencies_ms
 
 WINDOW = 300
 """Latency samples per stage kept for p50/p99."""

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livepose.camera import CameraGroup
-from livepose.config import FusionConfig
+from livepose.core.camera import CameraGroup
+from livepose.core.config import FusionConfig
 from livepose.fusion.ekf_model_nb import ekf_predict_nb
 from livepose.fusion.ekf_nb import fuse_frame_nb
 from livepose.fusion.triangulate import TriangulationResult, Triangulator

@@ -26,7 +26,7 @@ def _q1(i: int, k: int, n: int, dt: float) -> float:
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def undistort_fast_nb(xd: float, yd: float, dist: np.ndarray, fisheye: bool) -> tuple[float, float]:
-    """Invert the pinhole distortion of :func:`livepose.camera.distort_nb` by Newton's method
+    """Invert the pinhole distortion of :func:`livepose.core.camera.distort_nb` by Newton's method
     with the analytic Jacobian, from the distorted point, to a residual ≤ 1e-14 (the same
     criterion as :func:`livepose.fusion.triangulate.undistort_point_nb`, which it falls back
     to for fisheye cameras and where Newton does not converge in 8 steps)."""

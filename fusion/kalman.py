@@ -45,7 +45,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from livepose.config import KalmanConfig
+from livepose.core.config import KalmanConfig
 from livepose.fusion.kalman_ca import ca_predict_nb, ca_step_nb
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from livepose.calibration import read_calibration
-from livepose.config import Config, FusionConfig, SimCameraConfig
-from livepose.errors import UserError
+from livepose.core.calibration import read_calibration
+from livepose.core.config import Config, FusionConfig, SimCameraConfig
+from livepose.core.errors import UserError
 from livepose.formats.anipose3d import var_path, write_anipose3d
 from livepose.formats.dlc import Pose2D, read_dlc_csv
 from livepose.formats.trc import write_trc

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import protocol
-from livepose.calibration import read_calibration
-from livepose.camera import CameraGroup
-from livepose.config import Config
+from livepose.core import protocol
+from livepose.core.calibration import read_calibration
+from livepose.core.camera import CameraGroup
+from livepose.core.config import Config
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
-from livepose.process import StageContext
+from livepose.kit.process import StageContext
+from livepose.transport import codec
 
 POLL_MS = 100
 MAX_BATCH = 256  # messages drained per loop turn before health is ticked again
@@ -236,7 +237,7 @@ def main(ctx: StageContext) -> None:
         connect=[ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)],
         subscribe=b"kp2d",
     )
-    decoder = protocol.Decoder(expect=["kp2d"])
+    decoder = codec.Decoder(expect=["kp2d"])
     fuser.warmup()
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)

@@ -5,8 +5,8 @@ Per keypoint and frame-set (``C`` cameras, ``J`` keypoints, all in one compiled 
 1. **Views.** A view takes part when ``x``, ``y`` and the confidence ``c`` are finite,
    ``c > 0`` and ``c >= likelihood_threshold``. Its pixel is undistorted to normalised
    coordinates ``(x, y)``: a few steps of the core's fixed point
-   (:func:`livepose.camera.undistort_nb`), then Newton on the core's forward model
-   :func:`livepose.camera.distort_nb` down to round-off (:func:`undistort_point_nb`).
+   (:func:`livepose.core.camera.undistort_nb`), then Newton on the core's forward model
+   :func:`livepose.core.camera.distort_nb` down to round-off (:func:`undistort_point_nb`).
 2. **Confidence-weighted linear triangulation (DLT).** With ``P = [R | t]`` each view gives
    the two equations ``(x P₃ - P₁)·X̃ = 0`` and ``(y P₃ - P₂)·X̃ = 0`` in the homogeneous
    world point ``X̃ = (X, 1)``. Because observed points lie in front of the cameras we fix
@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from livepose.camera import CameraGroup, distort_nb, undistort_nb
-from livepose.config import FusionConfig
+from livepose.core.camera import CameraGroup, distort_nb, undistort_nb
+from livepose.core.config import FusionConfig
 
 _DEGENERATE = 1e-12  # det(AᵀA) / (tr/3)³ below this: rays (nearly) parallel
 
@@ -85,9 +85,9 @@ class TriangulationResult:
 def undistort_point_nb(
     xd: float, yd: float, dist: np.ndarray, fisheye: bool, fp_iters: int, newton_iters: int
 ) -> tuple[float, float]:
-    """Invert :func:`livepose.camera.distort_nb` for one normalised point, to round-off.
+    """Invert :func:`livepose.core.camera.distort_nb` for one normalised point, to round-off.
 
-    ``fp_iters`` steps of the core's fixed point (:func:`livepose.camera.undistort_nb`) give
+    ``fp_iters`` steps of the core's fixed point (:func:`livepose.core.camera.undistort_nb`) give
     a start (kept only if it is closer than the distorted point itself), then Newton steps on
     ``distort_nb(x, y) = (xd, yd)`` (forward-difference Jacobian) until the residual is below
     1e-14 (about 1e-9 px for a 100 000 px focal length) or ``newton_iters`` steps. The

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from livepose.protocol import Frame
+from livepose.core.protocol import Frame
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class FrameSetAssembler:
 
     def _check_spread(self, fs: FrameSet) -> None:
         """Cross-camera spread of a complete set (exposure time if known, else grab time):
-        above ``desync_tolerance_ms`` it counts ``desync`` (see :mod:`livepose.sync`)."""
+        above ``desync_tolerance_ms`` it counts ``desync`` (see :mod:`livepose.core.sync`)."""
         ts = [f.t_exposure_ns if f.t_exposure_ns is not None else f.t_grab_ns
               for f in fs.frames if f is not None]
         spread = max(ts) - min(ts)

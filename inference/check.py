@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.config import ModelConfig
+from livepose.core.config import ModelConfig
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import check_output, create_engine, engine_name
 from livepose.inference.manifest import ModelError, resolve_model

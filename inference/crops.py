@@ -4,7 +4,7 @@ A camera far from a small animal sees it at a few percent of the frame; resizing
 frame to the model input shrinks it below what the model was trained on. With
 ``model.crop.enabled`` the worker keeps the latest fused poses (fusion's ``pose3d`` stream),
 predicts the pose at the frame-set's time (constant velocity from the last two poses),
-projects it into every camera (:class:`~livepose.camera.CameraGroup`, distortion included),
+projects it into every camera (:class:`~livepose.core.camera.CameraGroup`, distortion included),
 and cuts a crop of ``model.crop.size`` frame pixels (default: the model input size, i.e.
 native resolution) centred on the projected keypoints' bounding box grown by ``margin``.
 A box that does not fit makes the crop grow (keeping its aspect; the preprocessor then
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from livepose.calibration import read_calibration
-from livepose.camera import CameraGroup
-from livepose.config import Config
-from livepose.errors import UserError
+from livepose.core.calibration import read_calibration
+from livepose.core.camera import CameraGroup
+from livepose.core.config import Config
+from livepose.core.errors import UserError
 
 REASONS = ("no_pose", "stale", "few_keypoints", "outside", "size_mismatch")
 """Why a view was given the full frame."""
@@ -170,7 +170,7 @@ class CropPlanner:
     crop_size
         ``(width, height)`` frame pixels.
     margin, max_age_s, min_keypoints
-        See ``model.crop`` (:class:`~livepose.config.CropConfig`).
+        See ``model.crop`` (:class:`~livepose.core.config.CropConfig`).
     fps
         Frame-sets per second.
 

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from livepose.config import ModelConfig
+from livepose.core.config import ModelConfig
 from livepose.inference.batching import run_in_chunks
 from livepose.inference.manifest import Manifest, ModelError
 from livepose.inference.providers import provider_options

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.config import ModelConfig
+from livepose.core.config import ModelConfig
 from livepose.inference.batching import run_in_chunks
 from livepose.inference.manifest import Manifest, ModelError
 

@@ -19,7 +19,7 @@ network). Fields of another type are refused.
 
 A pixel value ``v`` (8-bit range; deeper pixels are first brought to it) becomes
 ``(v * scale - mean[c]) / std[c]`` in channel ``c``. Every error is a :class:`ModelError`
-(a :class:`~livepose.errors.UserError`) that names the file and the field.
+(a :class:`~livepose.core.errors.UserError`) that names the file and the field.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from livepose.config import ModelConfig
-from livepose.errors import UserError
+from livepose.core.config import ModelConfig
+from livepose.core.errors import UserError
 
 MANIFEST_FORMAT = "livepose-model/1"
 MANIFEST_NAME = "manifest.yaml"

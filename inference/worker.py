@@ -3,7 +3,7 @@
 Worker ``k`` of ``model.workers`` subscribes to every camera's frames, assembles the
 frame-sets of its share (``frame_id % K == k``), and for the newest complete set runs one
 batched model call over all C views, decodes its outputs and publishes a
-:class:`~livepose.protocol.Kp2d`. Each kp2d also lists the frame-ids this worker abandoned
+:class:`~livepose.core.protocol.Kp2d`. Each kp2d also lists the frame-ids this worker abandoned
 since its previous message (``skipped``, ``incomplete``), so downstream can account for
 every frame-set. A frame it cannot read becomes a NaN view and a counted ``bad_frames``;
 it never stops the loop.
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import protocol, shmring
-from livepose.config import Config
-from livepose.framefeed import FrameFeed
+from livepose.core import protocol
+from livepose.core.config import Config
+from livepose.core.control import WORKERS_TOPIC, decode_reshard
 from livepose.inference.assembler import FrameSetAssembler, Popped
 from livepose.inference.crops import CropPlan, CropPlanner
 from livepose.inference.decode import decode_outputs
@@ -35,8 +35,9 @@ from livepose.inference.engine import (
 )
 from livepose.inference.manifest import ModelError, resolve_model
 from livepose.inference.preprocess import Preprocessor
-from livepose.process import StageContext
-from livepose.sharding import WORKERS_TOPIC, decode_reshard
+from livepose.kit.process import StageContext
+from livepose.transport import codec, shmring
+from livepose.transport.framefeed import FrameFeed
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,11 @@ class _Worker:
             if cfg.is_sim else (spec.width, spec.height)
         frame_bytes = fw * fh * spec.channels * 2  # at most (uint16)
         self.rcv_hwm = int(min(1000, max(cfg.transport.frame_hwm, RCV_BUDGET // frame_bytes)))
-        if cfg.transport.frames_in_shm():  # pixels wait in the camera's ring, not the queue:
+        if shmring.frames_in_shm(cfg.transport):  # pixels wait in the camera's ring, not the queue:
             # a backlog longer than the ring would only hold frames already overwritten
             self.rcv_hwm = min(self.rcv_hwm, cfg.transport.ring_slots(cfg.fps))
         # frames in a ring are read in place (checked with shmring.intact after use)
-        self.decoder = protocol.Decoder(
+        self.decoder = codec.Decoder(
             protocol.Limits(max_array_bytes=cfg.limits.max_frame_bytes), expect=["frame"],
             copy_shared=False,
         )
@@ -116,7 +117,7 @@ class _Worker:
         ) if cfg.model.crop.enabled else None
         self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
         self.feed: FrameFeed  # the cameras' frames, set by main
-        self.pose_decoder = protocol.Decoder(expect=["pose3d"])
+        self.pose_decoder = codec.Decoder(expect=["pose3d"])
         self.failures = 0
         self._last_log: dict[str, float] = {}
         self._rate_t = time.monotonic()

@@ -1,3 +1,3 @@
-from livepose.cli import main
+from livepose.cli.app import main
 
 main()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livepose.calibration import read_calibration
+from livepose.core.calibration import read_calibration
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.fusion.offline import assign_files, fuse_files, load_views, reprojection
 

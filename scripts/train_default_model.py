@@ -25,8 +25,8 @@ import numpy as np
 from livepose.acquisition.sim.animal import KEYPOINTS, SKELETON, Rodent
 from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import arena_of, make_camera, make_rig
-from livepose.camera import CameraModel
-from livepose.config import SimConfig
+from livepose.core.camera import CameraModel
+from livepose.core.config import SimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIDE = 4

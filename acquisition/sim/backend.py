@@ -26,9 +26,9 @@ from livepose.acquisition.base import Grab
 from livepose.acquisition.sim.animal import Rodent
 from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import make_rig
-from livepose.calibration import write_calibration
-from livepose.config import Config
-from livepose.realtime import leave_realtime
+from livepose.core.calibration import write_calibration
+from livepose.core.config import Config
+from livepose.kit.realtime import leave_realtime
 
 RENDER_NICE = 10
 

@@ -14,8 +14,8 @@ import numba as nb
 import numpy as np
 
 from livepose.acquisition.sim.rig import WALL_HEIGHT_MM
-from livepose.camera import CameraModel, distort_nb
-from livepose.config import SimConfig
+from livepose.core.camera import CameraModel, distort_nb
+from livepose.core.config import SimConfig
 
 AMBIENT = 0.38
 DIFFUSE = 0.72

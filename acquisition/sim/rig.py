@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livepose.camera import CameraGroup, CameraModel, rodrigues_inv
-from livepose.config import SimConfig
+from livepose.core.camera import CameraGroup, CameraModel, rodrigues_inv
+from livepose.core.config import SimConfig
 
 LOOK_AT = np.array([0.0, 0.0, 20.0])
 """World point ``(3,)`` every sim camera looks at (mm)."""

@@ -34,7 +34,7 @@ import numpy as np
 from livepose.bench import peers
 from livepose.bench.results import write_json
 from livepose.bench.scenarios import Scenario, SimRecording, simulate
-from livepose.config import Config, FusionConfig, SimCameraConfig
+from livepose.core.config import Config, FusionConfig, SimCameraConfig
 
 OURS = {  # method → (filter, kalman model, ensemble variance used, reprojection threshold)
     "dlt": ("none", "cv", False, 1e9),

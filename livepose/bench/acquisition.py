@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import endpoints as eps
-from livepose import protocol
-from livepose.config import Config
-from livepose.runner import CAMERA, TRIGGER, ProcSpec, Supervisor
-from livepose.sync import DesyncTracker, frame_time_ns
+from livepose.core import protocol
+from livepose.core.config import Config
+from livepose.core.sync import DesyncTracker, frame_time_ns
+from livepose.runtime.supervisor import CAMERA, TRIGGER, ProcSpec, Supervisor
+from livepose.transport import codec
+from livepose.transport import endpoints as eps
 
 
 class AcquisitionSupervisor(Supervisor):
-    """A :class:`~livepose.runner.Supervisor` that runs only the cameras and the trigger."""
+    """A :class:`~livepose.runtime.supervisor.Supervisor` that runs only the cameras and the trigger."""
 
     def preflight(self) -> None:
         """Nothing to check beyond the config: no model, no calibration needed."""
@@ -104,7 +105,7 @@ def run_acquisition(
         Camera name → :class:`CameraResult`.
     """
     out = {c: CameraResult() for c in cfg.camera_names}
-    decoder = protocol.Decoder(expect=["frame"])
+    decoder = codec.Decoder(expect=["frame"])
     with AcquisitionSupervisor(cfg, trigger_count=pulses) as sup:
         sup.launch()
         sub = sup.zctx.socket(zmq.SUB)
@@ -179,7 +180,7 @@ def numbered_images(folder: Path, n: int, width: int, height: int, seed: int = 0
 
 def bench_config(cameras: int, fps: float, width: int, height: int, image_root: Path) -> Config:
     """Emulated pylon cameras ``0815-000k`` serving ``image_root/cam<k>``."""
-    from livepose.config import parse_config
+    from livepose.core.config import parse_config
 
     cams = [
         {

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from livepose.bench.results import write_json
-from livepose.config import Config, SimCameraConfig, SimConfig
+from livepose.core.config import Config, SimCameraConfig, SimConfig
 
 
 @dataclass(frozen=True, slots=True)

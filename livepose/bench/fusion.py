@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from livepose.bench import peers
-from livepose.camera import CameraGroup
-from livepose.config import Config, FusionConfig, SimCameraConfig
+from livepose.core.camera import CameraGroup
+from livepose.core.config import Config, FusionConfig, SimCameraConfig
 
 FILTERS = {"tri": ("none", "cv"), "kf": ("kf", "cv"), "kf_ca": ("kf", "ca"),
            "ekf": ("ekf", "cv"), "ekf_ca": ("ekf", "ca")}
@@ -39,7 +39,7 @@ def make_frames(C: int, J: int, n: int, seed: int = 0) -> tuple[CameraGroup, lis
     """The sim rig with ``C`` cameras and ``n`` frame-sets ``(C, J, 3)`` float32 at 100 fps."""
     from livepose.acquisition.sim.animal import Rodent
     from livepose.acquisition.sim.rig import make_rig
-    from livepose.config import SimConfig
+    from livepose.core.config import SimConfig
 
     sim = SimConfig(seed=seed)
     rig = make_rig(sim, [f"cam{i}" for i in range(C)])

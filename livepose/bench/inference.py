@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from livepose.bench.results import write_json
-from livepose.config import Config, ModelConfig, load_default_config
+from livepose.core.config import Config, ModelConfig, load_default_config
 
 CPU = "CPUExecutionProvider"
 
@@ -148,7 +148,7 @@ def main(json_path: Path | None = None, model_path: str | None = None, views: in
          runs: int = 200, threads: int | None = None,
          progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run the benchmark; return (and write, if ``json_path``) the results."""
-    from livepose.config import SimCameraConfig
+    from livepose.core.config import SimCameraConfig
     from livepose.inference.manifest import resolve_model
 
     cfg = load_default_config()

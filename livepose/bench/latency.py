@@ -46,10 +46,10 @@ def _stats(v: list[float]) -> dict[str, float | None]:
 def _client_main(endpoint: str, keypoints: list[str], tty: str | None, out: Any,
                  ready: Any, idle_s: float, realtime: bool = False) -> None:
     """The closed-loop client process: every pose through a rule that always fires."""
-    from livepose.client import PoseClient
-    from livepose.closedloop import ActionEvent, HalfSpace, Rule, RuleEngine
-    from livepose.closedloop_actions import TTLPulse
-    from livepose.realtime import PRIORITY, enter_realtime
+    from livepose.closedloop.actions import TTLPulse
+    from livepose.closedloop.client import PoseClient
+    from livepose.closedloop.rules import ActionEvent, HalfSpace, Rule, RuleEngine
+    from livepose.kit.realtime import PRIORITY, enter_realtime
 
     if realtime:  # as a user's closed-loop script would (docs/closed-loop.md)
         enter_realtime(PRIORITY["client"])
@@ -129,10 +129,10 @@ def _cpu_s(pid: int | None) -> float | None:
 def run_condition(frames: int, fps: float, dashboard: bool, clients: int,
                   realtime: bool = False) -> dict[str, Any]:
     """One run of the sim rig: counts, the fused span (s) and the raw per-pose rows (ms)."""
-    from livepose.closedloop import model_keypoints
-    from livepose.config import load_default_config
-    from livepose.monitor import Monitor
-    from livepose.runner import Supervisor
+    from livepose.core.config import load_default_config
+    from livepose.core.modelinfo import model_keypoints
+    from livepose.runtime.monitor import Monitor
+    from livepose.runtime.supervisor import Supervisor
 
     cfg = load_default_config()
     cfg.fps = fps

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.camera import CameraGroup
+from livepose.core.camera import CameraGroup
 
 
 def missing(*modules: str) -> list[str]:

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from livepose.config import Config, RecordingConfig, parse_config
-from livepose.errors import UserError
+from livepose.core.config import Config, RecordingConfig, parse_config
+from livepose.core.errors import UserError
 
 WIDTH, HEIGHT = 640, 512
 SWEEP_S = 3.0
@@ -225,7 +225,7 @@ def record_run(cfg: Config, pulses: int, log_level: int = 30) -> dict[str, Any]:
     """Run the pipeline for ``pulses`` pulses, recording; CPU seconds per process while the
     trigger ran, and the session's final status."""
     from livepose.bench.acquisition import _cpu_s
-    from livepose.runner import Supervisor
+    from livepose.runtime.supervisor import Supervisor
 
     with Supervisor(cfg, trigger_count=pulses, log_level=log_level) as sup:
         sup.launch()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.camera import CameraGroup
+from livepose.core.camera import CameraGroup
 
 SHARED_FRACTION = 0.6
 
@@ -113,7 +113,7 @@ def simulate(sc: Scenario) -> SimRecording:
     """Generate a scenario (deterministic given ``sc``)."""
     from livepose.acquisition.sim.animal import KEYPOINTS, Rodent
     from livepose.acquisition.sim.rig import make_rig
-    from livepose.config import SimConfig
+    from livepose.core.config import SimConfig
 
     sim = SimConfig(seed=sc.seed)
     rig = make_rig(sim, [f"cam{i}" for i in range(sc.n_cams)])

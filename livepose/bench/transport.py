@@ -12,10 +12,10 @@ inference worker does, and decodes each message. Two modes per case:
 
 Transports: ``ipc`` and ``tcp`` carry the pixels inside the ZeroMQ messages; ``shm`` is the
 pipeline's same-host default (``transport.frames: auto`` with ``kind: ipc``): the publisher
-copies each image into its frame ring in ``/dev/shm`` (:mod:`livepose.shmring`, the copy is
+copies each image into its frame ring in ``/dev/shm`` (:mod:`livepose.transport.shmring`, the copy is
 inside the measured latency), stores the header beside it, rings the ring's doorbell and also
 sends the header over ipc. The subscriber receives exactly as an inference worker does
-(:class:`livepose.framefeed.FrameFeed`): the first frame over the socket, then straight from
+(:class:`livepose.transport.framefeed.FrameFeed`): the first frame over the socket, then straight from
 the ring, woken by the futex doorbell; it reads the image in place and checks after use that
 the slot was not reused (a reused slot counts as lost). In ``saturated`` mode the ring cannot
 apply back-pressure by itself, so the subscriber returns credits (its last frame id, every 8
@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from livepose import protocol, shmring
-from livepose.framefeed import FrameFeed
+from livepose.core import protocol
+from livepose.transport import codec, shmring
+from livepose.transport.framefeed import FrameFeed
 
 SIZES = [(640, 512), (1280, 1024), (2048, 1536)]
 CAMERAS = [1, 4, 8]
@@ -103,7 +104,7 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
             np.copyto(ring.loan(image.shape, image.dtype), image)
         msg.t_pub_ns = time.time_ns()
         parts = protocol.encode(msg) if ring is None else \
-            protocol.encode_in_ring(msg, ring, staged=True)
+            codec.encode_in_ring(msg, ring, staged=True)
         while True:
             try:
                 pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
@@ -164,7 +165,7 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     for ep in eps:
         sub.connect(ep)
     # the worker's receive path: shm frames are taken from the rings once seen
-    decoder = protocol.Decoder(expect=["frame"], copy_shared=False)
+    decoder = codec.Decoder(expect=["frame"], copy_shared=False)
     feed = FrameFeed(sub, [f"cam{k}" for k in range(cameras)], decoder, follow=shm)
     pushes = []
     for cep in credit_eps:

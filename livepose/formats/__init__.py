@@ -2,7 +2,7 @@
 (:mod:`~livepose.formats.dlc`), Anipose 3D CSV (:mod:`~livepose.formats.anipose3d`) and TRC
 (:mod:`~livepose.formats.trc`, OpenSim / Pose2Sim markers). NumPy in, NumPy out; no pandas."""
 
-from livepose.errors import UserError
+from livepose.core.errors import UserError
 
 
 class FormatError(UserError, ValueError):

@@ -11,9 +11,9 @@ import importlib.util
 
 import pytest
 
-from livepose import protocol
-from livepose.config import Config, parse_config
-from livepose.errors import UserError
+from livepose.core import protocol
+from livepose.core.config import Config, parse_config
+from livepose.core.errors import UserError
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livepose import protocol
-from livepose.config import Config, load_default_config, parse_config
-from livepose.errors import UserError
+from livepose.core import protocol
+from livepose.core.config import Config, load_default_config, parse_config
+from livepose.core.errors import UserError
 
 pytestmark = [
     pytest.mark.integration,
@@ -256,7 +256,7 @@ def test_a_camera_that_fails_to_configure_stops_the_run_and_names_itself(
     rendered: dict[str, list[np.ndarray]],
 ) -> None:
     from livepose.bench.acquisition import AcquisitionSupervisor
-    from livepose.runner import ProcessDied
+    from livepose.runtime.supervisor import ProcessDied
 
     root = Path(str(rendered["_root"][0]))
     cfg = _config(root, 2, fps=30, cam1={"exposure_us": 5e7})
@@ -286,8 +286,8 @@ def test_closed_loop_pulses_a_camera_output_line(tmp_path: Path) -> None:
     import zmq
 
     from livepose.acquisition.outputs import OutputPulser
-    from livepose.closedloop import ActionEvent
-    from livepose.closedloop_actions import CameraOutput
+    from livepose.closedloop.actions import CameraOutput
+    from livepose.closedloop.rules import ActionEvent
 
     base = {"backend": "pylon", "name": "left", "serial": "0815-0000", "outputs": ["Line2"]}
     other = {"backend": "pylon", "name": "right", "serial": "0815-0001"}

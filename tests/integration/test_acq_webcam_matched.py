@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import zmq
 
-from livepose import protocol
 from livepose.acquisition.timematch import PULSE_GRACE_NS
-from livepose.config import parse_config
+from livepose.core import protocol
+from livepose.core.config import parse_config
+from livepose.transport import codec
 
 pytestmark = [
     pytest.mark.integration,
@@ -81,7 +82,7 @@ def test_free_running_webcams_are_matched_to_the_trigger_pulses(tmp_path: Path) 
         f.start()
     frames: dict[str, list[protocol.Frame]] = {n: [] for n in feeds}
     pulses: dict[int, int] = {}
-    decoder = protocol.Decoder(expect=["frame", "trigger"])
+    decoder = codec.Decoder(expect=["frame", "trigger"])
     try:
         with AcquisitionSupervisor(cfg, trigger_count=PULSES) as sup:
             sup.launch(ready_timeout_s=60)

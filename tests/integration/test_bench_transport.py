@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from livepose import doorbell, shmring
 from livepose.bench.transport import run_case
+from livepose.transport import doorbell, shmring
 
 
 @pytest.mark.timeout(120)

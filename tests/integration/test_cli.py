@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from livepose.calibration import write_calibration
-from livepose.camera import CameraModel
+from livepose.core.calibration import write_calibration
+from livepose.core.camera import CameraModel
 
 CAMS = [{"name": "a", "backend": "sim"}, {"name": "b", "backend": "sim"}]
 

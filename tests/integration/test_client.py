@@ -1,4 +1,4 @@
-"""``livepose.client.PoseClient`` against a real running pipeline."""
+"""``livepose.closedloop.client.PoseClient`` against a real running pipeline."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from livepose.client import PoseClient
-from livepose.config import load_default_config
-from livepose.runner import Supervisor
+from livepose.closedloop.client import PoseClient
+from livepose.core.config import load_default_config
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

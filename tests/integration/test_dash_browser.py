@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from livepose.config import load_default_config
-from livepose.runner import Supervisor
+from livepose.core.config import load_default_config
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

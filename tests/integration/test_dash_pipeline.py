@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from livepose.config import load_default_config
-from livepose.monitor import Monitor
-from livepose.runner import Supervisor
+from livepose.core.config import load_default_config
+from livepose.runtime.monitor import Monitor
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 ws_sync = pytest.importorskip("websockets.sync.client")

@@ -14,11 +14,18 @@ from typing import Any
 import pytest
 import zmq
 
-from livepose.closedloop import ActionEvent, ActionLog, ClosedLoop, HalfSpace, Rule, model_keypoints
-from livepose.closedloop_actions import CameraOutput
-from livepose.config import load_default_config
-from livepose.runner import Supervisor
-from livepose.session import read_events
+from livepose.closedloop.actions import CameraOutput
+from livepose.closedloop.rules import (
+    ActionEvent,
+    ActionLog,
+    ClosedLoop,
+    HalfSpace,
+    Rule,
+    model_keypoints,
+)
+from livepose.core.config import load_default_config
+from livepose.kit.session import read_events
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from livepose import doorbell
-from livepose.config import load_default_config
-from livepose.demo import run_pipeline
-from livepose.runner import ProcessDied, Supervisor
+from livepose.cli.demo import run_pipeline
+from livepose.core.config import load_default_config
+from livepose.runtime.supervisor import ProcessDied, Supervisor
+from livepose.transport import doorbell
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +83,8 @@ def test_stages_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
 
     code = (
         "import sys, time\n"
-        "from livepose.config import load_default_config\n"
-        "from livepose.runner import Supervisor\n"
+        "from livepose.core.config import load_default_config\n"
+        "from livepose.runtime.supervisor import Supervisor\n"
         "sup = Supervisor(load_default_config())\n"
         "sup.launch(); sup.start_trigger()\n"
         "print(' '.join(str(p.pid) for p in sup.procs.values()), flush=True)\n"

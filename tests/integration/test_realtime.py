@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from livepose.config import load_default_config
-from livepose.realtime import PRIORITY, enter_realtime
-from livepose.runner import Supervisor
+from livepose.core.config import load_default_config
+from livepose.kit.realtime import PRIORITY, enter_realtime
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _allowed() -> bool:
     import subprocess
     import sys
 
-    code = "from livepose.realtime import enter_realtime; print(enter_realtime(5))"
+    code = "from livepose.kit.realtime import enter_realtime; print(enter_realtime(5))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return out.stdout.strip() == "fifo:5"
 
@@ -77,7 +77,7 @@ def test_enter_realtime_reports_what_it_got() -> None:
     import subprocess
     import sys
 
-    code = ("import os; from livepose.realtime import enter_realtime, leave_realtime; "
+    code = ("import os; from livepose.kit.realtime import enter_realtime, leave_realtime; "
             "s = enter_realtime(3); a = os.sched_getscheduler(0); leave_realtime(5); "
             "print(s, a, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -18,12 +18,12 @@ from rich.console import Console
 from livepose.acquisition.encoders import iter_frames
 from livepose.acquisition.recorder import image_checksum
 from livepose.bench.record import bench_config, pool_model
-from livepose.demo import run_pipeline
+from livepose.cli.demo import run_pipeline
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.formats.dlc import read_dlc_csv
-from livepose.runner import Supervisor
-from livepose.session import pose2d_path, pose3d_path, read_events, read_status
-from livepose.session_tools import export_eks, fuse_only_session, replay_config
+from livepose.kit.session import pose2d_path, pose3d_path, read_events, read_status
+from livepose.recording.tools import export_eks, fuse_only_session, replay_config
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("av")
@@ -133,8 +133,8 @@ def test_kill_9_during_a_recording_leaves_a_readable_incomplete_session(
     import csv
     import signal
 
-    from livepose.runner import ProcessDied
-    from livepose.session_tools import repair
+    from livepose.recording.tools import repair
+    from livepose.runtime.supervisor import ProcessDied
 
     cams = ["cam0", "cam1", "cam2"]
     cfg = bench_config(tmp_path / "sessions", pool_model(tmp_path / "m", 96, 64, 4), FPS,

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from livepose.client import PoseClient
-from livepose.config import load_default_config
-from livepose.runner import Supervisor
+from livepose.closedloop.client import PoseClient
+from livepose.core.config import load_default_config
+from livepose.runtime.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

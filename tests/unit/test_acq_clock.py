@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from livepose.acquisition.clock import ClockFit
-from livepose.sync import DesyncTracker, frame_time_ns
+from livepose.core.sync import DesyncTracker, frame_time_ns
 
 
 def test_clock_fit_recovers_offset_and_drift_under_jitter() -> None:

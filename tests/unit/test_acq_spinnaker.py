@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from livepose.acquisition.base import GrabFailed
-from livepose.config import parse_config
-from livepose.errors import UserError
+from livepose.core.config import parse_config
+from livepose.core.errors import UserError
 
 F, INT, E, B, C, S = range(6)
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import zmq
 
-from livepose import protocol
 from livepose.acquisition.base import DeviceLost, Grab, GrabFailed
 from livepose.acquisition.swtrigger import FrameTriggerWait, PulseFifo, TriggerThread
-from livepose.config import parse_config
+from livepose.core import protocol
+from livepose.core.config import parse_config
+from livepose.transport import codec
 
 BUDGET_NS = 50_000_000  # roomy: this shared machine may pause a test for a few ms
 
@@ -82,7 +83,7 @@ def rig() -> Iterator[Any]:
     """A stand-in camera, a real CameraLoop around it whose published frames are recorded,
     and a TriggerThread (its thread not started: pulses are handed to it directly)."""
     from livepose.acquisition.camera import CameraLoop
-    from livepose.process import StageContext
+    from livepose.kit.process import StageContext
 
     cfg = parse_config({"cameras": [{"name": "cam0", "backend": "sim"},
                                     {"name": "cam1", "backend": "sim"}],
@@ -101,7 +102,7 @@ def rig() -> Iterator[Any]:
             sent.append((frame_id, dropped, t_trigger, int(grab.image[0, 0])))
 
         loop.send = send
-        fire = TriggerThread(cam, sub, protocol.Decoder(expect=["trigger"]), BUDGET_NS)  # type: ignore[arg-type]
+        fire = TriggerThread(cam, sub, codec.Decoder(expect=["trigger"]), BUDGET_NS)  # type: ignore[arg-type]
         return loop, fire, sent
 
     yield make

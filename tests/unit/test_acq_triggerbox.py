@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from livepose.config import parse_config
-from livepose.errors import UserError
+from livepose.core.config import parse_config
+from livepose.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("serial") is None,
                                 reason="pyserial not installed")
@@ -121,7 +121,7 @@ def test_driver_configures_starts_counts_and_stops(box_port: tuple[str, Firmware
 
 def test_serial_trigger_process_reports_every_pulse(box_port: tuple[str, FirmwareEmulator]) -> None:
     from livepose.acquisition.triggerbox import run_serial_trigger
-    from livepose.process import StageContext
+    from livepose.kit.process import StageContext
 
     port, _ = box_port
     cfg = parse_config({"fps": 500, "trigger": {"source": "serial", "port": port},

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livepose.config import parse_config
-from livepose.errors import UserError
+from livepose.core.config import parse_config
+from livepose.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV not installed")
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livepose.config import ConfigError, parse_config
-from livepose.errors import UserError
+from livepose.core.config import ConfigError, parse_config
+from livepose.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
                                 reason="OpenCV not installed (extra webcam)")

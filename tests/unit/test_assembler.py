@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from livepose.core.protocol import Frame
 from livepose.inference.assembler import FrameSetAssembler, Popped
-from livepose.protocol import Frame
 
 _IMG = np.zeros((2, 2), np.uint8)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from livepose.config import ConfigError, load_config, load_default_config
+from livepose.core.config import ConfigError, load_config, load_default_config
 
 BASE = {"cameras": [{"name": "a", "backend": "sim"}, {"name": "b", "backend": "sim"}]}
 

@@ -14,15 +14,15 @@ import yaml
 import zmq
 from onnx import TensorProto, helper
 
-from livepose import protocol
 from livepose.acquisition.sim.rig import make_camera
-from livepose.calibration import write_calibration
-from livepose.camera import CameraGroup, CameraModel
-from livepose.config import parse_config
-from livepose.errors import UserError
+from livepose.core import protocol
+from livepose.core.calibration import write_calibration
+from livepose.core.camera import CameraGroup, CameraModel
+from livepose.core.config import parse_config
+from livepose.core.errors import UserError
 from livepose.inference import worker
 from livepose.inference.crops import CropPlanner, PoseTrack, place_crop
-from livepose.process import StageContext
+from livepose.kit.process import StageContext
 
 FPS = 100.0
 F = 500.0  # px; the top camera is 1000 mm above the floor: 0.5 px per mm

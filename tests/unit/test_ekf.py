@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from livepose.acquisition.sim.rig import make_rig
-from livepose.camera import CameraGroup
-from livepose.config import Config, FusionConfig, KalmanConfig, SimCameraConfig, SimConfig
+from livepose.core.camera import CameraGroup
+from livepose.core.config import Config, FusionConfig, KalmanConfig, SimCameraConfig, SimConfig
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.process import Fuser
 from livepose.fusion.triangulate import Triangulator

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from livepose.config import ModelConfig
-from livepose.errors import UserError
+from livepose.core.config import ModelConfig
+from livepose.core.errors import UserError
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import (
     ENGINES,

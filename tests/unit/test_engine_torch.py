@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from livepose.config import ModelConfig
+from livepose.core.config import ModelConfig
 from livepose.inference.engine import ENGINES, create_engine, engine_name
 from livepose.inference.engine_torch import select_outputs
 from livepose.inference.manifest import ModelError, load_manifest, resolve_model

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from livepose.config import ModelConfig
+from livepose.core.config import ModelConfig
 from livepose.inference import engine_trt
 from livepose.inference.batching import chunks
 from livepose.inference.engine import ENGINES
@@ -63,7 +63,7 @@ def test_missing_tensorrt_names_the_extra(tmp_path: Path, monkeypatch: pytest.Mo
 def test_build_engine_cli_without_tensorrt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from livepose.cli import app
+    from livepose.cli.app import app
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     r = CliRunner().invoke(app, ["model", "build-engine", "inference/models/default/model.onnx",

@@ -362,7 +362,7 @@ def test_torchscript_dict_model_exports_by_manifest_names(tmp_path: Path) -> Non
 def test_export_cli(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from livepose.cli import app
+    from livepose.cli.app import app
 
     _, ckpt, cfg = save_lp(tmp_path)
     out = tmp_path / "cli"

@@ -1,5 +1,5 @@
 """Frames straight from the rings: headers beside the pixels, futex doorbells, and the feed
-that switches a camera from the ZeroMQ socket to its ring and back (livepose.framefeed)."""
+that switches a camera from the ZeroMQ socket to its ring and back (livepose.transport.framefeed)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from livepose import doorbell, protocol, shmring
-from livepose.framefeed import FrameFeed, RingFollower
+from livepose.core import protocol
+from livepose.transport import codec, doorbell, shmring
+from livepose.transport.framefeed import FrameFeed, RingFollower
 
 pytestmark = pytest.mark.skipif(not shmring.available(), reason="no writable /dev/shm")
 needs_futex = pytest.mark.skipif(not doorbell.supported(), reason="no futex on this host")
@@ -29,17 +30,17 @@ def frame(k: int, cam: str = "cam0", shape: tuple[int, int] = (6, 8)) -> protoco
 
 def test_follower_takes_frames_in_order_and_counts_what_it_lost() -> None:
     ring = shmring.FrameRing("cam0", 4, 48)
-    dec = protocol.Decoder(copy_shared=False)
+    dec = codec.Decoder(copy_shared=False)
     try:
         for k in range(3):
-            protocol.encode_in_ring(frame(k), ring)
+            codec.encode_in_ring(frame(k), ring)
         fo = RingFollower(dec.rings.mapping(ring.name), after_gen=0)
         got = [dec.decode(p) for p in fo.take()]
         assert [m.frame_id for m in got] == [0, 1, 2]  # type: ignore[union-attr]
         assert [int(m.image[0, 0]) for m in got] == [0, 1, 2]  # type: ignore[union-attr]
         assert not fo.pending() and list(fo.take()) == []
         for k in range(3, 9):  # 6 more into 4 slots while the follower sleeps: 2 are gone
-            protocol.encode_in_ring(frame(k), ring)
+            codec.encode_in_ring(frame(k), ring)
         got = [dec.decode(p) for p in fo.take()]
         assert [m.frame_id for m in got] == [5, 6, 7, 8]  # type: ignore[union-attr]
         assert fo.lost == 2
@@ -53,9 +54,9 @@ def test_follower_takes_frames_in_order_and_counts_what_it_lost() -> None:
 def test_header_too_big_for_the_ring_is_counted_not_misread() -> None:
     ring = shmring.FrameRing("cam0", 4, 48, meta_bytes=64)  # a frame header is ~200 bytes
     try:
-        parts = protocol.encode_in_ring(frame(0), ring)
+        parts = codec.encode_in_ring(frame(0), ring)
         assert ring.meta_overflows == 1
-        assert protocol.Decoder().decode(parts) is not None  # the socket copy is whole
+        assert codec.Decoder().decode(parts) is not None  # the socket copy is whole
         fo = RingFollower(shmring.RingReader().mapping(ring.name), after_gen=0)
         assert list(fo.take()) == [] and fo.no_header == 1
     finally:
@@ -66,7 +67,7 @@ def _commit_later(delay_s: float) -> None:
     ring = shmring.FrameRing("cam0", 4, 48)
     Path(os.environ["RING_NAME_FILE"]).write_text(ring.name)
     time.sleep(delay_s)
-    protocol.encode_in_ring(frame(0), ring)
+    codec.encode_in_ring(frame(0), ring)
     time.sleep(60)  # killed by the test
 
 
@@ -144,7 +145,7 @@ def _until_first(pub: zmq.Socket[Any], ring: shmring.FrameRing, feed: FrameFeed,
     deadline = time.monotonic() + 10
     while not got:
         assert time.monotonic() < deadline, "no frame arrived"
-        pub.send_multipart(protocol.encode_in_ring(frame(k), ring))
+        pub.send_multipart(codec.encode_in_ring(frame(k), ring))
         k += 1
         time.sleep(0.02)
         got = [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
@@ -162,12 +163,12 @@ def test_feed_moves_a_camera_to_its_ring_and_back(tmp_path: Path, waitv: bool,
         monkeypatch.setitem(doorbell._WAITV, "ok", False)
     ctx, pub, sub = _pub_sub(tmp_path)
     ring = shmring.FrameRing("cam0", 64, 48)
-    feed = FrameFeed(sub, ["cam0"], protocol.Decoder(copy_shared=False))
+    feed = FrameFeed(sub, ["cam0"], codec.Decoder(copy_shared=False))
     try:
         k, got = _until_first(pub, ring, feed, 0)
         assert feed.followed == ["cam0"] and feed.counters["shm_followed"] == 1
         for j in range(k, k + 20):
-            stale = protocol.encode_in_ring(frame(j), ring)
+            stale = codec.encode_in_ring(frame(j), ring)
             pub.send_multipart(stale)
         while got[-1] != k + 19:
             assert feed.wait(5000), "the doorbell never rang"
@@ -204,11 +205,11 @@ def test_feed_stays_on_the_socket_without_futexes(tmp_path: Path,
     monkeypatch.setattr(doorbell, "supported", lambda: False)
     ctx, pub, sub = _pub_sub(tmp_path)
     ring = shmring.FrameRing("cam0", 64, 48)
-    feed = FrameFeed(sub, ["cam0"], protocol.Decoder(copy_shared=False))
+    feed = FrameFeed(sub, ["cam0"], codec.Decoder(copy_shared=False))
     try:
         k, got = _until_first(pub, ring, feed, 0)
         for j in range(k, k + 5):
-            pub.send_multipart(protocol.encode_in_ring(frame(j), ring))
+            pub.send_multipart(codec.encode_in_ring(frame(j), ring))
         while got[-1] != k + 4:
             assert feed.wait(5000)
             got += [m.frame_id for m, _ in feed.drain() if isinstance(m, protocol.Frame)]
@@ -230,7 +231,7 @@ def test_barriers_order_the_seqlock_on_weakly_ordered_cpus(monkeypatch: pytest.M
     monkeypatch.setattr(doorbell, "fence", lambda: calls.append("fence"))
     ring = shmring.FrameRing("cam0", 4, 48)
     try:
-        protocol.encode_in_ring(frame(0), ring)
+        codec.encode_in_ring(frame(0), ring)
         assert calls == ["fence"] * 3  # after gen = 0; before gen = g; before head = g
         calls.clear()
         fo = RingFollower(shmring.RingReader().mapping(ring.name), after_gen=0)
@@ -247,10 +248,10 @@ def test_a_corrupt_header_in_the_ring_is_counted_and_dropped(garbage: str) -> No
     """The ring is a file any process of this user can write: a slot's header area that does
     not parse is a counted loss or a counted rejection, the frames around it still arrive."""
     ring = shmring.FrameRing("cam0", 4, 48)
-    dec = protocol.Decoder(copy_shared=False)
+    dec = codec.Decoder(copy_shared=False)
     try:
         for k in range(3):
-            protocol.encode_in_ring(frame(k), ring)
+            codec.encode_in_ring(frame(k), ring)
         area = ring._h.meta_of(1)  # frame 1's header (generation 2 is slot 1)
         words = area[:12].view("<u4")
         if garbage == "too_many_parts":

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livepose.calibration import CalibrationError
-from livepose.errors import UserError
+from livepose.core.calibration import CalibrationError
+from livepose.core.errors import UserError
 from livepose.formats import FormatError
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.formats.dlc import read_dlc_csv, write_dlc_csv

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from filterpy.kalman import KalmanFilter
 
-from livepose.config import KalmanConfig
+from livepose.core.config import KalmanConfig
 from livepose.fusion.kalman import KeypointKalman
 
 DT = 0.01

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-STAGES = {
-    "acquisition": "acquisition",
-    "inference": "inference",
-    "fusion": "fusion",
-    "dashboard": "dashboard",
-    "configs": "configs",
-}
+from livepose_layout import REPO, stage_package
 
 
 def _tool(name: str) -> str:
@@ -42,15 +33,9 @@ def test_ruff_clean() -> None:
 
 
 def test_mypy_clean(tmp_path: Path) -> None:
-    """mypy cannot follow setuptools' package-dir mapping in an editable install, so lay the
-    package out as it is installed (``livepose/acquisition`` …) with symlinks."""
-    pkg = tmp_path / "livepose"
-    pkg.mkdir()
-    for item in (REPO / "livepose").iterdir():
-        if item.name != "__pycache__":
-            os.symlink(item, pkg / item.name)
-    for name, folder in STAGES.items():
-        os.symlink(REPO / folder, pkg / name)
+    """mypy cannot follow setuptools' package-dir mapping in an editable install, so lint the
+    package laid out as it is installed (:func:`livepose_layout.stage_package`)."""
+    site = stage_package(tmp_path / "site")
     r = subprocess.run(
         [
             _tool("mypy"),
@@ -61,7 +46,7 @@ def test_mypy_clean(tmp_path: Path) -> None:
             "-p",
             "livepose",
         ],
-        cwd=tmp_path,
+        cwd=site,
         capture_output=True,
         text=True,
         check=False,

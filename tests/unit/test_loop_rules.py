@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zmq
 
-from livepose import protocol
-from livepose.client import Pose, stage_latencies_ms
-from livepose.closedloop import (
+from livepose.closedloop.actions import ActionDeviceError, CameraOutput, TTLPulse
+from livepose.closedloop.client import Pose
+from livepose.closedloop.rules import (
     ActionEvent,
     ActionLog,
     Box,
@@ -25,8 +25,9 @@ from livepose.closedloop import (
     Sphere,
     model_keypoints,
 )
-from livepose.closedloop_actions import ActionDeviceError, CameraOutput, TTLPulse
-from livepose.config import load_default_config
+from livepose.core import protocol
+from livepose.core.config import load_default_config
+from livepose.core.latency import stage_latencies_ms
 
 NAMES = ["snout", "tail_base"]
 FPS = 100.0

@@ -13,9 +13,9 @@ import yaml
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from livepose.cli import app
-from livepose.config import ModelConfig
-from livepose.errors import UserError
+from livepose.cli.app import app
+from livepose.core.config import ModelConfig
+from livepose.core.errors import UserError
 from livepose.inference.check import DUMMY_VIEWS, check_model
 from livepose.inference.manifest import default_model_dir
 

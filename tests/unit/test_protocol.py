@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from livepose import protocol as P
+from livepose.core import protocol as P
+from livepose.transport import codec
 
 ints = st.integers(min_value=0, max_value=2**62)
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
@@ -114,7 +115,7 @@ def _same(a: P.Message, b: P.Message) -> None:
 def test_roundtrip(msg: P.Message) -> None:
     parts = P.encode(msg)
     assert parts[0] == msg.topic()
-    dec = P.Decoder()
+    dec = codec.Decoder()
     out = dec.decode(_wire(parts))
     assert out is not None, dec.errors
     _same(msg, out)
@@ -165,7 +166,7 @@ def _with_header(**changes: object) -> list[bytes]:
     ],
 )
 def test_malformed_is_counted_not_raised(parts: list[bytes], reason: str) -> None:
-    dec = P.Decoder()
+    dec = codec.Decoder()
     assert dec.decode(parts) is None
     assert dec.errors[reason] == 1
     with pytest.raises(P.ProtocolError):
@@ -177,7 +178,7 @@ def test_missing_field_and_required_array() -> None:
     h = msgpack.unpackb(parts[1])
     del h["cam"]
     parts[1] = msgpack.packb(h)
-    dec = P.Decoder()
+    dec = codec.Decoder()
     assert dec.decode(parts) is None and dec.errors["missing_field"] == 1
     assert dec.decode(_with_header(arrays=[])[:2]) is None
     assert dec.errors["missing_array"] == 1
@@ -185,19 +186,19 @@ def test_missing_field_and_required_array() -> None:
 
 def test_size_limits() -> None:
     limits = P.Limits(max_array_bytes=10)
-    dec = P.Decoder(limits)
+    dec = codec.Decoder(limits)
     assert dec.decode(_valid()) is None and dec.errors["array_too_big"] == 1
 
 
 def test_unexpected_kind() -> None:
-    dec = P.Decoder(expect=["pose3d"])
+    dec = codec.Decoder(expect=["pose3d"])
     assert dec.decode(_valid()) is None and dec.errors["unexpected_kind"] == 1
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=5))
 def test_garbage_never_escapes(parts: list[bytes]) -> None:
-    dec = P.Decoder()
+    dec = codec.Decoder()
     dec.decode(parts)  # must not raise
     assert dec.received + dec.rejected == 1
 
@@ -219,6 +220,6 @@ def test_garbage_never_escapes(parts: list[bytes]) -> None:
     )
 )
 def test_fuzzed_headers_never_escape(header: dict) -> None:
-    dec = P.Decoder()
+    dec = codec.Decoder()
     dec.decode([b"t", msgpack.packb(header), b"\x00" * 20])
     assert dec.received + dec.rejected == 1

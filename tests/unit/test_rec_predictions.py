@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livepose import protocol
+from livepose.core import protocol
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.formats.dlc import read_dlc_csv
 from livepose.formats.trc import read_trc
-from livepose.recorder_proc import PredictionWriter
-from livepose.session import pose2d_path, pose3d_path
-from livepose.session_tools import _trim_torn_tail
+from livepose.kit.session import pose2d_path, pose3d_path
+from livepose.recording.recorder import PredictionWriter
+from livepose.recording.tools import _trim_torn_tail
 
 CAMS = ["cam0", "cam1", "cam2"]
 KP = ["snout", "tail"]

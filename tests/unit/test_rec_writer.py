@@ -17,20 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livepose import protocol
 from livepose.acquisition import encoders, recorder
 from livepose.acquisition.encoders import CodecUnavailable, check_codec, iter_frames
 from livepose.acquisition.recorder import FrameRecorder, image_checksum
-from livepose.config import Config, parse_config
-from livepose.session import (
+from livepose.core import protocol
+from livepose.core.config import Config, parse_config
+from livepose.core.control import decode_record_control, encode_record_control
+from livepose.kit.session import (
     SessionError,
     create_session,
-    decode_record_control,
-    encode_record_control,
     read_events,
     read_status,
 )
-from livepose.session_tools import repair
+from livepose.recording.tools import repair
 
 pytest.importorskip("av")
 
@@ -156,9 +155,9 @@ CHILD = """
 import sys, time, numpy as np
 from collections import Counter
 from pathlib import Path
-from livepose import protocol
+from livepose.core import protocol
 from livepose.acquisition.recorder import FrameRecorder
-from livepose.config import parse_config
+from livepose.core.config import parse_config
 cfg = parse_config({"fps": 100, "cameras": [{"name": "cam0", "backend": "sim"},
                     {"name": "cam1", "backend": "sim"}]})
 r = FrameRecorder(Path(sys.argv[1]), "cam0", cfg, Counter(), print)
@@ -204,8 +203,8 @@ def test_kill_9_leaves_a_decodable_video_and_repair_finalises(tmp_path: Path) ->
 def test_cli_session_commands_and_bare_record_flag(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from livepose.cli import RECORD_DEFAULT, app
-    from livepose.cli_session import expand_record_flag
+    from livepose.cli.app import RECORD_DEFAULT, app
+    from livepose.cli.session import expand_record_flag
 
     assert expand_record_flag(["run", "c.yaml", "--record"], "@") == ["run", "c.yaml", "--record", "@"]
     assert expand_record_flag(["demo", "--record", "--no-live"], "@")[2] == "@"

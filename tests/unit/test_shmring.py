@@ -1,4 +1,4 @@
-"""Same-host frame rings (livepose.shmring) and their references in the protocol."""
+"""Same-host frame rings (livepose.transport.shmring) and their references in the protocol."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import zmq
 
-from livepose import protocol, shmring
-from livepose.config import parse_config
+from livepose.core import protocol
+from livepose.core.config import parse_config
+from livepose.transport import codec, shmring
 
 pytestmark = pytest.mark.skipif(not shmring.available(), reason="no writable /dev/shm")
 
@@ -29,8 +30,8 @@ def test_round_trip_copy_and_in_place() -> None:
         parts = [protocol.encode(frame(k, im), {"image": ring.put(im)})
                  for k, im in enumerate(images)]
         assert all(len(p) == 2 for p in parts)  # topic + header: no pixels in the message
-        copying = protocol.Decoder()
-        in_place = protocol.Decoder(copy_shared=False)
+        copying = codec.Decoder()
+        in_place = codec.Decoder(copy_shared=False)
         # frames 0 and 1 were overwritten by 4 and 5: counted and dropped, never wrong pixels
         assert copying.decode(parts[0]) is None and copying.errors["shm_overrun"] == 1
         for k in (2, 3, 4, 5):
@@ -91,7 +92,7 @@ def test_malformed_references_are_counted_and_dropped(ref: Any, reason: str) -> 
 
         h = msgpack.unpackb(header)
         h["arrays"] = [["image", "|u1", [8, 8], ref]]
-        dec = protocol.Decoder()
+        dec = codec.Decoder()
         assert dec.decode([b"frame/cam0", msgpack.packb(h)]) is None
         assert dec.errors[reason] == 1
         # a slot too small for the shape the header claims
@@ -161,7 +162,7 @@ def test_across_processes(tmp_path: Path) -> None:
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(ep)
     p.start()
-    dec = protocol.Decoder()
+    dec = codec.Decoder()
     try:
         got = []
         while len(got) < 5 and sub.poll(10_000):
@@ -184,11 +185,11 @@ def test_across_processes(tmp_path: Path) -> None:
 def test_config() -> None:
     base = {"cameras": [{"name": "a", "backend": "sim"}, {"name": "b", "backend": "sim"}]}
     cfg = parse_config(base)
-    assert cfg.transport.frames == "auto" and cfg.transport.frames_in_shm()
+    assert cfg.transport.frames == "auto" and shmring.frames_in_shm(cfg.transport)
     assert cfg.transport.ring_slots(30) == 16 and cfg.transport.ring_slots(200) == 100
     tcp = parse_config({**base, "transport": {"kind": "tcp"}})
-    assert not tcp.transport.frames_in_shm()
-    assert not parse_config({**base, "transport": {"frames": "zmq"}}).transport.frames_in_shm()
+    assert not shmring.frames_in_shm(tcp.transport)
+    assert not shmring.frames_in_shm(parse_config({**base, "transport": {"frames": "zmq"}}).transport)
     with pytest.raises(Exception, match=r"transport: frames: .shm. needs every process on one host"):
         parse_config({**base, "transport": {"kind": "tcp", "frames": "shm"}})
     with pytest.raises(Exception, match=r"transport\.shm_slots"):
@@ -197,7 +198,7 @@ def test_config() -> None:
 
 def _camera_loop(tmp_path: Path) -> tuple[Any, Any]:
     from livepose.acquisition.camera import CameraLoop
-    from livepose.process import StageContext
+    from livepose.kit.process import StageContext
 
     cfg = parse_config({"cameras": [{"name": "cam0", "backend": "sim"},
                                     {"name": "cam1", "backend": "sim"}]})

@@ -8,7 +8,7 @@ import pytest
 from livepose.acquisition.sim.animal import KEYPOINTS, SKELETON, Rodent
 from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import arena_of, make_rig
-from livepose.config import SimConfig
+from livepose.core.config import SimConfig
 
 NAMES = ["cam0", "cam1", "cam2", "cam3"]
 

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from livepose.calibration import read_calibration
-from livepose.camera import CameraGroup, CameraModel, rodrigues_inv
-from livepose.config import FusionConfig
+from livepose.core.calibration import read_calibration
+from livepose.core.camera import CameraGroup, CameraModel, rodrigues_inv
+from livepose.core.config import FusionConfig
 from livepose.fusion.triangulate import Triangulator, undistort_point_nb
 
 EKS_FLY = Path(__file__).resolve().parents[3] / "shared" / "data" / "eks-fly"

@@ -16,11 +16,12 @@ import yaml
 import zmq
 from onnx import TensorProto, helper
 
-from livepose import protocol
-from livepose.config import Config, parse_config
-from livepose.errors import UserError
+from livepose.core import protocol
+from livepose.core.config import Config, parse_config
+from livepose.core.errors import UserError
 from livepose.inference import worker
-from livepose.process import StageContext
+from livepose.kit.process import StageContext
+from livepose.transport import codec
 
 S = 64  # frame and model size (the smallest sim frame)
 STRIDE = 4
@@ -188,10 +189,10 @@ def recv_until_probe(send: Any, sub: zmq.Socket[Any]) -> int:
 
 @pytest.mark.timeout(60)
 def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> None:
-    """Frames whose pixels are in the cameras' frame rings (livepose.shmring): read in place;
+    """Frames whose pixels are in the cameras' frame rings (livepose.transport.shmring): read in place;
     a frame overwritten in its ring while the worker held it (waiting for the other views)
     is blanked and counted (``shm_overrun``), never inferred from the wrong pixels."""
-    from livepose import shmring
+    from livepose.transport import shmring
 
     cfg = config(tmp_path)
     cfg.transport.frames = "shm"
@@ -200,7 +201,7 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
     def send(c: str, fid: int, image: np.ndarray) -> None:
         f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
                            image=image)
-        pubs[c].send_multipart(protocol.encode_in_ring(f, rings[c]))
+        pubs[c].send_multipart(codec.encode_in_ring(f, rings[c]))
 
     try:
         with running_worker(tmp_path, cfg) as (ctx, pubs, sub, errors):

@@ -1,0 +1,272 @@
+"""``livepose demo`` / ``livepose run``: run a pipeline with a live terminal view and a summary.
+
+The summary (printed, and written with ``--json``) holds the frame accounting, per-camera
+rates and drops, per-stage latency, inference time and — on a simulated rig — the live 3D
+error against ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from livepose import __version__
+from livepose.core.config import Config
+from livepose.core.latency import STAGES
+from livepose.kit.realtime import PRIORITY, enter_realtime
+from livepose.runtime.monitor import Monitor, pct
+from livepose.runtime.supervisor import Supervisor
+
+DRAIN_TIMEOUT_S = 5.0
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag (restores the handlers on exit)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def view(cfg: Config, sup: Supervisor, mon: Monitor, elapsed: float) -> Group:
+    """The live terminal view."""
+    cams = Table(title="cameras", expand=False)
+    for col in ("camera", "fps", "frames", "dropped", "lost in transport"):
+        cams.add_column(col, justify="right")
+    for c in cfg.cameras:
+        h = sup.health.get(c.name)
+        fr = h.counters.get("frames", 0) if h else 0
+        gaps = sum(
+            sup.counters(f"infer{k}").get(f"gaps/{c.name}", 0) for k in range(cfg.model.workers)
+        )
+        cams.add_row(
+            c.name,
+            _fmt(fr / elapsed if elapsed > 0 else None),
+            str(fr),
+            str(h.counters.get("dropped", 0) if h else 0),
+            str(gaps),
+        )
+    lat = Table(title="latency (ms, last 300)")
+    for col in ("stage", "p50", "p99"):
+        lat.add_column(col, justify="right")
+    for s in STAGES:
+        lat.add_row(
+            s, _fmt(pct(mon.recent_lat[s], 50), ".2f"), _fmt(pct(mon.recent_lat[s], 99), ".2f")
+        )
+    acc = Table(title="frame-sets")
+    for col in (
+        "triggered",
+        "fused",
+        "skipped",
+        "incomplete",
+        "fused/s",
+        "3D error mm (median, last 300)",
+    ):
+        acc.add_column(col, justify="right")
+    acc.add_row(
+        str(len(mon.triggered)),
+        str(len(mon.fused)),
+        str(len(mon.skipped)),
+        str(len(mon.incomplete)),
+        _fmt(mon.fused_rate()),
+        _fmt(pct(mon.recent_err, 50), ".2f"),
+    )
+    return Group(acc, cams, lat)
+
+
+def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> dict[str, Any]:
+    """The run summary (the ``--json`` content)."""
+    dropped: dict[str, int] = {}
+    for c in cfg.cameras:
+        src = sup.counters(c.name).get("dropped", 0)
+        gaps = sum(
+            sup.counters(f"infer{k}").get(f"gaps/{c.name}", 0) for k in range(cfg.model.workers)
+        )
+        dropped[c.name] = int(src + gaps)
+    infer_info = sup.health.get("infer0")
+    lat = mon.latency_stats()
+    return {
+        "livepose": __version__,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+        },
+        "cameras": len(cfg.cameras),
+        "camera_names": cfg.camera_names,
+        "resolution": [cfg.sim.width, cfg.sim.height] if cfg.is_sim else None,
+        "keypoints": mon.keypoints,
+        "fps_target": cfg.fps,
+        "duration_s": round(duration_s, 3),
+        "framesets_triggered": len(mon.triggered),
+        "framesets_fused": len(mon.fused),
+        "framesets_skipped": len(mon.skipped),
+        "framesets_incomplete": len(mon.incomplete),
+        "frames_dropped": dropped,
+        "fused_fps": round(len(mon.fused) / duration_s, 2) if duration_s > 0 else None,
+        "latency_ms": lat,
+        "inference_ms": lat["inference"],
+        "overhead_ms": mon.overhead_stats(),
+        "error_mm": mon.error_stats(),
+        "frame_accounting_ok": mon.accounting_ok(),
+        "provider": infer_info.info.get("provider") if infer_info else None,
+        "rejected_messages": mon.decoder.rejected,
+        "frames_via": _frames_via(cfg, sup),
+        "shm_overruns": _workers_total(cfg, sup, "shm_overrun"),
+        # cameras whose frames the workers took straight from the rings (futex doorbell)
+        "rings_followed": _workers_total(cfg, sup, "shm_followed"),
+    }
+
+
+def _workers_total(cfg: Config, sup: Supervisor, counter: str) -> int:
+    """A health counter summed over the inference workers."""
+    return sum(sup.counters(f"infer{k}").get(counter, 0) for k in range(cfg.model.workers))
+
+
+def _frames_via(cfg: Config, sup: Supervisor) -> str:
+    """How the frames travelled: ``shm`` (every camera published through its frame ring),
+    ``zmq`` (inside the messages) or ``mixed`` (a camera fell back)."""
+    rings = [sup.counters(c.name).get("shm_rings", 0) > 0 for c in cfg.cameras]
+    return "shm" if all(rings) else "zmq" if not any(rings) else "mixed"
+
+
+def print_summary(console: Console, s: dict[str, Any]) -> None:
+    """Human-readable summary."""
+    t = Table(
+        title=f"livepose {s['livepose']}: {s['cameras']} cameras × {s['keypoints']} keypoints "
+        f"@ {s['fps_target']} fps for {s['duration_s']:.1f} s"
+    )
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row(
+        "frame-sets triggered / fused / skipped / incomplete",
+        f"{s['framesets_triggered']} / {s['framesets_fused']} / {s['framesets_skipped']} / "
+        f"{s['framesets_incomplete']}",
+    )
+    t.add_row(
+        "frames dropped per camera", ", ".join(f"{k}={v}" for k, v in s["frames_dropped"].items())
+    )
+    for k, v in s["latency_ms"].items():
+        t.add_row(
+            f"latency {k} p50 / p99 (ms)", f"{_fmt(v['p50'], '.2f')} / {_fmt(v['p99'], '.2f')}"
+        )
+    o = s["overhead_ms"]
+    t.add_row(
+        "pipeline overhead (total − inference) p50 / p99 (ms)",
+        f"{_fmt(o['p50'], '.2f')} / {_fmt(o['p99'], '.2f')}",
+    )
+    e = s["error_mm"]
+    t.add_row(
+        "3D error median / p95 / max (mm)",
+        f"{_fmt(e['median'], '.2f')} / {_fmt(e['p95'], '.2f')} / {_fmt(e['max'], '.1f')}",
+    )
+    t.add_row("frame accounting ok", str(s["frame_accounting_ok"]))
+    t.add_row("execution provider", str(s["provider"]))
+    console.print(t)
+
+
+def run_pipeline(
+    cfg: Config,
+    duration_s: float | None = None,
+    json_path: Path | None = None,
+    live: bool = True,
+    console: Console | None = None,
+    log_level: int = logging.WARNING,
+    pulses: int | None = None,
+    dashboard: bool = False,
+) -> dict[str, Any]:
+    """Run the pipeline of ``cfg`` until ``duration_s``, ``pulses`` trigger pulses or Ctrl-C.
+
+    ``dashboard`` also runs the web dashboard (``cfg.dashboard``; the CLI's default).
+    Returns the summary (see :func:`summarize`).
+    """
+    console = console or Console(stderr=True)
+    with _Stop() as stop, Supervisor(
+        cfg, log_level=log_level, trigger_count=pulses, dashboard=dashboard
+    ) as sup:
+        console.print(
+            f"[bold]livepose[/bold] starting {len(cfg.cameras)} cameras, "
+            f"{cfg.model.workers} inference worker(s), fusion …"
+        )
+        t_start = time.monotonic()
+        sup.launch()
+        if sup.dashboard_url:
+            console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
+        mon = Monitor(sup.endpoints, sup.zctx)  # subscribed before pulse 0
+        if cfg.realtime:  # this process is the demo's pose consumer (children are started)
+            enter_realtime(PRIORITY["client"])
+        sup.start_trigger()
+        console.print(
+            f"running (ready in {time.monotonic() - t_start:.1f} s); pose3d on "
+            f"{sup.endpoints['pose3d']}, control on {sup.endpoints.get('control')}, camera "
+            f"outputs on {sup.endpoints.get('camctl')}  — Ctrl-C to stop"
+        )
+        t0 = time.monotonic()
+        try:
+            live_view = Live(view(cfg, sup, mon, 0.0), console=console, auto_refresh=False)
+            with live_view if live else contextlib.nullcontext(live_view) as lv:
+                last = 0.0
+                while not stop.flag and (duration_s is None or time.monotonic() - t0 < duration_s):
+                    if pulses is not None and len(mon.triggered) >= pulses:
+                        break
+                    mon.poll(20)
+                    sup.poll(0)
+                    now = time.monotonic()
+                    if live and now - last > 0.25:
+                        last = now
+                        lv.update(view(cfg, sup, mon, now - t0), refresh=True)
+                elapsed = time.monotonic() - t0
+                sup.stop_trigger()
+                deadline = time.monotonic() + DRAIN_TIMEOUT_S
+                while time.monotonic() < deadline and not mon.triggered <= mon.accounted():
+                    mon.poll(20)
+                    sup.poll(0)
+                for _ in range(5):  # last health messages
+                    sup.poll(0.05)
+                    mon.poll(0)
+                if live:
+                    lv.update(view(cfg, sup, mon, elapsed), refresh=True)
+        finally:
+            mon.close()
+        summary = summarize(cfg, sup, mon, elapsed)
+    if cfg.realtime:
+        summary["scheduling"] = sup.scheduling()
+    if sup.takeovers:  # an inference worker died and the others took over its share
+        summary["worker_takeovers"] = sup.takeovers
+    print_summary(console, summary)
+    if sup.recording.last is not None:  # recording: where the session went, how it closed
+        rec = sup.recording.last
+        summary["session"] = {k: rec.get(k) for k in ("path", "state", "reason", "frames")}
+        console.print(f"session {rec['path']}: {rec['state']}"
+                      + (f" ({rec['reason']})" if rec.get("reason") else ""))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2))
+        console.print(f"summary written to {json_path}")
+    return summary

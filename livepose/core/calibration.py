@@ -1,0 +1,145 @@
+"""Anipose calibration TOML: read and write.
+
+The format (written by Anipose/aniposelib, read by Lightning Pose, EKS and Pose2Sim)::
+
+    [cam_0]
+    name = "A"
+    size = [ 1280, 1024,]
+    matrix = [ [ fx, 0.0, cx,], [ 0.0, fy, cy,], [ 0.0, 0.0, 1.0,],]
+    distortions = [ k1, k2, p1, p2, k3,]
+    rotation = [ rx, ry, rz,]        # Rodrigues, world -> camera
+    translation = [ tx, ty, tz,]
+    fisheye = false                  # optional
+
+    [metadata]
+    adjusted = true
+    error = 0.5
+
+Cameras are returned in the order of the names you ask for (the config's camera names),
+never in the text order of the section keys: aniposelib sorts ``cam_10`` before ``cam_2``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from livepose.core.camera import CameraGroup, CameraModel
+from livepose.core.errors import UserError
+
+
+class CalibrationError(UserError, ValueError):
+    """The calibration file is unreadable, malformed, or does not match the config."""
+
+
+def _section_index(key: str) -> tuple[int, str]:
+    tail = key.rsplit("_", 1)[-1]
+    return (int(tail), key) if tail.isdigit() else (1 << 30, key)
+
+
+def read_calibration(path: str | Path, names: Sequence[str] | None = None) -> CameraGroup:
+    """Read an Anipose calibration TOML.
+
+    Parameters
+    ----------
+    path
+        The ``calibration.toml``.
+    names
+        Camera names in the order wanted (the config's). ``None`` keeps the file's camera
+        sections in numeric order (``cam_2`` before ``cam_10``).
+
+    Returns
+    -------
+    CameraGroup
+        ``C`` cameras, ordered by ``names``.
+
+    Raises
+    ------
+    CalibrationError
+        With the path, the section and the field at fault.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise CalibrationError(f"{p}: calibration file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+    cams: dict[str, CameraModel] = {}
+    for key in sorted((k for k in data if k != "metadata"), key=_section_index):
+        sec = data[key]
+        if not isinstance(sec, dict):
+            continue
+        cam = _camera_from_section(p, key, sec)
+        if cam.name in cams:
+            raise CalibrationError(f"{p}: camera name {cam.name!r} appears twice")
+        cams[cam.name] = cam
+    if not cams:
+        raise CalibrationError(f"{p}: no camera sections ([cam_0], [cam_1], …)")
+    if names is None:
+        return CameraGroup(list(cams.values()))
+    missing = [n for n in names if n not in cams]
+    if missing:
+        raise CalibrationError(
+            f"{p}: camera(s) {missing} from the config are not in the calibration, "
+            f"which has {list(cams)}"
+        )
+    return CameraGroup([cams[n] for n in names])
+
+
+def _camera_from_section(p: Path, key: str, sec: dict[str, Any]) -> CameraModel:
+    def arr(field: str, shape: tuple[int, ...] | None) -> np.ndarray:
+        if field not in sec:
+            raise CalibrationError(f"{p}: [{key}] has no '{field}'")
+        try:
+            a = np.asarray(sec[field], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"{p}: [{key}].{field} is not numeric") from None
+        if shape is not None and a.shape != shape:
+            raise CalibrationError(f"{p}: [{key}].{field} has shape {a.shape}, expected {shape}")
+        if not np.all(np.isfinite(a)):
+            raise CalibrationError(f"{p}: [{key}].{field} has non-finite values")
+        return a
+
+    size = arr("size", (2,))
+    try:
+        return CameraModel(
+            name=str(sec.get("name", key)),
+            size=(int(size[0]), int(size[1])),
+            matrix=arr("matrix", (3, 3)),
+            dist=arr("distortions", None).ravel(),
+            rvec=arr("rotation", (3,)),
+            tvec=arr("translation", (3,)),
+            fisheye=bool(sec.get("fisheye", False)),
+        )
+    except ValueError as exc:
+        raise CalibrationError(f"{p}: [{key}] {exc}") from None
+
+
+def write_calibration(
+    path: str | Path, cameras: CameraGroup | Sequence[CameraModel], error: float = 0.0
+) -> Path:
+    """Write cameras as an Anipose calibration TOML (sections ``cam_0``… in the given order)."""
+    p = Path(path)
+    doc: dict[str, Any] = {}
+    for i, c in enumerate(cameras):
+        sec: dict[str, Any] = {
+            "name": c.name,
+            "size": [int(c.size[0]), int(c.size[1])],
+            "matrix": [[float(v) for v in row] for row in c.matrix],
+            "distortions": [float(v) for v in c.dist],
+            "rotation": [float(v) for v in c.rvec],
+            "translation": [float(v) for v in c.tvec],
+        }
+        if c.fisheye:
+            sec["fisheye"] = True
+        doc[f"cam_{i}"] = sec
+    doc["metadata"] = {"adjusted": False, "error": float(error)}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(tomli_w.dumps(doc))
+    return p

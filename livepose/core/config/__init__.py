@@ -1,0 +1,196 @@
+"""The one validated configuration model of livepose.
+
+A config is a YAML file (see ``configs/``). Every default lives here. Loading errors name the
+file, the field (dotted path) and what is allowed, and are raised as :class:`ConfigError`,
+which the CLI turns into one line and exit code 2.
+
+The sections live in :mod:`.cameras`, :mod:`.stages` and :mod:`.services`; everything is
+importable from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from livepose.core.config._base import ConfigError, _Model
+from livepose.core.config.cameras import (
+    CAMERA_BACKENDS,
+    CameraConfig,
+    CameraName,
+    CameraTriggerConfig,
+    FeatureValue,
+    GenICamCameraConfig,
+    PylonCameraConfig,
+    PylonEmulationConfig,
+    RoiConfig,
+    SimCameraConfig,
+    SpinnakerCameraConfig,
+    VideoCameraConfig,
+    WebcamCameraConfig,
+    clock_matched,
+)
+from livepose.core.config.services import (
+    DashboardConfig,
+    LimitsConfig,
+    PreviewConfig,
+    RecordingConfig,
+    TransportConfig,
+)
+from livepose.core.config.stages import (
+    CropConfig,
+    EKFConfig,
+    FusionConfig,
+    KalmanConfig,
+    ModelConfig,
+    SimConfig,
+    TriggerConfig,
+)
+
+__all__ = [
+    "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
+    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FusionConfig",
+    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
+    "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RoiConfig",
+    "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
+    "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
+    "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
+]
+
+
+class Config(_Model):
+    """A whole livepose run."""
+
+    name: str = "livepose"
+    fps: float = Field(30.0, gt=0, le=2000, description="trigger rate, frame-sets per second")
+    trigger: TriggerConfig = TriggerConfig()
+    cameras: list[CameraConfig] = Field(min_length=1, max_length=16)
+    sim: SimConfig = SimConfig()
+    calibration: Path | None = Field(None, description="Anipose TOML; None: the sim rig's own")
+    model: ModelConfig = ModelConfig()
+    fusion: FusionConfig = FusionConfig()
+    preview: PreviewConfig = PreviewConfig()
+    transport: TransportConfig = TransportConfig()
+    recording: RecordingConfig = RecordingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    desync_tolerance_ms: float = Field(2.0, gt=0)
+    realtime: bool = Field(
+        False, description="run trigger, cameras, inference and fusion under SCHED_FIFO "
+        "(Linux; needs root, CAP_SYS_NICE or an rtprio limit; docs/closed-loop.md)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        names = [c.name for c in self.cameras]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"camera names must be unique; repeated: {dup}")
+        if self.calibration is None and not all(c.backend == "sim" for c in self.cameras):
+            raise ValueError("calibration is required unless every camera is a sim camera")
+        matched = [c.name for c in self.cameras if clock_matched(c)]
+        if matched and self.trigger.source != "software":
+            raise ValueError(
+                f"cameras {matched} are matched to the trigger clock by time (match: clock), "
+                "which needs trigger.source 'software' (a trigger box publishes no pulse times)"
+            )
+        if self.fusion.min_views > len(self.cameras):
+            raise ValueError(
+                f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
+            )
+        return self
+
+    @property
+    def camera_names(self) -> list[str]:
+        """Camera names in config order (the order of every per-camera array)."""
+        return [c.name for c in self.cameras]
+
+    @property
+    def is_sim(self) -> bool:
+        """True when every camera is simulated (ground truth is available)."""
+        return all(c.backend == "sim" for c in self.cameras)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            msg = (
+                f"{e.get('input', {}).get('backend', '?')!r} is not a known camera backend; "
+                f"allowed: {', '.join(CAMERA_BACKENDS)}"
+            )
+            loc = loc.rsplit(".", 0)[0]
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg.lower()}"
+        where = f"{loc}: " if loc else ""
+        lines.append(f"{source}: {where}{msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a mapping into a :class:`Config`.
+
+    Relative paths (calibration, model, manifest, recording dir) are resolved against
+    ``base_dir`` (the config file's folder) when given.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    if base_dir is not None:
+        if cfg.calibration is not None and not cfg.calibration.is_absolute():
+            cfg.calibration = base_dir / cfg.calibration
+        if cfg.model.path != "default" and not Path(cfg.model.path).is_absolute():
+            cfg.model.path = str(base_dir / cfg.model.path)
+        if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
+            cfg.model.manifest = base_dir / cfg.model.manifest
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} not valid YAML") from None
+    return parse_config(data, source=str(p), base_dir=p.parent)
+
+
+def default_config_path() -> Path:
+    """The packaged demo config (``configs/demo.yaml``)."""
+    from importlib.resources import files
+
+    return Path(str(files("livepose.configs") / "demo.yaml"))
+
+
+def load_default_config() -> Config:
+    """The demo config: 4 simulated cameras, the bundled model."""
+    return load_config(default_config_path())
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """JSON-able dict of a config (for passing to child processes and session records)."""
+    return cfg.model_dump(mode="json")
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of :func:`to_dict` (already validated; no path resolution)."""
+    return Config.model_validate(data)

@@ -1,0 +1,113 @@
+"""Config sections of what runs around the stages: preview, transport, recording,
+dashboard, limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from livepose.core.config._base import _Model
+
+
+class PreviewConfig(_Model):
+    """The small JPEG preview stream of every camera."""
+
+    fps: float = Field(10.0, gt=0, le=15)
+    scale: float = Field(0.5, gt=0, le=1)
+    jpeg_quality: int = Field(70, ge=10, le=95)
+
+
+class TransportConfig(_Model):
+    """How processes reach each other. ``ipc`` on one host; ``tcp`` across hosts."""
+
+    kind: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"
+    base_port: int = Field(0, ge=0, le=65000, description="0: pick free ports")
+    ipc_dir: Path | None = None
+    frame_hwm: int = Field(64, ge=1, description="PUB high-water mark for frames (messages)")
+    frames: Literal["auto", "zmq", "shm"] = Field(
+        "auto",
+        description="how frame pixels travel: 'shm' a frame ring in /dev/shm with headers over "
+        "ZeroMQ (one host), 'zmq' inside the messages; 'auto' = shm with kind ipc",
+    )
+    shm_slots: int | None = Field(
+        None, ge=4, le=4096,
+        description="frames per camera ring (how far a subscriber may fall behind); "
+        "default: half a second of frames, at least 16",
+    )
+    follow_rings: bool = Field(
+        True,
+        description="inference workers take same-host frames straight from the rings, woken "
+        "by a futex doorbell (Linux), instead of from the ZeroMQ headers; false: headers "
+        "over ZeroMQ only",
+    )
+
+    @model_validator(mode="after")
+    def _shm_needs_one_host(self) -> TransportConfig:
+        if self.frames == "shm" and self.kind != "ipc":
+            raise ValueError("frames: 'shm' needs every process on one host (kind: ipc); "
+                             "use 'zmq' or 'auto' with kind: tcp")
+        return self
+
+    def ring_slots(self, fps: float) -> int:
+        """Slots per camera ring: ``shm_slots``, else half a second of frames (≥ 16)."""
+        return self.shm_slots or max(16, min(1024, round(fps / 2)))
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_asked(cls, v: str) -> str:
+        if not v:
+            raise ValueError("host must not be empty")
+        return v
+
+
+class RecordingConfig(_Model):
+    """Session recording (see docs/recording.md).
+
+    ``codec``: ``ffv1`` (bit-exact lossless, default), ``h264`` (libx264; ``crf`` and
+    ``preset``, or ``lossless: true`` for ``qp 0``), ``h264_nvenc``/``hevc_nvenc`` (NVIDIA
+    GPU) or ``raw`` (frames dumped as they are, for the highest rates).
+    """
+
+    enabled: bool = Field(False, description="record from pulse 0 (livepose run --record)")
+    dir: Path = Path("sessions")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]+$", description="session name; default: config name"
+    )
+    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw"] = "ffv1"
+    crf: int = Field(18, ge=0, le=51, description="h264: constant rate factor")
+    preset: str = Field("ultrafast", description="h264: x264 preset (nvenc: p1…p7)")
+    lossless: bool = Field(False, description="h264: qp 0 (lossless), ignores crf")
+    threads: int = Field(2, ge=1, le=16, description="encoder threads per camera")
+    keyframe_s: float = Field(0.5, gt=0, le=10, description="keyframe interval (crash safety)")
+    queue_s: float = Field(2.0, gt=0, le=60, description="writer queue bound, seconds of frames")
+    checksum: Literal["xxh3", "crc32", "none"] = "xxh3"
+    predictions: bool = Field(True, description="write 2D/3D predictions (recorder process)")
+
+
+class DashboardConfig(_Model):
+    """The web dashboard (see docs/dashboard.md). It binds to loopback unless ``host`` says
+    otherwise, and then a ``token`` is required (clients pass ``?token=…`` or
+    ``Authorization: Bearer …``)."""
+
+    enabled: bool = Field(True, description="start it with `livepose run`/`demo`")
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535, description="0: any free port")
+    token: str | None = Field(None, min_length=8, description="required off loopback")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> DashboardConfig:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            raise ValueError(
+                f"dashboard.host {self.host!r} is not loopback: set dashboard.token "
+                "(at least 8 characters) or bind to 127.0.0.1"
+            )
+        return self
+
+
+class LimitsConfig(_Model):
+    """Upper bounds for decoding messages."""
+
+    max_frame_bytes: int = Field(64 * 1024 * 1024, gt=0)

@@ -1,0 +1,180 @@
+"""Config sections of the pipeline stages: sim rig, trigger, model, fusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from livepose.core.config._base import _Model
+
+
+class SimConfig(_Model):
+    """The simulated rig: an articulated rodent in a round arena, seen by the sim cameras."""
+
+    seed: int = 0
+    width: int = Field(320, ge=64, le=4096)
+    height: int = Field(256, ge=64, le=4096)
+    arena_diameter_mm: float = Field(400.0, gt=50)
+    camera_distance_mm: float = Field(520.0, gt=100)
+    camera_elevation_deg: float = Field(48.0, gt=5, lt=90)
+    focal_px: float | None = Field(None, gt=10, description="default: ~0.95 × width")
+    distortion_k1: float = -0.18
+    noise_std: float = Field(2.0, ge=0, description="sensor noise, grey levels")
+    speed_mm_s: float = Field(120.0, ge=0, description="typical running speed")
+
+
+class TriggerConfig(_Model):
+    """Where trigger pulses come from. ``software``: livepose's own clock process;
+    ``serial``: a trigger box (``firmware/triggerbox``) on a serial port emits the pulses
+    at ``fps`` and the cameras are hardware-triggered."""
+
+    source: Literal["software", "serial"] = "software"
+    port: str | None = Field(None, description="serial: the device, e.g. /dev/ttyACM0")
+    baud: int = Field(115200, gt=0)
+    pulse_width_us: int = Field(100, ge=1, le=100_000)
+    timeout_s: float = Field(2.0, gt=0, description="serial: reply timeout")
+
+    @model_validator(mode="after")
+    def _port_for_serial(self) -> TriggerConfig:
+        if self.source == "serial" and not self.port:
+            raise ValueError("trigger.port is required when trigger.source is 'serial'")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class CropConfig(_Model):
+    """3D-guided crops (docs/inference.md): each view gets a crop of ``size`` frame pixels
+    around the fused pose predicted to its frame time and projected into the camera; the
+    whole (resized) frame while the track is lost."""
+
+    enabled: bool = False
+    size: tuple[int, int] | None = Field(
+        None, description="[width, height] in frame pixels; default: the model input size "
+        "(native resolution)"
+    )
+    margin: float = Field(
+        16.0, ge=0, description="frame pixels added on every side of the projected keypoints' "
+        "bounding box (a crop grows, keeping its aspect, when the box does not fit)"
+    )
+    max_age_s: float = Field(
+        0.25, gt=0, description="full frame when the last fused pose is older than this"
+    )
+    min_keypoints: int = Field(
+        3, ge=1, description="full frame when fewer fused keypoints are known (or, per view, "
+        "project inside the frame)"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 8 or v[1] < 8):
+            raise ValueError(f"crop size must be at least 8×8 pixels, got {list(v)}")
+        return v
+
+
+class ModelConfig(_Model):
+    """The 2D keypoint model run by the inference workers."""
+
+    path: str = Field(
+        "default", description="'default' (bundled sim-rig model), a model folder, an .onnx "
+        "file, a TensorRT engine (.engine/.plan) or a TorchScript/exported program (.pt/.pt2)"
+    )
+    manifest: Path | None = Field(None, description="default: manifest.yaml next to the model")
+    engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
+        "auto", description="auto: by the model file's suffix (.onnx → onnxruntime, "
+        ".engine/.plan → tensorrt, .pt/.pt2 → torch)"
+    )
+    providers: list[str] | Literal["auto"] = Field(
+        ["CPUExecutionProvider"], description="onnxruntime execution providers, best first, or "
+        "'auto' (TensorRT, CUDA, CPU: the best available)"
+    )
+    allow_cpu_fallback: bool = Field(
+        False, description="run on CPU when a requested GPU provider/device is missing"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="torch engine: auto = CUDA when present, else CPU"
+    )
+    fp16: bool = Field(True, description="TensorRT (provider and native engine): build in fp16")
+    cache_dir: Path | None = Field(
+        None, description="TensorRT engine and timing cache (default: ~/.cache/livepose/trt)"
+    )
+    intra_op_threads: int = Field(2, ge=0, description="0 = ONNX Runtime's default")
+    workers: int = Field(1, ge=1, le=16)
+    crop: CropConfig = CropConfig()
+
+
+class KalmanConfig(_Model):
+    """Motion model and track life of the per-keypoint filters (units: mm, s). The linear
+    filter (``fusion.filter: kf``) uses all of it; the EKF (``ekf``) uses the motion model,
+    ``max_gap_s``, ``init_speed_mm_s`` and ``init_accel_mm_s2`` (its measurement side is
+    ``fusion.ekf``)."""
+
+    enabled: bool = Field(True, description="false = no filter (same as fusion.filter: none)")
+    model: Literal["cv", "ca"] = Field(
+        "cv", description="constant velocity (white acceleration) or constant acceleration "
+        "(white jerk)"
+    )
+    accel_noise_mm_s2: float = Field(
+        3.0e5, gt=0, description="cv: white-acceleration spectral density (mm²/s³)"
+    )
+    jerk_noise_mm_s3: float = Field(
+        2.0e8, gt=0, description="ca: white-jerk spectral density (mm²/s⁵)"
+    )
+    init_accel_mm_s2: float = Field(
+        20000.0, gt=0, description="ca: σ of the unknown acceleration at (re-)initialisation"
+    )
+    meas_noise_mm: float = Field(2.5, gt=0, description="σ of a triangulated point")
+    max_gap_s: float = Field(0.5, gt=0, description="re-initialise after this long without data")
+    reinit_after_s: float | None = Field(
+        0.03, ge=0, description="re-initialise when the measurement (kf: the triangulated "
+        "point; ekf: the triangulation's views, which agree among themselves) disagreed with the "
+        "track this long; null: only after max_gap_s"
+    )
+    gate_sigma: float = Field(6.0, gt=0, description="reject measurements beyond this many σ")
+    init_speed_mm_s: float = Field(
+        1000.0, gt=0, description="σ of the unknown velocity when a keypoint is (re-)initialised"
+    )
+    measurement_variance: Literal["fixed", "triangulation"] = Field(
+        "triangulation",
+        description="R per axis: 'fixed' = meas_noise_mm²; 'triangulation' = the triangulation's "
+        "own variance estimate (geometry, views used, reprojection error)",
+    )
+
+
+class EKFConfig(_Model):
+    """The EKF's measurement side: every 2D view is a measurement with σ = pixel_noise_px /
+    confidence (plus the ensemble variance offline), tested against the prediction."""
+
+    gate_sigma: float = Field(
+        5.0, gt=0, description="drop a view whose innovation exceeds this Mahalanobis distance"
+    )
+    inflate_sigma: float = Field(
+        4.0, gt=0, description="inflate a view's variance by (d / inflate_sigma)² beyond this"
+    )
+    consensus_after_s: float = Field(
+        0.02, ge=0, description="when the triangulation (views that agree among themselves) "
+        "disagrees with the track this long, update with its views instead of gating them"
+    )
+
+
+class FusionConfig(_Model):
+    """Triangulation and filtering."""
+
+    min_views: int = Field(2, ge=2)
+    likelihood_threshold: float = Field(0.3, ge=0, le=1)
+    reproj_threshold_px: float = Field(12.0, gt=0)
+    pixel_noise_px: float = Field(
+        1.0, gt=0, description="σ of a 2D keypoint at confidence 1 (floor of the 3D variance)"
+    )
+    filter: Literal["none", "kf", "ekf"] = Field(
+        "ekf",
+        description="none: triangulation only; kf: linear Kalman filter on the triangulated "
+        "points; ekf: extended Kalman filter on the 2D observations (see docs/fusion.md)",
+    )
+    kalman: KalmanConfig = KalmanConfig()
+    ekf: EKFConfig = EKFConfig()
+    lead_ms: float = Field(0.0, ge=0, le=500)

@@ -1,0 +1,251 @@
+"""The supervisor's side of recording: sessions, the ``record`` topic, the control server.
+
+The supervisor binds two sockets for it (before any stage starts):
+
+- ``record`` (PUB): run-time start/stop messages to the cameras and the recorder process
+  (:func:`livepose.kit.session.encode_record_control`);
+- ``control`` (REP): JSON requests from the CLI or the dashboard, one JSON reply each::
+
+    {"cmd": "status"}                           -> {"ok": true, "recording": …, "session": …}
+    {"cmd": "record_start", "name": "trial1"}   -> {"ok": true, "session": DIR, "first_frame": N}
+    {"cmd": "record_stop"}                      -> {"ok": true, "session": DIR, "last_frame": N}
+    {"cmd": "event", "kind": "laser_on", …}     -> {"ok": true}   (closed-loop events)
+
+  A failed request answers ``{"ok": false, "error": "…"}``.
+
+A run-time start records from ``first_frame`` = the trigger's pulse count + ``LEAD_S`` of
+pulses, so every camera starts at the same frame_id (the health-reported count is at most
+0.5 s old). At the end of a run (or after ``record_stop``) the session status is decided
+from the cameras' writer summaries: ``complete``, ``incomplete`` (a process died, frames not
+recorded) or ``failed`` (a writer error such as a full disk).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from livepose.core import protocol
+from livepose.core.config import Config
+from livepose.core.control import encode_record_control
+from livepose.core.modelinfo import model_keypoints
+from livepose.kit.session import (
+    EventLog,
+    Session,
+    create_session,
+    read_status,
+    video_dir,
+    write_status,
+)
+
+
+class Supervised(Protocol):
+    """What the session control needs of its supervisor
+    (:class:`livepose.runtime.supervisor.Supervisor`)."""
+
+    cfg: Config
+    endpoints: dict[str, str]
+    health: dict[str, protocol.Health]
+    run_dir: Path
+    zctx: zmq.Context[Any]
+    calibration: str
+
+log = logging.getLogger(__name__)
+
+LEAD_S = 1.0
+WATCHED = ("dropped", "duplicates", "rec_queue_full", "rec_lost", "rec_errors", "late_pulses",
+           "incomplete", "device_lost")
+
+
+class Recording:
+    """Session state of one supervisor (see the module docstring)."""
+
+    def __init__(self, sup: Supervised) -> None:
+        self.sup = sup
+        self.session: Session | None = None
+        self.keypoints: list[str] = []
+        self.pub: zmq.Socket[Any] | None = None
+        self.rep: zmq.Socket[Any] | None = None
+        self.died: list[str] = []
+        self._seen: dict[tuple[str, str], int] = {}
+        self._errors: dict[str, str | None] = {}
+        self._pending: float | None = None  # deadline of a run-time stop's finalisation
+        self.last: dict[str, Any] | None = None  # the status of the last session closed
+
+    # ------------------------------------------------------------------ setup
+    def bind(self) -> dict[str, Any] | None:
+        """Bind ``record``/``control``; create the launch session if recording is enabled.
+
+        Returns the ``record`` argument of the cameras and recorder (``None``: not yet).
+        """
+        cfg, eps = self.sup.cfg, self.sup.endpoints
+        self.keypoints = model_keypoints(cfg)[0]
+        self.pub = self._bind(zmq.PUB, "record")
+        self.rep = self._bind(zmq.REP, "control", eps.get("control"))
+        if not cfg.recording.enabled:
+            return None
+        self._create(cfg.recording.name or cfg.name)
+        assert self.session is not None
+        return {"session": str(self.session.path), "frame": 0}
+
+    def _bind(self, kind: int, role: str, ep: str | None = None) -> zmq.Socket[Any]:
+        s = self.sup.zctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        t = self.sup.cfg.transport
+        if ep is None:
+            ep = (f"ipc://{self.sup.run_dir / role}.sock" if t.kind == "ipc"
+                  else f"tcp://{t.host}:*")
+        s.bind(ep)
+        self.sup.endpoints[role] = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        return s
+
+    def _create(self, name: str) -> None:
+        from livepose.acquisition.encoders import check_codec
+
+        check_codec(self.sup.cfg.recording)
+        calib = Path(self.sup.calibration) if self.sup.calibration else None
+        self.session = create_session(self.sup.cfg.recording.dir, name, self.sup.cfg, calib)
+        self._seen.clear()
+        self.session.events.emit("session_start", name=name, path=str(self.session.path))
+
+    # ------------------------------------------------------------------ run time
+    def start(self, name: str) -> dict[str, Any]:
+        """Start recording now (run time); the session begins ``LEAD_S`` ahead."""
+        if self.session is not None:
+            raise RuntimeError(f"already recording into {self.session.path}")
+        self._create(name)
+        assert self.session is not None and self.pub is not None
+        first = self._pulses() + math.ceil(self.sup.cfg.fps * LEAD_S)
+        self.pub.send_multipart(encode_record_control("start", self.session.path, first))
+        return {"session": str(self.session.path), "first_frame": first}
+
+    def stop(self) -> dict[str, Any]:
+        """Stop recording (run time); the status is written once every writer closed."""
+        if self.session is None:
+            raise RuntimeError("not recording")
+        assert self.pub is not None
+        last = self._pulses() + math.ceil(self.sup.cfg.fps * LEAD_S)
+        self.pub.send_multipart(encode_record_control("stop", None, last))
+        self._pending = time.monotonic() + LEAD_S + 30.0
+        return {"session": str(self.session.path), "last_frame": last}
+
+    def _pulses(self) -> int:
+        h = self.sup.health.get("trigger")
+        return int(h.counters.get("pulses", 0)) if h else 0
+
+    def on_health(self, msg: protocol.Health) -> None:
+        """Turn counter increases and new errors into events."""
+        if self.session is None:
+            return
+        ev = self.session.events
+        for key in WATCHED:
+            total = int(msg.counters.get(key, 0))
+            before = self._seen.get((msg.proc, key), 0)
+            if total > before:
+                ev.emit(key, proc=msg.proc, delta=total - before, total=total)
+            self._seen[(msg.proc, key)] = total
+        if msg.last_error and msg.last_error != self._errors.get(msg.proc):
+            ev.emit("error", proc=msg.proc, error=msg.last_error)
+        self._errors[msg.proc] = msg.last_error
+
+    def on_died(self, name: str, exitcode: int | None, error: str | None) -> None:
+        """A stage process died while running."""
+        self.died.append(name)
+        if self.session is not None:
+            self.session.events.emit("process_died", proc=name, exitcode=exitcode, error=error)
+
+    def poll(self) -> None:
+        """Serve control requests; finish a pending run-time stop."""
+        while self.rep is not None:
+            try:
+                raw = self.rep.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.rep.send(json.dumps(self._handle(raw), default=str).encode())
+        if self._pending is not None and (self._closed() or time.monotonic() > self._pending):
+            self.finalize()
+
+    def _handle(self, raw: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(raw)
+            if not isinstance(req, dict):
+                raise ValueError("the request must be a JSON object")
+            cmd = req.get("cmd")
+            if cmd == "status":
+                return {"ok": True, **self.status()}
+            if cmd == "record_start":
+                return {"ok": True, **self.start(str(req.get("name") or self.sup.cfg.name))}
+            if cmd == "record_stop":
+                return {"ok": True, **self.stop()}
+            if cmd == "event":
+                if self.session is None:
+                    raise RuntimeError("not recording")
+                fields = {k: v for k, v in req.items() if k not in ("cmd", "kind")}
+                self.session.events.emit(str(req.get("kind") or "event"), via="control", **fields)
+                return {"ok": True}
+            raise ValueError(f"unknown cmd {cmd!r}; allowed: status, record_start, "
+                             "record_stop, event")
+        except Exception as exc:  # every failure is the requester's answer, never a crash
+            return {"ok": False, "error": str(exc)}
+
+    def status(self) -> dict[str, Any]:
+        """What ``{"cmd": "status"}`` answers."""
+        procs = {n: h.state for n, h in self.sup.health.items()}
+        s = self.session
+        return {"recording": s is not None and self._pending is None,
+                "session": str(s.path) if s else None, "processes": procs,
+                "codec": self.sup.cfg.recording.codec}
+
+    # ------------------------------------------------------------------ end
+    def _closed(self) -> bool:
+        s = self.session
+        return s is not None and all(
+            (video_dir(s.path) / f"{c}.json").exists() for c in self.sup.cfg.camera_names)
+
+    def finalize(self) -> dict[str, Any] | None:
+        """Decide and write the session status (after the writers closed). Returns it."""
+        s, self.session, self._pending = self.session, None, None
+        if s is None:
+            return None
+        state, reasons = "complete", []
+        frames: dict[str, Any] = {}
+        for cam in self.sup.cfg.camera_names:
+            try:
+                summ = json.loads((video_dir(s.path) / f"{cam}.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                state = "incomplete" if state == "complete" else state
+                reasons.append(f"{cam}: the video writer did not close")
+                continue
+            frames[cam] = summ.get("frames_recorded")
+            if summ.get("error"):
+                state = "failed"
+                reasons.append(str(summ["error"]))
+            elif summ.get("frames_lost"):
+                state = "incomplete" if state == "complete" else state
+                reasons.append(f"{cam}: {summ['frames_lost']} frame(s) not recorded")
+        if self.died:
+            state = "incomplete" if state == "complete" else state
+            reasons.append(f"process(es) died: {', '.join(self.died)}")
+        try:
+            write_status(s.path, state, "; ".join(reasons) or None, frames=frames)
+        except OSError as exc:
+            log.error("%s: cannot write status.json: %s", s.path, exc)
+        EventLog(s.path / "events.jsonl", "supervisor").emit("session_stop", state=state)
+        try:
+            self.last = {**read_status(s.path), "path": str(s.path)}
+        except Exception:  # a status we could not write must not hide the run's result
+            self.last = {"state": state, "reason": "; ".join(reasons), "path": str(s.path)}
+        return self.last
+
+    def close(self) -> None:
+        """Close the sockets."""
+        for s in (self.pub, self.rep):
+            if s is not None:
+                s.close(0)
+        self.pub = self.rep = None

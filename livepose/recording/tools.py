@@ -1,0 +1,239 @@
+"""Working with a recorded session: repair, replay, export for the offline tools.
+
+- :func:`repair` finalises what a killed run left (``livepose session repair DIR``);
+- :func:`replay_config` turns a session into a config whose cameras replay its videos
+  (``livepose replay DIR``);
+- :func:`export_eks` writes the folder ``eks multicam`` reads (``livepose export eks``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from livepose.core.config import Config, parse_config
+from livepose.core.errors import UserError
+from livepose.kit.session import (
+    EventLog,
+    SessionError,
+    pose2d_path,
+    pose3d_path,
+    read_status,
+    video_dir,
+    write_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+def session_config(session: Path) -> Config:
+    """The resolved config a session was recorded with."""
+    p = session / "config.yaml"
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise SessionError(f"{session}: not a livepose session (no config.yaml)") from None
+    return parse_config(data, source=str(p))
+
+
+def _video_of(session: Path, cam: str) -> Path | None:
+    for ext in ("mkv", "raw"):
+        p = video_dir(session) / f"{cam}.{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def _trim_torn_tail(path: Path) -> int:
+    """Cut a last line without its newline (a killed writer); return bytes removed."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep == len(data):
+        return 0
+    with path.open("r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
+def count_frames(video: Path) -> int:
+    """Frames that decode from a recorded video."""
+    from livepose.acquisition.encoders import iter_frames
+
+    return sum(1 for _ in iter_frames(video))
+
+
+def remux(video: Path) -> None:
+    """Rewrite a Matroska file packet by packet (adds the index and duration a killed
+    writer never wrote). The original is replaced only once the copy is complete."""
+    import av
+
+    tmp = video.with_name(video.name + ".remux.mkv")
+    with av.open(str(video)) as inp, av.open(str(tmp), "w", format="matroska") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        for k, v in s_in.metadata.items():
+            s_out.metadata[k] = v
+        try:
+            for pkt in inp.demux(s_in):
+                if pkt.dts is None or pkt.size == 0:
+                    continue
+                pkt.stream = s_out
+                out.mux(pkt)
+        except av.error.InvalidDataError:
+            pass  # the torn end of a killed writer
+    tmp.replace(video)
+
+
+def repair(session: Path) -> dict[str, Any]:
+    """Finalise a session a killed or failed run left behind.
+
+    Cuts torn last lines of every CSV, remuxes each Matroska video (index, duration), writes
+    a missing writer summary from what decodes, writes ``pose3d.trc`` from ``pose3d.csv``
+    and sets the status (a ``recording`` left open becomes ``incomplete``).
+
+    Returns
+    -------
+    dict
+        Per camera: frames decodable and frame-table rows marked recorded.
+    """
+    from livepose.recording.recorder import write_trc_from_csv
+
+    status = read_status(session)
+    cfg = session_config(session)
+    report: dict[str, Any] = {}
+    for cam in cfg.camera_names:
+        table = video_dir(session) / f"{cam}_frames.csv"
+        _trim_torn_tail(table)
+        rows = table.read_text().splitlines()[1:] if table.exists() else []
+        recorded = sum(1 for r in rows if r.split(",")[2:3] == ["1"])
+        video = _video_of(session, cam)
+        decoded = 0
+        if video is not None:
+            if video.suffix == ".mkv":
+                try:
+                    remux(video)
+                except Exception as exc:  # a file too damaged to remux is still reported
+                    log.warning("%s: not remuxed (%s)", video, exc)
+            decoded = count_frames(video)
+        report[cam] = {"video": video.name if video else None, "frames_decodable": decoded,
+                       "frames_in_table": recorded,
+                       "table_rows_not_in_video": max(0, recorded - decoded)}
+        summ = video_dir(session) / f"{cam}.json"
+        if not summ.exists():
+            summ.write_text(json.dumps({"cam": cam, "frames_recorded": decoded,
+                                        "closed": False, "repaired": True}, indent=2))
+    for p in [*sorted((session / "pose2d").glob("*.csv")), pose3d_path(session),
+              pose3d_path(session).with_name("pose3d_var.csv")]:
+        _trim_torn_tail(p)
+    trc = write_trc_from_csv(session, cfg.fps)
+    report["trc"] = trc.name if trc else None
+    state, reason = status["state"], status.get("reason")
+    if state == "recording":
+        state = "incomplete"
+        reason = "the recording process ended without closing the session"
+    write_status(session, state, reason, repaired=report)
+    EventLog(session / "events.jsonl", "repair").emit("repaired", state=state)
+    return report
+
+
+def replay_config(session: Path, fps: float | None = None) -> tuple[Config, int]:
+    """A config whose cameras are the session's videos (``video`` backend).
+
+    Returns
+    -------
+    cfg, frames
+        The config (recording off) and the number of frames every camera has.
+    """
+    from livepose.acquisition.encoders import iter_frames
+
+    cfg = session_config(session)
+    data = cfg.model_dump(mode="json")
+    cams = []
+    frames = None
+    for cam in cfg.camera_names:
+        video = _video_of(session, cam)
+        if video is None or video.suffix != ".mkv":
+            raise SessionError(f"{session}: camera {cam!r} has no replayable video (.mkv)")
+        n = sum(1 for _ in iter_frames(video))
+        frames = n if frames is None else min(frames, n)
+        cams.append({"backend": "video", "name": cam, "path": str(video)})
+    data["cameras"] = cams
+    data["calibration"] = str(session / "calibration.toml")
+    data["recording"] = {**data["recording"], "enabled": False}
+    if fps is not None:
+        data["fps"] = fps
+    return parse_config(data, source=str(session / "config.yaml")), int(frames or 0)
+
+
+def export_eks(session: Path, out: Path) -> list[Path]:
+    """Write ``out/<session>_<cam>.csv`` (2D per camera) and ``out/calibration.toml``.
+
+    ``eks multicam`` finds each camera's file by its name appearing in the file name, so a
+    camera name contained in another (``cam1``/``cam10``) is refused.
+    """
+    cfg = session_config(session)
+    names = cfg.camera_names
+    clash = [(a, b) for a in names for b in names if a != b and a in b]
+    if clash:
+        raise UserError(f"camera name {clash[0][0]!r} is part of {clash[0][1]!r}: eks would "
+                        "mix their files; rename the cameras")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cam in names:
+        src = pose2d_path(session, cam)
+        if not src.exists():
+            raise SessionError(f"{src}: no 2D predictions for camera {cam!r}")
+        dst = out / f"{session.name}_{cam}.csv"
+        shutil.copyfile(src, dst)
+        written.append(dst)
+    calib = session / "calibration.toml"
+    if not calib.exists():
+        raise SessionError(f"{calib}: the session has no calibration")
+    shutil.copyfile(calib, out / "calibration.toml")
+    return [*written, out / "calibration.toml"]
+
+
+def fuse_only_session(session: Path, out: Path | None = None) -> Path:
+    """Re-run fusion on a session's recorded 2D (the live fusion code, frame by frame).
+
+    Writes ``pose3d.csv``, ``pose3d_var.csv`` and ``pose3d.trc`` into ``out`` (default
+    ``<session>/refused/``) and returns the CSV path. Fusion settings come from the session's
+    config; edit ``config.yaml`` there (or copy the session) to try others.
+    """
+    import time
+
+    import numpy as np
+
+    from livepose.core import protocol
+    from livepose.core.calibration import read_calibration
+    from livepose.formats.dlc import read_dlc_csv
+    from livepose.fusion.process import Fuser
+    from livepose.recording.recorder import PredictionWriter
+
+    cfg = session_config(session)
+    cams = cfg.camera_names
+    tables = [read_dlc_csv(pose2d_path(session, c)) for c in cams]
+    T = min(t.points.shape[0] for t in tables)
+    if T == 0:
+        raise SessionError(f"{session}: no recorded 2D predictions to fuse")
+    ids = [int(float(i)) for i in tables[0].index[:T]]
+    group = read_calibration(session / "calibration.toml", cams)
+    fuser = Fuser(group, cfg)
+    dest = out or session / "refused"
+    writer = PredictionWriter(dest, [], tables[0].keypoints, ids[0])
+    for k, fid in enumerate(ids):
+        pts = np.stack([t.points[k] for t in tables]).astype(np.float32)
+        if np.isnan(pts[..., :2]).all():
+            continue  # a frame-set the live run skipped
+        msg = protocol.Kp2d(frame_id=fid, cams=cams, model="replay", points=pts)
+        writer.on_kp2d(msg)  # confidences for the score column
+        writer.on_pose3d(fuser.fuse(msg, time.time_ns()))
+    writer.close(cfg.fps)
+    return pose3d_path(dest)

@@ -1,0 +1,157 @@
+"""Live measurement of a running pipeline: frame accounting, per-stage latency, 3D error.
+
+The monitor subscribes to the trigger clock (``trigger`` and, on a sim rig, ``truth``) and
+to ``pose3d``. Because every ``pose3d`` carries the frame-ids the inference workers skipped
+or abandoned, one subscriber can account for every triggered frame-set: each one must end
+up exactly once as *fused*, *skipped* or *incomplete* (a camera's frame missing).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import zmq
+
+from livepose.core import protocol
+from livepose.core.latency import STAGES, stage_latencies_ms
+from livepose.transport import codec
+
+WINDOW = 300
+
+
+def pct(values: Any, q: float) -> float | None:
+    """Percentile of a sequence, ``None`` if empty."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.percentile(a, q)) if a.size else None
+
+
+class Monitor:
+    """Collects what a run produced.
+
+    Parameters
+    ----------
+    endpoints
+        The run's endpoints (``trigger``, ``pose3d``).
+    zctx
+        ZeroMQ context of the calling process.
+    """
+
+    def __init__(self, endpoints: dict[str, str], zctx: zmq.Context[Any]) -> None:
+        self.sub = zctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
+        for t in (b"trigger", b"truth", b"pose3d"):
+            self.sub.setsockopt(zmq.SUBSCRIBE, t)
+        self.sub.connect(endpoints["trigger"])
+        self.sub.connect(endpoints["pose3d"])
+        self.decoder = codec.Decoder(expect=["trigger", "truth", "pose3d"])
+        self.triggered: set[int] = set()
+        self.t_first_trigger: int | None = None
+        self.t_last_trigger: int | None = None
+        self.truth: dict[int, np.ndarray] = {}
+        self.fused: list[int] = []
+        self.skipped: list[int] = []
+        self.incomplete: list[int] = []
+        self.latency: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.overhead: list[float] = []
+        self.errors: list[np.ndarray] = []  # per fused frame: (J,) error in mm
+        self.recent_err: deque[float] = deque(maxlen=WINDOW)
+        self.recent_lat: dict[str, deque[float]] = {s: deque(maxlen=WINDOW) for s in STAGES}
+        self.fused_times: deque[int] = deque(maxlen=WINDOW)
+        self._pending_pose: dict[int, np.ndarray] = {}
+        self.keypoints: int | None = None
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        """Take in everything available; return the number of messages handled."""
+        n = 0
+        if not self.sub.poll(timeout_ms):
+            return 0
+        while True:
+            try:
+                parts = self.sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return n
+            n += 1
+            msg = self.decoder.decode(parts)
+            if isinstance(msg, protocol.Trigger):
+                self.triggered.add(msg.frame_id)
+                self.t_first_trigger = self.t_first_trigger or msg.t_trigger_ns
+                self.t_last_trigger = msg.t_trigger_ns
+            elif isinstance(msg, protocol.Truth):
+                self.truth[msg.frame_id] = np.array(msg.xyz)
+                pose = self._pending_pose.pop(msg.frame_id, None)
+                if pose is not None:
+                    self._score(msg.frame_id, pose)
+            elif isinstance(msg, protocol.Pose3d):
+                self._on_pose(msg)
+
+    def _on_pose(self, msg: protocol.Pose3d) -> None:
+        self.fused.append(msg.frame_id)
+        self.skipped.extend(msg.skipped)
+        self.incomplete.extend(msg.incomplete)
+        self.fused_times.append(msg.t_fused_ns)
+        self.keypoints = msg.xyz.shape[0]
+        lat = stage_latencies_ms(msg)
+        for k, v in lat.items():
+            self.latency[k].append(v)
+            self.recent_lat[k].append(v)
+        if "total" in lat and "inference" in lat:
+            self.overhead.append(lat["total"] - lat["inference"])
+        xyz = np.array(msg.xyz)
+        if msg.frame_id in self.truth:
+            self._score(msg.frame_id, xyz)
+        else:
+            self._pending_pose[msg.frame_id] = xyz
+
+    def _score(self, frame_id: int, xyz: np.ndarray) -> None:
+        err = np.linalg.norm(xyz - self.truth[frame_id], axis=1)
+        self.errors.append(err)
+        finite = err[np.isfinite(err)]
+        if finite.size:
+            self.recent_err.append(float(np.median(finite)))
+
+    # ------------------------------------------------------------------ results
+    def accounted(self) -> set[int]:
+        """Frame-ids that reached a final state."""
+        return set(self.fused) | set(self.skipped) | set(self.incomplete)
+
+    def accounting_ok(self) -> bool:
+        """Every triggered frame-set fused, skipped or incomplete — exactly once."""
+        all_ids = self.fused + self.skipped + self.incomplete
+        return len(all_ids) == len(set(all_ids)) and set(all_ids) == self.triggered
+
+    def fused_rate(self) -> float:
+        """Recent fused frame-sets per second."""
+        if len(self.fused_times) < 2:
+            return 0.0
+        span = (self.fused_times[-1] - self.fused_times[0]) / 1e9
+        return (len(self.fused_times) - 1) / span if span > 0 else 0.0
+
+    def error_stats(self) -> dict[str, float | None]:
+        """3D error over all fused keypoints with ground truth (mm)."""
+        if not self.errors:
+            return {"median": None, "p95": None, "max": None, "nan_fraction": None}
+        e = np.concatenate(self.errors)
+        finite = e[np.isfinite(e)]
+        return {
+            "median": pct(finite, 50),
+            "p95": pct(finite, 95),
+            "max": float(finite.max()) if finite.size else None,
+            "nan_fraction": float(1 - finite.size / e.size),
+        }
+
+    def latency_stats(self) -> dict[str, dict[str, float | None]]:
+        """p50/p99 per stage (ms)."""
+        return {k: {"p50": pct(v, 50), "p99": pct(v, 99)} for k, v in self.latency.items()}
+
+    def overhead_stats(self) -> dict[str, float | None]:
+        """Pipeline overhead = total − inference, per frame-set (ms)."""
+        ov = self.overhead
+        return {"p50": pct(ov, 50), "p99": pct(ov, 99), "max": pct(ov, 100)}
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sub.close(0)

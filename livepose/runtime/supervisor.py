@@ -1,0 +1,448 @@
+"""The supervisor: starts every stage as its own ``spawn`` process, wires the endpoints,
+watches health, reports a child that dies, and shuts everything down in order.
+
+Start order: consumers first (fusion, inference workers), then cameras; once all report
+``ready`` (cameras armed), the trigger clock starts. Stop order: trigger first (so no new
+frame-sets enter), then — after the caller let the pipeline drain — everything else with
+SIGTERM, then SIGKILL for anything still alive after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from livepose.core import protocol
+from livepose.core.config import Config, to_dict
+from livepose.core.control import encode_reshard
+from livepose.core.errors import UserError
+from livepose.kit.process import StageContext, child_entry
+from livepose.kit.realtime import PRIORITY
+from livepose.recording.control import Recording
+from livepose.runtime import stages
+from livepose.transport import codec, shmring
+from livepose.transport import endpoints as eps
+
+log = logging.getLogger(__name__)
+
+FUSION = stages.fusion
+INFER = stages.inference
+CAMERA = stages.camera
+TRIGGER = stages.trigger
+RECORDER = stages.recorder
+DASHBOARD = stages.dashboard
+#: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
+#: reaches it every ~0.5 s; the message reaches the workers within milliseconds)
+TAKEOVER_LEAD_S = 1.0
+
+
+class ProcessDied(RuntimeError):
+    """A stage process exited while the run was going."""
+
+    def __init__(self, name: str, exitcode: int | None, last_error: str | None) -> None:
+        detail = f"; last error: {last_error}" if last_error else ""
+        super().__init__(f"process {name!r} exited with code {exitcode}{detail}")
+        self.name = name
+        self.exitcode = exitcode
+
+
+@dataclass
+class ProcSpec:
+    """One stage process to start."""
+
+    name: str
+    target: Callable[[StageContext], None]
+    args: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False  # its death is logged and the run goes on (the dashboard)
+    nice: int = 0  # raise to run a consumer that is off the latency path at lower priority
+    rt: str | None = None  # its role in realtime.PRIORITY: SCHED_FIFO when cfg.realtime
+
+
+def plan(
+    cfg: Config,
+    calibration: str,
+    trigger_count: int | None = None,
+    record: dict[str, Any] | None = None,
+    keypoints: list[str] | None = None,
+    dashboard: dict[str, Any] | None = None,
+) -> list[ProcSpec]:
+    """The processes of a run, in start order (trigger last).
+
+    ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
+    launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
+    ``dashboard`` (``{"host", "port"}``) adds the web dashboard, a consumer only whose death
+    does not stop the run (see docs/dashboard.md).
+    """
+    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
+    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
+                       rt="inference")
+              for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
+    if keypoints is not None and cfg.recording.predictions:
+        specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
+                              nice=5))
+    if dashboard is not None:
+        args = {"calibration": calibration, **dashboard}
+        specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
+    specs += [
+        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}, rt="camera")
+        for i, c in enumerate(cfg.cameras)
+    ]
+    specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}, rt="trigger"))
+    return specs
+
+
+class Supervisor:
+    """Run the pipeline of a config.
+
+    Parameters
+    ----------
+    cfg
+        Validated config.
+    run_dir
+        Working folder (ipc sockets, generated calibration); a temporary one by default,
+        removed at :meth:`close`.
+    trigger_count
+        Stop the trigger after this many pulses (``None``: until stopped).
+    log_level
+        Logging level inside the stage processes.
+    dashboard
+        Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
+        after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path | None = None,
+        trigger_count: int | None = None,
+        log_level: int = logging.WARNING,
+        dashboard: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self._own_dir = run_dir is None
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
+        self.trigger_count = trigger_count
+        self.log_level = log_level
+        self.endpoints: dict[str, str] = {}
+        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.health: dict[str, protocol.Health] = {}
+        self.exited: dict[str, int | None] = {}
+        self.zctx: zmq.Context[Any] = zmq.Context()
+        self._health_sub: zmq.Socket[Any] | None = None
+        self._decoder = codec.Decoder(expect=["health"])
+        self._mp = mp.get_context("spawn")
+        self.calibration = ""
+        self._stopping = False
+        self._poll_lock = threading.RLock()
+        #: inference workers that died while others took over their share (see sharding.py)
+        self.takeovers: list[dict[str, Any]] = []
+        self._specs: list[ProcSpec] = []
+        self.recording = Recording(self)
+        self.dashboard = dashboard
+        self.dashboard_url: str | None = None
+        self._dash_args: dict[str, Any] | None = None
+        self._health_relay: zmq.Socket[Any] | None = None
+
+    # ------------------------------------------------------------------ start
+    def preflight(self) -> None:
+        """Check everything a user can get wrong before any process starts (UserError)."""
+        facts = stages.prepare_acquisition(self.cfg, self.run_dir)
+        self.calibration = facts["calibration"]
+        stages.preflight_inference(self.cfg)
+        try:
+            if shmring.frames_in_shm(self.cfg.transport):
+                stale = shmring.remove_stale()  # rings of cameras killed with -9
+                if stale:
+                    log.info("removed %d stale frame ring(s) from %s", len(stale),
+                             shmring.SHM_DIR)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if self.dashboard:
+            self._dash_args = dashboard_address(self.cfg)
+            host = self._dash_args["host"]
+            self.dashboard_url = f"http://{'[' + host + ']' if ':' in host else host}:" \
+                f"{self._dash_args['port']}/"
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        """:meth:`launch` then :meth:`start_trigger`."""
+        self.launch(ready_timeout_s)
+        self.start_trigger(ready_timeout_s)
+
+    def launch(self, ready_timeout_s: float = 120.0) -> None:
+        """Preflight and start every stage but the trigger; wait until all are ready.
+
+        Subscribe your monitors after this and before :meth:`start_trigger`, so they see
+        pulse 0.
+        """
+        self.preflight()
+        self.endpoints = eps.resolve(self.cfg, self.run_dir)
+        self._health_sub = self.zctx.socket(zmq.SUB)
+        self._health_sub.setsockopt(zmq.LINGER, 0)
+        self._health_sub.setsockopt(zmq.RCVHWM, 100_000)
+        self._health_sub.setsockopt(zmq.SUBSCRIBE, b"health/")
+        self._health_sub.bind(self.endpoints["health"])
+        record = self.recording.bind()  # record/control sockets; the launch session
+        if self._dash_args is not None:
+            self._bind_health_relay()
+        self._specs = plan(
+            self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
+            self._dash_args,
+        )
+        for spec in self._specs[:-1]:
+            self._spawn(spec)
+        self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
+
+    def start_trigger(self, ready_timeout_s: float = 120.0) -> None:
+        """Start the trigger clock (after every other stage is ready)."""
+        time.sleep(0.2)  # let subscriptions settle (ZeroMQ's slow joiner)
+        self._spawn(self._specs[-1])
+        self.wait_state(["trigger"], "ready", ready_timeout_s)
+        if self.cfg.realtime:
+            refused = {n: h.info.get("sched") for n, h in self.health.items()
+                       if any(s.name == n and s.rt for s in self._specs)
+                       and not str(h.info.get("sched", "")).startswith("fifo")}
+            if refused:
+                log.warning("realtime: true, but these processes run on the ordinary "
+                            "scheduler: %s", refused)
+
+    def scheduling(self) -> dict[str, str]:
+        """How each process is scheduled (``fifo:<priority>`` or ``other``), from its ready
+        message."""
+        return {n: str(h.info.get("sched", "?")) for n, h in self.health.items()}
+
+    def _spawn(self, spec: ProcSpec) -> None:
+        p = self._mp.Process(
+            target=child_entry,
+            name=spec.name,
+            args=(
+                spec.target,
+                spec.name,
+                to_dict(self.cfg),
+                self.endpoints,
+                spec.args,
+                self.log_level,
+                spec.nice,
+                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
+            ),
+        )
+        p.start()
+        self.procs[spec.name] = p
+
+    def wait_state(self, names: list[str], state: str, timeout_s: float) -> None:
+        """Wait until every named process has published ``state`` (or a later state)."""
+        order = ["starting", "ready", "running", "done", "stopping"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+
+            def reached(n: str) -> bool:
+                h = self.health.get(n)
+                return (
+                    h is not None
+                    and h.state in order
+                    and order.index(h.state) >= order.index(state)
+                )
+
+            gone = {n for n in self.exited if n in self._optional()}  # optional, died
+            missing = [n for n in names if not reached(n) and n not in gone]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"processes not {state} after {timeout_s:.0f} s: {missing}")
+            self.poll(0.05)
+
+    # ------------------------------------------------------------------ watch
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Take in health messages; raise :class:`ProcessDied` if a stage died unexpectedly.
+
+        Safe to call from several threads (a UI thread and the main loop): the supervisor's
+        sockets are used by one thread at a time (libzmq aborts the process otherwise).
+        """
+        with self._poll_lock:
+            self._poll(timeout_s)
+
+    def _poll(self, timeout_s: float) -> None:
+        sub = self._health_sub
+        if sub is not None and sub.poll(int(timeout_s * 1000)):
+            while True:
+                try:
+                    parts = sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = self._decoder.decode(parts)
+                if isinstance(msg, protocol.Health):
+                    self.health[msg.proc] = msg
+                    self.recording.on_health(msg)
+                    if self._health_relay is not None:
+                        with contextlib.suppress(zmq.Again):
+                            self._health_relay.send_multipart(parts, zmq.NOBLOCK)
+        self.recording.poll()
+        self._check_children()
+
+    def _check_children(self) -> None:
+        alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
+        if not alive:
+            return
+        for n, p in self.procs.items():
+            if n in self.exited or p.is_alive():
+                continue
+            p.join(0)
+            self.exited[n] = p.exitcode
+            if not self._stopping and n in self._optional():
+                log.error("%s exited with code %s; the run goes on without it", n, p.exitcode)
+            elif not self._stopping and self._take_over(n, p.exitcode):
+                pass
+            elif not self._stopping:
+                h = self.health.get(n)
+                self.recording.on_died(n, p.exitcode, h.last_error if h else None)
+                raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def _take_over(self, name: str, exitcode: int | None) -> bool:
+        """An inference worker died: hand its share to the survivors (True), if any."""
+        workers = self.cfg.model.workers
+        dead = [k for k in range(workers) if f"infer{k}" in self.exited]
+        if not name.startswith("infer") or len(dead) >= workers or self.recording.pub is None:
+            return False
+        alive = [k for k in range(workers) if k not in dead]
+        h = self.health.get("trigger")
+        newest = int(h.counters.get("pulses", 0)) if h else 0
+        from_id = newest + int(TAKEOVER_LEAD_S * self.cfg.fps) + 1
+        self.recording.pub.send_multipart(encode_reshard(alive, from_id))
+        err = self.health[name].last_error if name in self.health else None
+        log.error("%s exited with code %s (%s); workers %s take over its share from frame %d",
+                  name, exitcode, err or "no error reported", alive, from_id)
+        self.recording.on_died(name, exitcode, err)
+        self.takeovers.append({"dead": name, "exitcode": exitcode, "alive": alive,
+                               "from_frame": from_id, "error": err})
+        return True
+
+    def _optional(self) -> set[str]:
+        return {s.name for s in self._specs if s.optional}
+
+    def _bind_health_relay(self) -> None:
+        """A PUB re-publishing every health message (for the dashboard, which cannot bind
+        ``health``: the supervisor does). Drops at its high-water mark, never blocks."""
+        s = self.zctx.socket(zmq.PUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        t = self.cfg.transport
+        ep = f"ipc://{self.run_dir / 'health-relay'}.sock" if t.kind == "ipc" else f"tcp://{t.host}:*"
+        s.bind(ep)
+        self.endpoints["health/relay"] = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._health_relay = s
+
+    def counters(self, proc: str) -> dict[str, int]:
+        """Latest counters of a process (empty if none seen)."""
+        h = self.health.get(proc)
+        return dict(h.counters) if h else {}
+
+    # ------------------------------------------------------------------ stop
+    def stop_trigger(self, timeout_s: float = 5.0) -> None:
+        """Stop the trigger clock (no new frame-sets)."""
+        p = self.procs.get("trigger")
+        if p is not None and p.is_alive():
+            self._stopping = True
+            self._terminate("trigger", timeout_s)
+
+    def _terminate(self, name: str, timeout_s: float) -> None:
+        p = self.procs[name]
+        if p.is_alive() and p.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, 15)
+        p.join(timeout_s)
+        if p.is_alive():
+            log.warning("%s did not stop within %.1f s; killing it", name, timeout_s)
+            p.kill()
+            p.join(2.0)
+        self.exited[name] = p.exitcode
+
+    def stop(self, timeout_s: float = 5.0) -> dict[str, int | None]:
+        """Stop every process (trigger, cameras, inference, fusion); return exit codes."""
+        with self._poll_lock:  # no poll() in another thread while the sockets wind down
+            return self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> dict[str, int | None]:
+        self._stopping = True
+        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
+        writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
+        for name in order:
+            if name in self.procs:
+                self._terminate(name, max(timeout_s, 60.0) if name in writers else timeout_s)
+        self.recording.finalize()
+        return {n: self.exited.get(n) for n in self.procs}
+
+    def close(self) -> None:
+        """Stop everything and release sockets and the temporary folder."""
+        try:
+            self.stop()
+        finally:
+            if self._health_sub is not None:
+                self._health_sub.close(0)
+            if self._health_relay is not None:
+                self._health_relay.close(0)
+            self.recording.close()
+            self.zctx.destroy(linger=0)  # closes sockets a caller left open; never blocks
+            if self._own_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dashboard_address(cfg: Config) -> dict[str, Any]:
+    """``{"host", "port"}`` of the dashboard; port 0 becomes a free port, and so does the
+    default port when it is taken (a port set explicitly — config or ``--port`` — is kept).
+
+    Raises
+    ------
+    UserError
+        An explicitly chosen port is taken — names it and the way out.
+    """
+    import socket
+
+    d = cfg.dashboard
+    host, port = d.host, d.port
+    explicit = "port" in d.model_fields_set and port != 0
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if explicit:
+                raise UserError(
+                    f"dashboard: cannot listen on {host}:{port} ({exc.strerror}; another "
+                    "livepose running?); use --port N, or --no-dashboard"
+                ) from None
+            log.warning("dashboard: port %d is taken (%s); using a free port", port, exc.strerror)
+            s.bind((host, 0))
+        port = s.getsockname()[1]
+    return {"host": host, "port": port}
+
+
+def check_config_runnable(cfg: Config) -> None:
+    """Preflight a config without starting anything (``livepose check-config``)."""
+    tmp = Path(tempfile.mkdtemp(prefix="livepose-check-"))
+    try:
+        Supervisor(cfg, run_dir=tmp).preflight()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["ProcSpec", "ProcessDied", "Supervisor", "UserError", "check_config_runnable", "plan"]
