@@ -6,9 +6,10 @@ Run ``livepose demo`` in one terminal (it prints the pose3d endpoint), then
 
 import argparse
 
+from livepose.closedloop import ActionLog, ClosedLoop, Rule, Sphere
 from livepose.closedloop.actions import Callback, TTLPulse
-from livepose.closedloop.rules import ActionLog, ClosedLoop, Rule, Sphere, model_keypoints
 from livepose.core.config import load_default_config
+from livepose.core.modelinfo import model_keypoints
 
 ap = argparse.ArgumentParser()
 ap.add_argument("endpoint", help="the pose3d endpoint printed by livepose run/demo")

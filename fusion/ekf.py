@@ -19,11 +19,15 @@ scale of the distortion is neglected: a few percent at the image corners).
 2. gate: every view's squared Mahalanobis distance ``d² = νᵀ S⁻¹ ν`` (``ν = z - h(x⁻)``,
    ``S = H P⁻ Hᵀ + R``) against the *prediction*; a view with ``d > ekf.gate_sigma`` is
    dropped (reported in ``gated``);
-3. update with the accepted views one after the other (relinearising at the current
-   estimate); a view with ``d > ekf.inflate_sigma`` has its variance multiplied by
-   ``(d / inflate_sigma)²`` (a Huber-like down-weighting). One view constrains the two
-   directions across its ray, so a keypoint seen by a single camera is pulled onto that ray
-   while its depth keeps the prediction (and its variance).
+3. update once with all accepted views together, in information form: every view's
+   Jacobian and innovation, taken at the *prediction* (one linearisation point, no
+   re-linearisation between views), are summed into ``Hᵀ R⁻¹ H`` and ``Hᵀ R⁻¹ ν``, and the
+   posterior is ``P⁺ = (P⁻⁻¹ + Hᵀ R⁻¹ H)⁻¹``, ``x⁺ = x⁻ + P⁺ Hᵀ R⁻¹ ν``
+   (:func:`~livepose.fusion.ekf_model_nb._batch_update`). A view with
+   ``d > ekf.inflate_sigma`` has its variance multiplied by ``(d / inflate_sigma)²`` first (a
+   Huber-like down-weighting). One view constrains the two directions across its ray, so a
+   keypoint seen by a single camera is pulled onto that ray while its depth keeps the
+   prediction (and its variance).
 
 **Consensus.** Before the gate, the triangulation of the same views (valid when ≥
 ``min_views`` views agree within ``reproj_threshold_px``) is compared with the prediction.
@@ -200,7 +204,7 @@ class KeypointEKF:
             )
         self.n_gated += fuse_frame_nb(
             pts, zv, use, tri.P, tri.K, tri.dist, tri.fisheye, tri.likelihood_threshold,
-            tri.min_views, tri.reproj_threshold, tri.pixel_noise2, tri.fp_iters,
+            tri.min_views, tri.reproj_threshold, tri.pixel_noise2,
             run_filter, self.state, self.cov, self.initialised, self.since, self.lost,
             self.order, float(dt), self.q, self.max_gap, self.gate2, self.infl2,
             self.reinit_after, self.consensus_after, self.v0var, self.a0var, self.output_reproj,

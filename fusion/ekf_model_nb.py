@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from livepose.fusion.triangulate import undistort_point_nb
+from livepose.fusion.triangulate_nb import sym3_cofactors_nb
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -22,52 +22,6 @@ def _q1(i: int, k: int, n: int, dt: float) -> float:
     e = 2 * n - 1 - i - k  # power of dt
     den = (3.0, 2.0, 1.0)[i + k] if n == 2 else (20.0, 8.0, 3.0 if i == 1 else 6.0, 2.0, 1.0)[i + k]
     return dt**e / den
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def undistort_fast_nb(xd: float, yd: float, dist: np.ndarray, fisheye: bool) -> tuple[float, float]:
-    """Invert the pinhole distortion of :func:`livepose.core.camera.distort_nb` by Newton's method
-    with the analytic Jacobian, from the distorted point, to a residual ≤ 1e-14 (the same
-    criterion as :func:`livepose.fusion.triangulate.undistort_point_nb`, which it falls back
-    to for fisheye cameras and where Newton does not converge in 8 steps)."""
-    if fisheye:
-        return undistort_point_nb(xd, yd, dist, fisheye, 3, 8)
-    k1, k2, p1, p2, k3, k4, k5, k6 = (dist[0], dist[1], dist[2], dist[3], dist[4], dist[5],
-                                      dist[6], dist[7])
-    rational = k4 != 0.0 or k5 != 0.0 or k6 != 0.0
-    r2 = xd * xd + yd * yd  # start: one fixed-point step of the radial part
-    num = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    den = 1.0 + r2 * (k4 + r2 * (k5 + r2 * k6)) if rational else 1.0
-    x, y = xd * den / num, yd * den / num
-    if not (np.isfinite(x) and np.isfinite(y)):
-        x, y = xd, yd
-    for _ in range(8):
-        r2 = x * x + y * y
-        num = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        dnum = k1 + r2 * (2.0 * k2 + 3.0 * k3 * r2)
-        if rational:
-            den = 1.0 + r2 * (k4 + r2 * (k5 + r2 * k6))
-            dden = k4 + r2 * (2.0 * k5 + 3.0 * k6 * r2)
-            iden = 1.0 / den
-            rad = num * iden
-            drad = 2.0 * (dnum - rad * dden) * iden  # 2 · d rad / d r2
-        else:
-            rad = num
-            drad = 2.0 * dnum
-        ex = x * rad + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x) - xd
-        ey = y * rad + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y - yd
-        if abs(ex) + abs(ey) <= 1e-14:
-            return x, y
-        j00 = rad + x * x * drad + 2.0 * p1 * y + 6.0 * p2 * x
-        j01 = x * y * drad + 2.0 * p1 * x + 2.0 * p2 * y
-        j11 = rad + y * y * drad + 6.0 * p1 * y + 2.0 * p2 * x
-        det = j00 * j11 - j01 * j01
-        if not (abs(det) > 1e-12 and np.isfinite(det)):
-            break
-        idet = 1.0 / det
-        x -= (j11 * ex - j01 * ey) * idet
-        y -= (j00 * ey - j01 * ex) * idet
-    return undistort_point_nb(xd, yd, dist, fisheye, 3, 8)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -249,13 +203,7 @@ def _tri_distance2(
     d0, d1, d2 = tri_xyz[j, 0] - x[j, 0], tri_xyz[j, 1] - x[j, 1], tri_xyz[j, 2] - x[j, 2]
     m00, m01, m02 = Pc[j, 0, 0] + tri_cov[j, 0], Pc[j, 0, 1], Pc[j, 0, 2]
     m11, m12, m22 = Pc[j, 1, 1] + tri_cov[j, 1], Pc[j, 1, 2], Pc[j, 2, 2] + tri_cov[j, 2]
-    c00 = m11 * m22 - m12 * m12
-    c01 = m02 * m12 - m01 * m22
-    c02 = m01 * m12 - m02 * m11
-    c11 = m00 * m22 - m02 * m02
-    c12 = m01 * m02 - m00 * m12
-    c22 = m00 * m11 - m01 * m01
-    det = m00 * c00 + m01 * c01 + m02 * c02
+    c00, c01, c02, c11, c12, c22, det = sym3_cofactors_nb(m00, m01, m02, m11, m12, m22)
     if not det > 0.0:
         return 0.0
     q = (d0 * (c00 * d0 + c01 * d1 + c02 * d2) + d1 * (c01 * d0 + c11 * d1 + c12 * d2)

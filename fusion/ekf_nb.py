@@ -1,9 +1,11 @@
 """Compiled kernel of the EKF on 2D observations (see :mod:`livepose.fusion.ekf`).
 
 One call per frame-set does, per keypoint: undistort every usable view once
-(:func:`~livepose.fusion.ekf_model_nb.undistort_fast_nb`); triangulate (the steps of
-:func:`livepose.fusion.triangulate.triangulate_nb`, from the same undistorted points); then
-the filter's predict, per-view gate and update (:mod:`livepose.fusion.ekf_model_nb`).
+(:func:`livepose.core.camera.undistort_nb`); triangulate (:mod:`livepose.fusion.triangulate`'s
+steps, from the same undistorted points); then — unless ``run_filter`` is false — the
+filter's predict, per-view gate and one batched update (:mod:`livepose.fusion.ekf_model_nb`).
+This is the only triangulation kernel: :class:`~livepose.fusion.triangulate.Triangulator`,
+the ``none``/``kf`` filters, the benchmarks and the tests all run it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from livepose.core.camera import undistort_nb
 from livepose.fusion.ekf_model_nb import (
     _accumulate,
     _batch_update,
@@ -19,16 +22,15 @@ from livepose.fusion.ekf_model_nb import (
     _view_terms,
     predict_state_nb,
     process_noise_nb,
-    undistort_fast_nb,
 )
-from livepose.fusion.triangulate import _mean_reproj, _triangulate_dropping_views
+from livepose.fusion.triangulate_nb import _mean_reproj, _triangulate_dropping_views
 
 
 @nb.njit(cache=True, nogil=True)
 def fuse_frame_nb(
     pts: np.ndarray, zvar: np.ndarray, use_zvar: bool,
     P: np.ndarray, K: np.ndarray, dist: np.ndarray, fisheye: np.ndarray,
-    lth: float, min_views: int, reproj_thr: float, pixel_noise2: float, fp_iters: int,
+    lth: float, min_views: int, reproj_thr: float, pixel_noise2: float,
     run_filter: bool, x: np.ndarray, Pc: np.ndarray, init: np.ndarray, since: np.ndarray,
     lost: np.ndarray, n: int, dt: float, q: float, max_gap: float, gate2: float,
     infl2: float, reinit_after: float, consensus_after: float, v0var: float, a0var: float,
@@ -46,7 +48,7 @@ def fuse_frame_nb(
         e.g. an ensemble's; read when ``use_zvar``).
     P, K, dist, fisheye
         Cameras: ``(C, 3, 4)``, ``(C, 3, 3)``, ``(C, 8)``, ``(C,)``.
-    lth, min_views, reproj_thr, pixel_noise2, fp_iters
+    lth, min_views, reproj_thr, pixel_noise2
         Triangulation settings (see :mod:`livepose.fusion.triangulate`).
     x, Pc, init, since, lost
         Filter state ``(J, 9)``, ``(J, 9, 9)``, ``(J,)`` bool, ``(J,)`` s since the last
@@ -87,7 +89,7 @@ def fuse_frame_nb(
                 continue
             yd = (v - K[c, 1, 2]) / K[c, 1, 1]
             xd = (u - K[c, 0, 2] - K[c, 0, 1] * yd) / K[c, 0, 0]
-            xn[c], yn[c] = undistort_fast_nb(xd, yd, dist[c], fisheye[c])
+            xn[c], yn[c] = undistort_nb(xd, yd, dist[c], fisheye[c])
             vx = pixel_noise2 / (cf * cf)
             vy = vx
             if use_zvar:
@@ -104,7 +106,7 @@ def fuse_frame_nb(
             rys[c] = vy / (K[c, 1, 1] * K[c, 1, 1])
             mask |= 1 << c
             nv += 1
-        # ---- triangulation (triangulate_nb's steps 2-5)
+        # ---- triangulation (livepose.fusion.triangulate, steps 2-5)
         tmask, tn, err, X, Y, Z, i0, i1, i2, rss = _triangulate_dropping_views(
             mask, nv, min_views, reproj_thr, xn, yn, conf, P, K, wx, wy, pts, j, dist, fisheye
         )

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from livepose.core.protocol import Frame
+from livepose.core.sync import SpreadCheck, frame_time_ns
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ class FrameSetAssembler:
         self._skipped: list[int] = []
         self._incomplete: list[int] = []
         self.counters: Counter[str] = Counter()
-        self._desync_ns = None if desync_tolerance_ms is None else int(desync_tolerance_ms * 1e6)
-        #: largest cross-camera timestamp spread of a completed set, ns
-        self.max_spread_ns = 0
+        self._spread = SpreadCheck.from_ms(desync_tolerance_ms)
 
     def _share_floor(self, start_id: int) -> int:
         """The share frame-id just before the first share frame-id ≥ ``start_id``."""
@@ -170,12 +169,15 @@ class FrameSetAssembler:
     def _check_spread(self, fs: FrameSet) -> None:
         """Cross-camera spread of a complete set (exposure time if known, else grab time):
         above ``desync_tolerance_ms`` it counts ``desync`` (see :mod:`livepose.core.sync`)."""
-        ts = [f.t_exposure_ns if f.t_exposure_ns is not None else f.t_grab_ns
-              for f in fs.frames if f is not None]
-        spread = max(ts) - min(ts)
-        self.max_spread_ns = max(self.max_spread_ns, spread)
-        if self._desync_ns is not None and spread > self._desync_ns:
+        _, desync = self._spread.check(frame_time_ns(f.t_exposure_ns, f.t_grab_ns)
+                                       for f in fs.frames if f is not None)
+        if desync:
             self.counters["desync"] += 1
+
+    @property
+    def max_spread_ns(self) -> int:
+        """Largest cross-camera timestamp spread of a completed set, ns."""
+        return self._spread.max_spread_ns
 
     def _track_gap(self, cam: str, fid: int) -> None:
         last = self._last_seen.get(cam)

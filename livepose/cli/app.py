@@ -237,7 +237,7 @@ def _register_recording() -> None:
     register(app, err)
 
 
-_register_recording()  # session / replay / export commands (livepose/cli_session.py)
+_register_recording()  # session / replay / export commands (livepose/cli/session.py)
 
 
 def _register_model() -> None:
@@ -246,7 +246,16 @@ def _register_model() -> None:
     register(app, err)
 
 
-_register_model()  # model check / export / build-engine (livepose/cli_model.py)
+_register_model()  # model check / export / build-engine (livepose/cli/model.py)
+
+
+def _register_calibration() -> None:
+    from livepose.cli.calibration import register
+
+    register(app, err)
+
+
+_register_calibration()  # calibration import (livepose/cli/calibration.py)
 
 
 def _bench_group() -> typer.Typer:

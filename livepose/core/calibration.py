@@ -14,6 +14,8 @@ The format (written by Anipose/aniposelib, read by Lightning Pose, EKS and Pose2
     [metadata]
     adjusted = true
     error = 0.5
+    units = "mm"                     # optional (livepose): unit of translation; Anipose
+                                     # and aniposelib ignore unknown metadata keys
 
 Cameras are returned in the order of the names you ask for (the config's camera names),
 never in the text order of the section keys: aniposelib sorts ``cam_10`` before ``cam_2``.
@@ -40,6 +42,39 @@ class CalibrationError(UserError, ValueError):
 def _section_index(key: str) -> tuple[int, str]:
     tail = key.rsplit("_", 1)[-1]
     return (int(tail), key) if tail.isdigit() else (1 << 30, key)
+
+
+LENGTH_UNITS: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+"""Metres per unit, for ``[metadata] units``."""
+
+
+def read_calibration_units(path: str | Path) -> str | None:
+    """``[metadata] units`` of a calibration TOML (``"m"``, ``"cm"``, ``"mm"``), or ``None``.
+
+    ``None``: the file does not say (plain Anipose files: their unit is that of the
+    calibration board's square size).
+
+    Raises
+    ------
+    CalibrationError
+        Unreadable file, or a ``units`` value that is not in ``LENGTH_UNITS``.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise CalibrationError(f"{p}: calibration file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+    meta = data.get("metadata")
+    units = meta.get("units") if isinstance(meta, dict) else None
+    if units is None:
+        return None
+    if units not in LENGTH_UNITS:
+        raise CalibrationError(
+            f"{p}: [metadata].units = {units!r}; expected one of {sorted(LENGTH_UNITS)}"
+        )
+    return str(units)
 
 
 def read_calibration(path: str | Path, names: Sequence[str] | None = None) -> CameraGroup:
@@ -122,10 +157,19 @@ def _camera_from_section(p: Path, key: str, sec: dict[str, Any]) -> CameraModel:
 
 
 def write_calibration(
-    path: str | Path, cameras: CameraGroup | Sequence[CameraModel], error: float = 0.0
+    path: str | Path,
+    cameras: CameraGroup | Sequence[CameraModel],
+    error: float = 0.0,
+    units: str | None = None,
 ) -> Path:
-    """Write cameras as an Anipose calibration TOML (sections ``cam_0``… in the given order)."""
+    """Write cameras as an Anipose calibration TOML (sections ``cam_0``… in the given order).
+
+    ``units`` (a key of ``LENGTH_UNITS``) is stored as ``[metadata] units``; ``None`` writes
+    no unit, as before.
+    """
     p = Path(path)
+    if units is not None and units not in LENGTH_UNITS:
+        raise CalibrationError(f"{p}: units {units!r} not one of {sorted(LENGTH_UNITS)}")
     doc: dict[str, Any] = {}
     for i, c in enumerate(cameras):
         sec: dict[str, Any] = {
@@ -140,6 +184,8 @@ def write_calibration(
             sec["fisheye"] = True
         doc[f"cam_{i}"] = sec
     doc["metadata"] = {"adjusted": False, "error": float(error)}
+    if units is not None:
+        doc["metadata"]["units"] = units
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(tomli_w.dumps(doc))
     return p

@@ -10,12 +10,41 @@ clock, else ``t_grab_ns`` — and learns whether the spread of the set exceeds
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
 def frame_time_ns(t_exposure_ns: int | None, t_grab_ns: int) -> int:
     """The timestamp a frame is compared on: exposure if known, else grab."""
     return t_exposure_ns if t_exposure_ns is not None else t_grab_ns
+
+
+@dataclass
+class SpreadCheck:
+    """The desync verdict of one frame-set: spread of its timestamps against a tolerance.
+
+    Attributes
+    ----------
+    tolerance_ns
+        ``desync_tolerance_ms`` in ns; ``None``: never desync (spread still tracked).
+    max_spread_ns
+        Largest spread checked so far.
+    """
+
+    tolerance_ns: int | None
+    max_spread_ns: int = 0
+
+    @classmethod
+    def from_ms(cls, tolerance_ms: float | None) -> SpreadCheck:
+        """From ``desync_tolerance_ms`` (``None``: no tolerance)."""
+        return cls(None if tolerance_ms is None else int(tolerance_ms * 1e6))
+
+    def check(self, times_ns: Iterable[int]) -> tuple[int, bool]:
+        """``(spread_ns, desync)`` of one set's timestamps (at least one)."""
+        ts = list(times_ns)
+        spread = max(ts) - min(ts)
+        self.max_spread_ns = max(self.max_spread_ns, spread)
+        return spread, self.tolerance_ns is not None and spread > self.tolerance_ns
 
 
 @dataclass
@@ -35,17 +64,23 @@ class DesyncTracker:
     ----------
     counters
         ``sets``, ``desync``, ``incomplete``.
-    max_spread_ns
-        Largest spread seen over complete sets.
     """
 
     cameras: list[str]
     tolerance_ms: float
     max_pending: int = 1000
     counters: Counter[str] = field(default_factory=Counter)
-    max_spread_ns: int = 0
     spreads_ns: list[int] = field(default_factory=list)
     _pending: dict[int, dict[str, int]] = field(default_factory=dict)
+    _check: SpreadCheck = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._check = SpreadCheck.from_ms(self.tolerance_ms)
+
+    @property
+    def max_spread_ns(self) -> int:
+        """Largest spread seen over complete sets."""
+        return self._check.max_spread_ns
 
     def add(self, cam: str, frame_id: int, t_ns: int) -> bool | None:
         """Record one frame. Returns ``None`` until the set is complete, then its desync flag."""
@@ -58,11 +93,9 @@ class DesyncTracker:
                 self.counters["incomplete"] += 1
             return None
         del self._pending[frame_id]
-        spread = max(got.values()) - min(got.values())
+        spread, desync = self._check.check(got.values())
         self.spreads_ns.append(spread)
-        self.max_spread_ns = max(self.max_spread_ns, spread)
         self.counters["sets"] += 1
-        desync = spread > self.tolerance_ms * 1e6
         if desync:
             self.counters["desync"] += 1
         return desync

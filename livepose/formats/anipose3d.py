@@ -68,8 +68,53 @@ def var_path(path: str | Path) -> Path:
     return p.with_name(f"{p.stem}_var.csv")
 
 
+_EYE = ["1", "0", "0", "0", "1", "0", "0", "0", "1", "0", "0", "0"]  # M (identity), center (0)
+
+
 def _cell(v: float) -> str:
     return f"{v:.10g}" if np.isfinite(v) else ""
+
+
+def header(keypoints: Sequence[str]) -> list[str]:
+    """The header row for keypoint names ``keypoints`` (no ``,`` in a name)."""
+    names = list(keypoints)
+    if any("," in n for n in names):
+        raise ValueError("keypoint names must not contain ','")
+    return [f"{n}_{k}" for n in names for k in _FIELDS] + _EXTRA + ["fnum"]
+
+
+def row(fnum: int, xyz: np.ndarray, error: np.ndarray, ncams: np.ndarray,
+        score: np.ndarray) -> list[str]:
+    """One frame's row: ``xyz`` ``(J, 3)``, ``error``/``ncams``/``score`` ``(J,)``.
+
+    A keypoint with a non-finite coordinate is unknown: empty ``x, y, z, error``, ``ncams``
+    and ``score`` 0."""
+    out: list[str] = []
+    for j in range(xyz.shape[0]):
+        if np.isfinite(xyz[j]).all():
+            out += [_cell(float(v)) for v in xyz[j]]
+            out += [_cell(float(error[j])), str(int(ncams[j]))]
+            out.append(_cell(float(score[j])) if np.isfinite(score[j]) else "0")
+        else:
+            out += ["", "", "", "", "0", "0"]
+    return out + _EYE + [str(int(fnum))]
+
+
+def empty_row(fnum: int, n_keypoints: int) -> list[str]:
+    """The row of a frame with no estimate."""
+    return ["", "", "", "", "0", "0"] * n_keypoints + _EYE + [str(int(fnum))]
+
+
+def var_header(keypoints: Sequence[str]) -> list[str]:
+    """The header row of the variance sidecar."""
+    return ["fnum"] + [f"{n}_var_{a}" for n in keypoints for a in "xyz"]
+
+
+def var_row(fnum: int, var: np.ndarray | None, n_keypoints: int) -> list[str]:
+    """One row of the variance sidecar (``var`` ``(J, 3)``; ``None``: empty)."""
+    if var is None:
+        return [str(int(fnum))] + [""] * (3 * n_keypoints)
+    return [str(int(fnum))] + [_cell(float(v)) for v in np.asarray(var).ravel()]
 
 
 def write_anipose3d(
@@ -108,8 +153,6 @@ def write_anipose3d(
     names = list(keypoints)
     if X.ndim != 3 or X.shape[2] != 3 or X.shape[1] != len(names):
         raise ValueError(f"xyz must have shape (T, {len(names)}, 3), got {X.shape}")
-    if any("," in n for n in names):
-        raise ValueError("keypoint names must not contain ','")
     T, J = X.shape[:2]
     known = np.asarray(np.isfinite(X).all(axis=2))
     err = np.full((T, J), np.nan) if error is None else np.asarray(error, dtype=np.float64)
@@ -122,27 +165,20 @@ def write_anipose3d(
             raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    eye = ["1", "0", "0", "0", "1", "0", "0", "0", "1", "0", "0", "0"]
     with p.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow([f"{n}_{k}" for n in names for k in _FIELDS] + _EXTRA + ["fnum"])
+        w.writerow(header(names))
         for t in range(T):
-            row: list[str] = []
-            for j in range(J):
-                ok = bool(known[t, j])
-                row += [_cell(X[t, j, 0]), _cell(X[t, j, 1]), _cell(X[t, j, 2])]
-                row += [_cell(err[t, j]) if ok else "", str(int(nc[t, j]) if ok else 0)]
-                row.append(_cell(sc[t, j]) if ok and np.isfinite(sc[t, j]) else "0")
-            w.writerow(row + eye + [str(int(fn[t]))])
+            w.writerow(row(int(fn[t]), X[t], err[t], np.where(known[t], nc[t], 0), sc[t]))
     if var is not None:
         V = np.asarray(var, dtype=np.float64)
         if V.shape != X.shape:
             raise ValueError(f"var must have shape {X.shape}, got {V.shape}")
         with var_path(p).open("w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["fnum"] + [f"{n}_var_{a}" for n in names for a in "xyz"])
+            w.writerow(var_header(names))
             for t in range(T):
-                w.writerow([str(int(fn[t]))] + [_cell(v) for v in V[t].ravel()])
+                w.writerow(var_row(int(fn[t]), V[t], J))
     return p
 
 

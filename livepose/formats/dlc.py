@@ -135,6 +135,23 @@ def read_dlc_csv(path: str | Path) -> Pose2D:
     return Pose2D(points=data, keypoints=names, scorer=scorer, index=index)
 
 
+def header(keypoints: Sequence[str], scorer: str = "livepose") -> list[list[str]]:
+    """The three header rows (``scorer``, ``bodyparts``, ``coords``)."""
+    names = list(keypoints)
+    return [["scorer"] + [scorer] * (3 * len(names)),
+            ["bodyparts"] + [n for n in names for _ in range(3)],
+            ["coords"] + ["x", "y", "likelihood"] * len(names)]
+
+
+def row(label: str | int, points: np.ndarray | None, n_keypoints: int) -> list[str]:
+    """One frame's row: ``points`` ``(J, 3)`` x, y, likelihood (NaN → empty; ``None``: all
+    empty)."""
+    if points is None:
+        return [str(label)] + [""] * (3 * n_keypoints)
+    return [str(label)] + ["" if not np.isfinite(v) else f"{v:.10g}"
+                           for v in np.asarray(points, dtype=np.float64).ravel()]
+
+
 def write_dlc_csv(
     path: str | Path,
     points: np.ndarray,
@@ -169,9 +186,7 @@ def write_dlc_csv(
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["scorer"] + [scorer] * (3 * len(names)))
-        w.writerow(["bodyparts"] + [n for n in names for _ in range(3)])
-        w.writerow(["coords"] + ["x", "y", "likelihood"] * len(names))
+        w.writerows(header(names, scorer))
         for t in range(T):
-            w.writerow([idx[t]] + ["" if not np.isfinite(v) else f"{v:.10g}" for v in pts[t].ravel()])
+            w.writerow(row(idx[t], pts[t], len(names)))
     return p

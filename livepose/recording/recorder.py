@@ -30,6 +30,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.control import RECORD_TOPIC, decode_record_control
+from livepose.formats import anipose3d, dlc
 from livepose.kit.process import StageContext
 from livepose.kit.session import (
     EventLog,
@@ -42,13 +43,6 @@ log = logging.getLogger(__name__)
 
 REORDER = 64
 FLUSH_S = 0.25
-_EYE = ["1", "0", "0", "0", "1", "0", "0", "0", "1", "0", "0", "0"]
-
-
-def _cell(v: float, spec: str = ".10g") -> str:
-    return format(v, spec) if np.isfinite(v) else ""
-
-
 class _Rows:
     """Dense, in-order rows from ``first``: a reorder buffer in front of a CSV file."""
 
@@ -83,47 +77,34 @@ class _Rows:
 
 
 class Dlc2dRows(_Rows):
-    """Rows of one camera's DeepLabCut CSV."""
+    """Rows of one camera's DeepLabCut CSV (:mod:`livepose.formats.dlc`)."""
 
     def __init__(self, path: Path, keypoints: list[str], scorer: str, first: int) -> None:
         self.J = len(keypoints)
-        super().__init__(path, [
-            ["scorer"] + [scorer] * (3 * self.J),
-            ["bodyparts"] + [n for n in keypoints for _ in range(3)],
-            ["coords"] + ["x", "y", "likelihood"] * self.J,
-        ], first)
+        super().__init__(path, dlc.header(keypoints, scorer), first)
 
     def empty(self, frame_id: int) -> list[str]:
-        return [str(frame_id)] + [""] * (3 * self.J)
+        return dlc.row(frame_id, None, self.J)
 
     def add(self, frame_id: int, pts: np.ndarray) -> None:
         """``pts`` ``(J, 3)`` x, y, likelihood."""
-        self.put(frame_id, [str(frame_id)] + [_cell(float(v)) for v in pts.ravel()])
+        self.put(frame_id, dlc.row(frame_id, pts, self.J))
 
 
 class Anipose3dRows(_Rows):
-    """Rows of the Anipose 3D CSV."""
+    """Rows of the Anipose 3D CSV (:mod:`livepose.formats.anipose3d`)."""
 
     def __init__(self, path: Path, keypoints: list[str], first: int) -> None:
         self.J = len(keypoints)
-        extra = [f"M_{i}{j}" for i in range(3) for j in range(3)] + [f"center_{i}" for i in range(3)]
-        head = [f"{n}_{k}" for n in keypoints for k in ("x", "y", "z", "error", "ncams", "score")]
-        super().__init__(path, [[*head, *extra, "fnum"]], first)
+        super().__init__(path, [anipose3d.header(keypoints)], first)
 
     def empty(self, frame_id: int) -> list[str]:
-        return ["", "", "", "", "0", "0"] * self.J + _EYE + [str(frame_id)]
+        return anipose3d.empty_row(frame_id, self.J)
 
     def add(self, frame_id: int, xyz: np.ndarray, err: np.ndarray, ncams: np.ndarray,
             score: np.ndarray) -> None:
         """``xyz`` ``(J, 3)``, ``err``/``ncams``/``score`` ``(J,)``."""
-        row: list[str] = []
-        for j in range(self.J):
-            if np.isfinite(xyz[j]).all():
-                row += [_cell(float(v)) for v in xyz[j]]
-                row += [_cell(float(err[j])), str(int(ncams[j])), _cell(float(score[j])) or "0"]
-            else:
-                row += ["", "", "", "", "0", "0"]
-        self.put(frame_id, row + _EYE + [str(frame_id)])
+        self.put(frame_id, anipose3d.row(frame_id, xyz, err, ncams, score))
 
 
 class VarRows(_Rows):
@@ -131,14 +112,13 @@ class VarRows(_Rows):
 
     def __init__(self, path: Path, keypoints: list[str], first: int) -> None:
         self.J = len(keypoints)
-        super().__init__(path, [["fnum"] + [f"{n}_var_{a}" for n in keypoints for a in "xyz"]],
-                         first)
+        super().__init__(path, [anipose3d.var_header(keypoints)], first)
 
     def empty(self, frame_id: int) -> list[str]:
-        return [str(frame_id)] + [""] * (3 * self.J)
+        return anipose3d.var_row(frame_id, None, self.J)
 
     def add(self, frame_id: int, var: np.ndarray) -> None:
-        self.put(frame_id, [str(frame_id)] + [_cell(float(v)) for v in var.ravel()])
+        self.put(frame_id, anipose3d.var_row(frame_id, var, self.J))
 
 
 def _popcount(views: np.ndarray) -> np.ndarray:

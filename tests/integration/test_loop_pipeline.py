@@ -21,9 +21,9 @@ from livepose.closedloop.rules import (
     ClosedLoop,
     HalfSpace,
     Rule,
-    model_keypoints,
 )
 from livepose.core.config import load_default_config
+from livepose.core.modelinfo import model_keypoints
 from livepose.kit.session import read_events
 from livepose.runtime.supervisor import Supervisor
 

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from livepose import protocol  # noqa: E402
+from livepose.core import protocol  # noqa: E402
 from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.control import ControlUnavailable  # noqa: E402
 from livepose.dashboard.state import DashState  # noqa: E402

@@ -23,11 +23,11 @@ from livepose.closedloop.rules import (
     RuleEngine,
     RuleError,
     Sphere,
-    model_keypoints,
 )
 from livepose.core import protocol
 from livepose.core.config import load_default_config
 from livepose.core.latency import stage_latencies_ms
+from livepose.core.modelinfo import model_keypoints
 
 NAMES = ["snout", "tail_base"]
 FPS = 100.0
