@@ -45,8 +45,8 @@ class Fused:
     Attributes
     ----------
     xyz, var
-        ``(J, 3)`` output positions (mm) and per-axis variances (mm²): filtered (and
-        predicted ``lead_ms`` ahead) or, without a filter, the triangulation.
+        ``(J, 3)`` positions and per-axis variances at the frame-set's instant (calibration
+        units): filtered or, without a filter, the triangulation.
     raw_xyz
         ``(J, 3)`` the triangulation.
     reproj
@@ -55,8 +55,14 @@ class Fused:
         ``(J,)`` uint16 bitmasks: the views used (by the triangulation, or by the EKF's
         update) and the views the filter gated out (the linear filter gates the whole
         triangulated point, so all its views).
+    status
+        ``(J,)`` uint8 :data:`~livepose.core.protocol.MEASURED` (views used in this set),
+        :data:`~livepose.core.protocol.PREDICTED` (a track coasting) or
+        :data:`~livepose.core.protocol.MISSING`.
+    xyz_lead
+        ``(J, 3)`` positions predicted ``lead_ns`` ahead (``None`` without a lead).
     lead_ns
-        How far ahead ``xyz`` is predicted.
+        How far ahead ``xyz_lead`` is predicted.
     late
         The frame-set arrived after a newer one: triangulated, not filtered.
     """
@@ -67,8 +73,19 @@ class Fused:
     reproj: np.ndarray
     views: np.ndarray
     gated: np.ndarray
+    status: np.ndarray
+    xyz_lead: np.ndarray | None = None
     lead_ns: int = 0
     late: bool = False
+
+
+def keypoint_status(xyz: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """``(J,)`` uint8 status of each keypoint from its estimate ``xyz`` ``(J, 3)`` and the
+    views that measured it in this set ``views`` ``(J,)``: measured, predicted (finite
+    without a view: a coasting track) or missing."""
+    known = np.isfinite(xyz).all(axis=1)
+    return np.where(known & (views != 0), protocol.MEASURED,
+                    np.where(known, protocol.PREDICTED, protocol.MISSING)).astype(np.uint8)
 
 
 class Fuser:
@@ -100,6 +117,7 @@ class Fuser:
         self.kcfg = cfg.fusion.kalman
         self.filter = cfg.fusion.filter if self.kcfg.enabled else "none"
         self.lead_s = float(cfg.fusion.lead_ms) / 1000.0
+        self.units = "mm"
         self.use_zvar = self.kcfg.measurement_variance == "triangulation"
         self.restart_frames = max(2, round(self.kcfg.max_gap_s * self.fps))
         self.kf: KeypointKalman | None = None
@@ -188,6 +206,7 @@ class Fuser:
         dt = 0.0 if self.last_fid is None or late else (frame_id - self.last_fid) / self.fps
         gated = np.zeros(J, dtype=np.uint16)
         lead_ns = 0
+        xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
         xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
@@ -202,27 +221,30 @@ class Fuser:
             self.counters["gated"] += int(np.count_nonzero(gated))
             if self.lead_s > 0.0:
                 if self.kf is not None:
-                    xyz, var = self.kf.predict_ahead(self.lead_s)
+                    xyz_lead, _ = self.kf.predict_ahead(self.lead_s)
                 else:
-                    xyz, var = self.ekf.predict_ahead(self.lead_s)
+                    xyz_lead, _ = self.ekf.predict_ahead(self.lead_s)
                 lead_ns = round(self.lead_s * 1e9)
             self.last_fid = frame_id
         if late:
             self.counters["late"] += 1
         self.counters["fused"] += 1
         return Fused(xyz=xyz, var=var, raw_xyz=tri.xyz, reproj=reproj, views=views,
-                     gated=gated, lead_ns=lead_ns, late=late)
+                     gated=gated, status=keypoint_status(xyz, views), xyz_lead=xyz_lead,
+                     lead_ns=lead_ns, late=late)
 
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
         """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input)."""
         f = self.step(self.points(msg), msg.frame_id)
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
-            raw_xyz=f.raw_xyz, gated=f.gated, cams=list(self.names),
+            status=f.status, raw_xyz=f.raw_xyz, gated=f.gated, xyz_lead=f.xyz_lead,
+            late=f.late, units=self.units, cams=list(self.names),
             t_trigger_ns=msg.t_trigger_ns, t_grab_ns=list(msg.t_grab_ns), t_set_ns=msg.t_set_ns,
             t_infer_start_ns=msg.t_infer_start_ns, t_infer_end_ns=msg.t_infer_end_ns,
             t_kp2d_pub_ns=msg.t_pub_ns, t_fuse_recv_ns=t_recv_ns, lead_ns=f.lead_ns,
             skipped=list(msg.skipped), incomplete=list(msg.incomplete),
+            missing=list(msg.missing), desynced=list(msg.desynced),
         )
 
 

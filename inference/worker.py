@@ -168,7 +168,7 @@ class _Worker:
                 break
             msg = self.pose_decoder.decode(parts)
             if isinstance(msg, protocol.Pose3d):
-                self.crops.update(msg.frame_id, msg.xyz, msg.lead_ns)
+                self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
 
     def plan_crops(self, popped: Popped) -> CropPlan | None:
         """Each view's region (``None`` without crops); the whole frames if planning

@@ -121,6 +121,21 @@ class VarRows(_Rows):
         self.put(frame_id, anipose3d.var_row(frame_id, var, self.J))
 
 
+class StatusRows(_Rows):
+    """Rows of the status sidecar ``pose3d_status.csv`` (per keypoint status and views)."""
+
+    def __init__(self, path: Path, keypoints: list[str], first: int) -> None:
+        self.J = len(keypoints)
+        super().__init__(path, [anipose3d.status_header(keypoints)], first)
+
+    def empty(self, frame_id: int) -> list[str]:
+        return anipose3d.status_row(frame_id, None, None, False, self.J)
+
+    def add(self, frame_id: int, status: np.ndarray, views: np.ndarray, late: bool) -> None:
+        names = [protocol.STATUS_NAMES.get(int(s), "missing") for s in status]
+        self.put(frame_id, anipose3d.status_row(frame_id, names, views, late, self.J))
+
+
 def _popcount(views: np.ndarray) -> np.ndarray:
     v = views.astype(np.uint32)
     return np.array([bin(int(x)).count("1") for x in v], dtype=np.int64)
@@ -135,7 +150,8 @@ class PredictionWriter:
         self.d2 = {c: Dlc2dRows(pose2d_path(session, c), keypoints, scorer, first) for c in cams}
         p3 = pose3d_path(session)
         self.d3 = Anipose3dRows(p3, keypoints, first)
-        self.var = VarRows(p3.with_name(f"{p3.stem}_var.csv"), keypoints, first)
+        self.var = VarRows(anipose3d.var_path(p3), keypoints, first)
+        self.status = StatusRows(anipose3d.status_path(p3), keypoints, first)
         self.conf: dict[int, np.ndarray] = {}  # frame_id -> (C, J) confidence
         self.last: int | None = None
         self._flushed = time.monotonic()
@@ -163,6 +179,7 @@ class PredictionWriter:
         self.d3.add(msg.frame_id, np.asarray(msg.xyz), np.asarray(msg.reproj, np.float64),
                     ncams, score)
         self.var.add(msg.frame_id, np.asarray(msg.variance))
+        self.status.add(msg.frame_id, np.asarray(msg.status), views, msg.late)
         self._seen(msg.frame_id)
 
     def _seen(self, frame_id: int) -> None:
@@ -173,12 +190,12 @@ class PredictionWriter:
 
     def flush(self) -> None:
         self._flushed = time.monotonic()
-        for rows in [*self.d2.values(), self.d3, self.var]:
+        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.f.flush()
 
     def close(self, fps: float) -> None:
         """Write out held rows, close the files and write the TRC."""
-        for rows in [*self.d2.values(), self.d3, self.var]:
+        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.close(self.last)
         write_trc_from_csv(self.session, fps)
 
