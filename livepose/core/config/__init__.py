@@ -43,6 +43,7 @@ from livepose.core.config.services import (
 from livepose.core.config.stages import (
     CropConfig,
     EKFConfig,
+    FrameSetConfig,
     FusionConfig,
     KalmanConfig,
     ModelConfig,
@@ -52,7 +53,7 @@ from livepose.core.config.stages import (
 
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
-    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FusionConfig",
+    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
     "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
     "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RoiConfig",
     "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
@@ -72,6 +73,7 @@ class Config(_Model):
     calibration: Path | None = Field(None, description="Anipose TOML; None: the sim rig's own")
     model: ModelConfig = ModelConfig()
     fusion: FusionConfig = FusionConfig()
+    frameset: FrameSetConfig = FrameSetConfig()
     preview: PreviewConfig = PreviewConfig()
     transport: TransportConfig = TransportConfig()
     recording: RecordingConfig = RecordingConfig()
@@ -97,6 +99,9 @@ class Config(_Model):
                 f"cameras {matched} are matched to the trigger clock by time (match: clock), "
                 "which needs trigger.source 'software' (a trigger box publishes no pulse times)"
             )
+        if self.frameset.min_cameras is not None and self.frameset.min_cameras > len(self.cameras):
+            raise ValueError(f"frameset.min_cameras={self.frameset.min_cameras} exceeds the "
+                             f"{len(self.cameras)} cameras")
         if self.fusion.min_views > len(self.cameras):
             raise ValueError(
                 f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
@@ -107,6 +112,12 @@ class Config(_Model):
     def camera_names(self) -> list[str]:
         """Camera names in config order (the order of every per-camera array)."""
         return [c.name for c in self.cameras]
+
+    @property
+    def min_cameras(self) -> int:
+        """The fewest camera processes a run goes on with (``frameset.min_cameras``, else
+        ``fusion.min_views``)."""
+        return self.frameset.min_cameras or min(self.fusion.min_views, len(self.cameras))
 
     @property
     def is_sim(self) -> bool:

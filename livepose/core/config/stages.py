@@ -10,6 +10,21 @@ from pydantic import Field, field_validator, model_validator
 from livepose.core.config._base import _Model
 
 
+class FrameSetConfig(_Model):
+    """The frame-set policy (docs/inference.md, "Frame-set policy"): when a set goes to the
+    model without every view, when a camera is gone, and how few cameras a run survives."""
+
+    deadline_frames: float = Field(
+        0.5, gt=0, le=10, description="a set goes out with the views it has this many frame "
+        "periods after its first view arrived")
+    gone_after_sets: int = Field(
+        3, ge=1, le=1000, description="a camera missing from this many consecutive sets is "
+        "gone (not waited for) until it delivers again")
+    min_cameras: int | None = Field(
+        None, ge=1, le=16, description="the run ends when fewer camera processes remain "
+        "(default: fusion.min_views)")
+
+
 class SimConfig(_Model):
     """The simulated rig: an articulated rodent in a round arena, seen by the sim cameras."""
 
