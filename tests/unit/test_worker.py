@@ -259,13 +259,19 @@ def test_frame_set_policy_deadline_then_gone_camera_not_waited_for(tmp_path: Pat
             assert np.isnan(m.points[2]).all() and np.isfinite(m.points[:2, 0, :2]).all()
         assert min(waits[:2]) >= 0.2  # the first two waited for the deadline
         assert max(waits[2:]) < 0.2  # then cam2 was gone: no wait
-        deadline = time.monotonic() + 2  # counters reach the context at the next loop turn
-        while ctx.counters["partial"] < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ctx.counters["gone/cam2"] == 1 and ctx.counters["partial"] == 4
+        assert wait_counter(ctx, "partial", 4) and ctx.counters["gone/cam2"] == 1
         for c in CAMS:  # cam2 is back
             send(c, b + 4, img)
         (m,) = recv_until(sub, 1)
         assert m.missing == [] and np.isfinite(m.points[:, 0, :2]).all()
-        assert ctx.counters["rejoined/cam2"] == 1
+        assert wait_counter(ctx, "rejoined/cam2", 1)
         assert not errors
+
+
+def wait_counter(ctx: StageContext, key: str, value: int, timeout_s: float = 2.0) -> bool:
+    """Whether ``ctx.counters[key]`` reaches ``value`` (counters reach the context at the
+    worker's next loop turn)."""
+    deadline = time.monotonic() + timeout_s
+    while ctx.counters[key] < value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ctx.counters[key] == value
