@@ -21,13 +21,17 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
 from livepose.kit.process import StageContext
 from livepose.transport import codec
+
+#: millimetres per length unit of a calibration
+MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 POLL_MS = 100
 MAX_BATCH = 256  # messages drained per loop turn before health is ticked again
@@ -97,6 +101,12 @@ class Fuser:
         The calibrated cameras, in the config's camera order.
     cfg
         The run's config (``fps``, ``fusion``).
+    units
+        The calibration's length unit (``mm``, ``cm``, ``m``): poses come out in it, and the
+        config's length settings (in mm) are converted to it.
+    pixel_noise_px
+        The model's 2D noise at confidence 1 (manifest ``noise.sigma_px``; default
+        ``fusion.pixel_noise_px``, else 1 px).
 
     The filter is ``cfg.fusion.filter`` (``none``, ``kf``, ``ekf``); ``fusion.kalman.enabled:
     false`` means ``none`` whatever ``filter`` says.
@@ -109,15 +119,21 @@ class Fuser:
         change of J).
     """
 
-    def __init__(self, cameras: CameraGroup, cfg: Config) -> None:
+    def __init__(self, cameras: CameraGroup, cfg: Config, units: str = "mm",
+                 pixel_noise_px: float | None = None) -> None:
+        if units not in MM_PER_UNIT:
+            raise ValueError(f"units {units!r} not one of {sorted(MM_PER_UNIT)}")
         self.names = list(cameras.names)
         self.cameras = cameras
         self.fps = float(cfg.fps)
+        self.units = units
+        #: the calibration's unit per mm: the config's mm settings are scaled by it
+        self.length_scale = 1.0 / MM_PER_UNIT[units]
+        self.pixel_noise_px = pixel_noise_px
         self.fcfg = cfg.fusion
         self.kcfg = cfg.fusion.kalman
         self.filter = cfg.fusion.filter if self.kcfg.enabled else "none"
         self.lead_s = float(cfg.fusion.lead_ms) / 1000.0
-        self.units = "mm"
         self.use_zvar = self.kcfg.measurement_variance == "triangulation"
         self.restart_frames = max(2, round(self.kcfg.max_gap_s * self.fps))
         self.kf: KeypointKalman | None = None
@@ -131,9 +147,13 @@ class Fuser:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
-        KeypointEKF(self.cameras, 1, self.fcfg).warmup()
+        self._ekf(1).warmup()
         if self.filter == "kf":
-            KeypointKalman(1, self.kcfg).warmup()
+            KeypointKalman(1, self.kcfg, self.fps, self.length_scale).warmup()
+
+    def _ekf(self, J: int) -> KeypointEKF:
+        return KeypointEKF(self.cameras, J, self.fcfg, self.fps, length_scale=self.length_scale,
+                           pixel_noise_px=self.pixel_noise_px)
 
     def _order(self, cams: list[str]) -> np.ndarray:
         key = tuple(cams)
@@ -169,8 +189,9 @@ class Fuser:
         if self.n_keypoints is not None:
             self.counters["resets"] += 1
         self.n_keypoints = J
-        self.kf = KeypointKalman(J, self.kcfg) if self.filter == "kf" else None
-        self.ekf = KeypointEKF(self.cameras, J, self.fcfg)
+        self.kf = (KeypointKalman(J, self.kcfg, self.fps, self.length_scale)
+                   if self.filter == "kf" else None)
+        self.ekf = self._ekf(J)
         self.last_fid = None
 
     def step(self, points: np.ndarray, frame_id: int, zvar: np.ndarray | None = None) -> Fused:
@@ -252,7 +273,8 @@ def main(ctx: StageContext) -> None:
     """The fusion process (see the module docstring)."""
     cfg = ctx.cfg
     cameras = read_calibration(ctx.args["calibration"], cfg.camera_names)
-    fuser = Fuser(cameras, cfg)
+    fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units),
+                  model_noise_px(cfg))
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["pose3d"])
     sub = ctx.socket(
         zmq.SUB,

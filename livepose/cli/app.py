@@ -398,7 +398,11 @@ def fuse(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     filter: Annotated[str, typer.Option("--filter", help="none | kf | ekf")] = "ekf",
-    fps: Annotated[float, typer.Option("--fps", help="frame rate of the recording")] = 100.0,
+    fps: Annotated[float | None, typer.Option(
+        "--fps", help="frame rate of the recording (required: the CSVs do not say it)")] = None,
+    units: Annotated[str | None, typer.Option(
+        "--units", help="the calibration's length unit (m, cm, mm) if its file does not say")]
+    = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fuse recorded 2D predictions into 3D with the online code, frame by frame: writes
@@ -410,7 +414,7 @@ def fuse(
         _fail("no input CSV files or folders given")
     try:
         res = fuse_files(calibration, names, files, out, filter=filter, fps=fps,
-                         progress=not quiet and sys.stderr.isatty())
+                         progress=not quiet and sys.stderr.isatty(), units=units)
     except UserError as exc:
         _fail(str(exc))
     err.print(

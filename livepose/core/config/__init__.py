@@ -11,7 +11,7 @@ importable from here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -71,6 +71,9 @@ class Config(_Model):
     cameras: list[CameraConfig] = Field(min_length=1, max_length=16)
     sim: SimConfig = SimConfig()
     calibration: Path | None = Field(None, description="Anipose TOML; None: the sim rig's own")
+    calibration_units: Literal["m", "cm", "mm"] | None = Field(
+        None, description="length unit of the calibration when its file does not say "
+        "([metadata] units); a file that says so must agree")
     model: ModelConfig = ModelConfig()
     fusion: FusionConfig = FusionConfig()
     frameset: FrameSetConfig = FrameSetConfig()
@@ -102,6 +105,10 @@ class Config(_Model):
         if self.frameset.min_cameras is not None and self.frameset.min_cameras > len(self.cameras):
             raise ValueError(f"frameset.min_cameras={self.frameset.min_cameras} exceeds the "
                              f"{len(self.cameras)} cameras")
+        k = self.fusion.kalman
+        if k.max_gap_s * self.fps < 2:
+            raise ValueError(f"fusion.kalman.max_gap_s={k.max_gap_s} is shorter than two frame "
+                             f"periods at fps={self.fps}; allowed: >= {2 / self.fps:.3g} s")
         if self.fusion.min_views > len(self.cameras):
             raise ValueError(
                 f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
