@@ -247,11 +247,12 @@ class Fuser:
         xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
-        xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
+        xyz, var, reproj, views = tri.xyz, tri.var, tri.reproj, tri.views
         if self.filter == "ekf" and not late:
             xyz, var, views, gated = out.xyz, out.var, out.views, out.gated
         elif self.kf is not None and not late:
-            xyz, var = self.kf.step(tri.xyz, tri.cov if self.use_zvar else None, dt)
+            # the linear filter runs per axis: it takes the covariance's diagonal
+            xyz, var = self.kf.step(tri.xyz, tri.var if self.use_zvar else None, dt)
             if self.kf.gated.any():
                 gated = np.where(self.kf.gated, tri.views, 0).astype(np.uint16)
                 views = np.where(self.kf.gated, 0, tri.views).astype(np.uint16)
