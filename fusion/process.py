@@ -29,6 +29,7 @@ from livepose.core.geometry import Geometry, fit_geometry
 from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
+from livepose.fusion.pulses import PulseTimes
 from livepose.kit.process import StageContext
 from livepose.transport import codec
 
@@ -326,12 +327,15 @@ def main(ctx: StageContext) -> None:
     fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units),
                   model_noise_px(cfg))
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["pose3d"])
-    sub = ctx.socket(
-        zmq.SUB,
-        connect=[ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)],
-        subscribe=b"kp2d",
-    )
-    decoder = codec.Decoder(expect=["kp2d"])
+    connect = [ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)]
+    topics = [b"kp2d"]
+    pulses: PulseTimes | None = None
+    if cfg.trigger.source == "serial" and "trigger" in ctx.endpoints:  # a trigger box's times
+        pulses = PulseTimes(cfg.fps)
+        connect.append(ctx.endpoints["trigger"])
+        topics.append(b"trigger")
+    sub = ctx.socket(zmq.SUB, connect=connect, subscribe=topics)
+    decoder = codec.Decoder(expect=["kp2d", "trigger"])
     fuser.warmup()
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
@@ -371,11 +375,19 @@ def main(ctx: StageContext) -> None:
             msg = decoder.decode(parts)
             if isinstance(msg, protocol.Kp2d):
                 batch.append((t_recv, msg))
+            elif isinstance(msg, protocol.Trigger) and pulses is not None:
+                pulses.add(msg)
         ctx.counters["rejected"] = decoder.rejected
         batch.sort(key=lambda item: item[1].frame_id)  # several workers interleave
         for t_recv, msg in batch:
             try:
                 pose = fuser.fuse(msg, t_recv)
+                if pulses is not None:  # the box's time of this pulse, and its uncertainty
+                    hit = pulses.get(msg.frame_id)
+                    if hit is not None:
+                        if pose.t_trigger_ns is None:
+                            pose.t_trigger_ns = hit[0]
+                        pose.t_trigger_sigma_ns = hit[1]
                 pose.t_fused_ns = time.time_ns()
                 pub.send_multipart(protocol.encode(pose), flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:

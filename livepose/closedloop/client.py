@@ -84,6 +84,13 @@ class Pose:
         return np.where(self.measured[:, None], self.xyz, np.nan)
 
     @property
+    def trigger_uncertainty_ms(self) -> float | None:
+        """Uncertainty of the pulse time behind ``latency_ms`` (a trigger box's clock fit;
+        ``None``: the software clock's own send time, or unknown)."""
+        s = self.message.t_trigger_sigma_ns
+        return None if s is None else s / 1e6
+
+    @property
     def xyz_lead(self) -> np.ndarray | None:
         """``(J, 3)`` positions predicted ``lead_ms`` ahead (``None`` without a lead)."""
         return self.message.xyz_lead

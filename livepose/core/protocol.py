@@ -214,11 +214,14 @@ class Preview(Message):
 @_register
 @dataclass(slots=True, kw_only=True)
 class Trigger(Message):
-    """One pulse of the software trigger clock: ``frame_id`` is the pulse index."""
+    """One trigger pulse: ``frame_id`` is the pulse index. From the software clock,
+    ``t_trigger_ns`` is when it fired; from a trigger box, the board's stamp of the pulse
+    mapped to host time, ``t_trigger_sigma_ns`` its uncertainty."""
 
     KIND: ClassVar[str] = "trigger"
     frame_id: int
     t_trigger_ns: int
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register
@@ -337,6 +340,7 @@ class Pose3d(Message):
     incomplete: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     desynced: list[str] = field(default_factory=list)
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register
