@@ -288,7 +288,7 @@ class MappedRing:
             raise RingError("shm_bad_ring", f"{path.name}: not a livepose ring (version 2)")
         slots, slot_bytes, meta_bytes = (int(v) for v in buf[8:32].view("<u8"))
         off = _offsets(slots, meta_bytes)[1] if 0 < slots <= MAX_SLOTS and meta_bytes % 64 == 0 \
-            and 0 <= meta_bytes <= 1 << 20 else -1
+            and 64 <= meta_bytes <= 1 << 20 else -1
         if off < 0 or slot_bytes % PAGE or off + slots * slot_bytes > size:
             raise RingError("shm_bad_ring", f"{path.name}: inconsistent header")
         self.h = _Header(buf)
