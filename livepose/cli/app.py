@@ -481,6 +481,27 @@ def _register_crops_bench() -> None:
 _register_crops_bench()
 
 
+def _register_fuzz_bench() -> None:
+    """``bench fuzz`` (livepose/bench/fuzz.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("fuzz")
+    def bench_fuzz(
+        json_path: JsonOpt = None,
+        per_kind: Annotated[int, typer.Option("--per-kind", min=1)] = 100_000,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        """Malformed messages through every receiver and corrupt ring headers: 0 crashes,
+        every message counted."""
+        from livepose.bench.fuzz import main as run
+
+        res = run(json_path, per_kind, seed)
+        Console().print_json(data={**res["summary"], "seconds": res["seconds"]})
+
+
+_register_fuzz_bench()
+
+
 def main() -> None:
     """Console-script entry point."""
     from livepose.cli.session import expand_record_flag
