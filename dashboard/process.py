@@ -194,7 +194,8 @@ def main(ctx: StageContext) -> None:
     sub = _subscribe(ctx)
     step = max(1, round(1.0 / cfg.preview.scale))
     state = DashState(cfg.camera_names, step, cfg.desync_tolerance_ms)
-    control = partial(request, ctx.zmq_ctx, ctx.endpoints["control"]) if "control" in ctx.endpoints else None
+    control = (partial(request, ctx.zmq_ctx, ctx.endpoints["control"], keys=ctx.keys)
+               if "control" in ctx.endpoints else None)
     hub = Hub(state, meta_of(cfg, ctx.args.get("calibration")), control, cfg.dashboard.token)
     try:
         asyncio.run(_serve(ctx, hub, sub, lsock))

@@ -156,7 +156,7 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int,
             url = f"{sup.dashboard_url.replace('http', 'ws')}ws"
             viewers = ctx.Process(target=_viewers_main, args=(url, clients, vstop, vq))
             viewers.start()
-        mon = Monitor(sup.endpoints, sup.zctx)
+        mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
         sup.start_trigger()
         t0 = time.monotonic()
         deadline = t0 + frames / fps + 30

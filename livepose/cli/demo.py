@@ -218,7 +218,7 @@ def run_pipeline(
         sup.launch()
         if sup.dashboard_url:
             console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
-        mon = Monitor(sup.endpoints, sup.zctx)  # subscribed before pulse 0
+        mon = Monitor(sup.endpoints, sup.zctx, sup.keys)  # subscribed before pulse 0
         if cfg.realtime:  # this process is the demo's pose consumer (children are started)
             enter_realtime(PRIORITY["client"])
         sup.start_trigger()

@@ -3,12 +3,26 @@ dashboard, limits."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from livepose.core.config._base import _Model
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback name or address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    h = host.strip("[]").lower()
+    if h in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 class PreviewConfig(_Model):
@@ -43,6 +57,25 @@ class TransportConfig(_Model):
         "by a futex doorbell (Linux), instead of from the ZeroMQ headers; false: headers "
         "over ZeroMQ only",
     )
+    keys_dir: Path | None = Field(
+        None,
+        description="tcp: CURVE on every socket with this host's key pair from this folder "
+        "(`livepose keys DIR`); required when host is not loopback",
+    )
+    key_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$",
+        description="which <name>.key_secret in keys_dir (default: the only one)",
+    )
+    allowed_keys: Path | None = Field(
+        None,
+        description="folder of public .key files whose holders may connect "
+        "(default: <keys_dir>/allowed)",
+    )
+    server_key: Path | None = Field(
+        None,
+        description="public .key of the host that binds the run's sockets "
+        "(default: this host's own)",
+    )
 
     @model_validator(mode="after")
     def _shm_needs_one_host(self) -> TransportConfig:
@@ -57,10 +90,21 @@ class TransportConfig(_Model):
 
     @field_validator("host")
     @classmethod
-    def _loopback_unless_asked(cls, v: str) -> str:
-        if not v:
+    def _host_given(cls, v: str) -> str:
+        if not v or not v.strip():
             raise ValueError("host must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _loopback_unless_keys(self) -> TransportConfig:
+        if self.kind == "tcp" and not is_loopback(self.host) and self.keys_dir is None:
+            raise ValueError(
+                f"host {self.host!r} is not loopback and tcp has no authentication without "
+                "keys: set transport.keys_dir (CURVE keys, `livepose keys DIR`) or use 127.0.0.1"
+            )
+        if self.keys_dir is None and (self.allowed_keys or self.server_key or self.key_name):
+            raise ValueError("allowed_keys, server_key and key_name need transport.keys_dir")
+        return self
 
 
 class RecordingConfig(_Model):
