@@ -216,8 +216,8 @@ def run_pipeline(
         )
         t_start = time.monotonic()
         sup.launch()
-        if sup.dashboard_url:
-            console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
+        if sup.dashboard_login_url:
+            console.print(f"dashboard: {sup.dashboard_login_url}", highlight=False)
         mon = Monitor(sup.endpoints, sup.zctx, sup.keys)  # subscribed before pulse 0
         if cfg.realtime:  # this process is the demo's pose consumer (children are started)
             enter_realtime(PRIORITY["client"])

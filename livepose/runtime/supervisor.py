@@ -14,7 +14,9 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -83,7 +85,7 @@ def plan(
 
     ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
     launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
-    ``dashboard`` (``{"host", "port"}``) adds the web dashboard, a consumer only whose death
+    ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
     specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
@@ -153,12 +155,21 @@ class Supervisor:
         self.recording = Recording(self)
         self.dashboard = dashboard
         self.dashboard_url: str | None = None
+        #: the token every dashboard request needs (``?token=``, cookie or Bearer)
+        self.dashboard_token: str | None = None
         self._dash_args: dict[str, Any] | None = None
         self._health_relay: zmq.Socket[Any] | None = None
         #: the run's CURVE keys (tcp with ``transport.keys_dir``), read in :meth:`preflight`
         self.keys: security.CurveKeys | None = None
         #: health messages ignored because no process of this run sent them (by pid)
         self.foreign_health = 0
+
+    @property
+    def dashboard_login_url(self) -> str | None:
+        """The dashboard's address with its token (what the CLI prints)."""
+        if self.dashboard_url is None or self.dashboard_token is None:
+            return None
+        return f"{self.dashboard_url}?token={self.dashboard_token}"
 
     # ------------------------------------------------------------------ start
     def preflight(self) -> None:
@@ -178,8 +189,13 @@ class Supervisor:
         if self.dashboard:
             self._dash_args = dashboard_address(self.cfg)
             host = self._dash_args["host"]
+            if host in ("0.0.0.0", "::"):  # every interface: browsers use the host's name
+                host = socket.gethostname()
             self.dashboard_url = f"http://{'[' + host + ']' if ':' in host else host}:" \
                 f"{self._dash_args['port']}/"
+            # one token per run (Jupyter-style), unless the config fixes one
+            self.dashboard_token = self.cfg.dashboard.token or secrets.token_urlsafe(32)
+            self._dash_args["token"] = self.dashboard_token
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """:meth:`launch` then :meth:`start_trigger`."""
@@ -434,8 +450,6 @@ def dashboard_address(cfg: Config) -> dict[str, Any]:
     UserError
         An explicitly chosen port is taken — names it and the way out.
     """
-    import socket
-
     d = cfg.dashboard
     host, port = d.host, d.port
     explicit = "port" in d.model_fields_set and port != 0

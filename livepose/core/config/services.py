@@ -133,22 +133,30 @@ class RecordingConfig(_Model):
 
 class DashboardConfig(_Model):
     """The web dashboard (see docs/dashboard.md). It binds to loopback unless ``host`` says
-    otherwise, and then a ``token`` is required (clients pass ``?token=…`` or
-    ``Authorization: Bearer …``)."""
+    otherwise. Every request needs the run's token (``token``, or a random one made per run
+    and printed in the URL); the ``Host`` header and websocket ``Origin`` must name
+    a loopback name, the bind address or one of ``allowed_hosts``."""
 
     enabled: bool = Field(True, description="start it with `livepose run`/`demo`")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535, description="0: any free port")
-    token: str | None = Field(None, min_length=8, description="required off loopback")
+    token: str | None = Field(
+        None, min_length=16,
+        description="a fixed token (scripts, Prometheus); default: a new random one per run",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more host names/addresses browsers may use to reach it (Host, Origin)",
+    )
 
-    @model_validator(mode="after")
-    def _token_off_loopback(self) -> DashboardConfig:
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
-            raise ValueError(
-                f"dashboard.host {self.host!r} is not loopback: set dashboard.token "
-                "(at least 8 characters) or bind to 127.0.0.1"
-            )
-        return self
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _bare_hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not h or any(c in h for c in "/ @?#") or h.count(":") == 1:
+                raise ValueError(f"{h!r} is not a bare host name or address (no scheme, "
+                                 "port or path)")
+        return v
 
 
 class LimitsConfig(_Model):
