@@ -283,7 +283,8 @@ def bind(sock: zmq.Socket[Any], endpoint: str, keys: CurveKeys | None) -> str:
         sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.bind(endpoint)
-    return str(sock.getsockopt(zmq.LAST_ENDPOINT).decode())
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) else str(last)
 
 
 def connect(sock: zmq.Socket[Any], endpoint: str, keys: CurveKeys | None) -> None:
