@@ -132,9 +132,11 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
 
 def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
              duration_s: float, workdir: Path,
-             keys: security.CurveKeys | None = None) -> dict[str, Any]:
-    """One case; returns its measurements (``keys``: tcp with CURVE, both ends)."""
-    fps = PACED_FPS / cameras if mode == "paced" else None
+             keys: security.CurveKeys | None = None,
+             paced_fps: float = PACED_FPS) -> dict[str, Any]:
+    """One case; returns its measurements (``keys``: tcp with CURVE, both ends;
+    ``paced_fps``: the total rate of a ``paced`` case)."""
+    fps = paced_fps / cameras if mode == "paced" else None
     frame_bytes = width * height
     if fps is not None:
         frames = max(20, round(fps * duration_s))
