@@ -36,9 +36,10 @@ def register(app: typer.Typer, err: Console) -> None:
             err.print(f"[red]error:[/] keys: cannot write in {directory}: {exc.strerror}",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        public, d = public.resolve(), public.parent.resolve()
         out = Console()
-        out.print(f"public key: {public}\nsecret key: {secret} (mode 600; never copy it)\n"
-                  f"allow-list: {public.parent / ALLOWED_DIR}/ (this host's public key is in "
+        out.print(f"public key: {public}\nsecret key: {d / secret.name} (mode 600; never copy it)\n"
+                  f"allow-list: {d / ALLOWED_DIR}/ (this host's public key is in "
                   "it; copy the .key of every other host of the run there)\n"
-                  f"config: transport: {{kind: tcp, keys_dir: {public.parent}}}",
+                  f"config: transport: {{kind: tcp, keys_dir: {d}}}",
                   highlight=False, soft_wrap=True)

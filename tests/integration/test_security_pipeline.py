@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,9 @@ def test_pipeline_over_tcp_with_curve_serves_only_key_holders(tmp_path: Path) ->
     cfg.transport.kind = "tcp"
     cfg.transport.keys_dir = keys_dir
     cfg.transport.key_name = "rig"
+    cfg.dashboard.port = 0
     zctx: zmq.Context[Any] = zmq.Context()
-    with Supervisor(cfg) as sup:
+    with Supervisor(cfg, dashboard=True) as sup:
         sup.launch()
         assert sup.keys is not None
         mine = security.client_keys(client_dir / "laptop.key_secret", keys_dir / "rig.key")
@@ -76,6 +79,8 @@ def test_pipeline_over_tcp_with_curve_serves_only_key_holders(tmp_path: Path) ->
             assert not rogue_ctl.poll(0)  # the control socket never answered the stranger
             assert sup.recording.session is None
             assert sup.health["trigger"].counters.get("pulses", 0) < 10**9  # never decoded
+            # the dashboard, a key holder: its subscriptions and its control REQ over CURVE
+            assert _dash_sees_the_run(sup)
         finally:
             client.close()
             deadline = time.monotonic() + 5
@@ -85,6 +90,20 @@ def test_pipeline_over_tcp_with_curve_serves_only_key_holders(tmp_path: Path) ->
                 s.close(0)
             zctx.term()
         assert sup.counters("fusion").get("curve_refused", 0) >= 1  # counted at the binder
+
+
+def _dash_sees_the_run(sup: Supervisor) -> bool:
+    req = urllib.request.Request(f"{sup.dashboard_url}api/status",
+                                 headers={"Authorization": f"Bearer {sup.dashboard_token}"})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        sup.poll(0.1)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            st = json.load(r)
+        if st["frames"]["fused"] > 0 and st["recording"].get("available") and \
+                "fusion" in st["processes"]:
+            return True
+    return False
 
 
 def test_health_from_a_process_the_supervisor_did_not_start_is_ignored() -> None:

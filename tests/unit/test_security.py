@@ -191,6 +191,26 @@ def test_config_refuses_tcp_off_loopback_without_keys(tmp_path: Path) -> None:
         parse_config(data)
 
 
+def test_check_config_refuses_plain_tcp_off_loopback_and_open_keys(tmp_path: Path) -> None:
+    import yaml
+
+    from livepose.cli.app import app
+
+    data = to_dict(load_default_config())
+    data["transport"] = {"kind": "tcp", "host": "10.0.0.5"}
+    cfg = tmp_path / "rig.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    r = CliRunner().invoke(app, ["check-config", str(cfg)])
+    assert r.exit_code == 2 and "transport.keys_dir" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    security.make_key_pair(tmp_path / "k", "rig")
+    os.chmod(tmp_path / "k", 0o750)
+    data["transport"]["keys_dir"] = "k"
+    cfg.write_text(yaml.safe_dump(data))
+    r = CliRunner().invoke(app, ["check-config", str(cfg)])
+    assert r.exit_code == 2 and "chmod 700" in r.output, r.output
+
+
 def test_no_zmq_socket_is_bound_or_connected_outside_the_helper() -> None:
     """Every ZeroMQ bind/connect goes through livepose.transport.security (so none skips
     CURVE). Calls on stdlib sockets (``.bind((host, port))``, a tuple) are not ZeroMQ."""
