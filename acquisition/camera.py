@@ -32,6 +32,7 @@ from livepose.acquisition.outputs import HasOutputs, OutputPulser
 from livepose.acquisition.recorder import RecordHook
 from livepose.acquisition.swtrigger import TriggerThread
 from livepose.acquisition.timematch import Match, TimeMatcher
+from livepose.acquisition.timing import TimingModel
 from livepose.core import protocol
 from livepose.core.config import clock_matched
 from livepose.kit.process import StageContext
@@ -125,6 +126,7 @@ class CameraLoop:
         )
         self.preview_every = max(1, round(ctx.cfg.fps / ctx.cfg.preview.fps))
         self.clock = ClockFit()
+        self.timing = TimingModel(round(ctx.cfg.desync_tolerance_ms * 1e6))
         self.pending_dropped = 0  # failed buffers / reconnect gaps, carried to the next frame
         self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
         self.t_last_grab_ns = 0
@@ -274,6 +276,9 @@ class CameraLoop:
              match_error_ns: int | None = None) -> None:
         """Publish one numbered frame (and maybe its preview)."""
         c = self.ctx.counters
+        verdict = self.timing.observe(t_trigger, grab.t_exposure_ns, grab.t_grab_ns)
+        if verdict.desync:
+            c["desync_frames"] += 1
         msg = protocol.Frame(
             cam=self.cam.name,
             frame_id=frame_id,
@@ -284,6 +289,8 @@ class CameraLoop:
             t_exposure_ns=grab.t_exposure_ns,
             dropped_before=dropped,
             match_error_ns=match_error_ns,
+            timing_residual_ns=verdict.residual_ns,
+            desync=verdict.desync,
         )
         ring, staged = self.ring_for_image(grab.image)
         msg.t_pub_ns = time.time_ns()

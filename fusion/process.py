@@ -21,13 +21,17 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
 from livepose.kit.process import StageContext
 from livepose.transport import codec
+
+#: millimetres per length unit of a calibration
+MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 POLL_MS = 100
 MAX_BATCH = 256  # messages drained per loop turn before health is ticked again
@@ -45,8 +49,8 @@ class Fused:
     Attributes
     ----------
     xyz, var
-        ``(J, 3)`` output positions (mm) and per-axis variances (mm²): filtered (and
-        predicted ``lead_ms`` ahead) or, without a filter, the triangulation.
+        ``(J, 3)`` positions and per-axis variances at the frame-set's instant (calibration
+        units): filtered or, without a filter, the triangulation.
     raw_xyz
         ``(J, 3)`` the triangulation.
     reproj
@@ -55,8 +59,14 @@ class Fused:
         ``(J,)`` uint16 bitmasks: the views used (by the triangulation, or by the EKF's
         update) and the views the filter gated out (the linear filter gates the whole
         triangulated point, so all its views).
+    status
+        ``(J,)`` uint8 :data:`~livepose.core.protocol.MEASURED` (views used in this set),
+        :data:`~livepose.core.protocol.PREDICTED` (a track coasting) or
+        :data:`~livepose.core.protocol.MISSING`.
+    xyz_lead
+        ``(J, 3)`` positions predicted ``lead_ns`` ahead (``None`` without a lead).
     lead_ns
-        How far ahead ``xyz`` is predicted.
+        How far ahead ``xyz_lead`` is predicted.
     late
         The frame-set arrived after a newer one: triangulated, not filtered.
     """
@@ -67,8 +77,19 @@ class Fused:
     reproj: np.ndarray
     views: np.ndarray
     gated: np.ndarray
+    status: np.ndarray
+    xyz_lead: np.ndarray | None = None
     lead_ns: int = 0
     late: bool = False
+
+
+def keypoint_status(xyz: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """``(J,)`` uint8 status of each keypoint from its estimate ``xyz`` ``(J, 3)`` and the
+    views that measured it in this set ``views`` ``(J,)``: measured, predicted (finite
+    without a view: a coasting track) or missing."""
+    known = np.isfinite(xyz).all(axis=1)
+    return np.where(known & (views != 0), protocol.MEASURED,
+                    np.where(known, protocol.PREDICTED, protocol.MISSING)).astype(np.uint8)
 
 
 class Fuser:
@@ -80,6 +101,12 @@ class Fuser:
         The calibrated cameras, in the config's camera order.
     cfg
         The run's config (``fps``, ``fusion``).
+    units
+        The calibration's length unit (``mm``, ``cm``, ``m``): poses come out in it, and the
+        config's length settings (in mm) are converted to it.
+    pixel_noise_px
+        The model's 2D noise at confidence 1 (manifest ``noise.sigma_px``; default
+        ``fusion.pixel_noise_px``, else 1 px).
 
     The filter is ``cfg.fusion.filter`` (``none``, ``kf``, ``ekf``); ``fusion.kalman.enabled:
     false`` means ``none`` whatever ``filter`` says.
@@ -92,10 +119,17 @@ class Fuser:
         change of J).
     """
 
-    def __init__(self, cameras: CameraGroup, cfg: Config) -> None:
+    def __init__(self, cameras: CameraGroup, cfg: Config, units: str = "mm",
+                 pixel_noise_px: float | None = None) -> None:
+        if units not in MM_PER_UNIT:
+            raise ValueError(f"units {units!r} not one of {sorted(MM_PER_UNIT)}")
         self.names = list(cameras.names)
         self.cameras = cameras
         self.fps = float(cfg.fps)
+        self.units = units
+        #: the calibration's unit per mm: the config's mm settings are scaled by it
+        self.length_scale = 1.0 / MM_PER_UNIT[units]
+        self.pixel_noise_px = pixel_noise_px
         self.fcfg = cfg.fusion
         self.kcfg = cfg.fusion.kalman
         self.filter = cfg.fusion.filter if self.kcfg.enabled else "none"
@@ -113,9 +147,13 @@ class Fuser:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
-        KeypointEKF(self.cameras, 1, self.fcfg).warmup()
+        self._ekf(1).warmup()
         if self.filter == "kf":
-            KeypointKalman(1, self.kcfg).warmup()
+            KeypointKalman(1, self.kcfg, self.fps, self.length_scale).warmup()
+
+    def _ekf(self, J: int) -> KeypointEKF:
+        return KeypointEKF(self.cameras, J, self.fcfg, self.fps, length_scale=self.length_scale,
+                           pixel_noise_px=self.pixel_noise_px)
 
     def _order(self, cams: list[str]) -> np.ndarray:
         key = tuple(cams)
@@ -151,8 +189,9 @@ class Fuser:
         if self.n_keypoints is not None:
             self.counters["resets"] += 1
         self.n_keypoints = J
-        self.kf = KeypointKalman(J, self.kcfg) if self.filter == "kf" else None
-        self.ekf = KeypointEKF(self.cameras, J, self.fcfg)
+        self.kf = (KeypointKalman(J, self.kcfg, self.fps, self.length_scale)
+                   if self.filter == "kf" else None)
+        self.ekf = self._ekf(J)
         self.last_fid = None
 
     def step(self, points: np.ndarray, frame_id: int, zvar: np.ndarray | None = None) -> Fused:
@@ -188,6 +227,7 @@ class Fuser:
         dt = 0.0 if self.last_fid is None or late else (frame_id - self.last_fid) / self.fps
         gated = np.zeros(J, dtype=np.uint16)
         lead_ns = 0
+        xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
         xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
@@ -202,27 +242,30 @@ class Fuser:
             self.counters["gated"] += int(np.count_nonzero(gated))
             if self.lead_s > 0.0:
                 if self.kf is not None:
-                    xyz, var = self.kf.predict_ahead(self.lead_s)
+                    xyz_lead, _ = self.kf.predict_ahead(self.lead_s)
                 else:
-                    xyz, var = self.ekf.predict_ahead(self.lead_s)
+                    xyz_lead, _ = self.ekf.predict_ahead(self.lead_s)
                 lead_ns = round(self.lead_s * 1e9)
             self.last_fid = frame_id
         if late:
             self.counters["late"] += 1
         self.counters["fused"] += 1
         return Fused(xyz=xyz, var=var, raw_xyz=tri.xyz, reproj=reproj, views=views,
-                     gated=gated, lead_ns=lead_ns, late=late)
+                     gated=gated, status=keypoint_status(xyz, views), xyz_lead=xyz_lead,
+                     lead_ns=lead_ns, late=late)
 
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
         """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input)."""
         f = self.step(self.points(msg), msg.frame_id)
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
-            raw_xyz=f.raw_xyz, gated=f.gated, cams=list(self.names),
+            status=f.status, raw_xyz=f.raw_xyz, gated=f.gated, xyz_lead=f.xyz_lead,
+            late=f.late, units=self.units, cams=list(self.names),
             t_trigger_ns=msg.t_trigger_ns, t_grab_ns=list(msg.t_grab_ns), t_set_ns=msg.t_set_ns,
             t_infer_start_ns=msg.t_infer_start_ns, t_infer_end_ns=msg.t_infer_end_ns,
             t_kp2d_pub_ns=msg.t_pub_ns, t_fuse_recv_ns=t_recv_ns, lead_ns=f.lead_ns,
             skipped=list(msg.skipped), incomplete=list(msg.incomplete),
+            missing=list(msg.missing), desynced=list(msg.desynced),
         )
 
 
@@ -230,7 +273,8 @@ def main(ctx: StageContext) -> None:
     """The fusion process (see the module docstring)."""
     cfg = ctx.cfg
     cameras = read_calibration(ctx.args["calibration"], cfg.camera_names)
-    fuser = Fuser(cameras, cfg)
+    fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units),
+                  model_noise_px(cfg))
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["pose3d"])
     sub = ctx.socket(
         zmq.SUB,

@@ -91,9 +91,13 @@ class Triangulator:
         :meth:`triangulate` (the config's camera order).
     cfg
         ``min_views``, ``likelihood_threshold``, ``reproj_threshold_px``, ``pixel_noise_px``.
+    pixel_noise_px
+        The model's 2D noise at confidence 1 (its manifest's ``noise.sigma_px``); overrides
+        ``cfg.pixel_noise_px`` when given.
     """
 
-    def __init__(self, cameras: CameraGroup, cfg: FusionConfig) -> None:
+    def __init__(self, cameras: CameraGroup, cfg: FusionConfig,
+                 pixel_noise_px: float | None = None) -> None:
         C = len(cameras)
         if not 1 <= C <= 16:
             raise ValueError(f"need 1 to 16 cameras for a uint16 view mask, got {C}")
@@ -106,7 +110,10 @@ class Triangulator:
         self.min_views = int(cfg.min_views)
         self.likelihood_threshold = float(cfg.likelihood_threshold)
         self.reproj_threshold = float(cfg.reproj_threshold_px)
-        self.pixel_noise2 = float(cfg.pixel_noise_px) ** 2
+        #: σ of a 2D keypoint at confidence 1 (px): the argument, else ``cfg.pixel_noise_px``,
+        #: else 1 px (the run passes the model manifest's ``noise.sigma_px``)
+        self.pixel_noise = float(pixel_noise_px or cfg.pixel_noise_px or 1.0)
+        self.pixel_noise2 = self.pixel_noise ** 2
         self._state = np.zeros((0, 9))  # the kernel's filter arguments, unused here
         self._cov = np.zeros((0, 9, 9))
         self._flags = np.zeros(0, dtype=np.bool_)

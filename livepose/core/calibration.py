@@ -77,6 +77,28 @@ def read_calibration_units(path: str | Path) -> str | None:
     return str(units)
 
 
+def calibration_units(path: str | Path, configured: str | None) -> str:
+    """The length unit of a calibration: its file's ``[metadata] units``, else the config's
+    ``calibration_units``.
+
+    Raises
+    ------
+    CalibrationError
+        When neither says, or they disagree (one line naming both).
+    """
+    in_file = read_calibration_units(path)
+    if in_file is not None and configured is not None and in_file != configured:
+        raise CalibrationError(f"{path}: the file says units = {in_file!r} but the config's "
+                               f"calibration_units is {configured!r}")
+    unit = in_file or configured
+    if unit is None:
+        raise CalibrationError(
+            f"{path}: the calibration does not say its length unit; set calibration_units "
+            f"(one of {', '.join(LENGTH_UNITS)}) in the config, or write [metadata] units in "
+            "the file (livepose calibration import does)")
+    return unit
+
+
 def read_calibration(path: str | Path, names: Sequence[str] | None = None) -> CameraGroup:
     """Read an Anipose calibration TOML.
 

@@ -16,6 +16,9 @@ class SimCameraConfig(_Model):
 
     backend: Literal["sim"]
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    frame_offset: int = Field(
+        0, ge=-100, le=100, description="fault injection: deliver as frame k the image (and "
+        "exposure time) of pulse k - frame_offset, like a camera that lags behind")
 
 
 CameraName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
