@@ -135,6 +135,9 @@ def _secret_file(keys_dir: Path, name: str | None) -> Path:
 def _public_keys(folder: Path) -> frozenset[bytes]:
     if not folder.is_dir():
         raise UserError(f"transport.allowed_keys: {folder} is not a folder of public .key files")
+    if folder.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # anyone could admit themselves
+        raise UserError(f"transport.allowed_keys: {folder} is writable by others; run "
+                        f"chmod go-w {folder}")
     try:
         keys = zmq.auth.load_certificates(folder)
     except (OSError, ValueError) as exc:

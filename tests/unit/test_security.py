@@ -153,6 +153,10 @@ def test_key_pair_permissions_and_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"chmod 700"):
         security.load_keys(t)
     os.chmod(d, 0o700)
+    os.chmod(d / "allowed", 0o777)  # anyone could add their key to the allow-list
+    with pytest.raises(UserError, match=r"allowed_keys: .* writable by others"):
+        security.load_keys(t)
+    os.chmod(d / "allowed", 0o700)
     with pytest.raises(UserError, match="must be letters"):
         security.make_key_pair(d, "../evil")
     empty = tmp_path / "empty"
