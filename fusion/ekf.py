@@ -202,7 +202,7 @@ class KeypointEKF:
                 raise ValueError(f"zvar must have shape ({tri.n_cameras}, {J}, 2), got {zv.shape}")
         raw = TriangulationResult(
             xyz=np.empty((J, 3)), reproj=np.empty(J, dtype=np.float32),
-            views=np.empty(J, dtype=np.uint16), cov=np.empty((J, 3)),
+            views=np.empty(J, dtype=np.uint16), cov=np.empty((J, 3, 3)),
         )
         if run_filter:
             out = FilterOutput(

@@ -13,6 +13,7 @@ filter is reset and fusion goes on from there.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,10 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.core.calibration import calibration_units, read_calibration
+from livepose.core.calibration import CalibrationError, calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.core.geometry import Geometry, fit_geometry
 from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
@@ -33,6 +35,8 @@ from livepose.transport import codec
 #: millimetres per length unit of a calibration
 MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
+log = logging.getLogger(__name__)
+
 POLL_MS = 100
 MAX_BATCH = 256  # messages drained per loop turn before health is ticked again
 RATE_PERIOD_S = 1.0
@@ -40,6 +44,13 @@ RATE_PERIOD_S = 1.0
 
 class FusionInputError(ValueError):
     """A well-formed kp2d message that fusion cannot use (unknown cameras, wrong shape)."""
+
+
+def camera_geometry(cam_cfg: object) -> Geometry:
+    """The ROI offset and binning a camera config sets (machine-vision backends)."""
+    roi = getattr(cam_cfg, "roi", None)
+    offset = (int(roi.offset_x), int(roi.offset_y)) if roi is not None else (0, 0)
+    return Geometry(offset=offset, binning=int(getattr(cam_cfg, "binning", 1)))
 
 
 @dataclass(slots=True)
@@ -130,6 +141,12 @@ class Fuser:
         #: the calibration's unit per mm: the config's mm settings are scaled by it
         self.length_scale = 1.0 / MM_PER_UNIT[units]
         self.pixel_noise_px = pixel_noise_px
+        self.calibrated = cameras  # as calibrated; ``cameras`` is fitted to the live frames
+        self.geometry = ([camera_geometry(c) for c in cfg.cameras]
+                         if len(cfg.cameras) == len(cameras) else [Geometry()] * len(cameras))
+        self.sizes: list[tuple[int, int] | None] = [None] * len(cameras)
+        #: what the geometry check did, per camera (for the health info and the log)
+        self.geometry_notes: dict[str, str] = {}
         self.fcfg = cfg.fusion
         self.kcfg = cfg.fusion.kalman
         self.filter = cfg.fusion.filter if self.kcfg.enabled else "none"
@@ -230,11 +247,12 @@ class Fuser:
         xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
-        xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
+        xyz, var, reproj, views = tri.xyz, tri.var, tri.reproj, tri.views
         if self.filter == "ekf" and not late:
             xyz, var, views, gated = out.xyz, out.var, out.views, out.gated
         elif self.kf is not None and not late:
-            xyz, var = self.kf.step(tri.xyz, tri.cov if self.use_zvar else None, dt)
+            # the linear filter runs per axis: it takes the covariance's diagonal
+            xyz, var = self.kf.step(tri.xyz, tri.var if self.use_zvar else None, dt)
             if self.kf.gated.any():
                 gated = np.where(self.kf.gated, tri.views, 0).astype(np.uint16)
                 views = np.where(self.kf.gated, 0, tri.views).astype(np.uint16)
@@ -254,8 +272,40 @@ class Fuser:
                      gated=gated, status=keypoint_status(xyz, views), xyz_lead=xyz_lead,
                      lead_ns=lead_ns, late=late)
 
+    def check_geometry(self, msg: protocol.Kp2d) -> None:
+        """Fit each camera's model to its live frame size (ROI, binning, padding) when the
+        size first appears or changes; filters restart on a new geometry.
+
+        Raises
+        ------
+        CalibrationError
+            Frames that the calibrated geometry cannot explain (fatal for the run).
+        """
+        if len(msg.sizes) != len(msg.cams):
+            return
+        idx = self._order(msg.cams)
+        changed = False
+        cams = list(self.cameras.cameras)
+        for i, (w, h) in zip(idx, msg.sizes, strict=True):
+            if w <= 0 or h <= 0 or self.sizes[i] == (w, h):
+                continue
+            cam, note = fit_geometry(self.calibrated.cameras[i], (w, h), self.geometry[i])
+            self.sizes[i] = (w, h)
+            if note is not None:
+                self.geometry_notes[cam.name] = note
+                log.warning("%s", note)
+            changed = changed or cam is not cams[i]
+            cams[i] = cam
+        if changed:
+            self.cameras = CameraGroup(cams)
+            if self.n_keypoints is not None:
+                self._new_filters(self.n_keypoints)
+
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
-        """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input)."""
+        """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input and
+        :class:`~livepose.core.calibration.CalibrationError` for a geometry the calibration
+        cannot explain)."""
+        self.check_geometry(msg)
         f = self.step(self.points(msg), msg.frame_id)
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
@@ -333,8 +383,12 @@ def main(ctx: StageContext) -> None:
             except FusionInputError as exc:
                 ctx.counters["dropped"] += 1
                 report(f"frame {msg.frame_id}: {exc}")
+            except CalibrationError:
+                raise  # a geometry the calibration cannot explain: the run must stop
             except Exception as exc:  # one bad message must never kill the loop
                 ctx.counters["dropped"] += 1
                 report(f"frame {msg.frame_id}: {type(exc).__name__}: {exc}")
         for key in ("fused", "late", "gated", "resets"):
             ctx.counters[key] = fuser.counters[key]
+        if fuser.geometry_notes:
+            ctx.info["geometry"] = dict(fuser.geometry_notes)

@@ -258,7 +258,8 @@ class Kp2d(Message):
     The frame-set policy (:mod:`livepose.inference.assembler`) may hand out a set without
     every view: ``missing`` names the cameras whose frame had not arrived by the deadline
     (or that are known to be gone) and ``desynced`` those whose frame the timing model
-    flagged; their rows are NaN.
+    flagged; their rows are NaN. ``sizes`` gives each view's frame ``[width, height]``
+    (``[0, 0]`` where missing): fusion checks it against the calibration's geometry.
     """
 
     KIND: ClassVar[str] = "kp2d"
@@ -278,6 +279,7 @@ class Kp2d(Message):
     incomplete: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     desynced: list[str] = field(default_factory=list)
+    sizes: list[list[int]] = field(default_factory=list)
 
 
 @_register

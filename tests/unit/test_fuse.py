@@ -158,3 +158,27 @@ def test_bad_options(eks_fly: Path, tmp_path: Path) -> None:
     with pytest.raises(FuseInputError, match="filter"):
         fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", filter="ukf",
                    progress=False, fps=100.0, units="mm")
+
+
+def test_fuser_fits_live_frame_geometry(eks_fly: Path) -> None:
+    """kp2d frame sizes: padding is accepted with K unchanged; a size no ROI or binning
+    explains stops fusion with a one-line CalibrationError naming the camera."""
+    from livepose.core import protocol
+    from livepose.core.calibration import CalibrationError, read_calibration
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser
+
+    cams = read_calibration(eks_fly / "calibration.toml", CAMS)
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=n) for n in CAMS], fps=100.0)
+    fuser = Fuser(cams, cfg, "mm")
+    pts = np.full((3, 2, 3), np.nan, np.float32)
+    w, h = cams[0].size
+
+    def kp2d(sizes: list[list[int]]) -> protocol.Kp2d:
+        return protocol.Kp2d(frame_id=0, cams=CAMS, model="m", points=pts, sizes=sizes)
+
+    fuser.fuse(kp2d([[w + 8, h], [*cams[1].size], [*cams[2].size]]), 0)
+    assert "padding" in fuser.geometry_notes["Cam-A"]
+    assert fuser.cameras[0] is fuser.calibrated[0]  # K unchanged
+    with pytest.raises(CalibrationError, match=r"camera 'Cam-B'.*no ROI or binning"):
+        fuser.fuse(kp2d([[w + 8, h], [w // 2, h // 2], [*cams[2].size]]), 1)

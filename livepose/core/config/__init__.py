@@ -32,6 +32,7 @@ from livepose.core.config.cameras import (
     VideoCameraConfig,
     WebcamCameraConfig,
     clock_matched,
+    free_run_by_counter,
 )
 from livepose.core.config.services import (
     DashboardConfig,
@@ -96,6 +97,13 @@ class Config(_Model):
             raise ValueError(f"camera names must be unique; repeated: {dup}")
         if self.calibration is None and not all(c.backend == "sim" for c in self.cameras):
             raise ValueError("calibration is required unless every camera is a sim camera")
+        by_counter = [c.name for c in self.cameras if free_run_by_counter(c)]
+        if by_counter and len(self.cameras) > 1:
+            raise ValueError(
+                f"cameras {by_counter} run free with match: counter: each camera's counter "
+                "starts at its own instant, so one frame_id would not be one moment in every "
+                "camera; use match: clock (frames matched to the trigger clock's pulses by time)"
+            )
         matched = [c.name for c in self.cameras if clock_matched(c)]
         if matched and self.trigger.source != "software":
             raise ValueError(
