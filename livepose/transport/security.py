@@ -181,6 +181,9 @@ def load_keys(t: TransportConfig) -> CurveKeys | None:
     """
     if t.kind != "tcp" or t.keys_dir is None:
         return None
+    if not zmq.has("curve"):
+        raise UserError("transport.keys_dir: this libzmq was built without CURVE; install "
+                        "pyzmq's binary wheel (it bundles libsodium)")
     keys_dir = Path(t.keys_dir).expanduser()
     if not keys_dir.is_dir():
         raise UserError(f"transport.keys_dir: {keys_dir} is not a folder; make it with "
