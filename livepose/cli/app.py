@@ -269,6 +269,15 @@ def _register_calibration() -> None:
 _register_calibration()  # calibration import (livepose/cli/calibration.py)
 
 
+def _register_keys() -> None:
+    from livepose.cli.keys import register
+
+    register(app, err)
+
+
+_register_keys()  # CURVE key pairs (livepose/cli/keys.py)
+
+
 def _bench_group() -> typer.Typer:
     """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
     group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
@@ -293,6 +302,18 @@ def _register_acquisition_bench() -> None:
         from livepose.bench.transport import main as run
 
         res = run(json_path, quick=quick, duration_s=duration)
+        Console().print_json(data=res["summary"])
+
+    @bench.command("curve")
+    def bench_curve(
+        json_path: JsonOpt = None,
+        duration: Annotated[float, typer.Option("--case-duration", min=0.5, max=10,
+                                                help="seconds per case")] = 2.0,
+    ) -> None:
+        """CURVE's cost: 1280x1024 frames over tcp with and without it (fps, p50/p99)."""
+        from livepose.bench.curve import main as run
+
+        res = run(json_path, duration_s=duration)
         Console().print_json(data=res["summary"])
 
     @bench.command("acquisition")

@@ -24,7 +24,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.latency import stage_latencies_ms
-from livepose.transport import codec
+from livepose.transport import codec, security
 
 
 @dataclass
@@ -113,6 +113,13 @@ class PoseClient:
         Yield only the newest available pose (skip stale ones) instead of every pose.
     timeout_s
         Iteration ends after this long without a pose (``None``: wait forever).
+    context
+        A ZeroMQ context to use (default: a new one, terminated by :meth:`close`).
+    keys
+        CURVE keys for a ``tcp://`` endpoint of a run with ``transport.keys_dir``:
+        ``livepose.transport.security.client_keys("me.key_secret", "rig.key")`` (this
+        host's key pair, whose public key the run lists, and the run host's public key).
+        Without them such a run never sends this client anything.
 
     Guarantees: ``frame_id`` never goes backwards (a pose older than one already yielded is
     dropped and counted in :attr:`out_of_order`); a malformed message is counted
@@ -125,6 +132,7 @@ class PoseClient:
         latest_only: bool = True,
         timeout_s: float | None = None,
         context: zmq.Context[Any] | None = None,
+        keys: security.CurveKeys | None = None,
     ) -> None:
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
@@ -132,7 +140,7 @@ class PoseClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"pose3d")
-        self.sock.connect(endpoint)
+        security.connect(self.sock, endpoint, keys)
         self.latest_only = latest_only
         self.timeout_s = timeout_s
         self.decoder = codec.Decoder(expect=["pose3d"])

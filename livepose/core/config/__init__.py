@@ -179,6 +179,11 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
             cfg.model.manifest = base_dir / cfg.model.manifest
+        t = cfg.transport
+        for key in ("keys_dir", "allowed_keys", "server_key"):
+            v = getattr(t, key)
+            if v is not None and not v.expanduser().is_absolute():
+                setattr(t, key, base_dir / v)
     return cfg
 
 
