@@ -31,7 +31,7 @@ from livepose.bench.fuzz_mutate import control_message, malformed
 from livepose.core import protocol
 from livepose.core.calibration import CalibrationError
 from livepose.core.control import decode_camera_command, decode_record_control, decode_reshard
-from livepose.transport import codec, shmring
+from livepose.transport import codec, security, shmring
 
 CAMS = ["cam0", "cam1", "cam2", "cam3"]
 RING_FIELDS = ("magic", "slots", "slot_bytes", "meta_bytes", "head", "closed", "gen", "meta")
@@ -49,8 +49,8 @@ class _Wire:
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
         ep = f"ipc://{folder}/fuzz.sock"
-        self.pull.bind(ep)
-        self.push.connect(ep)
+        security.bind(self.pull, ep, None)  # ipc: no keys
+        security.connect(self.push, ep, None)
 
     def roundtrip(self, parts: list[bytes]) -> list[Any]:
         self.push.send_multipart(parts, copy=True)
