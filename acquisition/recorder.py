@@ -109,7 +109,14 @@ class FrameRecorder:
         self._last_full_log = 0.0
         folder = video_dir(session)
         folder.mkdir(parents=True, exist_ok=True)
-        self._table_file = (folder / f"{cam}_frames.csv").open("w", newline="")
+        #: the files' stem: the camera's name, or ``<cam>.<n>`` when a camera restarted in
+        #: the middle of a session (what it recorded before is never overwritten)
+        self.stem = cam
+        n = 1
+        while (folder / f"{self.stem}_frames.csv").exists():
+            self.stem = f"{cam}.{n}"
+            n += 1
+        self._table_file = (folder / f"{self.stem}_frames.csv").open("w", newline="")
         self._table = csv.writer(self._table_file, lineterminator="\n")
         self._table.writerow(COLUMNS)
         self._table_file.flush()
@@ -171,7 +178,7 @@ class FrameRecorder:
         if self.failed is None:
             try:
                 if self._sink is None:
-                    self._sink = open_sink(video_dir(self.session), self.cam, self.rec,
+                    self._sink = open_sink(video_dir(self.session), self.stem, self.rec,
                                            self.cfg.fps, img)
                 self._sink.write(img, self.recorded)
                 index = str(self.recorded)
@@ -227,13 +234,13 @@ class FrameRecorder:
             self._fail(f"{self.cam}: closing the frame table failed: {exc}")
         summary = {
             "cam": self.cam, "codec": self.rec.codec, "checksum": self.rec.checksum,
-            "video": video_path(video_dir(self.session), self.cam, self.rec.codec).name,
+            "video": video_path(video_dir(self.session), self.stem, self.rec.codec).name,
             "frames_recorded": self.recorded, "frames_lost": self.counters["rec_lost"],
             "queue_full": self.counters["rec_queue_full"], "first_frame_id": self.first,
             "last_frame_id": self.last, "error": self.failed, "closed": True,
         }
         try:
-            (video_dir(self.session) / f"{self.cam}.json").write_text(json.dumps(summary, indent=2))
+            (video_dir(self.session) / f"{self.stem}.json").write_text(json.dumps(summary, indent=2))
         except OSError as exc:
             log.error("%s: cannot write the writer summary: %s", self.cam, exc)
         self.events.emit("record_stop", cam=self.cam, frames=self.recorded,

@@ -94,7 +94,7 @@ def plan(
               for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
     if keypoints is not None and cfg.recording.predictions:
         specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
-                              nice=5))
+                              optional=True, nice=5))  # its crash never stops the experiment
     if dashboard is not None:
         args = {"calibration": calibration, **dashboard}
         specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
@@ -165,6 +165,10 @@ class Supervisor:
         self.keys: security.CurveKeys | None = None
         #: health messages ignored because no process of this run sent them (by pid)
         self.foreign_health = 0
+        #: restarts done: ``{name, exitcode, died_s, back_s, first_frame, error}`` each
+        self.restarts: list[dict[str, Any]] = []
+        self._restart_due: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._restart_times: dict[str, list[float]] = {}
 
     @property
     def dashboard_login_url(self) -> str | None:
@@ -315,6 +319,7 @@ class Supervisor:
                             self._health_relay.send_multipart(parts, zmq.NOBLOCK)
         self.recording.poll()
         self._check_children()
+        self._respawn_due()
 
     def _check_children(self) -> None:
         alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
@@ -325,14 +330,69 @@ class Supervisor:
                 continue
             p.join(0)
             self.exited[n] = p.exitcode
-            if not self._stopping and n in self._optional():
+            if not self._stopping and self._schedule_restart(n, p.exitcode):
+                pass
+            elif not self._stopping and n in self._optional():
                 log.error("%s exited with code %s; the run goes on without it", n, p.exitcode)
+                h = self.health.get(n)
+                self.recording.on_died(n, p.exitcode, h.last_error if h else None)
             elif (not self._stopping and self._camera_lost(n, p.exitcode)) or (not self._stopping and self._take_over(n, p.exitcode)):
                 pass
             elif not self._stopping:
                 h = self.health.get(n)
                 self.recording.on_died(n, p.exitcode, h.last_error if h else None)
                 raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def _schedule_restart(self, name: str, exitcode: int | None) -> bool:
+        """Schedule ``name`` to start again (True), within ``restart.max_restarts`` per
+        ``restart.window_s``; the trigger clock is never restarted."""
+        r = self.cfg.restart
+        spec = next((s for s in self._specs if s.name == name), None)
+        if not r.enabled or spec is None or name in ("trigger", "recorder"):
+            return False  # the clock's numbering is frame identity; a recorder restarted
+            # mid-session would reopen its CSVs (it is optional: the run goes on without it)
+        now = time.monotonic()
+        recent = [t for t in self._restart_times.get(name, []) if now - t < r.window_s]
+        if len(recent) >= r.max_restarts:
+            log.error("%s died %d times within %.0f s: not restarted again", name,
+                      len(recent) + 1, r.window_s)
+            return False
+        delay = min(1.0, r.backoff_s * 2 ** len(recent))
+        self._restart_times[name] = [*recent, now]
+        h = self.health.get(name)
+        err = h.last_error if h else None
+        log.error("%s exited with code %s (%s); starting it again in %.2f s", name, exitcode,
+                  err or "no error reported", delay)
+        self.recording.on_died(name, exitcode, err)
+        self._restart_due[name] = (now + delay, {"name": name, "exitcode": exitcode,
+                                                 "error": err, "died_s": now,
+                                                 "first_frame": self._newest_pulse()})
+        return True
+
+    def _newest_pulse(self) -> int:
+        h = self.health.get("trigger")
+        return int(h.counters.get("pulses", 0)) if h else 0
+
+    def _respawn_due(self) -> None:
+        """Start again the stages whose back-off passed."""
+        now = time.monotonic()
+        for name, (due, record) in list(self._restart_due.items()):
+            if now < due or self._stopping:
+                continue
+            del self._restart_due[name]
+            spec = next(s for s in self._specs if s.name == name)
+            if name.startswith("infer"):  # account from the next pulse on (docs: Restarts)
+                spec = ProcSpec(spec.name, spec.target, {**spec.args,
+                                "start_frame_id": self._newest_pulse() + 1},
+                                spec.optional, spec.nice, spec.rt)
+            self.exited.pop(name, None)
+            self.health.pop(name, None)
+            self._spawn(spec)
+            record["back_s"] = now
+            record["restarted_after_s"] = round(now - record["died_s"], 3)
+            self.restarts.append(record)
+            log.warning("%s started again (%.2f s after it died)", name,
+                        record["restarted_after_s"])
 
     def _camera_lost(self, name: str, exitcode: int | None) -> bool:
         """A camera process died: the run goes on (True) while at least

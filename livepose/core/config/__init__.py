@@ -39,6 +39,7 @@ from livepose.core.config.services import (
     LimitsConfig,
     PreviewConfig,
     RecordingConfig,
+    RestartConfig,
     TransportConfig,
 )
 from livepose.core.config.stages import (
@@ -56,7 +57,7 @@ __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
     "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
     "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
-    "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RoiConfig",
+    "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig",
     "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
     "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
     "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
@@ -83,6 +84,7 @@ class Config(_Model):
     recording: RecordingConfig = RecordingConfig()
     limits: LimitsConfig = LimitsConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    restart: RestartConfig = RestartConfig()
     desync_tolerance_ms: float = Field(2.0, gt=0)
     realtime: bool = Field(
         False, description="run trigger, cameras, inference and fusion under SCHED_FIFO "

@@ -159,6 +159,20 @@ class DashboardConfig(_Model):
         return v
 
 
+class RestartConfig(_Model):
+    """Stages that die come back (docs/architecture.md, "Restarts"): the supervisor starts a
+    dead camera, inference worker, fusion, recorder or dashboard again after a back-off that
+    doubles from ``backoff_s`` up to 1 s, at most ``max_restarts`` times per stage within
+    ``window_s``; past that the old rules apply (a camera is lost, a worker's share taken
+    over, fusion's death ends the run). The trigger clock is never restarted (its pulse
+    numbering is frame identity)."""
+
+    enabled: bool = True
+    max_restarts: int = Field(5, ge=0, le=1000)
+    window_s: float = Field(60.0, gt=0)
+    backoff_s: float = Field(0.1, gt=0, le=1.0, description="first back-off; doubles to 1 s")
+
+
 class LimitsConfig(_Model):
     """Upper bounds for decoding messages."""
 
