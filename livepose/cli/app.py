@@ -258,6 +258,15 @@ def _register_calibration() -> None:
 _register_calibration()  # calibration import (livepose/cli/calibration.py)
 
 
+def _register_calibrate() -> None:
+    from livepose.cli.calibrate import register
+
+    register(app, err)
+
+
+_register_calibrate()  # calibrate board / run / intrinsics (livepose/cli/calibrate.py)
+
+
 def _bench_group() -> typer.Typer:
     """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
     group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
@@ -464,6 +473,26 @@ def _register_crops_bench() -> None:
 
 
 _register_crops_bench()
+
+
+def _register_calibration_bench() -> None:
+    """``bench calibration`` (livepose/bench/calibration.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("calibration")
+    def bench_calibration(
+        json_path: JsonOpt = None,
+        no_peer: Annotated[bool, typer.Option("--no-peer", help="skip aniposelib")] = False,
+    ) -> None:
+        """Sim rig, 4 cameras, 5×7 ChArUco, 60 poses: errors vs truth and vs aniposelib."""
+        from livepose.bench.calibration import run as run_cal
+
+        res = run_cal(json_path, progress=lambda m: err.print(m, highlight=False),
+                      peer=not no_peer)
+        Console().print_json(data=res["summary"])
+
+
+_register_calibration_bench()
 
 
 def main() -> None:

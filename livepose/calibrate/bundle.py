@@ -1,0 +1,465 @@
+"""Extrinsics and bundle adjustment.
+
+Initial poses come from shared board views (a spanning tree grown from camera 0, each new
+camera placed by the chordal mean of its candidate rotations and the median translation);
+then one bundle adjustment refines every camera (extrinsics and, by default, intrinsics) and
+every board pose with ``scipy.optimize.least_squares``: vectorised residuals, the Jacobian's
+sparsity given (``jac_sparsity``, so finite differences cost ~20 evaluations), a Huber loss,
+then the corners that still reproject far off are dropped and the solve is finished with a
+plain least-squares loss. World frame: camera 0 (as Anipose).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from livepose.calibrate.detect import MIN_CORNERS
+from livepose.calibrate.intrinsics import Intrinsics
+from livepose.core.camera import CameraGroup, CameraModel, rodrigues, rodrigues_inv
+from livepose.core.errors import UserError
+
+HUBER_PX = 1.0
+OUTLIER_PX = 1.5
+"""After the robust pass a corner farther than this (and than 5 robust sigmas) is dropped."""
+
+
+def rodrigues_batch(r: np.ndarray) -> np.ndarray:
+    """Rotation vectors ``(M, 3)`` → matrices ``(M, 3, 3)``."""
+    th = np.linalg.norm(r, axis=1)
+    safe = np.where(th < 1e-12, 1.0, th)
+    k = r / safe[:, None]
+    K = np.zeros((r.shape[0], 3, 3))
+    K[:, 0, 1], K[:, 0, 2] = -k[:, 2], k[:, 1]
+    K[:, 1, 0], K[:, 1, 2] = k[:, 2], -k[:, 0]
+    K[:, 2, 0], K[:, 2, 1] = -k[:, 1], k[:, 0]
+    s, c = np.sin(th)[:, None, None], (1.0 - np.cos(th))[:, None, None]
+    return np.eye(3)[None] + s * K + c * (K @ K)
+
+
+def _chordal_mean(Rs: list[np.ndarray]) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(np.sum(Rs, axis=0))
+    R = U @ Vt
+    if np.linalg.det(R) < 0:
+        U[:, -1] *= -1
+        R = U @ Vt
+    return R
+
+
+def initial_extrinsics(rv: np.ndarray, tv: np.ndarray, counts: np.ndarray,
+                       names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+    """World (= camera 0) → camera poses and board → world poses from per-view poses.
+
+    Parameters
+    ----------
+    rv, tv
+        ``(C, F, 3)`` board → camera per view, NaN where the view is unusable.
+    counts
+        ``(C, F)`` corners per view (the view with most corners places a board).
+
+    Returns
+    -------
+    Rc, tc
+        ``(C, 3, 3)``, ``(C, 3)`` world → camera.
+    Rb, tb
+        ``(F, 3, 3)``, ``(F, 3)`` board → world (NaN for frames no placed camera saw).
+    """
+    C, F = rv.shape[:2]
+    ok = np.isfinite(rv[..., 0])
+    Rv = np.full((C, F, 3, 3), np.nan)
+    for c in range(C):
+        Rv[c, ok[c]] = rodrigues_batch(rv[c, ok[c]])
+    Rc = np.full((C, 3, 3), np.nan)
+    tc = np.full((C, 3), np.nan)
+    Rc[0], tc[0] = np.eye(3), np.zeros(3)
+    Rb = np.full((F, 3, 3), np.nan)
+    tb = np.full((F, 3), np.nan)
+    placed = {0}
+
+    def place_boards(c: int) -> None:
+        for f in np.flatnonzero(ok[c]):
+            better = not np.isfinite(tb[f, 0]) or counts[c, f] > place_boards.best[f]
+            if better:
+                # board -> world = (world -> cam)^-1 ∘ (board -> cam)
+                Rb[f] = Rc[c].T @ Rv[c, f]
+                tb[f] = Rc[c].T @ (tv[c, f] - tc[c])
+                place_boards.best[f] = counts[c, f]
+
+    place_boards.best = np.zeros(F)  # type: ignore[attr-defined]
+    place_boards(0)
+    while len(placed) < C:
+        known = np.isfinite(tb[:, 0])
+        shared = [(int((ok[c] & known).sum()), c) for c in range(C) if c not in placed]
+        n, c = max(shared)
+        if n == 0:
+            raise UserError(f"camera(s) {[names[c] for _, c in shared]} share no board view "
+                            f"with {[names[p] for p in sorted(placed)]}: collect views that "
+                            "both see")
+        cand_R, cand_t = [], []
+        for f in np.flatnonzero(ok[c] & known):
+            R = Rv[c, f] @ Rb[f].T
+            cand_R.append(R)
+            cand_t.append(tv[c, f] - R @ tb[f])
+        Rc[c] = _chordal_mean(cand_R)
+        tc[c] = np.median(np.asarray(cand_t), axis=0)
+        placed.add(c)
+        place_boards(c)
+    return Rc, tc, Rb, tb
+
+
+@dataclass
+class BundleResult:
+    """A solved rig.
+
+    Attributes
+    ----------
+    cameras
+        The calibrated cameras (world = camera 0).
+    board_R, board_t
+        ``(F, 3, 3)``, ``(F, 3)`` board → world per frame (NaN where not solved).
+    errors
+        ``(C, F, N)`` reprojection error per corner (px), NaN where not observed.
+    inliers
+        ``(C, F, N)`` bool: corners kept by the final solve.
+    reproj_px
+        Mean reprojection error over the inliers.
+    seconds, nfev
+        Solve time and residual evaluations.
+    """
+
+    cameras: CameraGroup
+    board_R: np.ndarray  # noqa: N815
+    board_t: np.ndarray
+    errors: np.ndarray
+    inliers: np.ndarray
+    reproj_px: float
+    seconds: float
+    nfev: int
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """``(M, 3)`` → ``(M, 3, 3)`` cross-product matrices."""
+    S = np.zeros((v.shape[0], 3, 3))
+    S[:, 0, 1], S[:, 0, 2] = -v[:, 2], v[:, 1]
+    S[:, 1, 0], S[:, 1, 2] = v[:, 2], -v[:, 0]
+    S[:, 2, 0], S[:, 2, 1] = -v[:, 1], v[:, 0]
+    return S
+
+
+class _Problem:
+    """Residuals and their analytic sparse Jacobian.
+
+    Unknowns: per camera (but camera 0, the world) a rotation increment ``δ`` (``R = exp(δ)
+    R₀``) and a translation; per camera, if refined, ``fx fy cx cy`` and the distortion;
+    per board pose a rotation increment and a translation. Rotations are re-based
+    (``R₀ ← R``) between solves so the increments stay small.
+    """
+
+    def __init__(self, uv: np.ndarray, objp: np.ndarray, obs: tuple[np.ndarray, ...],
+                 frames: np.ndarray, fisheye: bool, refine_intrinsics: bool,
+                 dist_len: int, Rc0: np.ndarray, Rb0: np.ndarray) -> None:
+        self.objp = objp
+        self.obs_c, self.obs_f, self.obs_n = obs  # (M,) each; obs_f indexes `frames`
+        self.uv = uv[self.obs_c, frames[self.obs_f], self.obs_n]
+        self.C = int(uv.shape[0])
+        self.B = int(frames.size)
+        self.fisheye = fisheye
+        self.refine = refine_intrinsics
+        self.nd = 4 if fisheye else dist_len
+        self.ni = (4 + self.nd) if refine_intrinsics else 0
+        self.n_ext = (self.C - 1) * 6  # camera 0 is the world
+        self.Rc0, self.Rb0 = Rc0, Rb0
+        self._cache: tuple[bytes, np.ndarray, Any] | None = None
+
+    @property
+    def n(self) -> int:
+        return self.n_ext + self.C * self.ni + self.B * 6
+
+    def pack(self, tc: np.ndarray, intr: np.ndarray, tb: np.ndarray) -> np.ndarray:
+        ext = np.concatenate([np.zeros((self.C, 3)), tc], axis=1)[1:].ravel()
+        brd = np.concatenate([np.zeros((self.B, 3)), tb], axis=1).ravel()
+        return np.concatenate([ext, intr.ravel() if self.refine else [], brd])
+
+    def unpack(self, x: np.ndarray, intr0: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``x`` → ``Rc (C,3,3), tc (C,3), intr (C,ni), Rb (B,3,3), tb (B,3)``."""
+        ext = np.concatenate([np.zeros((1, 6)), x[: self.n_ext].reshape(-1, 6)])
+        o = self.n_ext
+        if self.refine:
+            intr = x[o: o + self.C * self.ni].reshape(self.C, self.ni)
+            o += self.C * self.ni
+        else:
+            intr = intr0
+        brd = x[o:].reshape(self.B, 6)
+        Rc = rodrigues_batch(ext[:, :3]) @ self.Rc0
+        Rb = rodrigues_batch(brd[:, :3]) @ self.Rb0
+        return Rc, ext[:, 3:], intr, Rb, brd[:, 3:]
+
+    def project(self, Rc: np.ndarray, tc: np.ndarray, intr: np.ndarray, Rb: np.ndarray,
+                tb: np.ndarray, jac: bool = False) -> tuple[np.ndarray, Any]:
+        """Predicted pixels ``(M, 2)`` and, if ``jac``, the Jacobian ``(2M, n)`` (CSR)."""
+        c, f = self.obs_c, self.obs_f
+        RbP = np.einsum("mij,mj->mi", Rb[f], self.objp[self.obs_n])
+        Xw = RbP + tb[f]
+        RcX = np.einsum("mij,mj->mi", Rc[c], Xw)
+        Xc = RcX + tc[c]
+        z = np.maximum(Xc[:, 2], 1e-9)
+        x, y = Xc[:, 0] / z, Xc[:, 1] / z
+        k = intr[c]
+        fx, fy, cx, cy = k[:, 0], k[:, 1], k[:, 2], k[:, 3]
+        d = k[:, 4:]
+        M = x.size
+        Dd = np.zeros((M, 2, self.nd))  # d(xd, yd)/d(dist)
+        if self.fisheye:
+            r = np.maximum(np.hypot(x, y), 1e-12)
+            th = np.arctan(r)
+            t2 = th * th
+            poly = 1 + t2 * (d[:, 0] + t2 * (d[:, 1] + t2 * (d[:, 2] + t2 * d[:, 3])))
+            s = th * poly / r
+            xd, yd = x * s, y * s
+            dthd = 1 + t2 * (3 * d[:, 0] + t2 * (5 * d[:, 1] + t2 * (7 * d[:, 2]
+                                                                     + 9 * t2 * d[:, 3])))
+            ds_dr = (dthd / (1 + r * r) - s) / r  # d(thd/r)/dr
+            Dxy = np.empty((M, 2, 2))
+            Dxy[:, 0, 0] = s + x * ds_dr * x / r
+            Dxy[:, 0, 1] = x * ds_dr * y / r
+            Dxy[:, 1, 0] = y * ds_dr * x / r
+            Dxy[:, 1, 1] = s + y * ds_dr * y / r
+            for i in range(4):
+                g = th ** (2 * i + 3) / r
+                Dd[:, 0, i], Dd[:, 1, i] = x * g, y * g
+        else:
+            r2 = x * x + y * y
+            k3 = d[:, 4] if self.nd > 4 else 0.0
+            p1, p2 = d[:, 2], d[:, 3]
+            rad = 1 + r2 * (d[:, 0] + r2 * (d[:, 1] + r2 * k3))
+            drad = d[:, 0] + r2 * (2 * d[:, 1] + 3 * r2 * k3)
+            xd = x * rad + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+            yd = y * rad + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+            Dxy = np.empty((M, 2, 2))
+            Dxy[:, 0, 0] = rad + 2 * x * x * drad + 2 * p1 * y + 6 * p2 * x
+            Dxy[:, 0, 1] = 2 * x * y * drad + 2 * p1 * x + 2 * p2 * y
+            Dxy[:, 1, 0] = 2 * x * y * drad + 2 * p1 * x + 2 * p2 * y
+            Dxy[:, 1, 1] = rad + 2 * y * y * drad + 6 * p1 * y + 2 * p2 * x
+            Dd[:, 0, 0], Dd[:, 1, 0] = x * r2, y * r2
+            Dd[:, 0, 1], Dd[:, 1, 1] = x * r2 * r2, y * r2 * r2
+            Dd[:, 0, 2], Dd[:, 1, 2] = 2 * x * y, r2 + 2 * y * y
+            Dd[:, 0, 3], Dd[:, 1, 3] = r2 + 2 * x * x, 2 * x * y
+            if self.nd > 4:
+                Dd[:, 0, 4], Dd[:, 1, 4] = x * r2 ** 3, y * r2 ** 3
+        pred = np.stack([fx * xd + cx, fy * yd + cy], axis=1)
+        if not jac:
+            return pred, None
+        from scipy.sparse import csr_matrix
+
+        Dp = np.zeros((M, 2, 3))  # d(x, y)/dXc
+        Dp[:, 0, 0] = Dp[:, 1, 1] = 1 / z
+        Dp[:, 0, 2], Dp[:, 1, 2] = -x / z, -y / z
+        F = np.stack([fx, fy], 1)[:, :, None]
+        A = F * np.einsum("mij,mjk->mik", Dxy, Dp)  # d(u, v)/dXc  (M, 2, 3)
+        blocks, cols = [], []
+        rows_ok = c > 0
+        ext_cols = (c[:, None] - 1) * 6 + np.arange(6)[None]
+        Jc = np.concatenate([np.einsum("mij,mjk->mik", A, -_skew(RcX)), A], axis=2)
+        Jc[~rows_ok] = 0.0
+        blocks.append(Jc)
+        cols.append(np.where(rows_ok[:, None], ext_cols, 0))
+        if self.refine:
+            Ji = np.zeros((M, 2, self.ni))
+            Ji[:, 0, 0], Ji[:, 1, 1] = xd, yd
+            Ji[:, 0, 2], Ji[:, 1, 3] = 1.0, 1.0
+            Ji[:, :, 4:] = F * Dd
+            blocks.append(Ji)
+            cols.append(self.n_ext + c[:, None] * self.ni + np.arange(self.ni)[None])
+        ARc = np.einsum("mij,mjk->mik", A, Rc[c])
+        Jb = np.concatenate([np.einsum("mij,mjk->mik", ARc, -_skew(RbP)), ARc], axis=2)
+        blocks.append(Jb)
+        cols.append(self.n_ext + self.C * self.ni + f[:, None] * 6 + np.arange(6)[None])
+        data = np.concatenate(blocks, axis=2)  # (M, 2, K)
+        colm = np.concatenate(cols, axis=1)  # (M, K)
+        K = colm.shape[1]
+        rr = np.repeat(np.arange(2 * M), K)
+        cc = np.repeat(colm[:, None, :], 2, axis=1).ravel()
+        J = csr_matrix((data.ravel(), (rr, cc)), shape=(2 * M, self.n))
+        return pred, J
+
+    def residual(self, x: np.ndarray, intr0: np.ndarray) -> np.ndarray:
+        pred, J = self.project(*self.unpack(x, intr0), jac=True)
+        self._cache = (x.tobytes(), pred, J)
+        return (pred - self.uv).ravel()
+
+    def jacobian(self, x: np.ndarray, intr0: np.ndarray) -> Any:
+        if self._cache is None or self._cache[0] != x.tobytes():
+            self.residual(x, intr0)
+        assert self._cache is not None
+        return self._cache[2]
+
+
+def _robust(r: np.ndarray, huber: float | None) -> tuple[float, np.ndarray]:
+    """Cost and IRLS weights ``(2M,)`` of residuals ``r`` under a Huber loss (or none)."""
+    if huber is None:
+        return 0.5 * float(r @ r), np.ones_like(r)
+    a = np.abs(r)
+    small = a <= huber
+    cost = np.where(small, 0.5 * r * r, huber * a - 0.5 * huber * huber).sum()
+    return float(cost), np.where(small, 1.0, huber / np.maximum(a, 1e-12))
+
+
+def levenberg_marquardt(prob: _Problem, x0: np.ndarray, intr0: np.ndarray,
+                        huber: float | None, max_iter: int = 50,
+                        rtol: float = 1e-10) -> tuple[np.ndarray, int]:
+    """Minimise the (Huber-)robust reprojection cost from ``x0``.
+
+    Levenberg–Marquardt with the analytic sparse Jacobian; the normal equations (a few
+    hundred unknowns) are formed sparse and solved dense; a Huber loss by iteratively
+    reweighted least squares. Returns the solution and the number of evaluations.
+    """
+    from scipy.sparse import diags
+
+    x = x0
+    r = prob.residual(x, intr0)
+    J = prob.jacobian(x, intr0)
+    cost, w = _robust(r, huber)
+    lam = 1e-3
+    n_eval = 1
+    for _ in range(max_iter):
+        JW = diags(w) @ J
+        H = (J.T @ JW).toarray()
+        g = JW.T @ r
+        dH = np.maximum(np.diag(H), 1e-12)
+        improved = False
+        for _ in range(10):
+            dx = np.linalg.solve(H + lam * np.diag(dH), -g)
+            xn = x + dx
+            rn = prob.residual(xn, intr0)
+            n_eval += 1
+            cn, wn = _robust(rn, huber)
+            if cn < cost:
+                improved = True
+                break
+            lam *= 10.0
+        if not improved:
+            break
+        done = cost - cn <= rtol * cost
+        x, r, cost, w = xn, rn, cn, wn
+        J = prob.jacobian(x, intr0)
+        lam = max(lam / 10.0, 1e-9)
+        if done:
+            break
+    return x, n_eval
+
+
+def bundle_adjust(uv: np.ndarray, objp: np.ndarray, intr: list[Intrinsics],
+                  rv: np.ndarray, tv: np.ndarray, names: list[str],
+                  sizes: list[tuple[int, int]], refine_intrinsics: bool = True,
+                  inliers: np.ndarray | None = None) -> BundleResult:
+    """Calibrate the rig from board corners seen by every camera.
+
+    Parameters
+    ----------
+    uv
+        ``(C, F, N, 2)`` corners, NaN where unseen.
+    objp
+        ``(N, 3)`` board corners.
+    intr
+        Each camera's :class:`Intrinsics` (the start of the intrinsics).
+    rv, tv
+        ``(C, F, 3)`` board → camera per view (NaN where unusable), e.g. from
+        :func:`livepose.calibrate.intrinsics.board_poses`.
+    inliers
+        ``(C, F, N)`` corners allowed in (default: all seen); e.g. the intrinsics' inliers.
+    """
+    t0 = time.perf_counter()
+    C, F = uv.shape[:2]
+    seen = np.isfinite(uv[..., 0])
+    counts = seen.sum(2)
+    Rc, tc, Rb, tb = initial_extrinsics(rv, tv, counts, names)
+    frames = np.flatnonzero(np.isfinite(tb[:, 0]))
+    use = seen & (inliers if inliers is not None else True)
+    use &= (counts >= MIN_CORNERS)[..., None]
+    use[:, ~np.isfinite(tb[:, 0])] = False
+    fmap = np.full(F, -1)
+    fmap[frames] = np.arange(frames.size)
+    fisheye = intr[0].fisheye
+    dist_len = 4 if fisheye else max(5 if i.dist.size >= 5 else 4 for i in intr)
+    k3 = any(i.dist.size >= 5 and i.dist[4] != 0.0 for i in intr)
+    dist_len = dist_len if fisheye or k3 else 4
+
+    def intr_vec(i: Intrinsics) -> np.ndarray:
+        d = np.zeros(dist_len)
+        d[: min(dist_len, i.dist.size)] = i.dist[:dist_len]
+        return np.concatenate([[i.K[0, 0], i.K[1, 1], i.K[0, 2], i.K[1, 2]], d])
+
+    intr0 = np.stack([intr_vec(i) for i in intr])
+    Rcur, tcur = Rc, tc
+    Rbcur, tbcur = Rb[frames], tb[frames]
+    nfev = 0
+    for final in (False, True):
+        c_i, f_i, n_i = np.nonzero(use)
+        prob = _Problem(uv, objp, (c_i, fmap[f_i], n_i), frames, fisheye, refine_intrinsics,
+                        dist_len, Rcur, Rbcur)
+        x0 = prob.pack(tcur, intr0, tbcur)
+        xs, n_eval = levenberg_marquardt(prob, x0, intr0, huber=None if final else HUBER_PX)
+        nfev += n_eval
+        Rcur, tcur, intr_now, Rbcur, tbcur = prob.unpack(xs, intr0)
+        if refine_intrinsics:
+            intr0 = intr_now
+        if not final:
+            # errors of every seen corner under the robust solution: drop the far ones
+            allc, allf, alln = np.nonzero(seen & (fmap >= 0)[None, :, None])
+            full = _Problem(uv, objp, (allc, fmap[allf], alln), frames, fisheye,
+                            refine_intrinsics, dist_len, Rcur, Rbcur)
+            pred, _ = full.project(Rcur, tcur, intr0, Rbcur, tbcur)
+            e = np.linalg.norm(pred - full.uv, axis=1)
+            thr = max(OUTLIER_PX, 5 * 1.4826 * float(np.median(e)))
+            use = np.zeros_like(seen)
+            use[allc, allf, alln] = e <= thr
+    cams = []
+    for c in range(C):
+        k = intr0[c]
+        K = np.array([[k[0], 0.0, k[2]], [0.0, k[1], k[3]], [0.0, 0.0, 1.0]])
+        d = k[4:]
+        if not fisheye and d.size == 4:
+            d = np.concatenate([d, [0.0]])
+        cams.append(CameraModel(name=names[c], size=sizes[c], matrix=K, dist=d,
+                                rvec=rodrigues_inv(Rcur[c]), tvec=tcur[c], fisheye=fisheye))
+    board_R = np.full((F, 3, 3), np.nan)
+    board_t = np.full((F, 3), np.nan)
+    board_R[frames] = Rbcur
+    board_t[frames] = tbcur
+    errors = reprojection_errors(CameraGroup(cams), uv, objp, board_R, board_t)
+    reproj = float(np.nanmean(np.where(use, errors, np.nan)))
+    return BundleResult(cameras=CameraGroup(cams), board_R=board_R, board_t=board_t,
+                        errors=errors, inliers=use, reproj_px=reproj,
+                        seconds=time.perf_counter() - t0, nfev=nfev)
+
+
+def reprojection_errors(cams: CameraGroup, uv: np.ndarray, objp: np.ndarray,
+                        board_R: np.ndarray, board_t: np.ndarray) -> np.ndarray:
+    """``(C, F, N)`` distance (px) between each seen corner and its reprojection (NaN where
+    unseen or the board pose is unknown)."""
+    C, F, N = uv.shape[:3]
+    out = np.full((C, F, N), np.nan)
+    for f in np.flatnonzero(np.isfinite(board_t[:, 0])):
+        X = objp @ board_R[f].T + board_t[f]
+        for c in range(C):
+            out[c, f] = np.linalg.norm(cams[c].project(X) - uv[c, f], axis=1)
+    return out
+
+
+def world_from(cams: CameraGroup, R: np.ndarray, t: np.ndarray) -> CameraGroup:
+    """The same rig in another world frame: ``X_old = R @ X_new + t``."""
+    out = []
+    for c in cams:
+        Rn = c.R @ R
+        tn = c.R @ t + c.tvec
+        out.append(CameraModel(name=c.name, size=c.size, matrix=c.matrix, dist=c.dist,
+                               rvec=rodrigues_inv(Rn), tvec=tn, fisheye=c.fisheye))
+    return CameraGroup(out)
+
+
+__all__ = ["BundleResult", "bundle_adjust", "initial_extrinsics", "reprojection_errors",
+           "rodrigues", "world_from"]
