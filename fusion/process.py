@@ -24,6 +24,7 @@ from livepose.core import protocol
 from livepose.core.calibration import read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.fusion.drift import DriftEvent, DriftMonitor
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
 from livepose.kit.process import StageContext
@@ -110,6 +111,8 @@ class Fuser:
         self.last_fid: int | None = None
         self.counters = {"fused": 0, "late": 0, "gated": 0, "resets": 0}
         self._orders: dict[tuple[str, ...], np.ndarray] = {}
+        self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
+        self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
@@ -190,6 +193,7 @@ class Fuser:
         lead_ns = 0
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
+        self._drift_in = None if late else (frame_id, points, tri.xyz)
         xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
         if self.filter == "ekf" and not late:
             xyz, var, views, gated = out.xyz, out.var, out.views, out.gated
@@ -212,6 +216,14 @@ class Fuser:
         self.counters["fused"] += 1
         return Fused(xyz=xyz, var=var, raw_xyz=tri.xyz, reproj=reproj, views=views,
                      gated=gated, lead_ns=lead_ns, late=late)
+
+    def check_drift(self) -> list[DriftEvent]:
+        """Feed the last frame-set to the drift monitor (after publishing: off the latency
+        path); returns new :class:`~livepose.fusion.drift.DriftEvent` s."""
+        if self._drift_in is not None:
+            self.drift.update(*self._drift_in)
+            self._drift_in = None
+        return self.drift.pop_events()
 
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
         """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input)."""
@@ -284,6 +296,9 @@ def main(ctx: StageContext) -> None:
                 pose = fuser.fuse(msg, t_recv)
                 pose.t_fused_ns = time.time_ns()
                 pub.send_multipart(protocol.encode(pose), flags=zmq.NOBLOCK, copy=False)
+                for ev in fuser.check_drift():
+                    ctx.counters["drift_warnings"] += 1
+                    report(ev.message)
             except zmq.Again:
                 ctx.counters["dropped"] += 1
             except FusionInputError as exc:

@@ -17,6 +17,9 @@ from livepose.calibrate.detect import MIN_CORNERS
 from livepose.core.camera import CameraGroup, CameraModel, rodrigues
 
 
+BEHIND_PX = 1e3
+
+
 def anipose_solve(uv: np.ndarray, board: Board, names: list[str],
                   sizes: list[tuple[int, int]]) -> dict[str, Any]:
     """aniposelib on the detections ``uv`` ``(C, F, N, 2)``: its cameras, solve time and the
@@ -57,7 +60,8 @@ def anipose_solve(uv: np.ndarray, board: Board, names: list[str],
 
 def refit_errors(cams: CameraGroup, uv: np.ndarray, objp: np.ndarray) -> np.ndarray:
     """``(C, F, N)`` reprojection error (px) of every seen corner, each frame's board pose
-    fitted to all cameras (Huber loss, 1 px) with the cameras held fixed."""
+    fitted to all cameras (Huber loss, 1 px) with the cameras held fixed. A corner that
+    lands behind its camera counts as ``BEHIND_PX``."""
     import cv2
     from scipy.optimize import least_squares
 
@@ -80,11 +84,13 @@ def refit_errors(cams: CameraGroup, uv: np.ndarray, objp: np.ndarray) -> np.ndar
         def res(p: np.ndarray, Rb: np.ndarray = Rb, tb: np.ndarray = tb, f: int = f,
                 cs: list[int] = cs) -> np.ndarray:
             X = objp @ (rodrigues(p[:3]) @ Rb).T + tb + p[3:]
-            return np.concatenate([(cams[c].project(X)[seen[c, f]] - uv[c, f, seen[c, f]])
-                                   .ravel() for c in cs])
+            r = np.concatenate([(cams[c].project(X)[seen[c, f]] - uv[c, f, seen[c, f]])
+                                .ravel() for c in cs])
+            return np.nan_to_num(r, nan=BEHIND_PX)  # behind a camera: a large error
 
         sol = least_squares(res, np.zeros(6), loss="huber", f_scale=1.0)
         X = objp @ (rodrigues(sol.x[:3]) @ Rb).T + tb + sol.x[3:]
         for c in cs:
-            out[c, f] = np.linalg.norm(cams[c].project(X) - uv[c, f], axis=1)
+            e = np.linalg.norm(cams[c].project(X) - uv[c, f], axis=1)
+            out[c, f] = np.where(seen[c, f] & ~np.isfinite(e), BEHIND_PX, e)
     return out
