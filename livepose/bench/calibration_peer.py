@@ -16,7 +16,6 @@ from livepose.calibrate.board import Board
 from livepose.calibrate.detect import MIN_CORNERS
 from livepose.core.camera import CameraGroup, CameraModel, rodrigues
 
-
 BEHIND_PX = 1e3
 
 

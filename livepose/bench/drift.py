@@ -61,7 +61,7 @@ def simulate(calib: CameraGroup, seconds: float, drift_at_s: float | None = None
         uv = truth.project(kp) + rng.normal(0.0, NOISE_PX, (len(calib), kp.shape[0], 2))
         bad = rng.random(uv.shape[:2]) < OUTLIERS
         uv[bad] += rng.uniform(-30, 30, (int(bad.sum()), 2))
-        pts = np.concatenate([uv, np.full(uv.shape[:2] + (1,), 0.9)], axis=2).astype(
+        pts = np.concatenate([uv, np.full((*uv.shape[:2], 1), 0.9)], axis=2).astype(
             np.float32)
         xyz = tri.triangulate(pts).xyz
         t0 = time.perf_counter()

@@ -79,17 +79,17 @@ def initial_extrinsics(rv: np.ndarray, tv: np.ndarray, counts: np.ndarray,
     Rb = np.full((F, 3, 3), np.nan)
     tb = np.full((F, 3), np.nan)
     placed = {0}
+    best = np.zeros(F)
 
     def place_boards(c: int) -> None:
         for f in np.flatnonzero(ok[c]):
-            better = not np.isfinite(tb[f, 0]) or counts[c, f] > place_boards.best[f]
+            better = not np.isfinite(tb[f, 0]) or counts[c, f] > best[f]
             if better:
                 # board -> world = (world -> cam)^-1 ∘ (board -> cam)
                 Rb[f] = Rc[c].T @ Rv[c, f]
                 tb[f] = Rc[c].T @ (tv[c, f] - tc[c])
-                place_boards.best[f] = counts[c, f]
+                best[f] = counts[c, f]
 
-    place_boards.best = np.zeros(F)  # type: ignore[attr-defined]
     place_boards(0)
     while len(placed) < C:
         known = np.isfinite(tb[:, 0])
@@ -184,7 +184,9 @@ class _Problem:
         brd = np.concatenate([np.zeros((self.B, 3)), tb], axis=1).ravel()
         return np.concatenate([ext, intr.ravel() if self.refine else [], brd])
 
-    def unpack(self, x: np.ndarray, intr0: np.ndarray) -> tuple[np.ndarray, ...]:
+    def unpack(self, x: np.ndarray, intr0: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
         """``x`` → ``Rc (C,3,3), tc (C,3), intr (C,ni), Rb (B,3,3), tb (B,3)``."""
         ext = np.concatenate([np.zeros((1, 6)), x[: self.n_ext].reshape(-1, 6)])
         o = self.n_ext

@@ -110,6 +110,7 @@ def calibrate_intrinsics(uv: np.ndarray, objp: np.ndarray, size: tuple[int, int]
         if np.array_equal(new, keep[idx]):
             break
         keep[idx] = new
+    assert K is not None and dist is not None
     inl = np.zeros_like(seen)
     inl[idx] = keep[idx]
     used = np.zeros(uv.shape[0], bool)
