@@ -20,9 +20,14 @@ BEHIND_PX = 1e3
 
 
 def anipose_solve(uv: np.ndarray, board: Board, names: list[str],
-                  sizes: list[tuple[int, int]]) -> dict[str, Any]:
+                  sizes: list[tuple[int, int]],
+                  intrinsics: list[tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> dict[str, Any]:
     """aniposelib on the detections ``uv`` ``(C, F, N, 2)``: its cameras, solve time and the
-    per-corner errors ``(C, F, N)`` (:func:`refit_errors`)."""
+    per-corner errors ``(C, F, N)`` (:func:`refit_errors`).
+
+    ``intrinsics``: ``(K, dist)`` per camera to start from (``init_intrinsics=False``);
+    ``None``: aniposelib's own start (``initCameraMatrix2D``, no distortion)."""
     from aniposelib.boards import CharucoBoard
     from aniposelib.cameras import CameraGroup as AGroup
 
@@ -33,6 +38,9 @@ def anipose_solve(uv: np.ndarray, board: Board, names: list[str],
     cg = AGroup.from_names(names)
     for cam, size in zip(cg.cameras, sizes, strict=True):
         cam.set_size(size)
+    for cam, kd in zip(cg.cameras, intrinsics or [], strict=False):
+        cam.set_camera_matrix(np.asarray(kd[0], float).copy())
+        cam.set_distortions(np.asarray(kd[1], float).ravel().copy())
     rows = []
     for c in range(uv.shape[0]):
         rc = []
@@ -46,7 +54,8 @@ def anipose_solve(uv: np.ndarray, board: Board, names: list[str],
         rows.append(ab.fill_points_rows(rc))
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        cg.calibrate_rows(rows, ab, init_intrinsics=True, init_extrinsics=True, verbose=False)
+        cg.calibrate_rows(rows, ab, init_intrinsics=intrinsics is None, init_extrinsics=True,
+                          verbose=False)
     seconds = time.perf_counter() - t
     cams = CameraGroup([
         CameraModel(name=n, size=s, matrix=np.asarray(a.get_camera_matrix()),

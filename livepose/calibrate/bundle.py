@@ -310,6 +310,21 @@ def _robust(r: np.ndarray, huber: float | None) -> tuple[float, np.ndarray]:
     return float(cost), np.where(small, 1.0, huber / np.maximum(a, 1e-12))
 
 
+def _solve_schur(H: np.ndarray, b: np.ndarray, nc: int) -> np.ndarray:
+    """Solve ``H x = b`` where ``H[nc:, nc:]`` is block diagonal (6 × 6 per board pose):
+    eliminate the board poses (Schur complement), solve for the ``nc`` camera unknowns."""
+    A, Bm, bc, bb = H[:nc, :nc], H[:nc, nc:], b[:nc], b[nc:]
+    nb = bb.size // 6
+    idx = nc + np.arange(nb)[:, None] * 6 + np.arange(6)[None]
+    D = H[idx[:, :, None], idx[:, None, :]]  # (nb, 6, 6)
+    Dinv = np.linalg.inv(D)
+    BD = np.einsum("cbi,bij->cbj", Bm.reshape(nc, nb, 6), Dinv).reshape(nc, -1)
+    S = A - BD @ Bm.T
+    xc = np.linalg.solve(S, bc - BD @ bb)
+    xb = np.einsum("bij,bj->bi", Dinv, (bb - Bm.T @ xc).reshape(nb, 6)).ravel()
+    return np.concatenate([xc, xb])
+
+
 def levenberg_marquardt(prob: _Problem, x0: np.ndarray, intr0: np.ndarray,
                         huber: float | None, max_iter: int = 50,
                         rtol: float = 1e-10) -> tuple[np.ndarray, int]:
@@ -334,7 +349,7 @@ def levenberg_marquardt(prob: _Problem, x0: np.ndarray, intr0: np.ndarray,
         dH = np.maximum(np.diag(H), 1e-12)
         improved = False
         for _ in range(10):
-            dx = np.linalg.solve(H + lam * np.diag(dH), -g)
+            dx = _solve_schur(H + lam * np.diag(dH), -g, prob.n - prob.B * 6)
             xn = x + dx
             rn = prob.residual(xn, intr0)
             n_eval += 1

@@ -92,6 +92,26 @@ def detect_view(img: np.ndarray, board: Board, detector: Any = None) -> tuple[np
     return np.arange(board.n_corners), corners.reshape(-1, 2).astype(np.float64)
 
 
+PLANE_TOL = 0.03
+"""A view whose corners stray from a plane's homography by more than this fraction of their
+spread is dropped (a checkerboard found in the wrong order, a misread grid); lens distortion
+alone stays well under it."""
+
+
+def plausible(ids: np.ndarray, uv: np.ndarray, objp: np.ndarray) -> bool:
+    """Whether corners ``uv`` ``(M, 2)`` with ``ids`` ``(M,)`` are the image of a plane."""
+    if ids.size < MIN_CORNERS:
+        return False
+    cv2 = cv2_module()
+    src = objp[ids, :2].astype(np.float64)
+    H, _ = cv2.findHomography(src, uv.astype(np.float64), 0)
+    if H is None:
+        return False
+    p = cv2.perspectiveTransform(src[None], H)[0]
+    spread = float(np.linalg.norm(uv.max(0) - uv.min(0)))
+    return float(np.abs(p - uv).max()) <= PLANE_TOL * max(spread, 1.0)
+
+
 def make_detector(board: Board) -> Any:
     """A ``cv2.aruco.CharucoDetector`` for ``board`` (sub-pixel corner refinement on)."""
     cv2 = cv2_module()
@@ -105,11 +125,12 @@ def detect_images(images: Iterator[np.ndarray] | Sequence[np.ndarray], board: Bo
     """Corners of ``board`` in a sequence of images of one camera ``(F, N, 2)`` (NaN = unseen)."""
     n = n_corners or board.n_corners
     det = make_detector(board) if board.kind == "charuco" else None
+    objp = board.object_points()
     rows = []
     for img in images:
         row = np.full((n, 2), np.nan)
         ids, uv = detect_view(img, board, det)
-        if ids.size >= MIN_CORNERS:
+        if plausible(ids, uv, objp):
             row[ids] = uv
         rows.append(row)
     return np.stack(rows) if rows else np.zeros((0, n, 2))
@@ -175,6 +196,7 @@ def detect_folder(folder: Path, board: Board, every: int = 1,
     ``<camera>_detector.png`` with the line printed in the error's place by the caller.
     """
     srcs = camera_sources(folder)
+    objp = board.object_points()
     names, sizes, per_cam, frames_all = [], [], [], []
     for name, src in srcs.items():
         det = make_detector(board) if board.kind == "charuco" else None
@@ -183,7 +205,7 @@ def detect_folder(folder: Path, board: Board, every: int = 1,
             size = (img.shape[1], img.shape[0])
             row = np.full((board.n_corners, 2), np.nan)
             ids, uv = detect_view(img, board, det)
-            if ids.size >= MIN_CORNERS:
+            if plausible(ids, uv, objp):
                 row[ids] = uv
             elif sample is None:
                 sample = img

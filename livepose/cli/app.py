@@ -483,13 +483,31 @@ def _register_calibration_bench() -> None:
     def bench_calibration(
         json_path: JsonOpt = None,
         no_peer: Annotated[bool, typer.Option("--no-peer", help="skip aniposelib")] = False,
+        photos: Annotated[Path | None, typer.Option(
+            "--photos", help="also the Pose2Sim demo's calibration folder: intrinsics from "
+            "its checkerboard photos vs its Qualisys calibration")] = None,
     ) -> None:
-        """Sim rig, 4 cameras, 5×7 ChArUco, 60 poses: errors vs truth and vs aniposelib."""
+        """Sim rig, 4 cameras, 5×7 ChArUco, 60 poses: errors vs truth and vs aniposelib;
+        calibration drift on the sim rig."""
         from livepose.bench.calibration import run as run_cal
 
-        res = run_cal(json_path, progress=lambda m: err.print(m, highlight=False),
+        res = run_cal(None, progress=lambda m: err.print(m, highlight=False),
                       peer=not no_peer)
-        Console().print_json(data=res["summary"])
+        if photos is not None:
+            from livepose.bench.calibration_real import run as run_photos
+            from livepose.bench.results import write_json
+
+            try:
+                res["photos"] = run_photos(photos)
+            except UserError as exc:
+                _fail(str(exc))
+            res = write_json(res, json_path)
+        elif json_path is not None:
+            from livepose.bench.results import write_json
+
+            write_json(res, json_path)
+        Console().print_json(data={**res["summary"], "photos": res.get("photos", {}).get(
+            "summary")})
 
 
 _register_calibration_bench()
