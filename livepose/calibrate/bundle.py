@@ -288,6 +288,19 @@ class _Problem:
         J = csr_matrix((data.ravel(), (rr, cc)), shape=(2 * M, self.n))
         return pred, J
 
+    def rebase(self, x: np.ndarray, intr0: np.ndarray) -> np.ndarray:
+        """Fold ``x``'s rotation increments into ``R₀`` and return ``x`` with them at zero
+        (where the Jacobian is exact)."""
+        Rc, _, _, Rb, _ = self.unpack(x, intr0)
+        self.Rc0, self.Rb0 = Rc, Rb
+        x = x.copy()
+        ext = x[: self.n_ext].reshape(-1, 6)
+        ext[:, :3] = 0.0
+        o = self.n_ext + self.C * self.ni
+        x[o:].reshape(self.B, 6)[:, :3] = 0.0
+        self._cache = None
+        return x
+
     def residual(self, x: np.ndarray, intr0: np.ndarray) -> np.ndarray:
         pred, J = self.project(*self.unpack(x, intr0), jac=True)
         self._cache = (x.tobytes(), pred, J)
@@ -361,7 +374,7 @@ def levenberg_marquardt(prob: _Problem, x0: np.ndarray, intr0: np.ndarray,
         if not improved:
             break
         done = cost - cn <= rtol * cost
-        x, r, cost, w = xn, rn, cn, wn
+        x, r, cost, w = prob.rebase(xn, intr0), rn, cn, wn
         J = prob.jacobian(x, intr0)
         lam = max(lam / 10.0, 1e-9)
         if done:
