@@ -66,6 +66,48 @@ def calibrate_folder(folder: Path, board: Board, out: Path, every: int = 1,
             "cameras": det.names, "views": counts.tolist(), "seconds": res.seconds}
 
 
+def collect_folder(folder: Path, board: Board, out: Path, targets: Any = None,
+                   every: int = 1, fisheye: bool = False, k3: bool = False,
+                   show: Callable[[str], None] = print, show_every: int = 30) -> dict[str, Any]:
+    """Play ``folder``'s synchronized sources through a :class:`Collector` (the feedback a
+    live collection gives), stop as soon as it has enough views, then solve as
+    :func:`calibrate_folder` does. ``show`` gets the collector's text every ``show_every``
+    frame-sets and at the end."""
+    from livepose.calibrate.collect import Collector
+    from livepose.calibrate.detect import camera_sources
+    from livepose.calibrate.report import write_report
+
+    srcs = camera_sources(folder)
+    names = list(srcs)
+    readers = [read_frames(srcs[n], every) for n in names]
+    first = [next(r, None) for r in readers]
+    if any(f is None for f in first):
+        raise UserError(f"{folder}: a camera has no frames")
+    sizes = [(f[1].shape[1], f[1].shape[0]) for f in first if f is not None]
+    col = Collector(board, names, sizes, targets)
+    frame: list[tuple[int, np.ndarray] | None] = list(first)
+    while all(f is not None for f in frame):
+        col.add({n: f[1] for n, f in zip(names, frame, strict=True) if f is not None})
+        if col.frames % show_every == 0:
+            show(col.text())
+        if col.enough():
+            break
+        frame = [next(r, None) for r in readers]
+    show(col.text())
+    det = col.detections()
+    if det.uv.shape[1] == 0:
+        raise UserError("; ".join(s.message or f"{s.name}: 0 boards detected"
+                                  for s in col.status if s.views == 0))
+    intr, res = solve_detections(det, board, fisheye=fisheye, k3=k3)
+    if res is None:
+        raise UserError("one camera: intrinsics only")
+    write_calibration(out, res.cameras, error=res.reproj_px, units=board.unit)
+    rep = write_report(out.with_name(out.stem + "_report.html"), det, res, intr, board)
+    return {"toml": str(out), "report": str(rep), "reproj_px": res.reproj_px,
+            "cameras": names, "views": [s.views for s in col.status],
+            "frames_read": col.frames, "enough": col.enough(), "seconds": res.seconds}
+
+
 def _first_frame(folder: Path, name: str) -> list[np.ndarray]:
     from livepose.calibrate.detect import camera_sources
 

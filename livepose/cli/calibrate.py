@@ -91,6 +91,37 @@ def register(app: typer.Typer, err: Console) -> None:
             fail(exc)
         Console().print_json(json.dumps(res))
 
+    @cal.command("collect")
+    def collect_cmd(
+        folder: Annotated[Path, typer.Argument(
+            help="one video per camera (name = camera) or one image sub-folder per camera")],
+        out: Annotated[Path, typer.Option("--out", help="Anipose calibration TOML")],
+        kind: Kind = "charuco", squares: Squares = "5x7", square: Square = 40.0,
+        marker: Marker = 30.0, dictionary: Dictionary = "DICT_4X4_50", legacy: Legacy = False,
+        unit: Unit = "mm", measured: Measured = None,
+        views: Annotated[int, typer.Option("--views", help="views wanted per camera")] = 20,
+        coverage: Annotated[float, typer.Option(
+            "--coverage", help="fraction of each image's 8x6 grid to cover")] = 0.5,
+        pair_views: Annotated[int, typer.Option(
+            "--pair-views", help="views a camera pair must share to link them")] = 8,
+        every: Annotated[int, typer.Option("--every", min=1)] = 1,
+        fisheye: Annotated[bool, typer.Option("--fisheye")] = False,
+    ) -> None:
+        """Play videos as a live collection: per-camera views, coverage, shared pairs and
+        reprojection in the terminal; stop when enough, then calibrate."""
+        from livepose.calibrate.collect import Targets
+        from livepose.calibrate.pipeline import collect_folder
+
+        try:
+            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured)
+            res = collect_folder(folder, b, out, Targets(views=views, coverage=coverage,
+                                                         pair_views=pair_views),
+                                 every=every, fisheye=fisheye,
+                                 show=lambda m: err.print(m, highlight=False))
+        except UserError as exc:
+            fail(exc)
+        Console().print_json(json.dumps(res))
+
     @cal.command("intrinsics")
     def intrinsics_cmd(
         folder: Annotated[Path, typer.Argument(help="images of one camera")],

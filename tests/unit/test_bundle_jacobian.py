@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livepose.calibrate.bundle import _Problem, _solve_schur, rodrigues_batch
 from livepose.calibrate.board import Board
+from livepose.calibrate.bundle import _Problem, _solve_schur, rodrigues_batch
 
 
 def _problem(fisheye: bool, dist_len: int) -> tuple[_Problem, np.ndarray, np.ndarray]:
