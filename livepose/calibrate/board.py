@@ -198,6 +198,49 @@ class Board:
             img.save(p, dpi=(dpi, dpi))
         return p
 
+    # ------------------------------------------------------------------ files
+
+    def dump(self, path: str | Path) -> Path:
+        """Write the description as TOML (``[board]``), to be passed back with ``--board``."""
+        import tomli_w
+
+        doc: dict[str, Any] = {"kind": self.kind, "squares": list(self.squares),
+                               "square_length": self.square_length, "unit": self.unit}
+        if self.kind == "charuco":
+            doc |= {"marker_length": self.marker_length, "dictionary": self.dictionary,
+                    "legacy": self.legacy}
+        if self.measured_square is not None:
+            doc["measured_square"] = self.measured_square
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(tomli_w.dumps({"board": doc}))
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> Board:
+        """Read a description written by :meth:`dump` (or by hand)."""
+        import tomllib
+
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text())["board"]
+        except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+            raise BoardError(f"{p}: not a board description ({exc})") from None
+        known = {"kind", "squares", "square_length", "unit", "marker_length", "dictionary",
+                 "legacy", "measured_square"}
+        extra = sorted(set(doc) - known)
+        if extra:
+            raise BoardError(f"{p}: unknown board key(s) {extra}; allowed {sorted(known)}")
+        if "squares" in doc:
+            sq = doc["squares"]
+            if not (isinstance(sq, list) and len(sq) == 2 and all(isinstance(v, int) for v in sq)):
+                raise BoardError(f"{p}: squares must be [cols, rows], got {sq!r}")
+            doc["squares"] = (sq[0], sq[1])
+        try:
+            return cls(**doc)
+        except TypeError as exc:
+            raise BoardError(f"{p}: {exc}") from None
+
     def describe(self) -> str:
         """One line: kind, squares, lengths, dictionary."""
         nx, ny = self.squares

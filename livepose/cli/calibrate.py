@@ -15,8 +15,14 @@ from livepose.core.errors import UserError
 
 
 def _board(kind: str, squares: str, square: float, marker: float, dictionary: str,
-           legacy: bool, unit: str, measured: float | None) -> Any:
+           legacy: bool, unit: str, measured: float | None, spec: Path | None = None) -> Any:
     from livepose.calibrate.board import Board
+
+    if spec is not None:
+        from dataclasses import replace
+
+        b = Board.load(spec)
+        return b if measured is None else replace(b, measured_square=measured)
 
     nx, _, ny = squares.lower().partition("x")
     if not (nx.isdigit() and ny.isdigit()):
@@ -38,6 +44,9 @@ Legacy = Annotated[bool, typer.Option("--legacy", help="OpenCV's pre-4.6 ChArUco
 Unit = Annotated[str, typer.Option("--unit", help="mm, cm or m")]
 Measured = Annotated[float | None, typer.Option(
     "--measured-square", help="square length measured on the print (overrides --square)")]
+Spec = Annotated[Path | None, typer.Option(
+    "--board", help="board description TOML (written by `calibrate board`); overrides the "
+    "board options")]
 
 
 def register(app: typer.Typer, err: Console) -> None:
@@ -58,10 +67,12 @@ def register(app: typer.Typer, err: Console) -> None:
         unit: Unit = "mm",
         dpi: Annotated[int, typer.Option("--dpi", min=72, max=2400)] = 300,
     ) -> None:
-        """Write the board at true scale (print at 100 %, then measure a square)."""
+        """Write the board at true scale (print at 100 %, then measure a square), and its
+        description beside it (OUT with .toml) for `--board`."""
         try:
             b = _board(kind, squares, square, marker, dictionary, legacy, unit, None)
             b.save(out, dpi=dpi)
+            b.dump(out.with_suffix(".toml"))
         except UserError as exc:
             fail(exc)
         w, h = b.size
@@ -75,7 +86,7 @@ def register(app: typer.Typer, err: Console) -> None:
         out: Annotated[Path, typer.Option("--out", help="Anipose calibration TOML")],
         kind: Kind = "charuco", squares: Squares = "5x7", square: Square = 40.0,
         marker: Marker = 30.0, dictionary: Dictionary = "DICT_4X4_50", legacy: Legacy = False,
-        unit: Unit = "mm", measured: Measured = None,
+        unit: Unit = "mm", measured: Measured = None, spec: Spec = None,
         every: Annotated[int, typer.Option("--every", min=1, help="use every n-th frame")] = 1,
         fisheye: Annotated[bool, typer.Option("--fisheye", help="OpenCV fisheye model")] = False,
         k3: Annotated[bool, typer.Option("--k3", help="estimate k3 too")] = False,
@@ -84,7 +95,7 @@ def register(app: typer.Typer, err: Console) -> None:
         from livepose.calibrate.pipeline import calibrate_folder
 
         try:
-            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured)
+            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured, spec)
             res = calibrate_folder(folder, b, out, every=every, fisheye=fisheye, k3=k3,
                                    say=lambda m: err.print(m, highlight=False))
         except UserError as exc:
@@ -98,7 +109,7 @@ def register(app: typer.Typer, err: Console) -> None:
         out: Annotated[Path, typer.Option("--out", help="Anipose calibration TOML")],
         kind: Kind = "charuco", squares: Squares = "5x7", square: Square = 40.0,
         marker: Marker = 30.0, dictionary: Dictionary = "DICT_4X4_50", legacy: Legacy = False,
-        unit: Unit = "mm", measured: Measured = None,
+        unit: Unit = "mm", measured: Measured = None, spec: Spec = None,
         views: Annotated[int, typer.Option("--views", help="views wanted per camera")] = 20,
         coverage: Annotated[float, typer.Option(
             "--coverage", help="fraction of each image's 8x6 grid to cover")] = 0.5,
@@ -113,7 +124,7 @@ def register(app: typer.Typer, err: Console) -> None:
         from livepose.calibrate.pipeline import collect_folder
 
         try:
-            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured)
+            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured, spec)
             res = collect_folder(folder, b, out, Targets(views=views, coverage=coverage,
                                                          pair_views=pair_views),
                                  every=every, fisheye=fisheye,
@@ -127,7 +138,7 @@ def register(app: typer.Typer, err: Console) -> None:
         folder: Annotated[Path, typer.Argument(help="images of one camera")],
         kind: Kind = "checkerboard", squares: Squares = "4x7", square: Square = 60.0,
         marker: Marker = 30.0, dictionary: Dictionary = "DICT_4X4_50", legacy: Legacy = False,
-        unit: Unit = "mm", measured: Measured = None,
+        unit: Unit = "mm", measured: Measured = None, spec: Spec = None,
         fisheye: Annotated[bool, typer.Option("--fisheye")] = False,
         k3: Annotated[bool, typer.Option("--k3")] = False,
     ) -> None:
@@ -136,7 +147,7 @@ def register(app: typer.Typer, err: Console) -> None:
         from livepose.calibrate.intrinsics import calibrate_intrinsics
 
         try:
-            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured)
+            b = _board(kind, squares, square, marker, dictionary, legacy, unit, measured, spec)
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
             if not files:
                 raise UserError(f"{folder}: no images")

@@ -149,3 +149,23 @@ def test_folder_to_toml_with_units_and_report(tmp_path: Path, scene) -> None:
     with pytest.raises(UserError, match=r"d: 0 boards detected .*too dark"):
         calibrate_folder(src, board, out, say=lambda m: None)
     assert (tmp_path / "calib_debug" / "d_detector.png").exists()
+
+
+def test_board_description_round_trip_and_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from livepose.cli.app import app
+
+    b = Board(squares=(6, 8), square_length=3.0, marker_length=2.2, unit="cm",
+              dictionary="DICT_5X5_100", legacy=True, measured_square=2.97)
+    assert Board.load(b.dump(tmp_path / "b.toml")) == b
+    (tmp_path / "bad.toml").write_text("[board]\nsquares = [5, 7]\nsize = 3\n")
+    with pytest.raises(BoardError, match="unknown board key"):
+        Board.load(tmp_path / "bad.toml")
+    r = CliRunner().invoke(app, ["calibrate", "board", "--out", str(tmp_path / "p.png"),
+                                 "--squares", "4x7", "--kind", "checkerboard", "--square", "60"])
+    assert r.exit_code == 0, r.output
+    assert Board.load(tmp_path / "p.toml") == Board.checkerboard((4, 7), 60.0)
+    r = CliRunner().invoke(app, ["calibrate", "run", str(tmp_path / "nope"), "--out",
+                                 str(tmp_path / "c.toml"), "--board", str(tmp_path / "p.toml")])
+    assert r.exit_code == 2 and "not a folder" in r.output
