@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from livepose.calibrate.board import Board
-from livepose.calibrate.bundle import _Problem, _solve_schur, rodrigues_batch
+from livepose.calibrate.bundle import _solve_schur
+from livepose.calibrate.residuals import Problem, rodrigues_batch
 
 
-def _problem(fisheye: bool, dist_len: int) -> tuple[_Problem, np.ndarray, np.ndarray]:
+def _problem(fisheye: bool, dist_len: int) -> tuple[Problem, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     C, F = 3, 4
     objp = Board().object_points()
@@ -19,7 +20,7 @@ def _problem(fisheye: bool, dist_len: int) -> tuple[_Problem, np.ndarray, np.nda
     c, f, n = np.nonzero(np.ones((C, F, N), bool))
     Rc0 = rodrigues_batch(rng.normal(0, 0.2, (C, 3)))
     Rb0 = rodrigues_batch(np.tile([np.pi, 0.0, 0.0], (F, 1)) + rng.normal(0, 0.2, (F, 3)))
-    prob = _Problem(uv, objp, (c, f, n), np.arange(F), fisheye, True, dist_len, Rc0, Rb0)
+    prob = Problem(uv, objp, (c, f, n), np.arange(F), fisheye, True, dist_len, Rc0, Rb0)
     tc = rng.normal(0, 20, (C, 3))
     tb = np.array([[-100.0, -140.0, 600.0]]) + rng.normal(0, 20, (F, 3))
     nd = 4 if fisheye else dist_len
