@@ -33,3 +33,35 @@ def test_event_message_names_camera_and_size() -> None:
 
     msg = DriftEvent("cam2", 300, 8.4, 0.4).message
     assert "cam2" in msg and "8.4 px" in msg and "0.40°" in msg
+
+
+def test_drifted_camera_reestimated_from_keypoints() -> None:
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("cv2")
+    from livepose.acquisition.sim.animal import Rodent
+    from livepose.bench.drift import turned
+    from livepose.calibrate.refine import reestimate_extrinsics
+    from livepose.core.camera import CameraGroup
+    from livepose.core.config import FusionConfig
+    from livepose.fusion.triangulate import Triangulator
+
+    rig = _rig()
+    moved = turned(rig[2], 0.5)
+    others = CameraGroup([c for i, c in enumerate(rig) if i != 2])
+    tri = Triangulator(others, FusionConfig())
+    animal = Rodent(0, 200.0, 120.0)
+    rng = np.random.default_rng(1)
+    uv, xyz = [], []
+    for k in range(60):
+        kp = animal.keypoints(k / 5.0)
+        obs = others.project(kp) + rng.normal(0, 1.0, (3, kp.shape[0], 2))
+        pts = np.concatenate([obs, np.full((3, kp.shape[0], 1), 0.9)], axis=2)
+        xyz.append(tri.triangulate(pts.astype(np.float32)).xyz)
+        uv.append(moved.project(kp) + rng.normal(0, 1.0, (kp.shape[0], 2)))
+    new, err = reestimate_extrinsics(rig[2], np.stack(uv), np.stack(xyz))
+    ang = np.degrees(np.arccos(np.clip((np.trace(new.R @ moved.R.T) - 1) / 2, -1, 1)))
+    before = np.degrees(np.arccos(np.clip((np.trace(rig[2].R @ moved.R.T) - 1) / 2, -1, 1)))
+    assert before > 0.45 and ang < 0.1  # 1 px noise, 60 frames: ~0.06°
+    assert np.linalg.norm(new.center - moved.center) < 1.0 and err < 2.0
