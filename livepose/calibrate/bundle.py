@@ -219,6 +219,10 @@ def bundle_adjust(uv: np.ndarray, objp: np.ndarray, intr: list[Intrinsics],
     inliers
         ``(C, F, N)`` corners allowed in (default: all seen); e.g. the intrinsics' inliers.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise UserError("bundle adjustment needs SciPy: pip install 'livepose[calibrate]'")
     t0 = time.perf_counter()
     C, F = uv.shape[:2]
     seen = np.isfinite(uv[..., 0])
