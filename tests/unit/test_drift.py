@@ -65,3 +65,30 @@ def test_drifted_camera_reestimated_from_keypoints() -> None:
     before = np.degrees(np.arccos(np.clip((np.trace(rig[2].R @ moved.R.T) - 1) / 2, -1, 1)))
     assert before > 0.45 and ang < 0.1  # 1 px noise, 60 frames: ~0.06°
     assert np.linalg.norm(new.center - moved.center) < 1.0 and err < 2.0
+
+
+def test_fuser_hook_reports_drift() -> None:
+    import numpy as np
+
+    from livepose.acquisition.sim.animal import Rodent
+    from livepose.bench.drift import turned
+    from livepose.core.camera import CameraGroup
+    from livepose.core.config import load_default_config
+    from livepose.fusion.process import Fuser
+
+    rig = _rig()
+    cfg = load_default_config()
+    fuser = Fuser(rig, cfg)
+    moved = CameraGroup([turned(c, 0.5) if i == 3 else c for i, c in enumerate(rig)])
+    animal = Rodent(0, 200.0, 120.0)
+    rng = np.random.default_rng(2)
+    events = []
+    for f in range(round(8 * cfg.fps)):
+        truth = moved if f >= 4 * cfg.fps else rig
+        kp = animal.keypoints(f / cfg.fps)
+        uv = truth.project(kp) + rng.normal(0, 1.0, (4, kp.shape[0], 2))
+        pts = np.concatenate([uv, np.full((4, kp.shape[0], 1), 0.9)], axis=2)
+        fuser.step(pts.astype(np.float32), f)
+        events += fuser.check_drift()
+    assert [e.camera for e in events] == ["cam3"]
+    assert 4.0 <= events[0].frame_id / cfg.fps <= 6.0
