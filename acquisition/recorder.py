@@ -11,8 +11,9 @@ at most one row behind the video, whose packets are flushed as they are muxed)::
 
 ``recorded`` is 1 when the frame is in the video at ``video_index``; 0 when the queue was full
 or the writer had failed — loud: counted (``rec_queue_full``, ``rec_lost``), logged, published
-as the camera's last error and written to the event log. ``desync`` is 1 when the frame left
-the camera more than ``desync_tolerance_ms`` after its trigger pulse. ``checksum`` is
+as the camera's last error and written to the event log. ``desync`` is the camera's timing model's
+verdict (:mod:`livepose.acquisition.timing`): 1 when the frame does not show the instant of
+its ``frame_id``. ``checksum`` is
 xxh3-64 (or crc32) of the image bytes, hex.
 
 :class:`RecordHook` is the small piece the camera process holds: it starts a recorder at
@@ -97,7 +98,6 @@ class FrameRecorder:
         self.events = EventLog(session / "events.jsonl", cam)
         self.queue: queue.Queue[tuple[protocol.Frame, int] | None] = queue.Queue(
             maxsize=max(8, round(self.rec.queue_s * cfg.fps)))
-        self.desync_ns = int(cfg.desync_tolerance_ms * 1e6)
         self._check = checksum_fn(self.rec.checksum)
         self._lost: list[tuple[protocol.Frame, int]] = []
         self._lock = threading.Lock()
@@ -194,10 +194,9 @@ class FrameRecorder:
             self._row(msg, dups, "", self._check(np.ascontiguousarray(msg.image).data.cast("B")))
 
     def _row(self, msg: protocol.Frame, dups: int, index: str, check: str) -> None:
-        lag = msg.t_grab_ns - msg.t_trigger_ns if msg.t_trigger_ns is not None else 0
         row = [msg.frame_id, index, int(index != ""), msg.t_trigger_ns, msg.t_exposure_ns,
                msg.t_grab_ns, msg.t_pub_ns, time.time_ns(), msg.dropped_before, dups,
-               int(abs(lag) > self.desync_ns), check]
+               int(msg.desync), check]
         try:
             self._table.writerow(["" if v is None else v for v in row])
         except OSError as exc:

@@ -189,6 +189,14 @@ class OutputSpec(_Strict):
         return round(width * k), round(height * k)  # half to even, as np.around
 
 
+class NoiseSpec(_Strict):
+    """The model's 2D keypoint noise, as fusion weighs its views: σ of a keypoint of
+    confidence ``c`` is ``sigma_px / c`` (frame pixels). Measure it for each model at the
+    resolution it runs at; the sim rodent's is 1 px at 320×256."""
+
+    sigma_px: float = Field(gt=0)
+
+
 class Manifest(_Strict):
     """A model manifest (``format: livepose-model/1``)."""
 
@@ -199,6 +207,7 @@ class Manifest(_Strict):
     output: OutputSpec
     keypoints: list[str] = Field(min_length=1)
     skeleton: list[tuple[str, str]] = []
+    noise: NoiseSpec | None = None
     training: dict[str, Any] | None = None
 
     @model_validator(mode="after")

@@ -94,10 +94,14 @@ class _Worker:
         self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest, cfg.model)
         self.pre = Preprocessor(self.manifest.input, len(self.cams))
         self.pre.warm_up()
+        fs = cfg.frameset
         self.assembler = FrameSetAssembler(
             self.cams, self.k, cfg.model.workers, max_pending=MAX_PENDING,
             start_id=ctx.args.get("start_frame_id"),
             desync_tolerance_ms=cfg.desync_tolerance_ms,
+            deadline_ns=round(fs.deadline_frames * 1e9 / cfg.fps) if len(self.cams) > 1
+            else None,
+            gone_after=fs.gone_after_sets,
         )
         spec = self.manifest.input
         fw, fh = (max(spec.width, cfg.sim.width), max(spec.height, cfg.sim.height)) \
@@ -147,6 +151,13 @@ class _Worker:
             self._last_log[key] = now
             log.warning("%s: %s", self.ctx.name, message)
 
+    def wait_ms(self) -> int:
+        """How long to sleep for frames: until the oldest waiting set's deadline at most."""
+        due = self.assembler.next_deadline_ns()
+        if due is None:
+            return POLL_MS
+        return max(0, min(POLL_MS, -(-(due - time.time_ns()) // 1_000_000)))
+
     def drain(self) -> int:
         """Take in every frame available without blocking (socket and followed rings);
         return how many messages."""
@@ -168,14 +179,16 @@ class _Worker:
                 break
             msg = self.pose_decoder.decode(parts)
             if isinstance(msg, protocol.Pose3d):
-                self.crops.update(msg.frame_id, msg.xyz, msg.lead_ns)
+                self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
 
     def plan_crops(self, popped: Popped) -> CropPlan | None:
         """Each view's region (``None`` without crops); the whole frames if planning
         fails (counted ``crop_errors``)."""
         if self.crops is None:
             return None
-        sizes = [(int(f.image.shape[1]), int(f.image.shape[0])) for f in popped.frames]
+        known = [(int(f.image.shape[1]), int(f.image.shape[0])) for f in popped.views]
+        sizes = [(int(f.image.shape[1]), int(f.image.shape[0])) if f is not None else known[0]
+                 for f in popped.frames]
         try:
             self.drain_poses()
             plan = self.crops.plan(popped.frame_id, sizes)
@@ -195,6 +208,10 @@ class _Worker:
         bad = []
         plan = self.plan_crops(popped)
         for i, f in enumerate(popped.frames):
+            if f is None:  # missing or desynced view: NaN, named in kp2d.missing/desynced
+                bad.append(i)
+                self.pre.blank(i)
+                continue
             try:
                 self.pre.fill(i, f.image, f.pixel_format, None if plan is None else plan.rois[i])
             except ValueError as exc:
@@ -223,13 +240,16 @@ class _Worker:
         if bad:
             points[bad] = np.nan
         t1 = time.time_ns()
-        trig = [f.t_trigger_ns for f in popped.frames if f.t_trigger_ns is not None]
+        trig = [f.t_trigger_ns for f in popped.views if f.t_trigger_ns is not None]
         return protocol.Kp2d(
             frame_id=popped.frame_id, cams=self.cams, model=self.manifest.name, points=points,
             t_trigger_ns=min(trig) if trig else None,
-            t_grab_ns=[f.t_grab_ns for f in popped.frames], t_set_ns=popped.t_set_ns,
+            t_grab_ns=[f.t_grab_ns for f in popped.views], t_set_ns=popped.t_set_ns,
             t_infer_start_ns=t0, t_infer_end_ns=t1, worker=self.k,
             skipped=popped.skipped, incomplete=popped.incomplete,
+            missing=popped.missing, desynced=popped.desynced,
+            sizes=[[int(f.image.shape[1]), int(f.image.shape[0])] if f is not None else [0, 0]
+                   for f in popped.frames],
         )
 
     def publish(self, pub: zmq.Socket[Any], msg: protocol.Kp2d) -> None:
@@ -308,10 +328,11 @@ def main(ctx: StageContext) -> None:
         w.drain_poses()
         if ctl is not None:
             w.poll_control(ctl)
-        if not w.assembler.has_complete and not w.feed.wait(POLL_MS):
+        if (not w.assembler.has_ready() and not w.feed.wait(w.wait_ms())
+                and not w.assembler.has_ready()):  # nothing arrived, no deadline expired
             continue
         w.drain()
-        popped = w.assembler.pop_latest_complete()
+        popped = w.assembler.pop_ready()
         if popped is None:
             continue
         w.publish(pub, w.infer(popped))

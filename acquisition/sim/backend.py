@@ -48,7 +48,7 @@ def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray,
 
 def write_rig_calibration(cfg: Config, path: Path) -> Path:
     """Write the sim rig's cameras as an Anipose calibration TOML."""
-    return write_calibration(path, make_rig(cfg.sim, cfg.camera_names))
+    return write_calibration(path, make_rig(cfg.sim, cfg.camera_names), units="mm")
 
 
 class SimCamera:
@@ -84,6 +84,9 @@ class SimCamera:
         self.line_state: dict[str, bool] = {}
         self._niced = False
         self._ahead: tuple[int, Future[np.ndarray]] | None = None
+        #: fault injection (``frame_offset``): this camera delivers, as frame ``k``, the
+        #: image exposed at pulse ``k - frame_offset``, with that exposure's time
+        self.frame_offset = int(getattr(cam_cfg, "frame_offset", 0))
 
     def open(self) -> None:
         """Build the rig camera and renderer (compiles the renderer on first use)."""
@@ -132,16 +135,21 @@ class SimCamera:
         frame_id, t_trig = self._pending
         self._pending = None
         ahead = self._ahead
-        if ahead is not None and ahead[0] == frame_id:
+        if self.frame_offset:  # a camera frame_offset pulses behind (fault injection)
+            image = self._render(frame_id - self.frame_offset)
+            t_exposed = t_trig - round(self.frame_offset * 1e9 / self.cfg.fps)
+        elif ahead is not None and ahead[0] == frame_id:
             image = ahead[1].result()
+            t_exposed = t_trig
         else:
             self.unforeseen += 1
             image = self._render(frame_id)
+            t_exposed = t_trig
         t_grab = time.time_ns()
         # the simulated sensors expose exactly on the pulse: their (host-mapped) exposure
         # time is the trigger time, so cross-camera spread is 0 unless a camera is wrong
         return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig,
-                    t_exposure_ns=t_trig)
+                    t_exposure_ns=t_exposed)
 
     def set_output(self, line: str, high: bool) -> None:
         """Drive a virtual output line (its state is kept in :attr:`line_state`)."""

@@ -51,8 +51,10 @@ def _run(
     port: int | None = None,
     record: str | None = None,
     realtime: bool = False,
+    kill_camera: str | None = None,
+    camera_offset: str | None = None,
 ) -> None:
-    from livepose.cli.demo import run_pipeline
+    from livepose.cli.demo import parse_camera_offset, parse_kill, run_pipeline
     from livepose.runtime.supervisor import ProcessDied
 
     try:
@@ -72,6 +74,8 @@ def _run(
         if record is not None:  # recording (docs/recording.md)
             cfg.recording.enabled = True
             cfg.recording.name = record if record != RECORD_DEFAULT else None
+        if camera_offset is not None:
+            parse_camera_offset(cfg, camera_offset)
         summary = run_pipeline(
             cfg,
             duration,
@@ -79,6 +83,7 @@ def _run(
             live=not no_live,
             log_level=logging.INFO if verbose else logging.WARNING,
             dashboard=cfg.dashboard.enabled and not no_dashboard,
+            kill=parse_kill(cfg, kill_camera) if kill_camera else None,
         )
     except UserError as exc:
         _fail(str(exc))
@@ -132,10 +137,16 @@ def demo(
     realtime: Annotated[bool, typer.Option(
         "--realtime/--no-realtime", help="SCHED_FIFO for the latency path; falls back to the "
         "ordinary scheduler where not permitted (docs/closed-loop.md)")] = True,
+    kill_camera: Annotated[str | None, typer.Option(
+        help="scripted camera loss: CAMERA@SECONDS kills that camera's process (SIGKILL) "
+        "that long after the trigger started")] = None,
+    camera_offset: Annotated[str | None, typer.Option(
+        help="fault injection: CAMERA=K makes that sim camera deliver frames K pulses "
+        "late (the timing model must keep them out of every frame-set)")] = None,
 ) -> None:
     """Run the simulated rig end to end with a live view (Ctrl-C to stop)."""
     _run(None, duration, json_path, fps, cameras, no_live, verbose, no_dashboard, port, record,
-         realtime)
+         realtime, kill_camera, camera_offset)
 
 
 @app.command()
@@ -396,7 +407,11 @@ def fuse(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     filter: Annotated[str, typer.Option("--filter", help="none | kf | ekf")] = "ekf",
-    fps: Annotated[float, typer.Option("--fps", help="frame rate of the recording")] = 100.0,
+    fps: Annotated[float | None, typer.Option(
+        "--fps", help="frame rate of the recording (required: the CSVs do not say it)")] = None,
+    units: Annotated[str | None, typer.Option(
+        "--units", help="the calibration's length unit (m, cm, mm) if its file does not say")]
+    = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fuse recorded 2D predictions into 3D with the online code, frame by frame: writes
@@ -408,7 +423,7 @@ def fuse(
         _fail("no input CSV files or folders given")
     try:
         res = fuse_files(calibration, names, files, out, filter=filter, fps=fps,
-                         progress=not quiet and sys.stderr.isatty())
+                         progress=not quiet and sys.stderr.isatty(), units=units)
     except UserError as exc:
         _fail(str(exc))
     err.print(

@@ -21,7 +21,8 @@ from rich.live import Live
 from rich.table import Table
 
 from livepose import __version__
-from livepose.core.config import Config
+from livepose.core.config import Config, SimCameraConfig
+from livepose.core.errors import UserError
 from livepose.core.latency import STAGES
 from livepose.kit.realtime import PRIORITY, enter_realtime
 from livepose.runtime.monitor import Monitor, pct
@@ -141,6 +142,13 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         "shm_overruns": _workers_total(cfg, sup, "shm_overrun"),
         # cameras whose frames the workers took straight from the rings (futex doorbell)
         "rings_followed": _workers_total(cfg, sup, "shm_followed"),
+        # the frame-set policy: sets fused without every view, views left out and why
+        "framesets_partial": mon.partial,
+        "views_missing": mon.views_missing,
+        "views_desynced": mon.views_desynced,
+        # views of a camera with an injected frame offset that were fused anyway (must be 0)
+        "desynced_views_fused": mon.faulty_fused,
+        "keypoint_status": mon.status_counts(),
     }
 
 
@@ -191,6 +199,29 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
     console.print(t)
 
 
+def parse_kill(cfg: Config, spec: str) -> tuple[str, float]:
+    """``CAMERA@SECONDS`` → ``(camera, seconds)`` (UserError naming what is wrong)."""
+    name, _, at = spec.partition("@")
+    try:
+        t = float(at)
+    except ValueError:
+        t = -1.0
+    if name not in cfg.camera_names or t < 0:
+        raise UserError(f"--kill-camera {spec!r}: expected CAMERA@SECONDS with CAMERA one of "
+                        f"{cfg.camera_names}")
+    return name, t
+
+
+def parse_camera_offset(cfg: Config, spec: str) -> None:
+    """``CAMERA=K``: set ``frame_offset`` of that sim camera (UserError otherwise)."""
+    name, _, k = spec.partition("=")
+    cams = [c for c in cfg.cameras if c.name == name and isinstance(c, SimCameraConfig)]
+    if not cams or not k.lstrip("-").isdigit():
+        raise UserError(f"--camera-offset {spec!r}: expected CAMERA=K with CAMERA a sim camera "
+                        f"of {cfg.camera_names}")
+    cams[0].frame_offset = int(k)
+
+
 def run_pipeline(
     cfg: Config,
     duration_s: float | None = None,
@@ -200,10 +231,13 @@ def run_pipeline(
     log_level: int = logging.WARNING,
     pulses: int | None = None,
     dashboard: bool = False,
+    kill: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` until ``duration_s``, ``pulses`` trigger pulses or Ctrl-C.
 
     ``dashboard`` also runs the web dashboard (``cfg.dashboard``; the CLI's default).
+    ``kill`` (camera, seconds): SIGKILL that camera's process that long after the trigger
+    started (a scripted camera loss; the run goes on while ``min_cameras`` remain).
     Returns the summary (see :func:`summarize`).
     """
     console = console or Console(stderr=True)
@@ -218,7 +252,9 @@ def run_pipeline(
         sup.launch()
         if sup.dashboard_url:
             console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
-        mon = Monitor(sup.endpoints, sup.zctx)  # subscribed before pulse 0
+        offsets = [i for i, c in enumerate(cfg.cameras) if getattr(c, "frame_offset", 0)]
+        mon = Monitor(sup.endpoints, sup.zctx,  # subscribed before pulse 0
+                      faulty_views=sum(1 << i for i in offsets))
         if cfg.realtime:  # this process is the demo's pose consumer (children are started)
             enter_realtime(PRIORITY["client"])
         sup.start_trigger()
@@ -238,6 +274,10 @@ def run_pipeline(
                     mon.poll(20)
                     sup.poll(0)
                     now = time.monotonic()
+                    if kill is not None and now - t0 >= kill[1] and mon.t_kill_ns is None:
+                        sup.procs[kill[0]].kill()
+                        mon.t_kill_ns = time.time_ns()
+                        console.print(f"killed camera {kill[0]} (SIGKILL) at {now - t0:.1f} s")
                     if live and now - last > 0.25:
                         last = now
                         lv.update(view(cfg, sup, mon, now - t0), refresh=True)
@@ -259,6 +299,9 @@ def run_pipeline(
         summary["scheduling"] = sup.scheduling()
     if sup.takeovers:  # an inference worker died and the others took over its share
         summary["worker_takeovers"] = sup.takeovers
+    if kill is not None:
+        summary["camera_loss"] = {"camera": kill[0], "at_s": kill[1],
+                                  "lost": sup.cameras_lost, **mon.after_kill_stats(cfg.fps)}
     print_summary(console, summary)
     if sup.recording.last is not None:  # recording: where the session went, how it closed
         rec = sup.recording.last

@@ -36,7 +36,16 @@ class Pose:
     frame_id
         Trigger pulse index.
     xyz
-        ``(J, 3)`` filtered keypoint positions (world units, mm for the sim rig); NaN unknown.
+        ``(J, 3)`` keypoint positions at the frame's instant, in :attr:`units` (the
+        calibration's; mm for the sim rig); NaN where nothing is known. A *predicted*
+        keypoint (a track coasting, see :attr:`status`) is finite too: use :attr:`measured`.
+    status
+        ``(J,)`` uint8 per keypoint: ``livepose.core.protocol.MEASURED``, ``PREDICTED`` or
+        ``MISSING``.
+    units
+        Length unit of ``xyz`` (``"mm"``, ``"m"``, …).
+    late
+        The frame-set was fused after a newer one (triangulated only, not filtered).
     variance
         ``(J, 3)`` per-axis variance.
     reproj
@@ -60,6 +69,31 @@ class Pose:
     latency_ms: dict[str, float]
     t_recv_ns: int
     message: protocol.Pose3d = field(repr=False)
+    status: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    units: str = "mm"
+    late: bool = False
+
+    @property
+    def measured(self) -> np.ndarray:
+        """``(J,)`` bool: keypoints measured in this frame-set."""
+        return np.asarray(self.status == protocol.MEASURED)
+
+    @property
+    def xyz_measured(self) -> np.ndarray:
+        """``(J, 3)`` ``xyz`` with every keypoint that was not measured set to NaN."""
+        return np.where(self.measured[:, None], self.xyz, np.nan)
+
+    @property
+    def trigger_uncertainty_ms(self) -> float | None:
+        """Uncertainty of the pulse time behind ``latency_ms`` (a trigger box's clock fit;
+        ``None``: the software clock's own send time, or unknown)."""
+        s = self.message.t_trigger_sigma_ns
+        return None if s is None else s / 1e6
+
+    @property
+    def xyz_lead(self) -> np.ndarray | None:
+        """``(J, 3)`` positions predicted ``lead_ms`` ahead (``None`` without a lead)."""
+        return self.message.xyz_lead
 
     @property
     def n_views(self) -> np.ndarray:
@@ -79,6 +113,10 @@ class PoseClient:
         Yield only the newest available pose (skip stale ones) instead of every pose.
     timeout_s
         Iteration ends after this long without a pose (``None``: wait forever).
+
+    Guarantees: ``frame_id`` never goes backwards (a pose older than one already yielded is
+    dropped and counted in :attr:`out_of_order`); a malformed message is counted
+    (:attr:`rejected`) and skipped. Only the timeout or :meth:`close` ends iteration.
     """
 
     def __init__(
@@ -100,42 +138,60 @@ class PoseClient:
         self.decoder = codec.Decoder(expect=["pose3d"])
         self.skipped = 0
         self.received = 0
+        self.out_of_order = 0
+        self._last_fid: int | None = None
+
+    @property
+    def rejected(self) -> int:
+        """Malformed or unexpected messages dropped."""
+        return self.decoder.rejected
 
     def recv(self, timeout_s: float | None = None) -> Pose | None:
-        """The next pose (or the newest, with ``latest_only``); ``None`` on timeout."""
-        ms = -1 if timeout_s is None else int(timeout_s * 1000)
-        if not self.sock.poll(ms):
-            return None
+        """The next pose (or the newest, with ``latest_only``); ``None`` on timeout.
+
+        Malformed messages and poses older than the last one yielded are dropped (counted)
+        and the wait goes on until ``timeout_s`` has passed in all."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.sock.poll(ms):
+                return None
+            newest = self._drain()
+            if newest is not None:
+                return self._pose(newest)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _drain(self) -> protocol.Pose3d | None:
+        """Take what is queued: the newest pose (``latest_only``) or the next one in order."""
         newest: protocol.Pose3d | None = None
         while True:
             try:
                 parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                break
+                return newest
             msg = self.decoder.decode(parts)
-            if isinstance(msg, protocol.Pose3d):
-                self.received += 1
-                if newest is not None:
-                    self.skipped += 1
-                newest = msg
-            if not self.latest_only and newest is not None:
-                break
-        if newest is None:
-            return None
+            if not isinstance(msg, protocol.Pose3d):
+                continue  # counted by the decoder
+            self.received += 1
+            floor = newest.frame_id if newest is not None else self._last_fid
+            if floor is not None and msg.frame_id <= floor:
+                self.out_of_order += 1
+                continue
+            if newest is not None:
+                self.skipped += 1
+            newest = msg
+            if not self.latest_only:
+                return newest
+
+    def _pose(self, msg: protocol.Pose3d) -> Pose:
+        self._last_fid = msg.frame_id
         t = time.time_ns()
-        lat = stage_latencies_ms(newest)
-        if newest.t_fused_ns:
-            lat["delivery"] = (t - newest.t_fused_ns) / 1e6
-        return Pose(
-            newest.frame_id,
-            newest.xyz,
-            newest.variance,
-            newest.reproj,
-            newest.views,
-            lat,
-            t,
-            newest,
-        )
+        lat = stage_latencies_ms(msg)
+        if msg.t_fused_ns:
+            lat["delivery"] = (t - msg.t_fused_ns) / 1e6
+        return Pose(msg.frame_id, msg.xyz, msg.variance, msg.reproj, msg.views, lat, t, msg,
+                    status=msg.status, units=msg.units, late=msg.late)
 
     def __iter__(self) -> Iterator[Pose]:
         while True:

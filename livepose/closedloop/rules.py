@@ -38,6 +38,10 @@ from livepose.core.errors import UserError
 log = logging.getLogger(__name__)
 
 
+#: millimetres per length unit of a pose (``Pose.units``)
+MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+
+
 class RuleError(UserError, ValueError):
     """A rule cannot work as written (unknown keypoint, bad region, bad numbers)."""
 
@@ -141,6 +145,13 @@ class Rule:
         Least time between two firings.
     fire
         ``enter``: fire on going active; ``while``: on every pose while active.
+    accept
+        ``measured`` (default): only keypoints measured in the pose's frame-set count; a
+        predicted one (a track coasting on its motion model) changes nothing, like NaN.
+        ``predicted``: act on coasting estimates too.
+
+    Lengths (regions, hysteresis, speeds) are in mm whatever the calibration's unit: poses
+    are converted (``Pose.units``) before the rules see them.
     """
 
     name: str
@@ -153,6 +164,7 @@ class Rule:
     min_frames: int = 1
     refractory_s: float = 0.5
     fire: Literal["enter", "while"] = "enter"
+    accept: Literal["measured", "predicted"] = "measured"
     active: bool = field(default=False, init=False)
     _streak: int = field(default=0, init=False, repr=False)
     _last_fire_ns: int = field(default=-(1 << 62), init=False, repr=False)
@@ -167,6 +179,8 @@ class Rule:
             raise RuleError(f"rule {self.name!r}: hysteresis and refractory must be >= 0")
         if self.min_frames < 1 or self.fire not in ("enter", "while"):
             raise RuleError(f"rule {self.name!r}: min_frames >= 1 and fire in (enter, while)")
+        if self.accept not in ("measured", "predicted"):
+            raise RuleError(f"rule {self.name!r}: accept must be 'measured' or 'predicted'")
 
     def step(self, p: np.ndarray, speed: float | None, t_ns: int) -> bool:
         """Advance the state with one observation; True when the action should fire."""
@@ -239,7 +253,12 @@ class RuleEngine:
 
     def update(self, pose: Pose) -> list[ActionEvent]:
         """Evaluate every rule on ``pose``; return the events whose actions were called."""
-        xyz = np.asarray(pose.xyz, dtype=np.float64)
+        scale = MM_PER_UNIT.get(pose.units)
+        if scale is None:
+            raise RuleError(f"pose units {pose.units!r}: rules need one of {sorted(MM_PER_UNIT)}")
+        every = np.asarray(pose.xyz, dtype=np.float64) * scale
+        measured = np.where(pose.measured[:, None], every, np.nan)
+        xyz = every
         msg = pose.message
         t_ns = msg.t_trigger_ns or msg.t_fused_ns
         speeds = None
@@ -250,7 +269,8 @@ class RuleEngine:
         for r in self.rules:
             j = self._index[r.name]
             sp = float(speeds[j]) if speeds is not None else None
-            if not r.step(xyz[j], sp, t_ns):
+            p = xyz[j] if r.accept == "predicted" else measured[j]
+            if not r.step(p, sp, t_ns):
                 continue
             name = str(getattr(r.action, "name", getattr(r.action, "__name__", "action")))
             ev = ActionEvent(r.name, name, r.keypoint, pose.frame_id, [float(v) for v in xyz[j]], sp,

@@ -39,7 +39,18 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: ``pose3d`` says per keypoint what is known (``status``), ``late`` and ``units``, and
+keeps the forward-predicted position apart (``xyz_lead``); ``frame`` and ``kp2d`` carry the
+timing model's verdict and the frame-set policy's (missing and desynced views)."""
+
+#: ``Pose3d.status`` per keypoint: no estimate (``xyz`` NaN).
+MISSING = 0
+#: measured in this frame-set (at least one view updated or triangulated it).
+MEASURED = 1
+#: predicted: a track coasting without a measurement in this frame-set (``xyz`` finite).
+PREDICTED = 2
+STATUS_NAMES = {MISSING: "missing", MEASURED: "measured", PREDICTED: "predicted"}
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +162,12 @@ class Frame(Message):
     ``match_error_ns`` is set when a free-running camera's ``frame_id`` came from matching
     its timestamp to the nearest trigger pulse (``t_trigger_ns``): frame time − pulse time;
     ``None`` when the frame was triggered by that pulse or numbered by the camera's counter.
+
+    The camera's timing model (:mod:`livepose.acquisition.timing`) adds ``timing_residual_ns``
+    (the frame's exposure, as the model estimates it, minus where pulse ``frame_id`` puts it;
+    ``None`` without a pulse time) and ``desync``: the residual is outside the desync
+    tolerance (widened by the model's own uncertainty), so the frame does not show the
+    instant of ``frame_id`` and must not be fused with the other views of the set.
     """
 
     KIND: ClassVar[str] = "frame"
@@ -166,6 +183,8 @@ class Frame(Message):
     t_pub_ns: int | None = None
     dropped_before: int = 0
     match_error_ns: int | None = None
+    timing_residual_ns: int | None = None
+    desync: bool = False
 
     def topic(self) -> bytes:
         return b"frame/" + self.cam.encode()
@@ -195,11 +214,14 @@ class Preview(Message):
 @_register
 @dataclass(slots=True, kw_only=True)
 class Trigger(Message):
-    """One pulse of the software trigger clock: ``frame_id`` is the pulse index."""
+    """One trigger pulse: ``frame_id`` is the pulse index. From the software clock,
+    ``t_trigger_ns`` is when it fired; from a trigger box, the board's stamp of the pulse
+    mapped to host time, ``t_trigger_sigma_ns`` its uncertainty."""
 
     KIND: ClassVar[str] = "trigger"
     frame_id: int
     t_trigger_ns: int
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register
@@ -233,8 +255,14 @@ class Kp2d(Message):
     ``points`` is float32 ``(C, J, 3)``: x, y in full-frame pixels (distorted image
     coordinates) and confidence in [0, 1]; NaN rows mean "no view". ``cams`` names the C
     views in order. ``skipped`` lists complete frame-sets the worker jumped over since its
-    previous message; ``incomplete`` lists frame-sets abandoned because a camera's frame
-    never arrived. Timestamps are host ``time.time_ns()``.
+    previous message; ``incomplete`` lists frame-sets abandoned because no view of them was
+    ever handed out. Timestamps are host ``time.time_ns()``.
+
+    The frame-set policy (:mod:`livepose.inference.assembler`) may hand out a set without
+    every view: ``missing`` names the cameras whose frame had not arrived by the deadline
+    (or that are known to be gone) and ``desynced`` those whose frame the timing model
+    flagged; their rows are NaN. ``sizes`` gives each view's frame ``[width, height]``
+    (``[0, 0]`` where missing): fusion checks it against the calibration's geometry.
     """
 
     KIND: ClassVar[str] = "kp2d"
@@ -252,6 +280,9 @@ class Kp2d(Message):
     worker: int = 0
     skipped: list[int] = field(default_factory=list)
     incomplete: list[int] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    desynced: list[str] = field(default_factory=list)
+    sizes: list[list[int]] = field(default_factory=list)
 
 
 @_register
@@ -259,12 +290,18 @@ class Kp2d(Message):
 class Pose3d(Message):
     """Fused 3D pose of one frame-set.
 
-    Arrays (J keypoints): ``xyz`` float64 ``(J, 3)`` filtered position (NaN if unknown),
-    ``variance`` float64 ``(J, 3)``, ``reproj`` float32 ``(J,)`` mean reprojection error in
-    pixels, ``views`` uint16 ``(J,)`` bitmask of the cameras used; optional ``raw_xyz``
-    float64 ``(J, 3)`` (triangulated before filtering) and ``gated`` uint16 ``(J,)``
-    bitmask of views rejected by the filter's gate. ``skipped``/``incomplete`` are carried
-    from the kp2d message so one subscriber can account for every frame-set.
+    Arrays (J keypoints): ``xyz`` float64 ``(J, 3)`` the estimate at the frame-set's
+    instant (NaN if unknown), ``variance`` float64 ``(J, 3)``, ``reproj`` float32 ``(J,)``
+    mean reprojection error in pixels, ``views`` uint16 ``(J,)`` bitmask of the cameras used,
+    ``status`` uint8 ``(J,)`` (:data:`MISSING`, :data:`MEASURED`, :data:`PREDICTED`: a
+    coasting track's ``xyz`` is finite but was not measured in this set); optional
+    ``raw_xyz`` float64 ``(J, 3)`` (triangulated before filtering), ``gated`` uint16 ``(J,)``
+    bitmask of views rejected by the filter's gate, and ``xyz_lead`` float64 ``(J, 3)``: the
+    position predicted ``lead_ns`` ahead (``fusion.lead_ms``), never mixed into ``xyz``.
+    ``late``: the set arrived after a newer one was fused (triangulated, not filtered).
+    ``units``: the length unit of ``xyz`` (the calibration's). ``skipped``/``incomplete``/
+    ``missing``/``desynced`` are carried from the kp2d message so one subscriber can account
+    for every frame-set and every view.
     """
 
     KIND: ClassVar[str] = "pose3d"
@@ -273,16 +310,22 @@ class Pose3d(Message):
         "variance": ArraySpec((_F64,), (2,)),
         "reproj": ArraySpec((_F32,), (1,)),
         "views": ArraySpec((_U16,), (1,)),
+        "status": ArraySpec((_U8,), (1,)),
         "raw_xyz": ArraySpec((_F64,), (2,), required=False),
         "gated": ArraySpec((_U16,), (1,), required=False),
+        "xyz_lead": ArraySpec((_F64,), (2,), required=False),
     }
     frame_id: int
     xyz: np.ndarray
     variance: np.ndarray
     reproj: np.ndarray
     views: np.ndarray
+    status: np.ndarray
     raw_xyz: np.ndarray | None = None
     gated: np.ndarray | None = None
+    xyz_lead: np.ndarray | None = None
+    late: bool = False
+    units: str = "mm"
     cams: list[str] = field(default_factory=list)
     t_trigger_ns: int | None = None
     t_grab_ns: list[int] = field(default_factory=list)
@@ -295,6 +338,9 @@ class Pose3d(Message):
     lead_ns: int = 0
     skipped: list[int] = field(default_factory=list)
     incomplete: list[int] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    desynced: list[str] = field(default_factory=list)
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register

@@ -105,6 +105,30 @@ def empty_row(fnum: int, n_keypoints: int) -> list[str]:
     return ["", "", "", "", "0", "0"] * n_keypoints + _EYE + [str(int(fnum))]
 
 
+def status_path(path: str | Path) -> Path:
+    """The status sidecar of an Anipose 3D CSV (``pose3d.csv`` → ``pose3d_status.csv``):
+    per frame ``fnum, late`` and per keypoint ``<kp>_status`` (``measured``, ``predicted``,
+    ``missing``) and ``<kp>_views`` (bitmask of the cameras used, calibration order)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}_status.csv")
+
+
+def status_header(keypoints: Sequence[str]) -> list[str]:
+    """The header row of the status sidecar."""
+    return (["fnum", "late"] + [f"{n}_status" for n in keypoints]
+            + [f"{n}_views" for n in keypoints])
+
+
+def status_row(fnum: int, status: Sequence[str] | None, views: np.ndarray | None,
+               late: bool, n_keypoints: int) -> list[str]:
+    """One row of the status sidecar (``status`` names and ``views`` ``(J,)``; ``None``:
+    nothing fused for this frame)."""
+    if status is None or views is None:
+        return [str(int(fnum)), ""] + ["missing"] * n_keypoints + ["0"] * n_keypoints
+    return ([str(int(fnum)), "1" if late else "0"] + list(status)
+            + [str(int(v)) for v in np.asarray(views)])
+
+
 def var_header(keypoints: Sequence[str]) -> list[str]:
     """The header row of the variance sidecar."""
     return ["fnum"] + [f"{n}_var_{a}" for n in keypoints for a in "xyz"]

@@ -121,6 +121,21 @@ class VarRows(_Rows):
         self.put(frame_id, anipose3d.var_row(frame_id, var, self.J))
 
 
+class StatusRows(_Rows):
+    """Rows of the status sidecar ``pose3d_status.csv`` (per keypoint status and views)."""
+
+    def __init__(self, path: Path, keypoints: list[str], first: int) -> None:
+        self.J = len(keypoints)
+        super().__init__(path, [anipose3d.status_header(keypoints)], first)
+
+    def empty(self, frame_id: int) -> list[str]:
+        return anipose3d.status_row(frame_id, None, None, False, self.J)
+
+    def add(self, frame_id: int, status: np.ndarray, views: np.ndarray, late: bool) -> None:
+        names = [protocol.STATUS_NAMES.get(int(s), "missing") for s in status]
+        self.put(frame_id, anipose3d.status_row(frame_id, names, views, late, self.J))
+
+
 def _popcount(views: np.ndarray) -> np.ndarray:
     v = views.astype(np.uint32)
     return np.array([bin(int(x)).count("1") for x in v], dtype=np.int64)
@@ -135,7 +150,8 @@ class PredictionWriter:
         self.d2 = {c: Dlc2dRows(pose2d_path(session, c), keypoints, scorer, first) for c in cams}
         p3 = pose3d_path(session)
         self.d3 = Anipose3dRows(p3, keypoints, first)
-        self.var = VarRows(p3.with_name(f"{p3.stem}_var.csv"), keypoints, first)
+        self.var = VarRows(anipose3d.var_path(p3), keypoints, first)
+        self.status = StatusRows(anipose3d.status_path(p3), keypoints, first)
         self.conf: dict[int, np.ndarray] = {}  # frame_id -> (C, J) confidence
         self.last: int | None = None
         self._flushed = time.monotonic()
@@ -163,6 +179,7 @@ class PredictionWriter:
         self.d3.add(msg.frame_id, np.asarray(msg.xyz), np.asarray(msg.reproj, np.float64),
                     ncams, score)
         self.var.add(msg.frame_id, np.asarray(msg.variance))
+        self.status.add(msg.frame_id, np.asarray(msg.status), views, msg.late)
         self._seen(msg.frame_id)
 
     def _seen(self, frame_id: int) -> None:
@@ -173,17 +190,28 @@ class PredictionWriter:
 
     def flush(self) -> None:
         self._flushed = time.monotonic()
-        for rows in [*self.d2.values(), self.d3, self.var]:
+        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.f.flush()
 
-    def close(self, fps: float) -> None:
+    def close(self, fps: float, units: str = "mm") -> None:
         """Write out held rows, close the files and write the TRC."""
-        for rows in [*self.d2.values(), self.d3, self.var]:
+        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.close(self.last)
-        write_trc_from_csv(self.session, fps)
+        write_trc_from_csv(self.session, fps, units)
 
 
-def write_trc_from_csv(session: Path, fps: float) -> Path | None:
+def session_units(session: Path, configured: str | None) -> str:
+    """The length unit of a session's poses: its calibration copy's, else the config's, else
+    mm (sessions recorded before units were explicit)."""
+    from livepose.core.calibration import read_calibration_units
+
+    try:
+        return read_calibration_units(session / "calibration.toml") or configured or "mm"
+    except ValueError:  # a missing or unreadable copy: what the config says
+        return configured or "mm"
+
+
+def write_trc_from_csv(session: Path, fps: float, units: str = "mm") -> Path | None:
     """``pose3d.trc`` from ``pose3d.csv`` (frames numbered from the first frame_id + 1)."""
     from livepose.formats import FormatError
     from livepose.formats.anipose3d import read_anipose3d
@@ -196,7 +224,8 @@ def write_trc_from_csv(session: Path, fps: float) -> Path | None:
         log.warning("no TRC written: %s", exc)
         return None
     first = int(table.fnum[0]) + 1 if len(table.fnum) else 1
-    return write_trc(session / "pose3d.trc", table.xyz, table.keypoints, fps, first_frame=first)
+    return write_trc(session / "pose3d.trc", table.xyz, table.keypoints, fps, units=units,
+                     first_frame=first)
 
 
 def main(ctx: StageContext) -> None:
@@ -224,7 +253,7 @@ def main(ctx: StageContext) -> None:
     def close_() -> None:
         nonlocal writer
         if writer is not None:
-            writer.close(ctx.cfg.fps)
+            writer.close(ctx.cfg.fps, session_units(writer.session, ctx.cfg.calibration_units))
             (writer.session / "predictions.done").write_text(str(writer.last))
             if events is not None:
                 events.emit("predictions_stop", last_frame=writer.last)

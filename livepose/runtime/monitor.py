@@ -39,7 +39,8 @@ class Monitor:
         ZeroMQ context of the calling process.
     """
 
-    def __init__(self, endpoints: dict[str, str], zctx: zmq.Context[Any]) -> None:
+    def __init__(self, endpoints: dict[str, str], zctx: zmq.Context[Any],
+                 faulty_views: int = 0) -> None:
         self.sub = zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
@@ -63,6 +64,15 @@ class Monitor:
         self.fused_times: deque[int] = deque(maxlen=WINDOW)
         self._pending_pose: dict[int, np.ndarray] = {}
         self.keypoints: int | None = None
+        #: bitmask of cameras known (ground truth of an injected fault) to be desynced
+        self.faulty_views = faulty_views
+        self.faulty_fused = 0
+        self.partial = 0
+        self.views_missing: dict[str, int] = {}
+        self.views_desynced: dict[str, int] = {}
+        self.status: dict[int, int] = {}
+        self.t_kill_ns: int | None = None
+        self._after_kill: list[tuple[int, float | None]] = []  # (frame_id, total latency)
 
     def poll(self, timeout_ms: int = 0) -> int:
         """Take in everything available; return the number of messages handled."""
@@ -90,6 +100,16 @@ class Monitor:
 
     def _on_pose(self, msg: protocol.Pose3d) -> None:
         self.fused.append(msg.frame_id)
+        if msg.missing or msg.desynced:
+            self.partial += 1
+        for c in msg.missing:
+            self.views_missing[c] = self.views_missing.get(c, 0) + 1
+        for c in msg.desynced:
+            self.views_desynced[c] = self.views_desynced.get(c, 0) + 1
+        if self.faulty_views and bool((np.asarray(msg.views) & self.faulty_views).any()):
+            self.faulty_fused += 1
+        for s, n in zip(*np.unique(msg.status, return_counts=True), strict=True):
+            self.status[int(s)] = self.status.get(int(s), 0) + int(n)
         self.skipped.extend(msg.skipped)
         self.incomplete.extend(msg.incomplete)
         self.fused_times.append(msg.t_fused_ns)
@@ -100,6 +120,8 @@ class Monitor:
             self.recent_lat[k].append(v)
         if "total" in lat and "inference" in lat:
             self.overhead.append(lat["total"] - lat["inference"])
+        if self.t_kill_ns is not None and (msg.t_trigger_ns or 0) > self.t_kill_ns:
+            self._after_kill.append((msg.frame_id, lat.get("total")))
         xyz = np.array(msg.xyz)
         if msg.frame_id in self.truth:
             self._score(msg.frame_id, xyz)
@@ -122,6 +144,19 @@ class Monitor:
         """Every triggered frame-set fused, skipped or incomplete — exactly once."""
         all_ids = self.fused + self.skipped + self.incomplete
         return len(all_ids) == len(set(all_ids)) and set(all_ids) == self.triggered
+
+    def status_counts(self) -> dict[str, int]:
+        """Keypoints fused so far by status (``measured``, ``predicted``, ``missing``)."""
+        return {protocol.STATUS_NAMES[s]: n for s, n in sorted(self.status.items())}
+
+    def after_kill_stats(self, fps: float) -> dict[str, Any]:
+        """Frame-sets fused after a scripted camera loss: their rate and total latency."""
+        ids = [f for f, _ in self._after_kill]
+        lat = [v for _, v in self._after_kill if v is not None]
+        span = (max(ids) - min(ids) + 1) / fps if ids else 0.0
+        return {"fused_after": len(ids),
+                "fused_fps_after": round(len(ids) / span, 2) if span > 0 else None,
+                "total_ms_after": {"p50": pct(lat, 50), "p99": pct(lat, 99)}}
 
     def fused_rate(self) -> float:
         """Recent fused frame-sets per second."""

@@ -149,6 +149,8 @@ class Supervisor:
         self._poll_lock = threading.RLock()
         #: inference workers that died while others took over their share (see sharding.py)
         self.takeovers: list[dict[str, Any]] = []
+        #: cameras that died while enough others went on (``cfg.min_cameras``)
+        self.cameras_lost: list[dict[str, Any]] = []
         self._specs: list[ProcSpec] = []
         self.recording = Recording(self)
         self.dashboard = dashboard
@@ -302,12 +304,32 @@ class Supervisor:
             self.exited[n] = p.exitcode
             if not self._stopping and n in self._optional():
                 log.error("%s exited with code %s; the run goes on without it", n, p.exitcode)
-            elif not self._stopping and self._take_over(n, p.exitcode):
+            elif (not self._stopping and self._camera_lost(n, p.exitcode)) or (not self._stopping and self._take_over(n, p.exitcode)):
                 pass
             elif not self._stopping:
                 h = self.health.get(n)
                 self.recording.on_died(n, p.exitcode, h.last_error if h else None)
                 raise ProcessDied(n, p.exitcode, h.last_error if h else None)
+
+    def _camera_lost(self, name: str, exitcode: int | None) -> bool:
+        """A camera process died: the run goes on (True) while at least
+        ``cfg.min_cameras`` cameras remain; the workers' frame-set policy stops waiting for
+        it (docs/inference.md, "Frame-set policy")."""
+        cams = self.cfg.camera_names
+        if name not in cams:
+            return False
+        alive = [c for c in cams if c not in self.exited]
+        if len(alive) < self.cfg.min_cameras:
+            return False
+        h = self.health.get(name)
+        err = h.last_error if h else None
+        log.error("camera %s exited with code %s (%s); the run goes on with %s (at least %d "
+                  "needed)", name, exitcode, err or "no error reported", alive,
+                  self.cfg.min_cameras)
+        self.recording.on_died(name, exitcode, err)
+        self.cameras_lost.append({"camera": name, "exitcode": exitcode, "error": err,
+                                  "alive": alive})
+        return True
 
     def _take_over(self, name: str, exitcode: int | None) -> bool:
         """An inference worker died: hand its share to the survivors (True), if any."""

@@ -346,7 +346,8 @@ def test_worker_crop_path(tmp_path: Path) -> None:
         while cropped is None and fid < 100:  # until the worker has the pose
             pose = protocol.Pose3d(frame_id=fid - 1, xyz=point, variance=np.ones((1, 3)),
                                    reproj=np.zeros(1, np.float32),
-                                   views=np.full(1, 7, np.uint16))
+                                   views=np.full(1, 7, np.uint16),
+                                   status=np.ones(1, np.uint8))
             pose_pub.send_multipart(protocol.encode(pose))
             before = ctx.counters["crops"]
             msg = send_set(fid, 3000)  # kp2d is subscribed by now: only a slow answer

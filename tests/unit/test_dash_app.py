@@ -53,6 +53,7 @@ def _pose(fid: int) -> protocol.Pose3d:
     return protocol.Pose3d(
         frame_id=fid, xyz=np.array([[1.0, 2, 3], [np.nan, 0, 0]]), variance=np.ones((2, 3)),
         reproj=np.zeros(2, np.float32), views=np.ones(2, np.uint16), cams=CAMS,
+        status=np.array([1, 0], np.uint8),
         t_trigger_ns=1_000_000_000 + fid, t_grab_ns=[1_002_000_000, 1_005_000_000],
         t_set_ns=1_006_000_000, t_infer_start_ns=1_006_000_000, t_infer_end_ns=1_016_000_000,
         t_fused_ns=1_017_000_000, skipped=[fid - 1] if fid else [],

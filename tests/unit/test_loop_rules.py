@@ -33,14 +33,16 @@ NAMES = ["snout", "tail_base"]
 FPS = 100.0
 
 
-def pose(fid: int, snout: tuple[float, float, float]) -> Pose:
+def pose(fid: int, snout: tuple[float, float, float],
+         status: np.ndarray | None = None) -> Pose:
     xyz = np.array([snout, (0.0, 0.0, 0.0)], dtype=np.float64)
+    status = np.full(2, protocol.MEASURED, np.uint8) if status is None else status
     t = 1_000_000_000 + round(fid * 1e9 / FPS)
     msg = protocol.Pose3d(frame_id=fid, xyz=xyz, variance=np.ones((2, 3)),
                           reproj=np.zeros(2, np.float32), views=np.ones(2, np.uint16),
-                          t_trigger_ns=t, t_fused_ns=t + 5_000_000)
+                          status=status, t_trigger_ns=t, t_fused_ns=t + 5_000_000)
     return Pose(fid, xyz, msg.variance, msg.reproj, msg.views, stage_latencies_ms(msg),
-                t + 6_000_000, msg)
+                t + 6_000_000, msg, status=msg.status)
 
 
 def run(engine: RuleEngine, xs: list[float], start: int = 0) -> list[int]:
@@ -181,3 +183,24 @@ def test_loop_ttl_pulse_through_the_trigger_box_protocol(caplog: pytest.LogCaptu
         ttl.close()
         box.halt()
         os.close(slave)
+
+
+def test_rules_act_on_measured_keypoints_unless_asked() -> None:
+    """A coasting (predicted) keypoint changes nothing for a default rule; accept='predicted'
+    acts on it. Poses in metres are converted to the rules' mm."""
+    hits: list[int] = []
+    strict = Rule("strict", "snout", Sphere((0.0, 0.0, 0.0), 10.0), action=lambda e: hits.append(0))
+    loose = Rule("loose", "snout", Sphere((0.0, 0.0, 0.0), 10.0), action=lambda e: hits.append(1),
+                 accept="predicted")
+    eng = RuleEngine(NAMES, [strict, loose])
+    predicted = np.array([protocol.PREDICTED, protocol.MEASURED], np.uint8)
+    eng.update(pose(1, (1.0, 0.0, 0.0), predicted))
+    assert hits == [1]
+    eng.update(pose(2, (1.0, 0.0, 0.0)))
+    assert hits == [1, 0]
+    far = pose(3, (0.5, 0.0, 0.0))  # 0.5 m = 500 mm: outside both spheres once converted
+    far.units = "m"
+    far.message.units = "m"
+    r2 = Rule("m", "snout", Sphere((0.0, 0.0, 0.0), 10.0), action=lambda e: hits.append(2))
+    RuleEngine(NAMES, [r2]).update(far)
+    assert hits == [1, 0]

@@ -71,9 +71,14 @@ def pose3ds() -> st.SearchStrategy[P.Pose3d]:
             variance=draw(f64),
             reproj=draw(hnp.arrays(np.float32, (j,))),
             views=draw(hnp.arrays(np.uint16, (j,))),
+            status=draw(hnp.arrays(np.uint8, (j,), elements=st.integers(0, 2))),
             raw_xyz=raw,
+            xyz_lead=draw(st.none() | f64),
+            late=draw(st.booleans()),
+            units=draw(st.sampled_from(["mm", "m"])),
             lead_ns=draw(ints),
             incomplete=draw(st.lists(ints, max_size=4)),
+            missing=draw(st.lists(names, max_size=3)),
         )
 
     return build()

@@ -31,7 +31,8 @@ def stream(session: Path, ids: list[int]) -> tuple[PredictionWriter, dict[int, n
         xyz_by_id[fid] = xyz
         w.on_pose3d(protocol.Pose3d(
             frame_id=fid, xyz=xyz, variance=np.full((2, 3), 0.5),
-            reproj=np.array([0.3, 0.7], np.float32), views=np.array([7, 3], np.uint16)))
+            reproj=np.array([0.3, 0.7], np.float32), views=np.array([7, 3], np.uint16),
+            status=np.ones(2, np.uint8)))
     return w, xyz_by_id
 
 

@@ -196,6 +196,8 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
 
     cfg = config(tmp_path)
     cfg.transport.frames = "shm"
+    cfg.fps = 5.0  # the frame-set deadline (0.5 frame) is 100 ms: let the worker wait 2 s
+    cfg.frameset.deadline_frames = 10.0
     rings = {c: shmring.FrameRing(c, 4, S * S) for c in CAMS}
 
     def send(c: str, fid: int, image: np.ndarray) -> None:
@@ -227,3 +229,49 @@ def test_worker_reads_frames_from_rings_and_detects_overrun(tmp_path: Path) -> N
     finally:
         for r in rings.values():
             r.close()
+
+
+@pytest.mark.timeout(60)
+def test_frame_set_policy_deadline_then_gone_camera_not_waited_for(tmp_path: Path) -> None:
+    """A set lacking cam2 goes out at the deadline with cam2's view NaN and named missing;
+    after ``gone_after_sets`` such sets cam2 is gone and sets go out as soon as the others
+    delivered (no deadline paid); cam2's next frame makes it rejoin."""
+    cfg = config(tmp_path)
+    cfg.fps = 2.0  # deadline: 0.5 frame = 250 ms, far above the worker's own latency
+    cfg.frameset.gone_after_sets = 2
+
+    def send(c: str, fid: int, image: np.ndarray) -> None:
+        f = protocol.Frame(cam=c, frame_id=fid, t_grab_ns=fid, pixel_format="Mono8",
+                           image=image)
+        pubs[c].send_multipart(protocol.encode(f))
+
+    with running_worker(tmp_path, cfg) as (ctx, pubs, sub, errors):
+        b = recv_until_probe(send, sub)
+        img = blob(30.5, 20.5)
+        waits = []
+        for fid in range(b, b + 4):
+            t0 = time.monotonic()
+            for c in ("cam0", "cam1"):
+                send(c, fid, img)
+            (m,) = recv_until(sub, 1)
+            waits.append(time.monotonic() - t0)
+            assert m.frame_id == fid and m.missing == ["cam2"]
+            assert np.isnan(m.points[2]).all() and np.isfinite(m.points[:2, 0, :2]).all()
+        assert min(waits[:2]) >= 0.2  # the first two waited for the deadline
+        assert max(waits[2:]) < 0.2  # then cam2 was gone: no wait
+        assert wait_counter(ctx, "partial", 4) and ctx.counters["gone/cam2"] == 1
+        for c in CAMS:  # cam2 is back
+            send(c, b + 4, img)
+        (m,) = recv_until(sub, 1)
+        assert m.missing == [] and np.isfinite(m.points[:, 0, :2]).all()
+        assert wait_counter(ctx, "rejoined/cam2", 1)
+        assert not errors
+
+
+def wait_counter(ctx: StageContext, key: str, value: int, timeout_s: float = 2.0) -> bool:
+    """Whether ``ctx.counters[key]`` reaches ``value`` (counters reach the context at the
+    worker's next loop turn)."""
+    deadline = time.monotonic() + timeout_s
+    while ctx.counters[key] < value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ctx.counters[key] == value

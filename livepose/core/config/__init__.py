@@ -11,7 +11,7 @@ importable from here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -32,6 +32,7 @@ from livepose.core.config.cameras import (
     VideoCameraConfig,
     WebcamCameraConfig,
     clock_matched,
+    free_run_by_counter,
 )
 from livepose.core.config.services import (
     DashboardConfig,
@@ -43,6 +44,7 @@ from livepose.core.config.services import (
 from livepose.core.config.stages import (
     CropConfig,
     EKFConfig,
+    FrameSetConfig,
     FusionConfig,
     KalmanConfig,
     ModelConfig,
@@ -52,7 +54,7 @@ from livepose.core.config.stages import (
 
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
-    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FusionConfig",
+    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
     "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
     "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RoiConfig",
     "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
@@ -70,8 +72,12 @@ class Config(_Model):
     cameras: list[CameraConfig] = Field(min_length=1, max_length=16)
     sim: SimConfig = SimConfig()
     calibration: Path | None = Field(None, description="Anipose TOML; None: the sim rig's own")
+    calibration_units: Literal["m", "cm", "mm"] | None = Field(
+        None, description="length unit of the calibration when its file does not say "
+        "([metadata] units); a file that says so must agree")
     model: ModelConfig = ModelConfig()
     fusion: FusionConfig = FusionConfig()
+    frameset: FrameSetConfig = FrameSetConfig()
     preview: PreviewConfig = PreviewConfig()
     transport: TransportConfig = TransportConfig()
     recording: RecordingConfig = RecordingConfig()
@@ -91,12 +97,26 @@ class Config(_Model):
             raise ValueError(f"camera names must be unique; repeated: {dup}")
         if self.calibration is None and not all(c.backend == "sim" for c in self.cameras):
             raise ValueError("calibration is required unless every camera is a sim camera")
+        by_counter = [c.name for c in self.cameras if free_run_by_counter(c)]
+        if by_counter and len(self.cameras) > 1:
+            raise ValueError(
+                f"cameras {by_counter} run free with match: counter: each camera's counter "
+                "starts at its own instant, so one frame_id would not be one moment in every "
+                "camera; use match: clock (frames matched to the trigger clock's pulses by time)"
+            )
         matched = [c.name for c in self.cameras if clock_matched(c)]
         if matched and self.trigger.source != "software":
             raise ValueError(
                 f"cameras {matched} are matched to the trigger clock by time (match: clock), "
                 "which needs trigger.source 'software' (a trigger box publishes no pulse times)"
             )
+        if self.frameset.min_cameras is not None and self.frameset.min_cameras > len(self.cameras):
+            raise ValueError(f"frameset.min_cameras={self.frameset.min_cameras} exceeds the "
+                             f"{len(self.cameras)} cameras")
+        k = self.fusion.kalman
+        if k.max_gap_s * self.fps < 2:
+            raise ValueError(f"fusion.kalman.max_gap_s={k.max_gap_s} is shorter than two frame "
+                             f"periods at fps={self.fps}; allowed: >= {2 / self.fps:.3g} s")
         if self.fusion.min_views > len(self.cameras):
             raise ValueError(
                 f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
@@ -107,6 +127,12 @@ class Config(_Model):
     def camera_names(self) -> list[str]:
         """Camera names in config order (the order of every per-camera array)."""
         return [c.name for c in self.cameras]
+
+    @property
+    def min_cameras(self) -> int:
+        """The fewest camera processes a run goes on with (``frameset.min_cameras``, else
+        ``fusion.min_views``)."""
+        return self.frameset.min_cameras or min(self.fusion.min_views, len(self.cameras))
 
     @property
     def is_sim(self) -> bool:

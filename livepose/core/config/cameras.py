@@ -16,6 +16,9 @@ class SimCameraConfig(_Model):
 
     backend: Literal["sim"]
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    frame_offset: int = Field(
+        0, ge=-100, le=100, description="fault injection: deliver as frame k the image (and "
+        "exposure time) of pulse k - frame_offset, like a camera that lags behind")
 
 
 CameraName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -219,6 +222,16 @@ CameraConfig = Annotated[
 ]
 
 CAMERA_BACKENDS = ("sim", "pylon", "genicam", "spinnaker", "video", "webcam")
+
+
+def free_run_by_counter(cam: Any) -> bool:
+    """Whether a camera runs on its own clock and numbers its frames by its own counter
+    (``match: counter``): its frame ids then say nothing about other cameras' instants."""
+    if isinstance(cam, WebcamCameraConfig):
+        return cam.match == "counter"
+    trigger = getattr(cam, "trigger", None)
+    return (isinstance(trigger, CameraTriggerConfig) and trigger.mode == "free_run"
+            and trigger.match == "counter")
 
 
 def clock_matched(cam: Any) -> bool:
