@@ -27,6 +27,7 @@ from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.core.geometry import Geometry, fit_geometry
 from livepose.core.modelinfo import model_noise_px
+from livepose.fusion.drift import DriftEvent, DriftMonitor
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
 from livepose.fusion.pulses import PulseTimes
@@ -162,6 +163,8 @@ class Fuser:
         self.last_fid: int | None = None
         self.counters = {"fused": 0, "late": 0, "gated": 0, "resets": 0}
         self._orders: dict[tuple[str, ...], np.ndarray] = {}
+        self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
+        self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
@@ -248,6 +251,7 @@ class Fuser:
         xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
+        self._drift_in = None if late else (frame_id, points, tri.xyz)
         xyz, var, reproj, views = tri.xyz, tri.var, tri.reproj, tri.views
         if self.filter == "ekf" and not late:
             xyz, var, views, gated = out.xyz, out.var, out.views, out.gated
@@ -301,6 +305,14 @@ class Fuser:
             self.cameras = CameraGroup(cams)
             if self.n_keypoints is not None:
                 self._new_filters(self.n_keypoints)
+
+    def check_drift(self) -> list[DriftEvent]:
+        """Feed the last frame-set to the drift monitor (after publishing: off the latency
+        path); returns new :class:`~livepose.fusion.drift.DriftEvent` s."""
+        if self._drift_in is not None:
+            self.drift.update(*self._drift_in)
+            self._drift_in = None
+        return self.drift.pop_events()
 
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
         """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input and
@@ -390,6 +402,9 @@ def main(ctx: StageContext) -> None:
                         pose.t_trigger_sigma_ns = hit[1]
                 pose.t_fused_ns = time.time_ns()
                 pub.send_multipart(protocol.encode(pose), flags=zmq.NOBLOCK, copy=False)
+                for ev in fuser.check_drift():
+                    ctx.counters["drift_warnings"] += 1
+                    report(ev.message)
             except zmq.Again:
                 ctx.counters["dropped"] += 1
             except FusionInputError as exc:

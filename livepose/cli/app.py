@@ -278,6 +278,15 @@ def _register_keys() -> None:
 _register_keys()  # CURVE key pairs (livepose/cli/keys.py)
 
 
+def _register_calibrate() -> None:
+    from livepose.cli.calibrate import register
+
+    register(app, err)
+
+
+_register_calibrate()  # calibrate board / run / intrinsics (livepose/cli/calibrate.py)
+
+
 def _bench_group() -> typer.Typer:
     """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
     group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
@@ -521,6 +530,44 @@ def _register_fuzz_bench() -> None:
 
 
 _register_fuzz_bench()
+
+
+def _register_calibration_bench() -> None:
+    """``bench calibration`` (livepose/bench/calibration.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("calibration")
+    def bench_calibration(
+        json_path: JsonOpt = None,
+        no_peer: Annotated[bool, typer.Option("--no-peer", help="skip aniposelib")] = False,
+        photos: Annotated[Path | None, typer.Option(
+            "--photos", help="also the Pose2Sim demo's calibration folder: intrinsics from "
+            "its checkerboard photos vs its Qualisys calibration")] = None,
+    ) -> None:
+        """Sim rig, 4 cameras, 5×7 ChArUco, 60 poses: errors vs truth and vs aniposelib;
+        calibration drift on the sim rig."""
+        from livepose.bench.calibration import run as run_cal
+
+        res = run_cal(None, progress=lambda m: err.print(m, highlight=False),
+                      peer=not no_peer)
+        if photos is not None:
+            from livepose.bench.calibration_real import run as run_photos
+            from livepose.bench.results import write_json
+
+            try:
+                res["photos"] = run_photos(photos)
+            except UserError as exc:
+                _fail(str(exc))
+            res = write_json(res, json_path)
+        elif json_path is not None:
+            from livepose.bench.results import write_json
+
+            write_json(res, json_path)
+        Console().print_json(data={**res["summary"], "photos": res.get("photos", {}).get(
+            "summary")})
+
+
+_register_calibration_bench()
 
 
 def main() -> None:

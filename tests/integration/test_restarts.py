@@ -5,6 +5,7 @@ the restarted camera's views — while the run goes on. Recovery times are print
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -63,7 +64,7 @@ def test_killed_stages_are_restarted_and_poses_resume() -> None:
         if victim == "cam1":  # back when a pose uses cam1's view again
             back = next(tr for tr, views in after if views & 0b10)
         else:  # back when poses flow again after the gap
-            gaps = [(b - a, b) for (a, _), (b, _) in zip(after, after[1:], strict=False)]
+            gaps = [(b - a, b) for (a, _), (b, _) in itertools.pairwise(after)]
             back = max(gaps)[1] if gaps else after[0][0]
         recovery[victim] = back - t_kill
     print("recovery (s):", {k: round(v, 2) for k, v in recovery.items()})
