@@ -121,8 +121,11 @@ class CameraLoop:
         self.ctx = ctx
         self.cam = backend
         self.pub = pub
+        # a camera started again by the supervisor: its first frame is not "frame 0 plus
+        # drops" (the restart gap is the workers' to count, as gaps)
         self.identity = FrameIdentity(
-            counter_bits=backend.counter_bits, origin=backend.counter_origin
+            counter_bits=backend.counter_bits,
+            origin=None if ctx.args.get("restarted") else backend.counter_origin,
         )
         self.preview_every = max(1, round(ctx.cfg.fps / ctx.cfg.preview.fps))
         self.clock = ClockFit()

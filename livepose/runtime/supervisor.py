@@ -385,6 +385,9 @@ class Supervisor:
                 spec = ProcSpec(spec.name, spec.target, {**spec.args,
                                 "start_frame_id": self._newest_pulse() + 1},
                                 spec.optional, spec.nice, spec.rt)
+            elif name in self.cfg.camera_names:
+                spec = ProcSpec(spec.name, spec.target, {**spec.args, "restarted": True},
+                                spec.optional, spec.nice, spec.rt)
             self.exited.pop(name, None)
             self.health.pop(name, None)
             self._spawn(spec)
