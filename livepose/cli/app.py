@@ -532,6 +532,28 @@ def _register_fuzz_bench() -> None:
 _register_fuzz_bench()
 
 
+def _register_soak_bench() -> None:
+    """``bench soak`` (livepose/bench/soak.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("soak")
+    def bench_soak(
+        hours: Annotated[float, typer.Option("--hours", min=0.001)] = 1.0,
+        json_path: JsonOpt = None,
+        interval: Annotated[float, typer.Option("--interval", min=1.0)] = 60.0,
+    ) -> None:
+        """The sim rig for hours: RSS, file descriptors, rings, disk and drops sampled, and
+        their slopes."""
+        from livepose.bench.soak import run as run_soak
+
+        res = run_soak(hours, json_path, interval)
+        Console().print_json(data={k: res[k] for k in ("slopes", "totals", "rings_left_behind",
+                                                        "restarts")})
+
+
+_register_soak_bench()
+
+
 def _register_calibration_bench() -> None:
     """``bench calibration`` (livepose/bench/calibration.py; results in docs/benchmarks.md)."""
     bench = _bench_group()
