@@ -121,12 +121,12 @@ class CameraLoop:
         self.ctx = ctx
         self.cam = backend
         self.pub = pub
-        # a camera started again by the supervisor: its first frame is not "frame 0 plus
-        # drops" (the restart gap is the workers' to count, as gaps)
         self.identity = FrameIdentity(
-            counter_bits=backend.counter_bits,
-            origin=None if ctx.args.get("restarted") else backend.counter_origin,
+            counter_bits=backend.counter_bits, origin=backend.counter_origin
         )
+        # a camera started again by the supervisor: the pulses before its first frame are
+        # the restart gap (the workers count it), not drops of this process
+        self.restarted = bool(ctx.args.get("restarted"))
         self.preview_every = max(1, round(ctx.cfg.fps / ctx.cfg.preview.fps))
         self.clock = ClockFit()
         self.timing = TimingModel(round(ctx.cfg.desync_tolerance_ms * 1e6))
@@ -268,6 +268,8 @@ class CameraLoop:
             return
         frame_id, dropped = ident
         self.stamp(grab)
+        if self.restarted:
+            self.restarted, dropped = False, 0
         if dropped:
             c["dropped"] += dropped
             self.ctx.error(f"{self.cam.name}: {dropped} frame(s) dropped before frame {frame_id}")
