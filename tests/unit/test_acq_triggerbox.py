@@ -37,6 +37,19 @@ def box_port() -> Iterator[tuple[str, FirmwareEmulator]]:
     emu.join(2)
 
 
+def _run_until_done(ctx: Any, timeout_s: float = 5.0) -> None:
+    """Run the serial trigger process in a thread until it says ``done``, then stop it."""
+    from livepose.acquisition.triggerbox import run_serial_trigger
+
+    th = threading.Thread(target=run_serial_trigger, args=(ctx,), kwargs={"poll_s": 0.02})
+    th.start()
+    deadline = time.monotonic() + timeout_s
+    while ctx._state != "done" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctx.request_stop()
+    th.join(5)
+
+
 def test_driver_configures_starts_counts_and_stops(box_port: tuple[str, FirmwareEmulator]) -> None:
     from livepose.acquisition.triggerbox import TriggerBox
 
@@ -56,20 +69,13 @@ def test_driver_configures_starts_counts_and_stops(box_port: tuple[str, Firmware
 
 
 def test_serial_trigger_process_reports_every_pulse(box_port: tuple[str, FirmwareEmulator]) -> None:
-    from livepose.acquisition.triggerbox import run_serial_trigger
     from livepose.kit.process import StageContext
 
     port, _ = box_port
     cfg = parse_config({"fps": 500, "trigger": {"source": "serial", "port": port},
                         "cameras": [{"backend": "sim", "name": "a"}, {"backend": "sim", "name": "b"}]})
     ctx = StageContext(name="trigger", cfg=cfg, endpoints={}, args={"count": 40})
-    th = threading.Thread(target=run_serial_trigger, args=(ctx,), kwargs={"poll_s": 0.02})
-    th.start()
-    deadline = time.monotonic() + 5
-    while ctx._state != "done" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ctx.request_stop()
-    th.join(5)
+    _run_until_done(ctx)
     assert ctx._state == "done"
     assert ctx.info["pulses_total"] == 40 and ctx.counters["pulses"] == 40
     ctx.close()
@@ -192,7 +198,6 @@ def test_the_watchdog_stops_pulses_when_the_host_goes_silent(
 def test_a_protocol_1_box_still_runs_without_pulse_times(tmp_path: Any) -> None:
     import tty
 
-    from livepose.acquisition.triggerbox import run_serial_trigger
 
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -200,13 +205,7 @@ def test_a_protocol_1_box_still_runs_without_pulse_times(tmp_path: Any) -> None:
     emu.start()
     try:
         ctx = _trigger_ctx(tmp_path, os.ttyname(slave), count=20, fps=200)
-        th = threading.Thread(target=run_serial_trigger, args=(ctx,), kwargs={"poll_s": 0.02})
-        th.start()
-        deadline = time.monotonic() + 5
-        while ctx._state != "done" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        ctx.request_stop()
-        th.join(5)
+        _run_until_done(ctx)
         assert ctx.info["pulses_total"] == 20 and ctx.info["pulse_times"] is False
         assert "protocol 1" in (ctx.last_error or "")
         ctx.close()
