@@ -146,3 +146,19 @@ def test_stages_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"stage processes still running after the supervisor died: {left}"
+
+
+def test_a_camera_two_frames_behind_is_never_fused() -> None:
+    """A sim camera that delivers, as frame k, the image (and exposure time) of pulse k-2:
+    its timing model flags every such frame, the frame-set policy leaves the view out, and no
+    pose uses it (``desynced_views_fused`` = 0), while the others keep the 3D right."""
+    from livepose.cli.demo import parse_camera_offset
+
+    cfg = load_default_config()
+    parse_camera_offset(cfg, "cam2=2")
+    with open(os.devnull, "w") as devnull:
+        s = run_pipeline(cfg, pulses=150, live=False, console=Console(file=devnull))
+    assert s["frame_accounting_ok"], s
+    assert s["desynced_views_fused"] == 0, s
+    assert s["views_desynced"].get("cam2", 0) >= 0.9 * s["framesets_fused"], s["views_desynced"]
+    assert s["error_mm"]["median"] <= 5.0, s["error_mm"]
