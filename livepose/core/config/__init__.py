@@ -160,7 +160,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if base_dir is not None:
         if cfg.calibration is not None and not cfg.calibration.is_absolute():
             cfg.calibration = base_dir / cfg.calibration
-        if cfg.model.path != "default" and not Path(cfg.model.path).is_absolute():
+        if cfg.model.path not in ("default", "blazepose") and not Path(cfg.model.path).is_absolute():
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
             cfg.model.manifest = base_dir / cfg.model.manifest

@@ -68,7 +68,8 @@ class RecordingConfig(_Model):
 
     ``codec``: ``ffv1`` (bit-exact lossless, default), ``h264`` (libx264; ``crf`` and
     ``preset``, or ``lossless: true`` for ``qp 0``), ``h264_nvenc``/``hevc_nvenc`` (NVIDIA
-    GPU) or ``raw`` (frames dumped as they are, for the highest rates).
+    GPU), ``raw`` (frames dumped as they are, for the highest rates) or ``none`` (the frame
+    table only, no video: replaying videos that already exist, ``livepose track``).
     """
 
     enabled: bool = Field(False, description="record from pulse 0 (livepose run --record)")
@@ -76,7 +77,7 @@ class RecordingConfig(_Model):
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.\-]+$", description="session name; default: config name"
     )
-    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw"] = "ffv1"
+    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw", "none"] = "ffv1"
     crf: int = Field(18, ge=0, le=51, description="h264: constant rate factor")
     preset: str = Field("ultrafast", description="h264: x264 preset (nvenc: p1…p7)")
     lossless: bool = Field(False, description="h264: qp 0 (lossless), ignores crf")
