@@ -5,7 +5,9 @@ A view runs the detector only while it has no ROI: at the start, and after the k
 model's presence score (``roi.presence``) fell below ``roi.min_presence``. Otherwise its ROI
 comes from its own previous keypoints (``roi.keypoint_points``, One-Euro smoothed when
 ``roi.smoothing`` is set: the model's own tracking rule, which its crops were trained on).
-``detector_runs`` counts the views the detector ran on.
+``detector_runs`` counts the views the detector ran on, ``detector_sets`` the frame-sets it
+ran in; ``locked_sets`` counts the frame-sets after lock-on (every view has had a ROI once)
+and ``redetect_sets`` those of them in which the detector ran again.
 """
 
 from __future__ import annotations
@@ -112,13 +114,15 @@ class TopDown:
         self.rois: list[Roi | None] = [None] * n_views
         self.filters: list[OneEuro | None] = [None] * n_views
         self.presence = np.full(n_views, np.nan, np.float32)
-        self.counters: Counter[str] = Counter(detector_runs=0, detector_calls=0, lost=0,
-                                              no_detection=0)
+        self.counters: Counter[str] = Counter(detector_runs=0, detector_sets=0, lost=0,
+                                              no_detection=0, locked_sets=0, redetect_sets=0)
+        self._seen = np.zeros(n_views, bool)  # views that have had a ROI
 
     def reset(self) -> None:
         """Forget every view's ROI (the detector runs on the next frame-set)."""
         self.rois = [None] * self.n
         self.filters = [None] * self.n
+        self._seen[:] = False
 
     def detect(self, images: list[tuple[int, np.ndarray, str]]) -> None:
         """Run the detector on the given views (one batched call) and set their ROIs from
@@ -132,7 +136,7 @@ class TopDown:
             sizes.append((w, h))
             self.det_crop.fill(x, j, img, fmt, letterbox_roi(w, h))
         boxes, scores = self.det.run(self._det_out, {self.det_spec.input.name: x})
-        self.counters["detector_calls"] += 1
+        self.counters["detector_sets"] += 1
         self.counters["detector_runs"] += len(images)
         p0, p1 = self.roi_spec.detector_points
         for j, (i, _, _) in enumerate(images):
@@ -164,7 +168,11 @@ class TopDown:
         """
         need = [(i, f[0], f[1]) for i, f in enumerate(frames)
                 if f is not None and self.rois[i] is None]
+        locked = bool(self._seen.all())
+        self.counters["locked_sets"] += locked
+        self.counters["redetect_sets"] += locked and bool(need)
         self.detect(need)
+        self._seen |= [r is not None for r in self.rois]
         have = [i for i, f in enumerate(frames) if f is not None and self.rois[i] is not None]
         out = np.full((self.n, self.n_kp, 3), np.nan, np.float32)
         self.presence[:] = np.nan

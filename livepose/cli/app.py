@@ -167,50 +167,6 @@ def run(
          realtime)
 
 
-@app.command()
-def track(
-    video_dir: Annotated[Path, typer.Argument(help="folder of synchronized videos, one per "
-                                              "camera, named after the calibration's cameras")],
-    calibration: Annotated[Path, typer.Option("--calibration", "-c", help="Anipose TOML "
-                                              "(livepose calibration import)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
-    model: Annotated[str, typer.Option("--model", "-m", help="'blazepose', 'default', a model "
-                                       "folder or a model file")] = "blazepose",
-    paced: Annotated[bool, typer.Option("--paced", help="process every frame-set (the clock "
-                                        "waits for fusion); default: the videos' rate, skips "
-                                        "counted")] = False,
-    frames: Annotated[int | None, typer.Option("--frames", min=1, help="only the first N "
-                                               "frames")] = None,
-    fps: FpsOpt = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=16,
-                                         help="inference workers")] = 1,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime threads per "
-                                         "worker (0: its default)")] = 2,
-    no_live: NoLiveOpt = False,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Track the videos of VIDEO_DIR with the live pipeline: OUT/pose3d.csv (Anipose 3D,
-    fnum = video frame index, calibration units), OUT/pose2d/<cam>.csv and a session."""
-    from livepose.cli.demo import run_pipeline
-    from livepose.cli.track import collect, video_config
-    from livepose.runtime.supervisor import ProcessDied
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg, count = video_config(video_dir, calibration, model, out, paced, frames, fps)
-        cfg.model.workers = workers
-        cfg.model.intra_op_threads = threads
-        summary = run_pipeline(cfg, None, None, live=not no_live, pulses=count,
-                               log_level=logging.INFO if verbose else logging.WARNING)
-        written = collect(summary, out)
-    except UserError as exc:
-        _fail(str(exc))
-    except (ProcessDied, TimeoutError) as exc:
-        _fail(str(exc), code=1)
-    err.print(f"3D: {written.get('pose3d.csv', '(none)')}; session {written['session']}",
-              highlight=False)
-
-
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="YAML config")]) -> None:
     """Validate CONFIG and everything it points to (calibration, model) without running."""
@@ -519,6 +475,15 @@ def _register_crops_bench() -> None:
 
 
 _register_crops_bench()
+
+
+def _register_track() -> None:
+    from livepose.cli.track import register
+
+    register(app, err, _bench_group, _fail)
+
+
+_register_track()  # track VIDEO_DIR, bench real (livepose/cli/track.py)
 
 
 def main() -> None:

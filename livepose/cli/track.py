@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
 
 from livepose.core.config import Config
 from livepose.core.errors import UserError
+
+PACED_DEADLINE_S = 5.0
 
 
 def video_config(
@@ -46,13 +52,20 @@ def video_config(
     if not rate:
         raise UserError(f"{videos[names[0]]}: no frame rate in the file; pass --fps")
     n_frames = min(_count(v) for v in videos.values())
+    fusion: dict[str, Any] = {}
+    sigma = _manifest_sigma(model)
+    if sigma is not None:  # the model's own 2D noise (manifest ``noise``) for fusion
+        fusion["pixel_noise_px"] = sigma
     count = n_frames if frames is None else min(frames, n_frames)
     cfg = Config.model_validate({
         "name": name, "fps": rate, "calibration": str(calibration.resolve()),
         "cameras": [{"name": n, "backend": "video", "path": str(video_dir.resolve())}
                     for n in names],
         "model": {"path": model},
+        "fusion": fusion,
         "trigger": {"paced": paced},
+        # paced: every view of a set will come (decoding may lag under load): wait for it
+        **({"frameset": {"deadline_frames": round(PACED_DEADLINE_S * rate, 1)}} if paced else {}),
         # replayed frames are of their index by construction: no timing verdicts
         "desync_tolerance_ms": 10_000.0,
         "recording": {"enabled": True, "dir": str(out.resolve()), "name": name,
@@ -60,6 +73,15 @@ def video_config(
         "dashboard": {"enabled": False},
     })
     return cfg, count
+
+
+def _manifest_sigma(model: str) -> float | None:
+    """``noise.sigma_px`` of the model's manifest (``None`` without one)."""
+    from livepose.core.config import ModelConfig
+    from livepose.inference.manifest import resolve_model
+
+    _, manifest = resolve_model(ModelConfig(path=model))
+    return None if manifest.noise is None else manifest.noise.sigma_px
 
 
 def _count(video: Path) -> int:
@@ -89,3 +111,92 @@ def collect(summary: dict[str, Any], out: Path) -> dict[str, Any]:
         written["pose2d"] = str(out / "pose2d")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return written
+
+
+DEMO_DATA = Path("../shared/data/pose2sim-demo")
+
+
+def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typer],
+             fail: Callable[..., None]) -> None:
+    """Add ``track`` to ``app`` and ``real`` to its ``bench`` group."""
+
+    @app.command()
+    def track(
+        video_dir: Annotated[Path, typer.Argument(
+            help="folder of synchronized videos, one per camera, named after the "
+            "calibration's cameras")],
+        calibration: Annotated[Path, typer.Option(
+            "--calibration", "-c", help="Anipose TOML (livepose calibration import)")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+        model: Annotated[str, typer.Option(
+            "--model", "-m", help="'blazepose', 'default', a model folder or a model file"
+        )] = "blazepose",
+        paced: Annotated[bool, typer.Option(
+            "--paced", help="process every frame-set (the clock waits for fusion); default: "
+            "the videos' rate, skips counted")] = False,
+        frames: Annotated[int | None, typer.Option(
+            "--frames", min=1, help="only the first N frames")] = None,
+        fps: Annotated[float | None, typer.Option(
+            "--fps", help="override the videos' frame rate")] = None,
+        workers: Annotated[int, typer.Option(
+            "--workers", min=1, max=16, help="inference workers")] = 1,
+        threads: Annotated[int, typer.Option(
+            "--threads", min=0, help="ONNX Runtime threads per worker (0: its default)")] = 2,
+        no_live: Annotated[bool, typer.Option("--no-live", help="no live terminal view")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log INFO")] = False,
+    ) -> None:
+        """Track the videos of VIDEO_DIR with the live pipeline: OUT/pose3d.csv (Anipose 3D,
+        fnum = video frame index, calibration units), OUT/pose2d/<cam>.csv and a session."""
+        import logging
+
+        from livepose.cli.demo import run_pipeline
+        from livepose.runtime.supervisor import ProcessDied
+
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg, count = video_config(video_dir, calibration, model, out, paced, frames, fps)
+            cfg.model.workers = workers
+            cfg.model.intra_op_threads = threads
+            summary = run_pipeline(cfg, None, None, live=not no_live, pulses=count,
+                                   log_level=logging.INFO if verbose else logging.WARNING)
+            written = collect(summary, out)
+        except UserError as exc:
+            fail(str(exc))
+            return
+        except (ProcessDied, TimeoutError) as exc:
+            fail(str(exc), code=1)
+            return
+        err.print(f"3D: {written.get('pose3d.csv', '(none)')}; session {written['session']}",
+                  highlight=False)
+
+    bench = bench_group()
+
+    @bench.command("real")
+    def bench_real(
+        json_path: Annotated[Path | None, typer.Option(
+            "--json", help="write the results as JSON here")] = None,
+        data: Annotated[Path, typer.Option(
+            "--data", help="Pose2Sim's demo folder (single/, calibration/)")] = DEMO_DATA,
+        frames: Annotated[int, typer.Option("--frames", min=10, help="frame-sets")] = 100,
+        oracle: Annotated[Path | None, typer.Option(
+            "--oracle", help="MediaPipe runtime's 2D (.npz from scripts/blazepose_oracle.py)"
+        )] = None,
+        out: Annotated[Path, typer.Option("--out", help="working folder")] = Path("bench-real"),
+        live: Annotated[bool, typer.Option(
+            "--live/--no-live", help="also an unpaced run at the videos' rate")] = True,
+    ) -> None:
+        """BlazePose on real footage through `livepose track`: 2D vs MediaPipe, reprojection
+        and leave-one-camera-out vs aniposelib, coverage, detector runs, throughput."""
+        from livepose.bench.real import run_real
+
+        if not (data / "single").is_dir():
+            fail(f"{data}: no single/ footage here (--data: Pose2Sim's demo folder)")
+            return
+        if oracle is not None and not oracle.is_file():
+            fail(f"{oracle}: oracle file not found (--oracle)")
+            return
+        res = run_real(data, out, frames, oracle, live)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(res, indent=2))
+        Console().print_json(data=res)

@@ -15,8 +15,8 @@ class FrameSetConfig(_Model):
     model without every view, when a camera is gone, and how few cameras a run survives."""
 
     deadline_frames: float = Field(
-        0.5, gt=0, le=10, description="a set goes out with the views it has this many frame "
-        "periods after its first view arrived")
+        0.5, gt=0, le=1000, description="a set goes out with the views it has this many frame "
+        "periods after its first view arrived (replaying videos paced: seconds' worth)")
     gone_after_sets: int = Field(
         3, ge=1, le=1000, description="a camera missing from this many consecutive sets is "
         "gone (not waited for) until it delivers again")
