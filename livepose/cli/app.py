@@ -55,6 +55,7 @@ def _run(
     camera_offset: str | None = None,
 ) -> None:
     from livepose.cli.demo import parse_camera_offset, parse_kill, run_pipeline
+    from livepose.cli.track import video_pulses
     from livepose.runtime.supervisor import ProcessDied
 
     try:
@@ -84,6 +85,7 @@ def _run(
             log_level=logging.INFO if verbose else logging.WARNING,
             dashboard=cfg.dashboard.enabled and not no_dashboard,
             kill=parse_kill(cfg, kill_camera) if kill_camera else None,
+            pulses=video_pulses(cfg),
         )
     except UserError as exc:
         _fail(str(exc))

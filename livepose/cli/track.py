@@ -75,6 +75,18 @@ def video_config(
     return cfg, count
 
 
+def video_pulses(cfg: Config) -> int | None:
+    """A rig of non-looping videos stops after its shortest video (``None`` otherwise)."""
+    from livepose.acquisition.video import find_video
+    from livepose.core.config import VideoCameraConfig
+
+    cams = cfg.cameras
+    if not cams or not all(isinstance(c, VideoCameraConfig) and not c.loop and not c.free_run
+                           for c in cams):
+        return None
+    return min(_count(find_video(Path(c.path), c.name)) for c in cams)  # type: ignore[union-attr]
+
+
 def _manifest_sigma(model: str) -> float | None:
     """``noise.sigma_px`` of the model's manifest (``None`` without one)."""
     from livepose.core.config import ModelConfig

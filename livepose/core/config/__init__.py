@@ -36,6 +36,7 @@ from livepose.core.config.cameras import (
 from livepose.core.config.services import (
     DashboardConfig,
     LimitsConfig,
+    MetadataConfig,
     PreviewConfig,
     RecordingConfig,
     TransportConfig,
@@ -54,7 +55,7 @@ from livepose.core.config.stages import (
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
     "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
-    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
+    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "MetadataConfig", "ModelConfig", "PreviewConfig",
     "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RoiConfig",
     "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
     "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
@@ -79,6 +80,7 @@ class Config(_Model):
     recording: RecordingConfig = RecordingConfig()
     limits: LimitsConfig = LimitsConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    metadata: MetadataConfig = MetadataConfig()
     desync_tolerance_ms: float = Field(2.0, gt=0)
     realtime: bool = Field(
         False, description="run trigger, cameras, inference and fusion under SCHED_FIFO "
@@ -148,7 +150,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a mapping into a :class:`Config`.
 
-    Relative paths (calibration, model, manifest, recording dir) are resolved against
+    Relative paths (calibration, model, manifest, video cameras' paths) are resolved against
     ``base_dir`` (the config file's folder) when given.
     """
     if not isinstance(data, dict):
@@ -164,6 +166,9 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
             cfg.model.manifest = base_dir / cfg.model.manifest
+        for cam in cfg.cameras:  # replayed videos
+            if isinstance(cam, VideoCameraConfig) and not cam.path.is_absolute():
+                cam.path = base_dir / cam.path
     return cfg
 
 

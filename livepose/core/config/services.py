@@ -112,3 +112,17 @@ class LimitsConfig(_Model):
     """Upper bounds for decoding messages."""
 
     max_frame_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+
+class MetadataConfig(_Model):
+    """Who and what a session records, for exports (NWB: ``livepose export nwb``). Unset
+    fields are written as ``"unset (config metadata.<field>)"``, never guessed."""
+
+    subject_id: str | None = None
+    species: str | None = Field(None, description="e.g. 'Homo sapiens', 'Mus musculus'")
+    sex: Literal["M", "F", "U", "O"] | None = None
+    age: str | None = Field(None, description="ISO 8601 duration, e.g. P90D")
+    session_description: str | None = None
+    experimenter: list[str] = []
+    lab: str | None = None
+    institution: str | None = None
