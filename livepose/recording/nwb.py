@@ -102,7 +102,7 @@ def export_nwb(session: Path, out: Path) -> dict[str, Any]:
     md = cfg.metadata
     status = json.loads((session / "status.json").read_text()) if \
         (session / "status.json").is_file() else {}
-    start = dt.datetime.fromtimestamp(session.stat().st_mtime, dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(session.stat().st_mtime, dt.UTC)
     if status.get("started"):
         start = dt.datetime.fromisoformat(str(status["started"]))
     # NWB validates species and age: unset ones are left out and named in the description

@@ -123,6 +123,6 @@ class MetadataConfig(_Model):
     sex: Literal["M", "F", "U", "O"] | None = None
     age: str | None = Field(None, description="ISO 8601 duration, e.g. P90D")
     session_description: str | None = None
-    experimenter: list[str] = []
+    experimenter: list[str] = Field(default_factory=list)
     lab: str | None = None
     institution: str | None = None
