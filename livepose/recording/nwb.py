@@ -125,13 +125,13 @@ def export_nwb(session: Path, out: Path) -> dict[str, Any]:
     behavior.add(Skeletons(skeletons=[skeleton]))
     devices = []
     group = read_calibration(session / "calibration.toml", cams)
-    for cam in group.cameras:  # the calibration: intrinsics, extrinsics (world → camera)
+    for cm in group.cameras:  # the calibration: intrinsics, extrinsics (world → camera)
         dev = CalibratedCamera(
-            name=cam.name, description=f"camera {cam.name}, {cam.size[0]}×{cam.size[1]} px",
-            intrinsic_matrix=np.asarray(cam.matrix, float),
-            rotation_matrix=np.asarray(cam.R, float),
-            translation_vector=np.asarray(cam.tvec, float).reshape(3),
-            distortion_coefficients=np.asarray(cam.dist, float).reshape(-1))
+            name=cm.name, description=f"camera {cm.name}, {cm.size[0]}×{cm.size[1]} px",
+            intrinsic_matrix=np.asarray(cm.matrix, float),
+            rotation_matrix=np.asarray(cm.R, float),
+            translation_vector=np.asarray(cm.tvec, float).reshape(3),
+            distortion_coefficients=np.asarray(cm.dist, float).reshape(-1))
         nwb.add_device(dev)
         devices.append(dev)
     xyz = np.full((n, len(names), 3), np.nan)
