@@ -52,6 +52,10 @@ def video_config(
     if not rate:
         raise UserError(f"{videos[names[0]]}: no frame rate in the file; pass --fps")
     n_frames = min(_count(v) for v in videos.values())
+    if out.is_dir():  # one session per run: track, track-2, … in the same output folder
+        taken = {p.name.split("_", 1)[-1] for p in out.iterdir() if p.is_dir()}
+        name = next(f"{name}-{k}" if k > 1 else name for k in range(1, 10_000)
+                    if (f"{name}-{k}" if k > 1 else name) not in taken)
     fusion: dict[str, Any] = {}
     sigma = _manifest_sigma(model)
     if sigma is not None:  # the model's own 2D noise (manifest ``noise``) for fusion
@@ -154,6 +158,9 @@ def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typ
             "--workers", min=1, max=16, help="inference workers")] = 1,
         threads: Annotated[int, typer.Option(
             "--threads", min=0, help="ONNX Runtime threads per worker (0: its default)")] = 2,
+        providers: Annotated[str, typer.Option(
+            "--providers", help="ONNX Runtime providers, comma-separated, or 'auto'")
+        ] = "CPUExecutionProvider",
         no_live: Annotated[bool, typer.Option("--no-live", help="no live terminal view")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log INFO")] = False,
     ) -> None:
@@ -169,6 +176,8 @@ def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typ
             cfg, count = video_config(video_dir, calibration, model, out, paced, frames, fps)
             cfg.model.workers = workers
             cfg.model.intra_op_threads = threads
+            cfg.model.providers = "auto" if providers == "auto" else \
+                [p.strip() for p in providers.split(",") if p.strip()]
             summary = run_pipeline(cfg, None, None, live=not no_live, pulses=count,
                                    log_level=logging.INFO if verbose else logging.WARNING)
             written = collect(summary, out)
