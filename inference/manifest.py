@@ -257,6 +257,16 @@ class OneEuroSpec(_Strict):
     rate_hz: float = Field(30.0, gt=0)
 
 
+class ReprojectSpec(_Strict):
+    """The ROI rule from the model's own named keypoints (re-acquiring a lost view from the
+    fused 3D pose's reprojection instead of the detector): ``p0`` = mean of ``centre``,
+    ``p1 = p0 + length·(mean of toward − p0)``; then the same size/rotation rule."""
+
+    centre: list[str] = Field(min_length=1)
+    toward: list[str] = Field(min_length=1)
+    length: float = Field(1.0, gt=0)
+
+
 class RoiSpec(_Strict):
     """How a two-stage model's crop is made: a rotated square from two alignment points.
 
@@ -266,7 +276,8 @@ class RoiSpec(_Strict):
     rotated so that ``p1 − p0`` points at ``target_angle_deg`` (``null``: upright).
     ``presence`` names the keypoint model's output with the whole-object score (already in
     [0, 1] or ``presence_activation: sigmoid``): below ``min_presence`` the view has lost its
-    target and the detector runs again on its next frame.
+    target and the detector runs again on its next frame — or, with ``reproject``, the ROI
+    comes from the fused 3D pose projected into the view (the detector only if that fails).
     """
 
     detector_points: tuple[int, int]
@@ -279,6 +290,7 @@ class RoiSpec(_Strict):
     presence: str | None = None
     presence_activation: Literal["none", "sigmoid"] = "none"
     min_presence: float = Field(0.5, ge=0, le=1)
+    reproject: ReprojectSpec | None = None
 
 
 class NoiseSpec(_Strict):
@@ -318,6 +330,10 @@ class Manifest(_Strict):
             raise ValueError("a two-stage model needs both detector and roi sections")
         if self.detector is not None and self.output.type != "regression":
             raise ValueError("two-stage models support output.type 'regression' only for now")
+        rp = self.roi.reproject if self.roi is not None else None
+        unknown = sorted({k for k in (rp.centre + rp.toward if rp else []) if k not in known})
+        if unknown:
+            raise ValueError(f"roi.reproject names unknown keypoints: {unknown}")
         return self
 
     @property

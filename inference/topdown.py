@@ -5,6 +5,10 @@ A view runs the detector only while it has no ROI: at the start, and after the k
 model's presence score (``roi.presence``) fell below ``roi.min_presence``. Otherwise its ROI
 comes from its own previous keypoints (``roi.keypoint_points``, One-Euro smoothed when
 ``roi.smoothing`` is set: the model's own tracking rule, which its crops were trained on).
+With ``roi.reproject`` and a ``guide`` (the fused 3D pose projected into the views), a view
+that lost its target is re-acquired from the guide instead (``reacquired_3d``); the detector
+runs for it only when it has never been tracked, the guide has no usable keypoints there, or
+a guided ROI failed on the previous frame-set.
 ``detector_runs`` counts the views the detector ran on, ``detector_sets`` the frame-sets it
 ran in; ``locked_sets`` counts the frame-sets after lock-on (every view has had a ROI once)
 and ``redetect_sets`` those of them in which the detector ran again.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +120,23 @@ class TopDown:
         self.filters: list[OneEuro | None] = [None] * n_views
         self.presence = np.full(n_views, np.nan, np.float32)
         self.counters: Counter[str] = Counter(detector_runs=0, detector_sets=0, lost=0,
-                                              no_detection=0, locked_sets=0, redetect_sets=0)
+                                              no_detection=0, locked_sets=0, redetect_sets=0,
+                                              reacquired_3d=0)
         self._seen = np.zeros(n_views, bool)  # views that have had a ROI
+        self._guided = np.zeros(n_views, bool)  # the view's ROI came from the guide
+        self._guide_failed = np.zeros(n_views, bool)  # … and the model lost it again
+        rp = self.roi_spec.reproject
+        names = list(manifest.keypoints)
+        self._rp = None if rp is None else (
+            [names.index(k) for k in rp.centre], [names.index(k) for k in rp.toward], rp.length)
 
     def reset(self) -> None:
         """Forget every view's ROI (the detector runs on the next frame-set)."""
         self.rois = [None] * self.n
         self.filters = [None] * self.n
         self._seen[:] = False
+        self._guided[:] = False
+        self._guide_failed[:] = False
 
     def detect(self, images: list[tuple[int, np.ndarray, str]]) -> None:
         """Run the detector on the given views (one batched call) and set their ROIs from
@@ -150,7 +164,41 @@ class TopDown:
                                            d[4 + 2 * p1:6 + 2 * p1] * wh, self.roi_spec)
             self.filters[i] = None
 
-    def run(self, frames: list[tuple[np.ndarray, str] | None], frame_id: int) -> np.ndarray:
+    def guided_roi(self, uv: np.ndarray, size: tuple[int, int]) -> Roi | None:
+        """The ROI from projected keypoints ``uv`` ``(J, 2)`` by ``roi.reproject``; ``None``
+        when its keypoints are unknown or its centre falls outside the frame ``size``."""
+        if self._rp is None:
+            return None
+        ci, ti, length = self._rp
+        pts = uv[ci + ti]
+        if not np.isfinite(pts).all():
+            return None
+        p0 = uv[ci].mean(0)
+        p1 = p0 + length * (uv[ti].mean(0) - p0)
+        if not (0 <= p0[0] < size[0] and 0 <= p0[1] < size[1]):
+            return None
+        return roi_from_points(p0, p1, self.roi_spec)
+
+    def _reacquire(self, frames: list[tuple[np.ndarray, str] | None],
+                   guide: Callable[[], np.ndarray | None] | None) -> None:
+        """ROIs from the guide for views that lost their target after being tracked."""
+        want = [i for i, f in enumerate(frames) if f is not None and self.rois[i] is None
+                and self._seen[i] and not self._guide_failed[i]]
+        if not want or guide is None or self._rp is None:
+            return
+        uv = guide()
+        if uv is None:
+            return
+        for i in want:
+            img = frames[i][0]  # type: ignore[index]
+            roi = self.guided_roi(uv[i], (img.shape[1], img.shape[0]))
+            if roi is not None:
+                self.rois[i] = roi
+                self._guided[i] = True
+                self.counters["reacquired_3d"] += 1
+
+    def run(self, frames: list[tuple[np.ndarray, str] | None], frame_id: int,
+            guide: Callable[[], np.ndarray | None] | None = None) -> np.ndarray:
         """One frame-set → keypoints.
 
         Parameters
@@ -159,6 +207,9 @@ class TopDown:
             Per view ``(image, pixel_format)``, or ``None`` for a missing view.
         frame_id
             The frame-set's id (times the ROI smoother: ``frame_id / rate_hz``).
+        guide
+            Called (only when a tracked view lost its target) for the fused 3D pose at this
+            frame-set projected into every view, ``(n_views, J, 2)`` pixels, or ``None``.
 
         Returns
         -------
@@ -166,12 +217,15 @@ class TopDown:
             ``(n_views, J, 3)`` float32 x, y (full-frame pixels), confidence; NaN rows for
             views without a ROI, a missing frame or a lost target.
         """
+        self._reacquire(frames, guide)
         need = [(i, f[0], f[1]) for i, f in enumerate(frames)
                 if f is not None and self.rois[i] is None]
         locked = bool(self._seen.all())
         self.counters["locked_sets"] += locked
         self.counters["redetect_sets"] += locked and bool(need)
         self.detect(need)
+        for i, _, _ in need:
+            self._guide_failed[i] = False
         self._seen |= [r is not None for r in self.rois]
         have = [i for i, f in enumerate(frames) if f is not None and self.rois[i] is not None]
         out = np.full((self.n, self.n_kp, 3), np.nan, np.float32)
@@ -203,7 +257,10 @@ class TopDown:
                 self.rois[i] = None
                 self.filters[i] = None
                 self.counters["lost"] += 1
+                self._guide_failed[i] = bool(self._guided[i])  # then the detector, once
+                self._guided[i] = False
                 return
+            self._guided[i] = False
         rows = np.asarray(res[0][j], np.float64).reshape(-1, self.values)
         w, h = self.m.input.width, self.m.input.height
         xy = rows[:, :2] / np.array([w, h]) if ospec.coords != "normalized" else rows[:, :2].copy()

@@ -19,10 +19,12 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
+from livepose.core.calibration import read_calibration
+from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.core.control import WORKERS_TOPIC, decode_reshard
 from livepose.inference.assembler import FrameSetAssembler, Popped
-from livepose.inference.crops import CropPlan, CropPlanner
+from livepose.inference.crops import CropPlan, CropPlanner, PoseTrack
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import (
     ENGINES,
@@ -136,6 +138,14 @@ class _Worker:
         self.crops = CropPlanner.from_config(
             cfg, ctx.args.get("calibration"), (spec.width, spec.height)
         ) if cfg.model.crop.enabled else None
+        # two-stage models: a lost view re-acquired from the fused pose (roi.reproject)
+        self.guide: PoseTrack | None = None
+        self.guide_cams: CameraGroup | None = None
+        calib = ctx.args.get("calibration") or (str(cfg.calibration) if cfg.calibration else None)
+        roi = self.manifest.roi
+        if self.topdown is not None and roi is not None and roi.reproject and calib:
+            self.guide = PoseTrack(cfg.fps, cfg.model.crop.max_age_s)
+            self.guide_cams = read_calibration(calib, self.cams)
         self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
         self.feed: FrameFeed  # the cameras' frames, set by main
         self.pose_decoder = codec.Decoder(expect=["pose3d"])
@@ -191,7 +201,7 @@ class _Worker:
 
     def drain_poses(self) -> None:
         """Take in every fused pose available (crops), without blocking."""
-        if self.pose_sub is None or self.crops is None:
+        if self.pose_sub is None or (self.crops is None and self.guide is None):
             return
         for _ in range(MAX_DRAIN):
             try:
@@ -200,7 +210,10 @@ class _Worker:
                 break
             msg = self.pose_decoder.decode(parts)
             if isinstance(msg, protocol.Pose3d):
-                self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
+                if self.crops is not None:
+                    self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
+                if self.guide is not None:
+                    self.guide.update(msg.frame_id, msg.xyz)
 
     def plan_crops(self, popped: Popped) -> CropPlan | None:
         """Each view's region (``None`` without crops); the whole frames if planning
@@ -270,8 +283,23 @@ class _Worker:
         td = self.topdown
         assert td is not None
         views = [None if f is None else (f.image, f.pixel_format) for f in popped.frames]
+
+        def guide() -> np.ndarray | None:
+            """The fused pose at this frame-set, projected into every view (C, J, 2)."""
+            if self.guide is None or self.guide_cams is None:
+                return None
+            self.drain_poses()
+            xyz, _ = self.guide.predict(popped.frame_id)
+            if xyz is None or xyz.shape[0] != len(self.manifest.keypoints):
+                return None
+            ok = np.isfinite(xyz).all(1)
+            uv = np.full((len(self.cams), len(xyz), 2), np.nan)
+            for c, cam in enumerate(self.guide_cams.cameras):
+                uv[c, ok] = cam.project(xyz[ok]).reshape(-1, 2)
+            return uv
+
         try:
-            points = td.run(views, popped.frame_id)
+            points = td.run(views, popped.frame_id, guide)
             self.failures = 0
         except ValueError as exc:  # a frame it cannot read (pixel format, shape)
             self.ctx.counters["bad_frames"] += 1
@@ -370,10 +398,12 @@ def main(ctx: StageContext) -> None:
     ctx.counters.update(dict.fromkeys(zero, 0))
     if w.topdown is not None:  # detector_runs: views the detector ran on
         ctx.counters.update(w.topdown.counters)
-    if w.crops is not None:  # 3D-guided crops: fusion's poses, drained without blocking
+    if w.crops is not None or w.guide is not None:  # fusion's poses (3D-guided crops; a
+        # two-stage model re-acquiring a lost view), drained without blocking
         w.pose_sub = ctx.socket(zmq.SUB, connect=ctx.endpoints["pose3d"], subscribe=b"pose3d",
                                 hwm=1000)
-        ctx.counters.update(dict.fromkeys(w.crops.counters, 0))
+        if w.crops is not None:
+            ctx.counters.update(dict.fromkeys(w.crops.counters, 0))
     ctx.ready(provider=w.provider, model=w.manifest.name, engine=w.engine_label,
               worker=k, keypoints=len(w.manifest.keypoints))
     log.info("%s: %s on %s", ctx.name, w.manifest.name, w.provider)

@@ -30,7 +30,7 @@ from livepose.runtime.supervisor import Supervisor
 
 DRAIN_TIMEOUT_S = 5.0
 DETECTOR_COUNTERS = ("detector_runs", "detector_sets", "locked_sets", "redetect_sets", "lost",
-                     "no_detection")
+                     "no_detection", "reacquired_3d")
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:

@@ -148,3 +148,35 @@ def test_topdown_no_person(blaze) -> None:  # type: ignore[no-untyped-def]
     assert out.shape == (2, 33, 3) and np.isnan(out).all()
     assert td.counters["detector_runs"] == 1 and td.counters["no_detection"] == 1
     assert td.rois == [None, None]
+
+
+DEMO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pose2sim-demo"
+
+
+@pytest.mark.skipif(not (DEMO / "single").is_dir(), reason="Pose2Sim demo footage absent")
+def test_lost_view_reacquired_from_guide_not_detector(blaze) -> None:  # type: ignore[no-untyped-def]
+    """A tracked view that loses its target gets its ROI from the projected fused pose
+    (here: its own last keypoints, as a perfect reprojection would give) — the detector does
+    not run — and the keypoints stay where they were; without a guide the detector runs."""
+    import av
+
+    from livepose.inference.topdown import TopDown
+
+    path, m = blaze
+    with av.open(str(DEMO / "single" / "cam01.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(3), c.decode(video=0),
+                                                               strict=False)]
+    td = TopDown(path, m, ModelConfig(path="blazepose", intra_op_threads=1), 1)
+    first = td.run([(frames[0], "RGB8")], 0)
+    assert td.counters["detector_runs"] == 1 and np.isfinite(first).all()
+    uv = first[:, :, :2].astype(np.float64)
+    roi = td.guided_roi(uv[0], (1080, 1920))
+    assert roi is not None and roi[2] > 300  # a person-sized crop around the hips
+    td.rois[0] = None  # the target was lost
+    out = td.run([(frames[1], "RGB8")], 1, guide=lambda: uv)
+    assert td.counters["detector_runs"] == 1 and td.counters["reacquired_3d"] == 1
+    d = np.linalg.norm(out[0, :, :2] - first[0, :, :2], axis=-1)
+    assert np.median(d) < 15, np.median(d)  # 1/60 s later, same person
+    td.rois[0] = None
+    td.run([(frames[2], "RGB8")], 2)  # no guide: the detector
+    assert td.counters["detector_runs"] == 2
