@@ -129,6 +129,7 @@ class CameraLoop:
         self.timing = TimingModel(round(ctx.cfg.desync_tolerance_ms * 1e6))
         self.pending_dropped = 0  # failed buffers / reconnect gaps, carried to the next frame
         self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
+        self.unverified = False  # frames placed by elapsed time after a reconnect
         self.t_last_grab_ns = 0
         self.rec: RecordHook | None = None  # recording hook (acquisition/recorder.py)
         # the preview is encoded two thirds of a period after its frame: away from the instant
@@ -224,12 +225,18 @@ class CameraLoop:
 
     def reanchor(self, frame_id: int | None) -> None:
         """After a reconnect the camera counts from its origin again: the next frame is
-        ``frame_id`` (software trigger), or is placed by time at the trigger rate."""
+        ``frame_id`` (software trigger: identified by its pulse), or is placed by elapsed time
+        at the trigger rate. A frame placed by time is *unverified*: it goes out marked
+        ``desync`` (recorded, never fused; counted ``unidentified``) until the timing model
+        can check frames against pulse times (docs/acquisition.md, "Timing model")."""
         last = self.identity.last_frame_id
         if frame_id is None:
             gap_s = (time.time_ns() - self.t_last_grab_ns) / 1e9
             frame_id = last + max(1, round(gap_s * self.ctx.cfg.fps))
             self.ctx.counters["reanchored_by_time"] += 1
+            self.unverified = True
+            self.ctx.error(f"{self.cam.name}: reconnected without pulse times to identify its "
+                           "frames: they are recorded but not fused")
         self.identity = FrameIdentity(
             counter_bits=self.cam.counter_bits,
             first_frame_id=frame_id,
@@ -277,6 +284,11 @@ class CameraLoop:
         """Publish one numbered frame (and maybe its preview)."""
         c = self.ctx.counters
         verdict = self.timing.observe(t_trigger, grab.t_exposure_ns, grab.t_grab_ns)
+        if verdict.residual_ns is not None:
+            self.unverified = False  # frames are checked against their pulses again
+        elif self.unverified:
+            verdict.desync = True
+            c["unidentified"] += 1
         if verdict.desync:
             c["desync_frames"] += 1
         msg = protocol.Frame(

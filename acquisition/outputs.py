@@ -22,6 +22,7 @@ import zmq
 
 from livepose.core.control import CAMERA_CONTROL_TOPIC, decode_camera_command
 from livepose.kit.realtime import leave_realtime
+from livepose.transport import security
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class OutputPulser:
         sock = self.ctx.zmq_ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, CAMERA_CONTROL_TOPIC)
-        sock.connect(self.endpoint)
+        security.connect(sock, self.endpoint, self.ctx.keys)
         try:
             while not self._stop.is_set():
                 if sock.poll(POLL_MS):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.config import Config
 from livepose.core.errors import UserError
 
@@ -37,6 +37,7 @@ def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
         path = Path(cfg.calibration)
     try:
         read_calibration(path, cfg.camera_names)
+        units = calibration_units(path, cfg.calibration_units)
     except ValueError as exc:  # CalibrationError is a ValueError
         raise UserError(str(exc)) from None
-    return {"calibration": str(path)}
+    return {"calibration": str(path), "units": units}

@@ -107,15 +107,15 @@ def _sleep_until(t_ns: int, ctx: StageContext) -> None:
 
 def main(ctx: StageContext) -> None:
     """Run the clock until stopped or ``count`` pulses were sent."""
-    if ctx.cfg.trigger.source == "serial":
-        from livepose.acquisition.triggerbox import run_serial_trigger
-
-        run_serial_trigger(ctx)
-        return
     # XPUB: a PUB that also sees subscriptions, so pulse 0 waits for every camera
     pub = ctx.socket(zmq.XPUB, bind=ctx.endpoints["trigger"], hwm=10_000)
     pub.setsockopt(zmq.XPUB_VERBOSE, 1)
     _wait_for_cameras(ctx, pub)
+    if ctx.cfg.trigger.source == "serial":  # a trigger box: its pulses' times go out here
+        from livepose.acquisition.triggerbox import run_serial_trigger
+
+        run_serial_trigger(ctx, pub=pub)
+        return
     truth = _truth_source(ctx)
     period_ns = round(1e9 / ctx.cfg.fps)
     count = ctx.args.get("count")

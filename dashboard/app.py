@@ -11,6 +11,9 @@ Routes
 ``GET /metrics``          Prometheus text format
 ``WS /ws``                live updates (see docs/dashboard.md for the message types)
 
+Every request passes :class:`livepose.dashboard.access.Guard` first: an allowed ``Host``, on
+websockets an allowed ``Origin``, and the run's token (401 without it).
+
 Each websocket client has one slot per message key (``tile/<cam>``, ``pose``, ``status``):
 a newer message replaces an unsent older one, so a slow client sees fewer, fresher updates and
 never holds memory or the pipeline back; a client whose send blocks for ``SEND_TIMEOUT_S`` is
@@ -28,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import anyio
 from starlette.applications import Starlette
@@ -37,9 +39,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
+from livepose.dashboard.access import COOKIE, Guard, allowed_hosts, new_token
 from livepose.dashboard.metrics import make_registry, render
 from livepose.dashboard.state import DashState
 
@@ -77,12 +80,15 @@ class Hub:
 
     def __init__(
         self, state: DashState, meta: dict[str, Any], control: ControlFn | None = None,
-        token: str | None = None,
+        token: str | None = None, hosts: frozenset[str] | None = None,
     ) -> None:
         self.state = state
         self.meta = meta
         self.control = control
-        self.token = token
+        #: the run's token (a fresh random one when none is given: never open)
+        self.token = token or new_token()
+        #: host names the dashboard answers to (Host header, websocket Origin)
+        self.hosts = hosts or allowed_hosts("127.0.0.1")
         self.clients: set[Client] = set()
         self._next_id = 0
         self._last_log: dict[str, float] = {}
@@ -101,50 +107,14 @@ class Hub:
             log.warning(msg, *args)
 
 
-class TokenGuard:
-    """ASGI middleware: with a token configured, every request must carry it
-    (``?token=…``, ``Authorization: Bearer …`` or the ``livepose_token`` cookie)."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token
-
-    def _ok(self, scope: Scope) -> bool:
-        if not self.token:
-            return True
-        given = parse_qs(scope.get("query_string", b"").decode(errors="replace")).get("token", [])
-        headers = {k.decode().lower(): v.decode(errors="replace")
-                   for k, v in scope.get("headers", [])}
-        auth = headers.get("authorization", "")
-        if auth.startswith("Bearer "):
-            given.append(auth[7:])
-        for part in headers.get("cookie", "").split(";"):
-            k, _, v = part.strip().partition("=")
-            if k == "livepose_token":
-                given.append(v)
-        return any(hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and not self._ok(scope):
-            log.warning("refused %s %s: missing or wrong dashboard token", scope["type"],
-                        scope.get("path"))
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await JSONResponse({"error": "a valid dashboard token is required"},
-                               status_code=401)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def create_app(hub: Hub) -> ASGIApp:
     """The dashboard application around ``hub``."""
 
     async def index(request: Request) -> Response:
         resp = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
         token = request.query_params.get("token")
-        if hub.token and token:
-            resp.set_cookie("livepose_token", token, httponly=True, samesite="strict")
+        if token and hmac.compare_digest(token.encode(), hub.token.encode()):
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return resp
 
     async def status(request: Request) -> Response:
@@ -191,11 +161,6 @@ def create_app(hub: Hub) -> ASGIApp:
         return JSONResponse(reply, status_code=200 if ok else 409)
 
     async def ws_endpoint(ws: WebSocket) -> None:
-        origin = ws.headers.get("origin")
-        if origin and urlparse(origin).netloc != ws.headers.get("host"):
-            hub.log_limited("origin", "refused a websocket from another site (Origin %s)", origin)
-            await ws.close(code=1008)
-            return
         if len(hub.clients) >= MAX_CLIENTS:
             await ws.close(code=1013)
             hub.log_limited("full", "refused a websocket client: %d connected", MAX_CLIENTS)
@@ -244,7 +209,7 @@ def create_app(hub: Hub) -> ASGIApp:
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
-    return TokenGuard(app, hub.token)
+    return Guard(app, hub.token, hub.hosts)
 
 
 async def _sender(hub: Hub, client: Client) -> None:

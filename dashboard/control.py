@@ -15,6 +15,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from livepose.transport import security
+
 TIMEOUT_S = 1.0
 
 
@@ -36,7 +38,8 @@ def _decode_reply(raw: bytes) -> dict[str, Any]:
 
 
 def request(
-    zctx: zmq.Context[Any], endpoint: str, body: dict[str, Any], timeout_s: float = TIMEOUT_S
+    zctx: zmq.Context[Any], endpoint: str, body: dict[str, Any], timeout_s: float = TIMEOUT_S,
+    keys: security.CurveKeys | None = None,
 ) -> dict[str, Any]:
     """Send one control request and return the reply.
 
@@ -48,6 +51,8 @@ def request(
         The supervisor's ``control`` endpoint.
     body
         ``{"cmd": ..., ...}``.
+    keys
+        CURVE keys for a tcp endpoint (the stage context's :attr:`keys`).
 
     Raises
     ------
@@ -57,7 +62,7 @@ def request(
     sock = zctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(endpoint)
+        security.connect(sock, endpoint, keys)
         sock.send(json.dumps(body).encode())
         if not sock.poll(int(timeout_s * 1000)):
             raise ControlUnavailable(

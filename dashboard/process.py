@@ -6,7 +6,8 @@ camera socket, ``kp2d`` on every worker, ``pose3d``, ``trigger`` and the supervi
 relay, and serves the page with uvicorn in the same asyncio loop. Nothing it does can block a
 publisher: PUB sockets drop for it at the high-water mark.
 
-``ctx.args``: ``calibration`` (path), ``host``, ``port`` (resolved by the supervisor).
+``ctx.args``: ``calibration`` (path), ``host``, ``port`` (resolved by the supervisor),
+``token`` (the run's dashboard token; see :mod:`livepose.dashboard.access`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ async def _serve(ctx: StageContext, hub: Any, sub: zmq.Socket[Any], lsock: socke
 
 def main(ctx: StageContext) -> None:
     """Dashboard process main."""
+    from livepose.dashboard.access import allowed_hosts, new_token
     from livepose.dashboard.app import Hub
     from livepose.dashboard.control import request
     from livepose.dashboard.state import DashState
@@ -194,8 +196,11 @@ def main(ctx: StageContext) -> None:
     sub = _subscribe(ctx)
     step = max(1, round(1.0 / cfg.preview.scale))
     state = DashState(cfg.camera_names, step, cfg.desync_tolerance_ms)
-    control = partial(request, ctx.zmq_ctx, ctx.endpoints["control"]) if "control" in ctx.endpoints else None
-    hub = Hub(state, meta_of(cfg, ctx.args.get("calibration")), control, cfg.dashboard.token)
+    control = (partial(request, ctx.zmq_ctx, ctx.endpoints["control"], keys=ctx.keys)
+               if "control" in ctx.endpoints else None)
+    hosts = allowed_hosts(host, cfg.dashboard.allowed_hosts)
+    token = str(ctx.args.get("token") or cfg.dashboard.token or new_token())
+    hub = Hub(state, meta_of(cfg, ctx.args.get("calibration")), control, token, hosts)
     try:
         asyncio.run(_serve(ctx, hub, sub, lsock))
     finally:

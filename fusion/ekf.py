@@ -32,9 +32,15 @@ scale of the distortion is neglected: a few percent at the image corners).
 **Consensus.** Before the gate, the triangulation of the same views (valid when ≥
 ``min_views`` views agree within ``reproj_threshold_px``) is compared with the prediction.
 If it disagrees (Mahalanobis distance > ``ekf.gate_sigma``) for less than
-``ekf.consensus_after_s``, the views are gated as usual (a one-frame disagreement is more
-likely outliers); if longer, the track lags a real maneuver and the triangulation's views
-update it ungated; after ``kalman.reinit_after_s`` the track restarts at the triangulation.
+``ekf.consensus_after_frames``, the views are gated as usual (a one-frame disagreement is
+more likely outliers); if longer, the track lags a real maneuver and the triangulation's
+views update it ungated; after ``kalman.reinit_after_frames`` the track restarts at the
+triangulation. Delays are counted in frame-sets (converted with the run's ``fps``), so the
+filter behaves the same at 30 and at 100 fps.
+
+**Units.** The motion model's settings are in mm (``*_mm_s2`` …); ``length_scale`` (the
+calibration's unit per mm: 1 for mm, 0.001 for m) converts them, so a calibration in metres
+gives the same track, ×0.001, as the same calibration in mm.
 
 **Track life.** A keypoint starts (output NaN) at the first valid triangulation: ``p`` =
 that point, covariance = its variance, velocity (and acceleration) zero with
@@ -111,26 +117,33 @@ class KeypointEKF:
     """
 
     def __init__(
-        self, cameras: CameraGroup, n_keypoints: int, cfg: FusionConfig,
-        output_reproj: bool = False,
+        self, cameras: CameraGroup, n_keypoints: int, cfg: FusionConfig, fps: float,
+        output_reproj: bool = False, length_scale: float = 1.0,
+        pixel_noise_px: float | None = None,
     ) -> None:
         J = int(n_keypoints)
         if J < 0:
             raise ValueError(f"n_keypoints must be >= 0, got {n_keypoints}")
         self.cameras = cameras
-        self.tri = Triangulator(cameras, cfg)
+        if not fps > 0 or not length_scale > 0:
+            raise ValueError(f"fps and length_scale must be > 0, got {fps}, {length_scale}")
+        self.tri = Triangulator(cameras, cfg, pixel_noise_px)
         self.n_keypoints = J
         self.cfg = cfg
+        self.fps = float(fps)
+        self.length_scale = float(length_scale)
         k, e = cfg.kalman, cfg.ekf
+        s2 = self.length_scale ** 2  # the config's mm² → the calibration's unit²
         self.order = 3 if k.model == "ca" else 2
-        self.q = float(k.jerk_noise_mm_s3 if k.model == "ca" else k.accel_noise_mm_s2)
+        self.q = float(k.jerk_noise_mm_s3 if k.model == "ca" else k.accel_noise_mm_s2) * s2
         self.max_gap = float(k.max_gap_s)
-        self.v0var = float(k.init_speed_mm_s) ** 2
-        self.a0var = float(k.init_accel_mm_s2) ** 2
+        self.v0var = float(k.init_speed_mm_s) ** 2 * s2
+        self.a0var = float(k.init_accel_mm_s2) ** 2 * s2
         self.gate2 = float(e.gate_sigma) ** 2
         self.infl2 = float(e.inflate_sigma) ** 2
-        self.reinit_after = np.inf if k.reinit_after_s is None else float(k.reinit_after_s)
-        self.consensus_after = float(e.consensus_after_s)
+        self.reinit_after = (np.inf if k.reinit_after_frames is None
+                             else float(k.reinit_after_frames) / self.fps)
+        self.consensus_after = float(e.consensus_after_frames) / self.fps
         self.state = np.zeros((J, 9))
         self.cov = np.zeros((J, 9, 9))
         self.initialised = np.zeros(J, dtype=np.bool_)
@@ -189,7 +202,7 @@ class KeypointEKF:
                 raise ValueError(f"zvar must have shape ({tri.n_cameras}, {J}, 2), got {zv.shape}")
         raw = TriangulationResult(
             xyz=np.empty((J, 3)), reproj=np.empty(J, dtype=np.float32),
-            views=np.empty(J, dtype=np.uint16), cov=np.empty((J, 3)),
+            views=np.empty(J, dtype=np.uint16), cov=np.empty((J, 3, 3)),
         )
         if run_filter:
             out = FilterOutput(
@@ -224,7 +237,8 @@ class KeypointEKF:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) the kernels on a throw-away state."""
-        probe = KeypointEKF(self.cameras, 1, self.cfg, self.output_reproj)
+        probe = KeypointEKF(self.cameras, 1, self.cfg, self.fps, self.output_reproj,
+                            self.length_scale, self.tri.pixel_noise)
         pts = np.full((self.tri.n_cameras, 1, 3), np.nan, dtype=np.float32)
         for p in (pts, pts.astype(np.float64)):
             probe.step(p, 0.0)

@@ -199,10 +199,14 @@ def _tri_distance2(
     x: np.ndarray, Pc: np.ndarray, tri_xyz: np.ndarray, tri_cov: np.ndarray, j: int
 ) -> float:
     """Squared Mahalanobis distance between keypoint ``j``'s predicted position and its
-    triangulation, ``dᵀ (P_pp + diag(cov_tri))⁻¹ d``."""
+    triangulation, ``dᵀ (P_pp + cov_tri)⁻¹ d`` (``cov_tri`` the full 3×3)."""
     d0, d1, d2 = tri_xyz[j, 0] - x[j, 0], tri_xyz[j, 1] - x[j, 1], tri_xyz[j, 2] - x[j, 2]
-    m00, m01, m02 = Pc[j, 0, 0] + tri_cov[j, 0], Pc[j, 0, 1], Pc[j, 0, 2]
-    m11, m12, m22 = Pc[j, 1, 1] + tri_cov[j, 1], Pc[j, 1, 2], Pc[j, 2, 2] + tri_cov[j, 2]
+    m00 = Pc[j, 0, 0] + tri_cov[j, 0, 0]
+    m01 = Pc[j, 0, 1] + tri_cov[j, 0, 1]
+    m02 = Pc[j, 0, 2] + tri_cov[j, 0, 2]
+    m11 = Pc[j, 1, 1] + tri_cov[j, 1, 1]
+    m12 = Pc[j, 1, 2] + tri_cov[j, 1, 2]
+    m22 = Pc[j, 2, 2] + tri_cov[j, 2, 2]
     c00, c01, c02, c11, c12, c22, det = sym3_cofactors_nb(m00, m01, m02, m11, m12, m22)
     if not det > 0.0:
         return 0.0

@@ -25,6 +25,9 @@ from livepose.fusion.ekf_model_nb import (
 )
 from livepose.fusion.triangulate_nb import _mean_reproj, _triangulate_dropping_views
 
+#: index into the 6 unique entries of a symmetric 3×3 matrix (00, 01, 02, 11, 12, 22)
+_SYM6 = ((0, 1, 2), (1, 3, 4), (2, 4, 5))
+
 
 @nb.njit(cache=True, nogil=True)
 def fuse_frame_nb(
@@ -60,7 +63,8 @@ def fuse_frame_nb(
     want_reproj
         Compute ``out_reproj`` (else NaN; it costs about a fifth of the filter).
     tri_xyz, tri_reproj, tri_views, tri_cov
-        ``(J, 3)``, ``(J,)``, ``(J,)`` uint16, ``(J, 3)``: the triangulation, written.
+        ``(J, 3)``, ``(J,)``, ``(J,)`` uint16, ``(J, 3, 3)`` (full covariance): the
+        triangulation, written.
     out_xyz, out_var, out_reproj, out_views, out_gated
         ``(J, 3)``, ``(J, 3)``, ``(J,)``, ``(J,)`` uint16, ``(J,)`` uint16: the filter's
         output (position, variance, reprojection error of the posterior in the views used,
@@ -107,7 +111,7 @@ def fuse_frame_nb(
             mask |= 1 << c
             nv += 1
         # ---- triangulation (livepose.fusion.triangulate, steps 2-5)
-        tmask, tn, err, X, Y, Z, i0, i1, i2, rss = _triangulate_dropping_views(
+        tmask, tn, err, X, Y, Z, inv, rss = _triangulate_dropping_views(
             mask, nv, min_views, reproj_thr, xn, yn, conf, P, K, wx, wy, pts, j, dist, fisheye
         )
         tri_ok = err <= reproj_thr
@@ -115,13 +119,16 @@ def fuse_frame_nb(
             dof = 2 * tn - 3
             s2 = max(pixel_noise2, rss / (dof if dof > 0 else 1))
             tri_xyz[j, 0], tri_xyz[j, 1], tri_xyz[j, 2] = X, Y, Z
-            tri_cov[j, 0], tri_cov[j, 1], tri_cov[j, 2] = s2 * i0, s2 * i1, s2 * i2
+            for r in range(3):
+                for col in range(3):
+                    tri_cov[j, r, col] = s2 * inv[_SYM6[r][col]]
             tri_reproj[j] = err
             tri_views[j] = tmask
         else:
             for a in range(3):
                 tri_xyz[j, a] = np.nan
-                tri_cov[j, a] = np.nan
+                for col in range(3):
+                    tri_cov[j, a, col] = np.nan
             tri_reproj[j] = np.nan
             tri_views[j] = 0
         if not run_filter:
@@ -182,7 +189,9 @@ def fuse_frame_nb(
                         Pc[j, r, col] = 0.0
                 for a in range(3):
                     x[j, a] = tri_xyz[j, a]
-                    Pc[j, a, a] = max(tri_cov[j, a], 1e-12)
+                    for col in range(3):  # the triangulation's full covariance
+                        Pc[j, a, col] = tri_cov[j, a, col]
+                    Pc[j, a, a] = max(tri_cov[j, a, a], 1e-12)
                     Pc[j, 3 + a, 3 + a] = v0var
                     if n == 3:
                         Pc[j, 6 + a, 6 + a] = a0var

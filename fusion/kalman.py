@@ -194,26 +194,31 @@ class KeypointKalman:
         Measurements rejected by the gate since construction.
     """
 
-    def __init__(self, n_keypoints: int, cfg: KalmanConfig) -> None:
+    def __init__(self, n_keypoints: int, cfg: KalmanConfig, fps: float,
+                 length_scale: float = 1.0) -> None:
         J = int(n_keypoints)
         if J < 0:
             raise ValueError(f"n_keypoints must be >= 0, got {n_keypoints}")
+        if not fps > 0 or not length_scale > 0:
+            raise ValueError(f"fps and length_scale must be > 0, got {fps}, {length_scale}")
         self.n_keypoints = J
         self.cfg = cfg
         self.ca = cfg.model == "ca"
-        self.q = float(cfg.jerk_noise_mm_s3 if self.ca else cfg.accel_noise_mm_s2)
-        self.a0var = float(cfg.init_accel_mm_s2) ** 2
-        self.r0 = float(cfg.meas_noise_mm) ** 2
+        s2 = float(length_scale) ** 2  # the config's mm² → the calibration's unit²
+        self.q = float(cfg.jerk_noise_mm_s3 if self.ca else cfg.accel_noise_mm_s2) * s2
+        self.a0var = float(cfg.init_accel_mm_s2) ** 2 * s2
+        self.r0 = float(cfg.meas_noise_mm) ** 2 * s2
         self.max_gap = float(cfg.max_gap_s)
         self.gate2 = float(cfg.gate_sigma) ** 2
-        self.v0var = float(cfg.init_speed_mm_s) ** 2
+        self.v0var = float(cfg.init_speed_mm_s) ** 2 * s2
         self.state = np.zeros((J, 3, 3 if self.ca else 2))
         self.cov = np.zeros((J, 3, 6 if self.ca else 3))
         self.initialised = np.zeros(J, dtype=np.bool_)
         self.since = np.zeros(J)
         self.gated = np.zeros(J, dtype=np.bool_)
         self.n_gated = 0
-        self.reinit_after = None if cfg.reinit_after_s is None else float(cfg.reinit_after_s)
+        self.reinit_after = (None if cfg.reinit_after_frames is None
+                             else float(cfg.reinit_after_frames) / float(fps))
         self.rejected = np.zeros(J)
         self._novar = np.empty((1, 3))
 
@@ -296,7 +301,7 @@ class KeypointKalman:
 
     def warmup(self) -> None:
         """Compile (or load from the cache) the kernels on a throw-away filter state."""
-        probe = KeypointKalman(max(self.n_keypoints, 1), self.cfg)
+        probe = KeypointKalman(max(self.n_keypoints, 1), self.cfg, 100.0)
         z = np.zeros((probe.n_keypoints, 3))
         probe.step(z, None, 0.0)
         probe.step(z, z + 1.0, 0.01)

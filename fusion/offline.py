@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.config import Config, FusionConfig, SimCameraConfig
 from livepose.core.errors import UserError
 from livepose.formats.anipose3d import var_path, write_anipose3d
@@ -134,8 +134,8 @@ def _popcount16(v: np.ndarray) -> np.ndarray:
 
 def fuse_files(
     calibration: str | Path, camera_names: Sequence[str], inputs: Sequence[str | Path],
-    out_dir: str | Path, filter: str = "ekf", fps: float = 100.0,
-    fusion: FusionConfig | None = None, progress: bool = True,
+    out_dir: str | Path, filter: str = "ekf", fps: float | None = None,
+    fusion: FusionConfig | None = None, progress: bool = True, units: str | None = None,
 ) -> dict[str, Any]:
     """Fuse recorded 2D predictions into 3D (see the module docstring).
 
@@ -152,7 +152,10 @@ def fuse_files(
     filter
         ``none``, ``kf`` or ``ekf`` (overrides ``fusion.filter``).
     fps
-        Frame rate of the recording (the filters' time step).
+        Frame rate of the recording (the filters' time step). DLC / Lightning Pose CSVs do
+        not record it, so it must be given.
+    units
+        The calibration's length unit when its file does not say (``[metadata] units``).
     fusion
         Fusion settings (default: the config defaults).
     progress
@@ -164,6 +167,9 @@ def fuse_files(
         ``frames``, ``keypoints``, ``files`` per camera, ``mean_reproj_px``,
         ``measured_pct`` and the output paths.
     """
+    if fps is None:
+        raise FuseInputError("the 2D CSVs do not say their frame rate: pass --fps (the "
+                             "filters' time step and the TRC's rate depend on it)")
     if not fps > 0:
         raise FuseInputError(f"--fps must be > 0, got {fps}")
     if filter not in ("none", "kf", "ekf"):
@@ -171,6 +177,7 @@ def fuse_files(
     names = list(camera_names)
     files = assign_files(inputs, names)
     cameras = read_calibration(calibration, names)
+    unit = calibration_units(calibration, units)
     points, zvar, keypoints = load_views(files)
     fcfg = (fusion or FusionConfig()).model_copy(deep=True)
     fcfg.filter = filter  # type: ignore[assignment]
@@ -179,7 +186,7 @@ def fuse_files(
         raise FuseInputError(f"min_views={fcfg.min_views} exceeds the {len(names)} cameras")
     cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"c{i}") for i in range(len(names))],
                  fps=fps, fusion=fcfg)
-    fuser = Fuser(cameras, cfg)
+    fuser = Fuser(cameras, cfg, unit)
     T, J = points.shape[1:3]
     xyz = np.empty((T, J, 3))
     var = np.empty((T, J, 3))
@@ -209,10 +216,10 @@ def fuse_files(
     out = Path(out_dir)
     csv_path = write_anipose3d(out / "pose3d.csv", xyz, keypoints, error=err,
                                ncams=_popcount16(views), score=score, var=var)
-    trc_path = write_trc(out / "pose3d.trc", xyz, keypoints, fps)
+    trc_path = write_trc(out / "pose3d.trc", xyz, keypoints, fps, units=unit)
     measured = views > 0
     return {
-        "frames": T, "keypoints": keypoints, "filter": filter,
+        "frames": T, "keypoints": keypoints, "filter": filter, "units": unit,
         "files": {n: [str(p) for p in fs] for n, fs in files.items()},
         "mean_reproj_px": float(np.nanmean(err[measured])) if measured.any() else float("nan"),
         "measured_pct": float(100.0 * measured.mean()),

@@ -13,6 +13,7 @@ filter is reset and fusion goes on from there.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +22,21 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import CalibrationError, calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.core.geometry import Geometry, fit_geometry
+from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.kalman import KeypointKalman
+from livepose.fusion.pulses import PulseTimes
 from livepose.kit.process import StageContext
 from livepose.transport import codec
+
+#: millimetres per length unit of a calibration
+MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+
+log = logging.getLogger(__name__)
 
 POLL_MS = 100
 MAX_BATCH = 256  # messages drained per loop turn before health is ticked again
@@ -36,6 +45,13 @@ RATE_PERIOD_S = 1.0
 
 class FusionInputError(ValueError):
     """A well-formed kp2d message that fusion cannot use (unknown cameras, wrong shape)."""
+
+
+def camera_geometry(cam_cfg: object) -> Geometry:
+    """The ROI offset and binning a camera config sets (machine-vision backends)."""
+    roi = getattr(cam_cfg, "roi", None)
+    offset = (int(roi.offset_x), int(roi.offset_y)) if roi is not None else (0, 0)
+    return Geometry(offset=offset, binning=int(getattr(cam_cfg, "binning", 1)))
 
 
 @dataclass(slots=True)
@@ -97,6 +113,12 @@ class Fuser:
         The calibrated cameras, in the config's camera order.
     cfg
         The run's config (``fps``, ``fusion``).
+    units
+        The calibration's length unit (``mm``, ``cm``, ``m``): poses come out in it, and the
+        config's length settings (in mm) are converted to it.
+    pixel_noise_px
+        The model's 2D noise at confidence 1 (manifest ``noise.sigma_px``; default
+        ``fusion.pixel_noise_px``, else 1 px).
 
     The filter is ``cfg.fusion.filter`` (``none``, ``kf``, ``ekf``); ``fusion.kalman.enabled:
     false`` means ``none`` whatever ``filter`` says.
@@ -109,15 +131,27 @@ class Fuser:
         change of J).
     """
 
-    def __init__(self, cameras: CameraGroup, cfg: Config) -> None:
+    def __init__(self, cameras: CameraGroup, cfg: Config, units: str = "mm",
+                 pixel_noise_px: float | None = None) -> None:
+        if units not in MM_PER_UNIT:
+            raise ValueError(f"units {units!r} not one of {sorted(MM_PER_UNIT)}")
         self.names = list(cameras.names)
         self.cameras = cameras
         self.fps = float(cfg.fps)
+        self.units = units
+        #: the calibration's unit per mm: the config's mm settings are scaled by it
+        self.length_scale = 1.0 / MM_PER_UNIT[units]
+        self.pixel_noise_px = pixel_noise_px
+        self.calibrated = cameras  # as calibrated; ``cameras`` is fitted to the live frames
+        self.geometry = ([camera_geometry(c) for c in cfg.cameras]
+                         if len(cfg.cameras) == len(cameras) else [Geometry()] * len(cameras))
+        self.sizes: list[tuple[int, int] | None] = [None] * len(cameras)
+        #: what the geometry check did, per camera (for the health info and the log)
+        self.geometry_notes: dict[str, str] = {}
         self.fcfg = cfg.fusion
         self.kcfg = cfg.fusion.kalman
         self.filter = cfg.fusion.filter if self.kcfg.enabled else "none"
         self.lead_s = float(cfg.fusion.lead_ms) / 1000.0
-        self.units = "mm"
         self.use_zvar = self.kcfg.measurement_variance == "triangulation"
         self.restart_frames = max(2, round(self.kcfg.max_gap_s * self.fps))
         self.kf: KeypointKalman | None = None
@@ -131,9 +165,13 @@ class Fuser:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
-        KeypointEKF(self.cameras, 1, self.fcfg).warmup()
+        self._ekf(1).warmup()
         if self.filter == "kf":
-            KeypointKalman(1, self.kcfg).warmup()
+            KeypointKalman(1, self.kcfg, self.fps, self.length_scale).warmup()
+
+    def _ekf(self, J: int) -> KeypointEKF:
+        return KeypointEKF(self.cameras, J, self.fcfg, self.fps, length_scale=self.length_scale,
+                           pixel_noise_px=self.pixel_noise_px)
 
     def _order(self, cams: list[str]) -> np.ndarray:
         key = tuple(cams)
@@ -169,8 +207,9 @@ class Fuser:
         if self.n_keypoints is not None:
             self.counters["resets"] += 1
         self.n_keypoints = J
-        self.kf = KeypointKalman(J, self.kcfg) if self.filter == "kf" else None
-        self.ekf = KeypointEKF(self.cameras, J, self.fcfg)
+        self.kf = (KeypointKalman(J, self.kcfg, self.fps, self.length_scale)
+                   if self.filter == "kf" else None)
+        self.ekf = self._ekf(J)
         self.last_fid = None
 
     def step(self, points: np.ndarray, frame_id: int, zvar: np.ndarray | None = None) -> Fused:
@@ -209,11 +248,12 @@ class Fuser:
         xyz_lead = None
         out = self.ekf.step(points, dt, zvar, run_filter=self.filter == "ekf" and not late)
         tri = out.raw
-        xyz, var, reproj, views = tri.xyz, tri.cov, tri.reproj, tri.views
+        xyz, var, reproj, views = tri.xyz, tri.var, tri.reproj, tri.views
         if self.filter == "ekf" and not late:
             xyz, var, views, gated = out.xyz, out.var, out.views, out.gated
         elif self.kf is not None and not late:
-            xyz, var = self.kf.step(tri.xyz, tri.cov if self.use_zvar else None, dt)
+            # the linear filter runs per axis: it takes the covariance's diagonal
+            xyz, var = self.kf.step(tri.xyz, tri.var if self.use_zvar else None, dt)
             if self.kf.gated.any():
                 gated = np.where(self.kf.gated, tri.views, 0).astype(np.uint16)
                 views = np.where(self.kf.gated, 0, tri.views).astype(np.uint16)
@@ -233,8 +273,40 @@ class Fuser:
                      gated=gated, status=keypoint_status(xyz, views), xyz_lead=xyz_lead,
                      lead_ns=lead_ns, late=late)
 
+    def check_geometry(self, msg: protocol.Kp2d) -> None:
+        """Fit each camera's model to its live frame size (ROI, binning, padding) when the
+        size first appears or changes; filters restart on a new geometry.
+
+        Raises
+        ------
+        CalibrationError
+            Frames that the calibrated geometry cannot explain (fatal for the run).
+        """
+        if len(msg.sizes) != len(msg.cams):
+            return
+        idx = self._order(msg.cams)
+        changed = False
+        cams = list(self.cameras.cameras)
+        for i, (w, h) in zip(idx, msg.sizes, strict=True):
+            if w <= 0 or h <= 0 or self.sizes[i] == (w, h):
+                continue
+            cam, note = fit_geometry(self.calibrated.cameras[i], (w, h), self.geometry[i])
+            self.sizes[i] = (w, h)
+            if note is not None:
+                self.geometry_notes[cam.name] = note
+                log.warning("%s", note)
+            changed = changed or cam is not cams[i]
+            cams[i] = cam
+        if changed:
+            self.cameras = CameraGroup(cams)
+            if self.n_keypoints is not None:
+                self._new_filters(self.n_keypoints)
+
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
-        """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input)."""
+        """Fuse one kp2d message (raises :class:`FusionInputError` for unusable input and
+        :class:`~livepose.core.calibration.CalibrationError` for a geometry the calibration
+        cannot explain)."""
+        self.check_geometry(msg)
         f = self.step(self.points(msg), msg.frame_id)
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
@@ -252,14 +324,18 @@ def main(ctx: StageContext) -> None:
     """The fusion process (see the module docstring)."""
     cfg = ctx.cfg
     cameras = read_calibration(ctx.args["calibration"], cfg.camera_names)
-    fuser = Fuser(cameras, cfg)
+    fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units),
+                  model_noise_px(cfg))
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["pose3d"])
-    sub = ctx.socket(
-        zmq.SUB,
-        connect=[ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)],
-        subscribe=b"kp2d",
-    )
-    decoder = codec.Decoder(expect=["kp2d"])
+    connect = [ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)]
+    topics = [b"kp2d"]
+    pulses: PulseTimes | None = None
+    if cfg.trigger.source == "serial" and "trigger" in ctx.endpoints:  # a trigger box's times
+        pulses = PulseTimes(cfg.fps)
+        connect.append(ctx.endpoints["trigger"])
+        topics.append(b"trigger")
+    sub = ctx.socket(zmq.SUB, connect=connect, subscribe=topics)
+    decoder = codec.Decoder(expect=["kp2d", "trigger"])
     fuser.warmup()
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
@@ -299,11 +375,19 @@ def main(ctx: StageContext) -> None:
             msg = decoder.decode(parts)
             if isinstance(msg, protocol.Kp2d):
                 batch.append((t_recv, msg))
+            elif isinstance(msg, protocol.Trigger) and pulses is not None:
+                pulses.add(msg)
         ctx.counters["rejected"] = decoder.rejected
         batch.sort(key=lambda item: item[1].frame_id)  # several workers interleave
         for t_recv, msg in batch:
             try:
                 pose = fuser.fuse(msg, t_recv)
+                if pulses is not None:  # the box's time of this pulse, and its uncertainty
+                    hit = pulses.get(msg.frame_id)
+                    if hit is not None:
+                        if pose.t_trigger_ns is None:
+                            pose.t_trigger_ns = hit[0]
+                        pose.t_trigger_sigma_ns = hit[1]
                 pose.t_fused_ns = time.time_ns()
                 pub.send_multipart(protocol.encode(pose), flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -311,8 +395,12 @@ def main(ctx: StageContext) -> None:
             except FusionInputError as exc:
                 ctx.counters["dropped"] += 1
                 report(f"frame {msg.frame_id}: {exc}")
+            except CalibrationError:
+                raise  # a geometry the calibration cannot explain: the run must stop
             except Exception as exc:  # one bad message must never kill the loop
                 ctx.counters["dropped"] += 1
                 report(f"frame {msg.frame_id}: {type(exc).__name__}: {exc}")
         for key in ("fused", "late", "gated", "resets"):
             ctx.counters[key] = fuser.counters[key]
+        if fuser.geometry_notes:
+            ctx.info["geometry"] = dict(fuser.geometry_notes)

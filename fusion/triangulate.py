@@ -26,15 +26,17 @@ Per keypoint and frame-set (``C`` cameras, ``J`` keypoints, all in one compiled 
    error still exceeds the threshold with ``min_views`` views, the keypoint is NaN (as in
    Pose2Sim). Fewer than ``min_views`` usable views, or a degenerate geometry (parallel
    rays), also give NaN.
-5. **Variance** (``cov``), per axis in mm²: the diagonal of ``σ² (AᵀA)⁻¹`` with ``A`` the
-   pass-2 design matrix (rows in px/mm), i.e. the first-order covariance of the estimate when
+5. **Covariance** (``cov``, ``3×3`` in the calibration's unit²): ``σ² (AᵀA)⁻¹`` with ``A``
+   the pass-2 design matrix (rows in px per unit), i.e. the first-order covariance of the
+   estimate when
    each 2D keypoint of confidence ``c`` has an isotropic pixel error of σ/c, where
    ``σ² = max(pixel_noise_px², RSS / max(2n - 3, 1))``: the residual variance per degree of
    freedom (``n`` views), floored by the configured keypoint noise (two views have one
    degree of freedom, so the residual alone is a poor estimate). It carries the geometry (a
    narrow baseline gives a large depth variance), the number of views and their
-   confidences, and grows with the inconsistency of the views. Cross-axis covariances are
-   not reported.
+   confidences, and grows with the inconsistency of the views. The full matrix is kept: a
+   narrow baseline makes the depth axis, not an axis of the world, uncertain, and the EKF
+   starts tracks and gates maneuvers with it (``var`` is its diagonal).
 
 The compiled steps are in :mod:`livepose.fusion.triangulate_nb`; they run inside the one
 fusion kernel, :func:`livepose.fusion.ekf_nb.fuse_frame_nb` (``run_filter=False`` here), so
@@ -60,7 +62,7 @@ class TriangulationResult:
     Attributes
     ----------
     xyz
-        ``(J, 3)`` float64 world points (mm); NaN where not triangulated.
+        ``(J, 3)`` float64 world points (calibration units); NaN where not triangulated.
     reproj
         ``(J,)`` float32 mean reprojection error (px, distorted image) over the views used;
         NaN where not triangulated.
@@ -68,7 +70,7 @@ class TriangulationResult:
         ``(J,)`` uint16 bitmask of the cameras used (bit ``c`` = camera ``c`` of the group);
         0 where not triangulated.
     cov
-        ``(J, 3)`` float64 variance per axis (mm²), see the module docstring; NaN where not
+        ``(J, 3, 3)`` float64 covariance (see the module docstring); NaN where not
         triangulated.
     """
 
@@ -76,6 +78,11 @@ class TriangulationResult:
     reproj: np.ndarray
     views: np.ndarray
     cov: np.ndarray
+
+    @property
+    def var(self) -> np.ndarray:
+        """``(J, 3)`` per-axis variance: the diagonal of :attr:`cov`."""
+        return np.diagonal(self.cov, axis1=1, axis2=2).copy()
 
 
 # --------------------------------------------------------------------------- class
@@ -91,9 +98,13 @@ class Triangulator:
         :meth:`triangulate` (the config's camera order).
     cfg
         ``min_views``, ``likelihood_threshold``, ``reproj_threshold_px``, ``pixel_noise_px``.
+    pixel_noise_px
+        The model's 2D noise at confidence 1 (its manifest's ``noise.sigma_px``); overrides
+        ``cfg.pixel_noise_px`` when given.
     """
 
-    def __init__(self, cameras: CameraGroup, cfg: FusionConfig) -> None:
+    def __init__(self, cameras: CameraGroup, cfg: FusionConfig,
+                 pixel_noise_px: float | None = None) -> None:
         C = len(cameras)
         if not 1 <= C <= 16:
             raise ValueError(f"need 1 to 16 cameras for a uint16 view mask, got {C}")
@@ -106,7 +117,10 @@ class Triangulator:
         self.min_views = int(cfg.min_views)
         self.likelihood_threshold = float(cfg.likelihood_threshold)
         self.reproj_threshold = float(cfg.reproj_threshold_px)
-        self.pixel_noise2 = float(cfg.pixel_noise_px) ** 2
+        #: σ of a 2D keypoint at confidence 1 (px): the argument, else ``cfg.pixel_noise_px``,
+        #: else 1 px (the run passes the model manifest's ``noise.sigma_px``)
+        self.pixel_noise = float(pixel_noise_px or cfg.pixel_noise_px or 1.0)
+        self.pixel_noise2 = self.pixel_noise ** 2
         self._state = np.zeros((0, 9))  # the kernel's filter arguments, unused here
         self._cov = np.zeros((0, 9, 9))
         self._flags = np.zeros(0, dtype=np.bool_)
@@ -145,7 +159,7 @@ class Triangulator:
         xyz = np.empty((J, 3))
         reproj = np.empty(J, dtype=np.float32)
         views = np.empty(J, dtype=np.uint16)
-        cov = np.empty((J, 3))
+        cov = np.empty((J, 3, 3))
         unused3, unused1 = np.empty((0, 3)), np.empty(0, dtype=np.uint16)
         fuse_frame_nb(
             pts, self._novar, False, self.P, self.K, self.dist, self.fisheye,

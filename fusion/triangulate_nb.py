@@ -12,6 +12,8 @@ import numpy as np
 from livepose.core.camera import distort_nb
 
 _DEGENERATE = 1e-12  # det(AᵀA) / (tr/3)³ below this: rays (nearly) parallel
+#: an unknown symmetric 3×3 matrix, as its 6 unique entries (00, 01, 02, 11, 12, 22)
+NAN6 = (np.nan, np.nan, np.nan, np.nan, np.nan, np.nan)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -44,10 +46,11 @@ def _dlt_row(c: int, r: int, xn: np.ndarray, yn: np.ndarray, wx: np.ndarray, wy:
 @nb.njit(cache=True, nogil=True)
 def _solve(
     mask: int, xn: np.ndarray, yn: np.ndarray, wx: np.ndarray, wy: np.ndarray, P: np.ndarray
-) -> tuple[bool, float, float, float, float, float, float]:
+) -> tuple[bool, float, float, float, tuple[float, float, float, float, float, float]]:
     """Weighted inhomogeneous DLT over the views in ``mask``.
 
-    Returns ``(ok, X, Y, Z, inv00, inv11, inv22)`` with ``inv`` the diagonal of ``(AᵀA)⁻¹``.
+    Returns ``(ok, X, Y, Z, inv)`` with ``inv`` the 6 unique entries of ``(AᵀA)⁻¹``
+    (00, 01, 02, 11, 12, 22).
     """
     m00 = m01 = m02 = m11 = m12 = m22 = 0.0
     v0 = v1 = v2 = 0.0
@@ -68,41 +71,43 @@ def _solve(
     c00, c01, c02, c11, c12, c22, det = sym3_cofactors_nb(m00, m01, m02, m11, m12, m22)
     tr = (m00 + m11 + m22) / 3.0
     if not (det > _DEGENERATE * tr * tr * tr):
-        return False, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan
+        return False, np.nan, np.nan, np.nan, NAN6
     inv = 1.0 / det
     X = (c00 * v0 + c01 * v1 + c02 * v2) * inv
     Y = (c01 * v0 + c11 * v1 + c12 * v2) * inv
     Z = (c02 * v0 + c12 * v1 + c22 * v2) * inv
-    return True, X, Y, Z, c00 * inv, c11 * inv, c22 * inv
+    return True, X, Y, Z, (c00 * inv, c01 * inv, c02 * inv, c11 * inv, c12 * inv, c22 * inv)
 
 
 @nb.njit(cache=True, nogil=True)
 def _triangulate_subset(
     mask: int, xn: np.ndarray, yn: np.ndarray, conf: np.ndarray, P: np.ndarray,
     K: np.ndarray, wx: np.ndarray, wy: np.ndarray,
-) -> tuple[bool, float, float, float, float, float, float, float]:
+) -> tuple[bool, float, float, float, tuple[float, float, float, float, float, float],
+           float]:
     """Two-pass triangulation (confidence, then confidence·f/depth weights).
 
-    Returns ``(ok, X, Y, Z, inv00, inv11, inv22, rss)``; ``rss`` in px² (pass-2 rows).
+    Returns ``(ok, X, Y, Z, inv, rss)`` (``inv``: see :func:`_solve`); ``rss`` in px²
+    (pass-2 rows).
     """
     C = xn.shape[0]
     for c in range(C):
         wx[c] = conf[c]
         wy[c] = conf[c]
-    ok, X, Y, Z, i0, i1, i2 = _solve(mask, xn, yn, wx, wy, P)
+    ok, X, Y, Z, inv = _solve(mask, xn, yn, wx, wy, P)
     if not ok:
-        return False, X, Y, Z, i0, i1, i2, np.nan
+        return False, X, Y, Z, inv, np.nan
     for c in range(C):
         if not (mask >> c) & 1:
             continue
         depth = P[c, 2, 0] * X + P[c, 2, 1] * Y + P[c, 2, 2] * Z + P[c, 2, 3]
         if not depth > 0.0:  # behind a camera: inconsistent; the reprojection test rejects it
-            return True, X, Y, Z, i0, i1, i2, np.inf
+            return True, X, Y, Z, inv, np.inf
         wx[c] = conf[c] * K[c, 0, 0] / depth
         wy[c] = conf[c] * K[c, 1, 1] / depth
-    ok, X, Y, Z, i0, i1, i2 = _solve(mask, xn, yn, wx, wy, P)
+    ok, X, Y, Z, inv = _solve(mask, xn, yn, wx, wy, P)
     if not ok:
-        return False, X, Y, Z, i0, i1, i2, np.nan
+        return False, X, Y, Z, inv, np.nan
     rss = 0.0
     for c in range(C):
         if not (mask >> c) & 1:
@@ -111,7 +116,7 @@ def _triangulate_subset(
             a0, a1, a2, b = _dlt_row(c, r, xn, yn, wx, wy, P)
             res = a0 * X + a1 * Y + a2 * Z - b
             rss += res * res
-    return True, X, Y, Z, i0, i1, i2, rss
+    return True, X, Y, Z, inv, rss
 
 
 @nb.njit(cache=True, nogil=True)
@@ -146,13 +151,14 @@ def _triangulate_dropping_views(
     threshold and more than ``min_views`` remain, drop the view whose removal gives the lowest
     error (Pose2Sim's rule, with the best rather than the worst-looking view removed).
 
-    Returns ``(mask, n, err, X, Y, Z, i0, i1, i2, rss)``; ``err`` is ``inf`` if it failed.
+    Returns ``(mask, n, err, X, Y, Z, inv, rss)``; ``err`` is ``inf`` if it failed.
     """
     C = P.shape[0]
     err = np.inf
-    X = Y = Z = i0 = i1 = i2 = rss = np.nan
+    X = Y = Z = rss = np.nan
+    inv = NAN6
     if n >= min_views:
-        ok, X, Y, Z, i0, i1, i2, rss = _triangulate_subset(mask, xn, yn, conf, P, K, wx, wy)
+        ok, X, Y, Z, inv, rss = _triangulate_subset(mask, xn, yn, conf, P, K, wx, wy)
         if ok:
             err = _mean_reproj(mask, X, Y, Z, pts, j, P, K, dist, fisheye)
         while not (err <= reproj_threshold) and n > min_views:
@@ -162,7 +168,7 @@ def _triangulate_dropping_views(
                 if not (mask >> c) & 1:
                     continue
                 m2 = mask & ~(1 << c)
-                ok2, X2, Y2, Z2, j0, j1, j2, rss2 = _triangulate_subset(
+                ok2, X2, Y2, Z2, inv2, rss2 = _triangulate_subset(
                     m2, xn, yn, conf, P, K, wx, wy
                 )
                 e2 = np.inf
@@ -170,10 +176,10 @@ def _triangulate_dropping_views(
                     e2 = _mean_reproj(m2, X2, Y2, Z2, pts, j, P, K, dist, fisheye)
                 if best_mask < 0 or e2 < best_err:
                     best_err, best_mask = e2, m2
-                    X, Y, Z, i0, i1, i2, rss = X2, Y2, Z2, j0, j1, j2, rss2
+                    X, Y, Z, inv, rss = X2, Y2, Z2, inv2, rss2
             mask = best_mask
             n -= 1
             err = best_err
-    return mask, n, err, X, Y, Z, i0, i1, i2, rss
+    return mask, n, err, X, Y, Z, inv, rss
 
 

@@ -294,11 +294,14 @@ class RoiSpec(_Strict):
 
 
 class NoiseSpec(_Strict):
-    """The model's 2D noise: σ (pixels of the full frame) at confidence 1, scaled by
-    ``confidence ** -confidence_power``; ``measured``: how σ was found (free text)."""
+    """The model's 2D keypoint noise, as fusion weighs its views: σ of a keypoint of
+    confidence ``c`` is ``sigma_px / c`` (frame pixels). Measure it for each model at the
+    resolution it runs at; the sim rodent's is 1 px at 320×256. ``confidence_power``: the
+    exponent of ``c`` (fusion uses 1, the only value accepted for now); ``measured``: how σ
+    was found (free text)."""
 
     sigma_px: float = Field(gt=0)
-    confidence_power: float = Field(1.0, ge=0)
+    confidence_power: Literal[1.0] = 1.0
     measured: str | None = None
 
 
@@ -312,10 +315,10 @@ class Manifest(_Strict):
     output: OutputSpec
     keypoints: list[str] = Field(min_length=1)
     skeleton: list[tuple[str, str]] = []
+    noise: NoiseSpec | None = None
     training: dict[str, Any] | None = None
     detector: DetectorSpec | None = None
     roi: RoiSpec | None = None
-    noise: NoiseSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:

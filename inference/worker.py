@@ -332,6 +332,8 @@ class _Worker:
             t_infer_start_ns=t0, t_infer_end_ns=t1, worker=self.k,
             skipped=popped.skipped, incomplete=popped.incomplete,
             missing=popped.missing, desynced=popped.desynced,
+            sizes=[[int(f.image.shape[1]), int(f.image.shape[0])] if f is not None else [0, 0]
+                   for f in popped.frames],
         )
 
     def publish(self, pub: zmq.Socket[Any], msg: protocol.Kp2d) -> None:

@@ -48,7 +48,7 @@ def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray,
 
 def write_rig_calibration(cfg: Config, path: Path) -> Path:
     """Write the sim rig's cameras as an Anipose calibration TOML."""
-    return write_calibration(path, make_rig(cfg.sim, cfg.camera_names))
+    return write_calibration(path, make_rig(cfg.sim, cfg.camera_names), units="mm")
 
 
 class SimCamera:

@@ -109,7 +109,7 @@ def run_ukf(rec: SimRecording, fps: float, fusion: FusionConfig, x0: np.ndarray)
     xn = np.stack([cams[c].undistort(med[c, :, :, :2].reshape(-1, 2)).reshape(T, J, 2)
                    for c in range(C)])
     xn[~use] = np.nan
-    rvar = (fusion.pixel_noise_px**2 / np.maximum(med[..., 2:3], 1e-3) ** 2 + var) / f2[:, None, None]
+    rvar = ((fusion.pixel_noise_px or 1.0) ** 2 / np.maximum(med[..., 2:3], 1e-3) ** 2 + var) / f2[:, None, None]
     P = np.stack([c.P for c in cams])
     K = np.stack([c.matrix for c in cams])
     k = fusion.kalman

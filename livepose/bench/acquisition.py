@@ -33,7 +33,7 @@ from livepose.core import protocol
 from livepose.core.config import Config
 from livepose.core.sync import DesyncTracker, frame_time_ns
 from livepose.runtime.supervisor import CAMERA, TRIGGER, ProcSpec, Supervisor
-from livepose.transport import codec
+from livepose.transport import codec, security
 from livepose.transport import endpoints as eps
 
 
@@ -43,6 +43,7 @@ class AcquisitionSupervisor(Supervisor):
     def preflight(self) -> None:
         """Nothing to check beyond the config: no model, no calibration needed."""
         self.calibration = ""
+        self.keys = security.load_keys(self.cfg.transport)
 
     def launch(self, ready_timeout_s: float = 60.0) -> None:
         """Start the cameras and wait until each is armed (``ready``)."""
@@ -52,7 +53,7 @@ class AcquisitionSupervisor(Supervisor):
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"health/")
-        sub.bind(self.endpoints["health"])
+        security.bind(sub, self.endpoints["health"], self.keys)
         self._health_sub = sub
         self._specs = [ProcSpec(c.name, CAMERA, {"camera": i}) for i, c in enumerate(self.cfg.cameras)]
         self._specs.append(ProcSpec("trigger", TRIGGER, {"count": self.trigger_count}))
@@ -113,7 +114,7 @@ def run_acquisition(
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"frame/")
         for cam in cfg.camera_names:
-            sub.connect(sup.endpoints[f"frame/{cam}"])
+            security.connect(sub, sup.endpoints[f"frame/{cam}"], sup.keys)
         cpu0 = {c: _cpu_s(sup.procs[c].pid) for c in cfg.camera_names}
         sup.start_trigger()
         deadline = time.monotonic() + timeout_s

@@ -153,10 +153,10 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int,
         ready.wait(60)
         viewers = None
         if dashboard and clients and sup.dashboard_url:
-            url = f"{sup.dashboard_url.replace('http', 'ws')}ws"
+            url = f"{sup.dashboard_url.replace('http', 'ws')}ws?token={sup.dashboard_token}"
             viewers = ctx.Process(target=_viewers_main, args=(url, clients, vstop, vq))
             viewers.start()
-        mon = Monitor(sup.endpoints, sup.zctx)
+        mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
         sup.start_trigger()
         t0 = time.monotonic()
         deadline = t0 + frames / fps + 30

@@ -42,7 +42,7 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.transport import codec, shmring
+from livepose.transport import codec, security, shmring
 from livepose.transport.framefeed import FrameFeed
 
 SIZES = [(640, 512), (1280, 1024), (2048, 1536)]
@@ -66,25 +66,27 @@ def memcpy_gbps(nbytes: int = 64 << 20, repeats: int = 10) -> float:
 
 
 def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps: float | None,
-              hwm: int, credit_ep: str | None = None) -> None:
+              hwm: int, credit_ep: str | None = None,
+              keys: security.CurveKeys | None = None) -> None:
     """One camera: wait for the subscriber, send ``frames`` frames.
 
     With ``credit_ep`` the pixels go through a frame ring; saturated, the publisher waits for
-    credits on that PULL endpoint so as to stay within half a ring of the subscriber."""
+    credits on that PULL endpoint so as to stay within half a ring of the subscriber. With
+    ``keys`` a tcp endpoint is bound as a CURVE server (as a camera process binds it)."""
     ctx: zmq.Context[Any] = zmq.Context()
     ring = shmring.FrameRing(cam, RING_SLOTS, width * height) if credit_ep else None
     credits = None
     if credit_ep is not None:
         credits = ctx.socket(zmq.PULL)
         credits.setsockopt(zmq.LINGER, 0)
-        credits.bind(credit_ep)
+        security.bind(credits, credit_ep, None)
     acked = -1
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 30_000)  # deliver what is queued before exiting
     pub.setsockopt(zmq.SNDHWM, hwm)
     if fps is None:
         pub.setsockopt(zmq.XPUB_NODROP, 1)
-    pub.bind(endpoint)
+    security.bind(pub, endpoint, keys)
     want = b"\x01frame/" + cam.encode()  # the subscription to this camera's topic
     while pub.poll(20_000) and pub.recv() != want:  # (others' topics arrive here too)
         pass
@@ -121,6 +123,7 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
     pub.close()
     if credits is not None:
         credits.close()
+    security.release(ctx)
     ctx.term()
     if ring is not None:
         time.sleep(0.2)  # the subscriber finishes with the last slots (it holds a mapping)
@@ -128,9 +131,12 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
 
 
 def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
-             duration_s: float, workdir: Path) -> dict[str, Any]:
-    """One case; returns its measurements."""
-    fps = PACED_FPS / cameras if mode == "paced" else None
+             duration_s: float, workdir: Path,
+             keys: security.CurveKeys | None = None,
+             paced_fps: float = PACED_FPS) -> dict[str, Any]:
+    """One case; returns its measurements (``keys``: tcp with CURVE, both ends;
+    ``paced_fps``: the total rate of a ``paced`` case)."""
+    fps = paced_fps / cameras if mode == "paced" else None
     frame_bytes = width * height
     if fps is not None:
         frames = max(20, round(fps * duration_s))
@@ -151,7 +157,7 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     spawn = mp.get_context("spawn")
     procs = [
         spawn.Process(target=publisher,
-                      args=(ep, f"cam{k}", width, height, frames, fps, 64, credit_eps[k]))
+                      args=(ep, f"cam{k}", width, height, frames, fps, 64, credit_eps[k], keys))
         for k, ep in enumerate(eps)
     ]
     for p in procs:
@@ -163,7 +169,7 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     for t in [f"frame/cam{k}".encode() for k in range(cameras)]:
         sub.setsockopt(zmq.SUBSCRIBE, t)
     for ep in eps:
-        sub.connect(ep)
+        security.connect(sub, ep, keys)
     # the worker's receive path: shm frames are taken from the rings once seen
     decoder = codec.Decoder(expect=["frame"], copy_shared=False)
     feed = FrameFeed(sub, [f"cam{k}" for k in range(cameras)], decoder, follow=shm)
@@ -173,7 +179,7 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
             push.setsockopt(zmq.SNDHWM, 4)
-            push.connect(cep)
+            security.connect(push, cep, None)
             pushes.append(push)
     lat: list[int] = []
     hop: list[int] = []  # from the send call (after the ring copy)
@@ -221,7 +227,7 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     lat_a = np.array(lat, dtype=np.float64) / 1e6
     hop_a = np.array(hop, dtype=np.float64) / 1e6
     return {
-        "transport": transport, "cameras": cameras, "width": width, "height": height,
+        "transport": transport + ("+curve" if keys else ""), "cameras": cameras, "width": width, "height": height,
         "mode": mode, "target_fps": fps * cameras if fps else None, "frames_sent": frames * cameras,
         "frames_received": received, "frames_lost": int(lost),
         "shm_overruns": int(decoder.errors.get("shm_overrun", 0)),

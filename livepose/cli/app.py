@@ -271,6 +271,15 @@ def _register_calibration() -> None:
 _register_calibration()  # calibration import (livepose/cli/calibration.py)
 
 
+def _register_keys() -> None:
+    from livepose.cli.keys import register
+
+    register(app, err)
+
+
+_register_keys()  # CURVE key pairs (livepose/cli/keys.py)
+
+
 def _bench_group() -> typer.Typer:
     """The ``bench`` sub-app (created by whichever module registers a benchmark first)."""
     group = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
@@ -295,6 +304,18 @@ def _register_acquisition_bench() -> None:
         from livepose.bench.transport import main as run
 
         res = run(json_path, quick=quick, duration_s=duration)
+        Console().print_json(data=res["summary"])
+
+    @bench.command("curve")
+    def bench_curve(
+        json_path: JsonOpt = None,
+        duration: Annotated[float, typer.Option("--case-duration", min=0.5, max=10,
+                                                help="seconds per case")] = 2.0,
+    ) -> None:
+        """CURVE's cost: 1280x1024 frames over tcp with and without it (fps, p50/p99)."""
+        from livepose.bench.curve import main as run
+
+        res = run(json_path, duration_s=duration)
         Console().print_json(data=res["summary"])
 
     @bench.command("acquisition")
@@ -400,7 +421,11 @@ def fuse(
     ],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     filter: Annotated[str, typer.Option("--filter", help="none | kf | ekf")] = "ekf",
-    fps: Annotated[float, typer.Option("--fps", help="frame rate of the recording")] = 100.0,
+    fps: Annotated[float | None, typer.Option(
+        "--fps", help="frame rate of the recording (required: the CSVs do not say it)")] = None,
+    units: Annotated[str | None, typer.Option(
+        "--units", help="the calibration's length unit (m, cm, mm) if its file does not say")]
+    = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Fuse recorded 2D predictions into 3D with the online code, frame by frame: writes
@@ -412,7 +437,7 @@ def fuse(
         _fail("no input CSV files or folders given")
     try:
         res = fuse_files(calibration, names, files, out, filter=filter, fps=fps,
-                         progress=not quiet and sys.stderr.isatty())
+                         progress=not quiet and sys.stderr.isatty(), units=units)
     except UserError as exc:
         _fail(str(exc))
     err.print(
@@ -486,6 +511,27 @@ def _register_track() -> None:
 
 
 _register_track()  # track VIDEO_DIR, bench real (livepose/cli/track.py)
+
+
+def _register_fuzz_bench() -> None:
+    """``bench fuzz`` (livepose/bench/fuzz.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("fuzz")
+    def bench_fuzz(
+        json_path: JsonOpt = None,
+        per_kind: Annotated[int, typer.Option("--per-kind", min=1)] = 100_000,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        """Malformed messages through every receiver and corrupt ring headers: 0 crashes,
+        every message counted."""
+        from livepose.bench.fuzz import main as run
+
+        res = run(json_path, per_kind, seed)
+        Console().print_json(data={**res["summary"], "seconds": res["seconds"]})
+
+
+_register_fuzz_bench()
 
 
 def main() -> None:

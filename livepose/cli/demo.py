@@ -255,10 +255,10 @@ def run_pipeline(
         )
         t_start = time.monotonic()
         sup.launch()
-        if sup.dashboard_url:
-            console.print(f"dashboard: {sup.dashboard_url}", highlight=False)
+        if sup.dashboard_login_url:
+            console.print(f"dashboard: {sup.dashboard_login_url}", highlight=False)
         offsets = [i for i, c in enumerate(cfg.cameras) if getattr(c, "frame_offset", 0)]
-        mon = Monitor(sup.endpoints, sup.zctx,  # subscribed before pulse 0
+        mon = Monitor(sup.endpoints, sup.zctx, sup.keys,  # subscribed before pulse 0
                       faulty_views=sum(1 << i for i in offsets))
         if cfg.realtime:  # this process is the demo's pose consumer (children are started)
             enter_realtime(PRIORITY["client"])

@@ -56,17 +56,12 @@ def video_config(
         taken = {p.name.split("_", 1)[-1] for p in out.iterdir() if p.is_dir()}
         name = next(f"{name}-{k}" if k > 1 else name for k in range(1, 10_000)
                     if (f"{name}-{k}" if k > 1 else name) not in taken)
-    fusion: dict[str, Any] = {}
-    sigma = _manifest_sigma(model)
-    if sigma is not None:  # the model's own 2D noise (manifest ``noise``) for fusion
-        fusion["pixel_noise_px"] = sigma
     count = n_frames if frames is None else min(frames, n_frames)
     cfg = Config.model_validate({
         "name": name, "fps": rate, "calibration": str(calibration.resolve()),
         "cameras": [{"name": n, "backend": "video", "path": str(video_dir.resolve())}
                     for n in names],
         "model": {"path": model},
-        "fusion": fusion,
         "trigger": {"paced": paced},
         # paced: every view of a set will come (decoding may lag under load): wait for it
         **({"frameset": {"deadline_frames": round(PACED_DEADLINE_S * rate, 1)}} if paced else {}),
@@ -89,15 +84,6 @@ def video_pulses(cfg: Config) -> int | None:
                            for c in cams):
         return None
     return min(_count(find_video(Path(c.path), c.name)) for c in cams)  # type: ignore[union-attr]
-
-
-def _manifest_sigma(model: str) -> float | None:
-    """``noise.sigma_px`` of the model's manifest (``None`` without one)."""
-    from livepose.core.config import ModelConfig
-    from livepose.inference.manifest import resolve_model
-
-    _, manifest = resolve_model(ModelConfig(path=model))
-    return None if manifest.noise is None else manifest.noise.sigma_px
 
 
 def _count(video: Path) -> int:

@@ -32,6 +32,7 @@ import zmq
 
 from livepose.core.control import encode_camera_command
 from livepose.core.errors import UserError
+from livepose.transport import security
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,15 @@ class CameraOutput:
         Camera name.
     line
         Output line (``Line2``…), set high for ``width_us`` by the camera process.
+    keys
+        CURVE keys when ``endpoint`` is ``tcp://`` in a run with ``transport.keys_dir``.
     """
 
     def __init__(self, endpoint: str, cam: str, line: str = "Line2", width_us: int = 1000,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None,
+                 keys: security.CurveKeys | None = None) -> None:
         self.endpoint, self.cam, self.line, self.width_us = endpoint, cam, line, width_us
+        self.keys = keys
         self.name = f"camera-output:{cam}:{line}"
         self._ctx = context
         self._sock: zmq.Socket[Any] | None = None
@@ -167,7 +172,7 @@ class CameraOutput:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 100)
         try:
-            s.bind(self.endpoint)
+            security.bind(s, self.endpoint, self.keys)
         except zmq.ZMQError as exc:
             s.close(0)
             raise ActionDeviceError(f"CameraOutput: cannot bind {self.endpoint}: {exc}") from None
@@ -215,9 +220,13 @@ class ActionLog:
     control
         The supervisor's ``control`` endpoint: while it reports a recording, firings go to
         that session's ``events.jsonl`` (asked at most once a second, after the action).
+    keys
+        CURVE keys when ``control`` is ``tcp://`` in a run with ``transport.keys_dir``.
     """
 
-    def __init__(self, path: str | Path | None = None, control: str | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, control: str | None = None,
+                 keys: security.CurveKeys | None = None) -> None:
+        self.keys = keys
         self.path: Path | None = None
         if path is not None:
             p = Path(path)
@@ -238,7 +247,7 @@ class ActionLog:
             s = ctx.socket(zmq.REQ)
             s.setsockopt(zmq.LINGER, 0)
             try:
-                s.connect(self.control)
+                security.connect(s, self.control, self.keys)
                 s.send(b'{"cmd": "status"}')
                 if s.poll(500):
                     reply = json.loads(s.recv())

@@ -24,7 +24,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.latency import stage_latencies_ms
-from livepose.transport import codec
+from livepose.transport import codec, security
 
 
 @dataclass
@@ -84,6 +84,13 @@ class Pose:
         return np.where(self.measured[:, None], self.xyz, np.nan)
 
     @property
+    def trigger_uncertainty_ms(self) -> float | None:
+        """Uncertainty of the pulse time behind ``latency_ms`` (a trigger box's clock fit;
+        ``None``: the software clock's own send time, or unknown)."""
+        s = self.message.t_trigger_sigma_ns
+        return None if s is None else s / 1e6
+
+    @property
     def xyz_lead(self) -> np.ndarray | None:
         """``(J, 3)`` positions predicted ``lead_ms`` ahead (``None`` without a lead)."""
         return self.message.xyz_lead
@@ -106,6 +113,13 @@ class PoseClient:
         Yield only the newest available pose (skip stale ones) instead of every pose.
     timeout_s
         Iteration ends after this long without a pose (``None``: wait forever).
+    context
+        A ZeroMQ context to use (default: a new one, terminated by :meth:`close`).
+    keys
+        CURVE keys for a ``tcp://`` endpoint of a run with ``transport.keys_dir``:
+        ``livepose.transport.security.client_keys("me.key_secret", "rig.key")`` (this
+        host's key pair, whose public key the run lists, and the run host's public key).
+        Without them such a run never sends this client anything.
 
     Guarantees: ``frame_id`` never goes backwards (a pose older than one already yielded is
     dropped and counted in :attr:`out_of_order`); a malformed message is counted
@@ -118,6 +132,7 @@ class PoseClient:
         latest_only: bool = True,
         timeout_s: float | None = None,
         context: zmq.Context[Any] | None = None,
+        keys: security.CurveKeys | None = None,
     ) -> None:
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
@@ -125,7 +140,7 @@ class PoseClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"pose3d")
-        self.sock.connect(endpoint)
+        security.connect(self.sock, endpoint, keys)
         self.latest_only = latest_only
         self.timeout_s = timeout_s
         self.decoder = codec.Decoder(expect=["pose3d"])

@@ -34,6 +34,7 @@ import numpy as np
 from livepose.closedloop.actions import ActionEvent, ActionLog
 from livepose.closedloop.client import Pose, PoseClient
 from livepose.core.errors import UserError
+from livepose.transport.security import CurveKeys
 
 log = logging.getLogger(__name__)
 
@@ -300,13 +301,17 @@ class ClosedLoop:
         See :class:`RuleEngine`.
     on_pose
         Optional callback for every pose handled (after the rules).
+    keys
+        CURVE keys for a ``tcp://`` endpoint (see :class:`PoseClient`).
     """
 
     def __init__(self, endpoint: str, keypoints: Sequence[str], rules: Sequence[Rule],
                  log: ActionLog | None = None,
-                 on_pose: Callable[[Pose, list[ActionEvent]], None] | None = None) -> None:
+                 on_pose: Callable[[Pose, list[ActionEvent]], None] | None = None,
+                 keys: CurveKeys | None = None) -> None:
         self.engine = RuleEngine(keypoints, rules, log)
         self.endpoint = endpoint
+        self.keys = keys
         self.on_pose = on_pose
         self.poses = 0
 
@@ -315,7 +320,7 @@ class ClosedLoop:
         """Handle poses until ``duration_s``, ``max_poses`` or ``idle_timeout_s`` without one;
         return the number of poses handled."""
         t_end = None if duration_s is None else time.monotonic() + duration_s
-        with PoseClient(self.endpoint, latest_only=True) as client:
+        with PoseClient(self.endpoint, latest_only=True, keys=self.keys) as client:
             while (t_end is None or time.monotonic() < t_end) and (
                 max_poses is None or self.poses < max_poses
             ):

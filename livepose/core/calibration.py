@@ -48,6 +48,16 @@ LENGTH_UNITS: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 """Metres per unit, for ``[metadata] units``."""
 
 
+def load_toml(p: Path) -> dict[str, Any]:
+    """A calibration file's TOML (CalibrationError naming the file when missing or invalid)."""
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise CalibrationError(f"{p}: calibration file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+
+
 def read_calibration_units(path: str | Path) -> str | None:
     """``[metadata] units`` of a calibration TOML (``"m"``, ``"cm"``, ``"mm"``), or ``None``.
 
@@ -60,12 +70,7 @@ def read_calibration_units(path: str | Path) -> str | None:
         Unreadable file, or a ``units`` value that is not in ``LENGTH_UNITS``.
     """
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise CalibrationError(f"{p}: calibration file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+    data = load_toml(p)
     meta = data.get("metadata")
     units = meta.get("units") if isinstance(meta, dict) else None
     if units is None:
@@ -75,6 +80,28 @@ def read_calibration_units(path: str | Path) -> str | None:
             f"{p}: [metadata].units = {units!r}; expected one of {sorted(LENGTH_UNITS)}"
         )
     return str(units)
+
+
+def calibration_units(path: str | Path, configured: str | None) -> str:
+    """The length unit of a calibration: its file's ``[metadata] units``, else the config's
+    ``calibration_units``.
+
+    Raises
+    ------
+    CalibrationError
+        When neither says, or they disagree (one line naming both).
+    """
+    in_file = read_calibration_units(path)
+    if in_file is not None and configured is not None and in_file != configured:
+        raise CalibrationError(f"{path}: the file says units = {in_file!r} but the config's "
+                               f"calibration_units is {configured!r}")
+    unit = in_file or configured
+    if unit is None:
+        raise CalibrationError(
+            f"{path}: the calibration does not say its length unit; set calibration_units "
+            f"(one of {', '.join(LENGTH_UNITS)}) in the config, or write [metadata] units in "
+            "the file (livepose calibration import does)")
+    return unit
 
 
 def read_calibration(path: str | Path, names: Sequence[str] | None = None) -> CameraGroup:
@@ -99,12 +126,7 @@ def read_calibration(path: str | Path, names: Sequence[str] | None = None) -> Ca
         With the path, the section and the field at fault.
     """
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise CalibrationError(f"{p}: calibration file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+    data = load_toml(p)
     cams: dict[str, CameraModel] = {}
     for key in sorted((k for k in data if k != "metadata"), key=_section_index):
         sec = data[key]

@@ -41,3 +41,16 @@ def model_keypoints(cfg: Config) -> tuple[list[str], list[tuple[str, str]]]:
         log.warning("no keypoint names from %s (%s)", p, exc)
         return [], []
     return names, edges
+
+
+def model_noise_px(cfg: Config) -> float | None:
+    """σ (px) of the run's model's keypoints at confidence 1 (manifest ``noise.sigma_px``),
+    ``None`` when the manifest has none or cannot be read."""
+    p = manifest_path(cfg)
+    try:
+        noise = (yaml.safe_load(p.read_text()) or {}).get("noise") or {}
+        sigma = noise.get("sigma_px")
+        return float(sigma) if sigma is not None else None
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
+        log.warning("no noise model from %s (%s)", p, exc)
+        return None

@@ -214,11 +214,14 @@ class Preview(Message):
 @_register
 @dataclass(slots=True, kw_only=True)
 class Trigger(Message):
-    """One pulse of the software trigger clock: ``frame_id`` is the pulse index."""
+    """One trigger pulse: ``frame_id`` is the pulse index. From the software clock,
+    ``t_trigger_ns`` is when it fired; from a trigger box, the board's stamp of the pulse
+    mapped to host time, ``t_trigger_sigma_ns`` its uncertainty."""
 
     KIND: ClassVar[str] = "trigger"
     frame_id: int
     t_trigger_ns: int
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register
@@ -258,7 +261,8 @@ class Kp2d(Message):
     The frame-set policy (:mod:`livepose.inference.assembler`) may hand out a set without
     every view: ``missing`` names the cameras whose frame had not arrived by the deadline
     (or that are known to be gone) and ``desynced`` those whose frame the timing model
-    flagged; their rows are NaN.
+    flagged; their rows are NaN. ``sizes`` gives each view's frame ``[width, height]``
+    (``[0, 0]`` where missing): fusion checks it against the calibration's geometry.
     """
 
     KIND: ClassVar[str] = "kp2d"
@@ -278,6 +282,7 @@ class Kp2d(Message):
     incomplete: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     desynced: list[str] = field(default_factory=list)
+    sizes: list[list[int]] = field(default_factory=list)
 
 
 @_register
@@ -335,6 +340,7 @@ class Pose3d(Message):
     incomplete: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     desynced: list[str] = field(default_factory=list)
+    t_trigger_sigma_ns: int | None = None
 
 
 @_register

@@ -27,7 +27,6 @@ translation in the unit returned next to the cameras (nothing is rescaled on imp
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +36,7 @@ import numpy as np
 from livepose.core.calibration import (
     LENGTH_UNITS,
     CalibrationError,
+    load_toml,
     read_calibration,
     read_calibration_units,
 )
@@ -65,15 +65,6 @@ Format = Literal["auto", "qualisys", "pose2sim", "anipose", "freemocap", "calisc
 # --------------------------------------------------------------------------- TOML formats
 
 
-def _load_toml(p: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise CalibrationError(f"{p}: calibration file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
-
-
 def read_anipose_toml(path: str | Path) -> tuple[Cameras, str | None]:
     """Anipose / aniposelib TOML (livepose's reader); unit from ``[metadata] units`` or ``None``."""
     return list(read_calibration(path)), read_calibration_units(path)
@@ -94,7 +85,7 @@ def read_freemocap_toml(path: str | Path) -> tuple[Cameras, str]:
     in millimetres; ``[metadata] units`` wins if present.
     """
     p = Path(path)
-    meta = _load_toml(p).get("metadata", {})
+    meta = load_toml(p).get("metadata", {})
     if not isinstance(meta, dict) or "charuco_square_size" not in meta:
         raise CalibrationError(
             f"{p}: [metadata] has no charuco_square_size: not a FreeMoCap calibration"
@@ -110,7 +101,7 @@ def read_caliscope_toml(path: str | Path) -> tuple[Cameras, str]:
     matrix (older files); both are world → camera.
     """
     p = Path(path)
-    data = _load_toml(p)
+    data = load_toml(p)
     if isinstance(data.get("cameras"), dict):
         secs = {f"cameras.{k}": (k, v) for k, v in data["cameras"].items()}
     else:
@@ -200,7 +191,7 @@ def detect_format(path: str | Path) -> str:
             return "vicon"
         raise CalibrationError(f"{p}: XML root <{root.tag}> is not a known calibration format")
     if name.endswith(".toml"):
-        return _detect_toml(p, _load_toml(p))
+        return _detect_toml(p, load_toml(p))
     raise CalibrationError(
         f"{p}: unknown calibration file type (expected .qca.txt, .toml, .xcp, .cal)"
     )

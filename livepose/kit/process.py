@@ -35,6 +35,7 @@ import zmq
 from livepose.core import protocol
 from livepose.core.config import Config, from_dict
 from livepose.kit.realtime import enter_realtime, leave_realtime
+from livepose.transport import security
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,16 @@ class StageContext:
     _state: str = "starting"
     _last_health: float = 0.0
     _sockets: list[zmq.Socket[Any]] = field(default_factory=list)
+    _keys: security.CurveKeys | None = None
+    _keys_loaded: bool = False
+
+    @property
+    def keys(self) -> security.CurveKeys | None:
+        """This process's CURVE keys (``None``: no CURVE), read on first use."""
+        if not self._keys_loaded:
+            self._keys = security.load_keys(self.cfg.transport)
+            self._keys_loaded = True
+        return self._keys
 
     # ------------------------------------------------------------------ sockets
     def socket(
@@ -97,7 +108,8 @@ class StageContext:
         kind
             ``zmq.PUB``, ``zmq.SUB``…
         bind, connect
-            Endpoint(s).
+            Endpoint(s); tcp ones get CURVE with the run's keys
+            (:mod:`livepose.transport.security`).
         subscribe
             Topic prefix(es) for SUB sockets.
         hwm
@@ -112,12 +124,12 @@ class StageContext:
             subs = subscribe if isinstance(subscribe, list) else [subscribe or b""]
             for t in subs:
                 s.setsockopt(zmq.SUBSCRIBE, t)
+        self._sockets.append(s)
         if bind:
-            s.bind(bind)
+            security.bind(s, bind, self.keys)
         if connect:
             for ep in [connect] if isinstance(connect, str) else connect:
-                s.connect(ep)
-        self._sockets.append(s)
+                security.connect(s, ep, self.keys)
         return s
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,12 +198,16 @@ class StageContext:
         )
         with contextlib.suppress(zmq.Again):
             self._health.send_multipart(protocol.encode(msg), flags=zmq.NOBLOCK)
+        n = security.refused(self.zmq_ctx)
+        if n:
+            self.counters["curve_refused"] = n
 
     def close(self) -> None:
-        """Close all sockets and the ZeroMQ context."""
+        """Close all sockets, the CURVE authenticator and the ZeroMQ context."""
         for s in self._sockets:
             s.close(linger=0)
         self._sockets.clear()
+        security.release(self.zmq_ctx)
         self.zmq_ctx.term()
 
 

@@ -43,6 +43,7 @@ from livepose.kit.session import (
     video_dir,
     write_status,
 )
+from livepose.transport import security
 
 
 class Supervised(Protocol):
@@ -55,6 +56,7 @@ class Supervised(Protocol):
     run_dir: Path
     zctx: zmq.Context[Any]
     calibration: str
+    keys: security.CurveKeys | None
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,7 @@ class Recording:
         if ep is None:
             ep = (f"ipc://{self.sup.run_dir / role}.sock" if t.kind == "ipc"
                   else f"tcp://{t.host}:*")
-        s.bind(ep)
-        self.sup.endpoints[role] = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.sup.endpoints[role] = security.bind(s, ep, self.sup.keys)
         return s
 
     def _create(self, name: str) -> None:

@@ -193,14 +193,25 @@ class PredictionWriter:
         for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.f.flush()
 
-    def close(self, fps: float) -> None:
+    def close(self, fps: float, units: str = "mm") -> None:
         """Write out held rows, close the files and write the TRC."""
         for rows in [*self.d2.values(), self.d3, self.var, self.status]:
             rows.close(self.last)
-        write_trc_from_csv(self.session, fps)
+        write_trc_from_csv(self.session, fps, units)
 
 
-def write_trc_from_csv(session: Path, fps: float) -> Path | None:
+def session_units(session: Path, configured: str | None) -> str:
+    """The length unit of a session's poses: its calibration copy's, else the config's, else
+    mm (sessions recorded before units were explicit)."""
+    from livepose.core.calibration import read_calibration_units
+
+    try:
+        return read_calibration_units(session / "calibration.toml") or configured or "mm"
+    except ValueError:  # a missing or unreadable copy: what the config says
+        return configured or "mm"
+
+
+def write_trc_from_csv(session: Path, fps: float, units: str = "mm") -> Path | None:
     """``pose3d.trc`` from ``pose3d.csv`` (frames numbered from the first frame_id + 1)."""
     from livepose.formats import FormatError
     from livepose.formats.anipose3d import read_anipose3d
@@ -213,7 +224,8 @@ def write_trc_from_csv(session: Path, fps: float) -> Path | None:
         log.warning("no TRC written: %s", exc)
         return None
     first = int(table.fnum[0]) + 1 if len(table.fnum) else 1
-    return write_trc(session / "pose3d.trc", table.xyz, table.keypoints, fps, first_frame=first)
+    return write_trc(session / "pose3d.trc", table.xyz, table.keypoints, fps, units=units,
+                     first_frame=first)
 
 
 def main(ctx: StageContext) -> None:
@@ -241,7 +253,7 @@ def main(ctx: StageContext) -> None:
     def close_() -> None:
         nonlocal writer
         if writer is not None:
-            writer.close(ctx.cfg.fps)
+            writer.close(ctx.cfg.fps, session_units(writer.session, ctx.cfg.calibration_units))
             (writer.session / "predictions.done").write_text(str(writer.last))
             if events is not None:
                 events.emit("predictions_stop", last_frame=writer.last)

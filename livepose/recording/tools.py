@@ -103,7 +103,7 @@ def repair(session: Path) -> dict[str, Any]:
     dict
         Per camera: frames decodable and frame-table rows marked recorded.
     """
-    from livepose.recording.recorder import write_trc_from_csv
+    from livepose.recording.recorder import session_units, write_trc_from_csv
 
     status = read_status(session)
     cfg = session_config(session)
@@ -132,7 +132,7 @@ def repair(session: Path) -> dict[str, Any]:
     for p in [*sorted((session / "pose2d").glob("*.csv")), pose3d_path(session),
               pose3d_path(session).with_name("pose3d_var.csv")]:
         _trim_torn_tail(p)
-    trc = write_trc_from_csv(session, cfg.fps)
+    trc = write_trc_from_csv(session, cfg.fps, session_units(session, cfg.calibration_units))
     report["trc"] = trc.name if trc else None
     state, reason = status["state"], status.get("reason")
     if state == "recording":
@@ -215,7 +215,7 @@ def fuse_only_session(session: Path, out: Path | None = None) -> Path:
     from livepose.core.calibration import read_calibration
     from livepose.formats.dlc import read_dlc_csv
     from livepose.fusion.process import Fuser
-    from livepose.recording.recorder import PredictionWriter
+    from livepose.recording.recorder import PredictionWriter, session_units
 
     cfg = session_config(session)
     cams = cfg.camera_names
@@ -225,7 +225,8 @@ def fuse_only_session(session: Path, out: Path | None = None) -> Path:
         raise SessionError(f"{session}: no recorded 2D predictions to fuse")
     ids = [int(float(i)) for i in tables[0].index[:T]]
     group = read_calibration(session / "calibration.toml", cams)
-    fuser = Fuser(group, cfg)
+    units = session_units(session, cfg.calibration_units)
+    fuser = Fuser(group, cfg, units)
     dest = out or session / "refused"
     writer = PredictionWriter(dest, [], tables[0].keypoints, ids[0])
     for k, fid in enumerate(ids):
@@ -235,5 +236,5 @@ def fuse_only_session(session: Path, out: Path | None = None) -> Path:
         msg = protocol.Kp2d(frame_id=fid, cams=cams, model="replay", points=pts)
         writer.on_kp2d(msg)  # confidences for the score column
         writer.on_pose3d(fuser.fuse(msg, time.time_ns()))
-    writer.close(cfg.fps)
+    writer.close(cfg.fps, units)
     return pose3d_path(dest)

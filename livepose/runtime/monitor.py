@@ -16,7 +16,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.latency import STAGES, stage_latencies_ms
-from livepose.transport import codec
+from livepose.transport import codec, security
 
 WINDOW = 300
 
@@ -37,17 +37,19 @@ class Monitor:
         The run's endpoints (``trigger``, ``pose3d``).
     zctx
         ZeroMQ context of the calling process.
+    keys
+        CURVE keys for tcp endpoints (the supervisor's :attr:`keys`).
     """
 
     def __init__(self, endpoints: dict[str, str], zctx: zmq.Context[Any],
-                 faulty_views: int = 0) -> None:
+                 keys: security.CurveKeys | None = None, faulty_views: int = 0) -> None:
         self.sub = zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
         for t in (b"trigger", b"truth", b"pose3d"):
             self.sub.setsockopt(zmq.SUBSCRIBE, t)
-        self.sub.connect(endpoints["trigger"])
-        self.sub.connect(endpoints["pose3d"])
+        security.connect(self.sub, endpoints["trigger"], keys)
+        security.connect(self.sub, endpoints["pose3d"], keys)
         self.decoder = codec.Decoder(expect=["trigger", "truth", "pose3d"])
         self.triggered: set[int] = set()
         self.t_first_trigger: int | None = None

@@ -14,7 +14,9 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -33,7 +35,7 @@ from livepose.kit.process import StageContext, child_entry
 from livepose.kit.realtime import PRIORITY
 from livepose.recording.control import Recording
 from livepose.runtime import stages
-from livepose.transport import codec, shmring
+from livepose.transport import codec, security, shmring
 from livepose.transport import endpoints as eps
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def plan(
 
     ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
     launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
-    ``dashboard`` (``{"host", "port"}``) adds the web dashboard, a consumer only whose death
+    ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
     specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
@@ -155,12 +157,26 @@ class Supervisor:
         self.recording = Recording(self)
         self.dashboard = dashboard
         self.dashboard_url: str | None = None
+        #: the token every dashboard request needs (``?token=``, cookie or Bearer)
+        self.dashboard_token: str | None = None
         self._dash_args: dict[str, Any] | None = None
         self._health_relay: zmq.Socket[Any] | None = None
+        #: the run's CURVE keys (tcp with ``transport.keys_dir``), read in :meth:`preflight`
+        self.keys: security.CurveKeys | None = None
+        #: health messages ignored because no process of this run sent them (by pid)
+        self.foreign_health = 0
+
+    @property
+    def dashboard_login_url(self) -> str | None:
+        """The dashboard's address with its token (what the CLI prints)."""
+        if self.dashboard_url is None or self.dashboard_token is None:
+            return None
+        return f"{self.dashboard_url}?token={self.dashboard_token}"
 
     # ------------------------------------------------------------------ start
     def preflight(self) -> None:
         """Check everything a user can get wrong before any process starts (UserError)."""
+        self.keys = security.load_keys(self.cfg.transport)  # files, permissions: UserError
         facts = stages.prepare_acquisition(self.cfg, self.run_dir)
         self.calibration = facts["calibration"]
         stages.preflight_inference(self.cfg)
@@ -175,8 +191,13 @@ class Supervisor:
         if self.dashboard:
             self._dash_args = dashboard_address(self.cfg)
             host = self._dash_args["host"]
+            if host in ("0.0.0.0", "::"):  # every interface: browsers use the host's name
+                host = socket.gethostname()
             self.dashboard_url = f"http://{'[' + host + ']' if ':' in host else host}:" \
                 f"{self._dash_args['port']}/"
+            # one token per run (Jupyter-style), unless the config fixes one
+            self.dashboard_token = self.cfg.dashboard.token or secrets.token_urlsafe(32)
+            self._dash_args["token"] = self.dashboard_token
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """:meth:`launch` then :meth:`start_trigger`."""
@@ -195,7 +216,7 @@ class Supervisor:
         self._health_sub.setsockopt(zmq.LINGER, 0)
         self._health_sub.setsockopt(zmq.RCVHWM, 100_000)
         self._health_sub.setsockopt(zmq.SUBSCRIBE, b"health/")
-        self._health_sub.bind(self.endpoints["health"])
+        security.bind(self._health_sub, self.endpoints["health"], self.keys)
         record = self.recording.bind()  # record/control sockets; the launch session
         if self._dash_args is not None:
             self._bind_health_relay()
@@ -285,6 +306,8 @@ class Supervisor:
                     break
                 msg = self._decoder.decode(parts)
                 if isinstance(msg, protocol.Health):
+                    if not self._ours(msg):
+                        continue
                     self.health[msg.proc] = msg
                     self.recording.on_health(msg)
                     if self._health_relay is not None:
@@ -350,6 +373,19 @@ class Supervisor:
                                "from_frame": from_id, "error": err})
         return True
 
+    def _ours(self, msg: protocol.Health) -> bool:
+        """True when ``msg`` comes from the process of that name this supervisor started
+        (same pid); anything else is ignored and counted in :attr:`foreign_health`, so a
+        stray or spoofed sender cannot drive takeovers, recording starts or readiness."""
+        p = self.procs.get(msg.proc)
+        if p is not None and p.pid == msg.pid:
+            return True
+        self.foreign_health += 1
+        if self.foreign_health == 1 or self.foreign_health % 1000 == 0:
+            log.warning("ignored %d health message(s) from processes this run did not start "
+                        "(last: %r, pid %s)", self.foreign_health, msg.proc, msg.pid)
+        return False
+
     def _optional(self) -> set[str]:
         return {s.name for s in self._specs if s.optional}
 
@@ -361,8 +397,7 @@ class Supervisor:
         s.setsockopt(zmq.SNDHWM, 1000)
         t = self.cfg.transport
         ep = f"ipc://{self.run_dir / 'health-relay'}.sock" if t.kind == "ipc" else f"tcp://{t.host}:*"
-        s.bind(ep)
-        self.endpoints["health/relay"] = s.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoints["health/relay"] = security.bind(s, ep, self.keys)
         self._health_relay = s
 
     def counters(self, proc: str) -> dict[str, int]:
@@ -416,6 +451,7 @@ class Supervisor:
             if self._health_relay is not None:
                 self._health_relay.close(0)
             self.recording.close()
+            security.release(self.zctx)
             self.zctx.destroy(linger=0)  # closes sockets a caller left open; never blocks
             if self._own_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -436,8 +472,6 @@ def dashboard_address(cfg: Config) -> dict[str, Any]:
     UserError
         An explicitly chosen port is taken — names it and the way out.
     """
-    import socket
-
     d = cfg.dashboard
     host, port = d.host, d.port
     explicit = "port" in d.model_fields_set and port != 0

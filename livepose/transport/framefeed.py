@@ -33,6 +33,10 @@ SINGLE_BELL_MS = 2  # longest sleep on one ring's doorbell when others may ring
 MAX_LEFT = 256  # rings remembered as left
 
 
+#: a generation jump no real run makes between two reads (2⁴⁰ frames: 35 years at 1 kHz)
+MAX_GEN_JUMP = 1 << 40
+
+
 class RingFollower:
     """Take a ring's frames in commit order, straight from shared memory.
 
@@ -57,6 +61,8 @@ class RingFollower:
         self.next_gen = after_gen + 1
         self.lost = 0
         self.no_header = 0
+        #: the ring's header went impossible (a head far beyond any real run): not followed
+        self.corrupt = False
 
     def pending(self) -> bool:
         """Whether a committed frame is waiting."""
@@ -68,7 +74,10 @@ class RingFollower:
         h = self.m.h
         for _ in range(limit):
             head = int(h.head[0])
-            if head < self.next_gen:
+            if head < self.next_gen or self.corrupt:
+                return
+            if head - self.next_gen > MAX_GEN_JUMP:  # not a lap: a corrupt header
+                self.corrupt = True
                 return
             if head - self.next_gen >= h.slots:  # lapped: only the newest slots are left
                 skip = head - h.slots + 1 - self.next_gen
@@ -119,6 +128,8 @@ def _ring_of(msg: protocol.Frame) -> str | None:
 
 def _read_meta(area: np.ndarray) -> list[bytes] | None:
     """A slot's stored message parts; ``None`` if the area is inconsistent (torn)."""
+    if area.size < 4:
+        return None
     n = int(area[:4].view("<u4")[0])
     if n > 8:
         return None
@@ -216,7 +227,10 @@ class FrameFeed:
             silent = now - f.last_seen > CHECK_GONE_S  # then also ask whether it died
             if silent:
                 f.last_seen = now
-            if f.follower.writer_gone(check_pid=silent):
+            if f.follower.corrupt:
+                self.counters["shm_bad_ring"] += 1
+                self._unfollow(cam)
+            elif f.follower.writer_gone(check_pid=silent):
                 self._unfollow(cam)
 
     def wait(self, timeout_ms: int) -> bool:

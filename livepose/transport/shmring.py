@@ -39,6 +39,7 @@ unlinking (``kill -9``), and a follower notices such a writer is gone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import re
@@ -57,6 +58,8 @@ from livepose.transport import doorbell
 SHM_DIR = Path("/dev/shm")
 MAGIC = b"LPRING2\0"
 PAGE = 4096
+log = logging.getLogger(__name__)
+
 PREFIX = "livepose-"
 _NAME = re.compile(r"^livepose-(\d+)-[A-Za-z0-9_.-]{1,96}$")
 MAX_SLOTS = 4096
@@ -285,7 +288,7 @@ class MappedRing:
             raise RingError("shm_bad_ring", f"{path.name}: not a livepose ring (version 2)")
         slots, slot_bytes, meta_bytes = (int(v) for v in buf[8:32].view("<u8"))
         off = _offsets(slots, meta_bytes)[1] if 0 < slots <= MAX_SLOTS and meta_bytes % 64 == 0 \
-            and 0 <= meta_bytes <= 1 << 20 else -1
+            and 64 <= meta_bytes <= 1 << 20 else -1
         if off < 0 or slot_bytes % PAGE or off + slots * slot_bytes > size:
             raise RingError("shm_bad_ring", f"{path.name}: inconsistent header")
         self.h = _Header(buf)
@@ -403,15 +406,28 @@ def frames_in_shm(cfg: TransportConfig) -> bool:
 
 
 def remove_stale(directory: Path = SHM_DIR) -> list[str]:
-    """Delete rings whose writer process no longer exists; returns their names."""
+    """Delete *our* rings whose writer process no longer exists; returns their names.
+
+    On a shared lab machine ``/dev/shm`` also holds other users' rings: those (another
+    owner, or unreadable) are skipped with a warning, never an error — only their owner may
+    remove them."""
     removed: list[str] = []
     try:
         entries = list(directory.glob(PREFIX + "*"))
     except OSError:
         return removed
+    uid = os.getuid()
     for path in entries:
         m = _NAME.match(path.name)
         if m is None:
+            continue
+        try:
+            owner = path.stat().st_uid
+        except OSError as exc:
+            log.warning("skipping unreadable ring %s (%s)", path, exc.strerror)
+            continue
+        if owner != uid:
+            log.warning("skipping %s: another user's ring (uid %d)", path, owner)
             continue
         pid = int(m.group(1))
         try:
@@ -421,6 +437,10 @@ def remove_stale(directory: Path = SHM_DIR) -> list[str]:
             pass
         except PermissionError:
             continue
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the stale ring %s (%s)", path, exc.strerror)
+            continue
         removed.append(path.name)
     return removed

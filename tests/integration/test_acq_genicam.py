@@ -35,7 +35,11 @@ def _cti() -> str:
 
 
 def _cfg(**cam1: object) -> Config:
-    base = {"backend": "genicam", "cti": [_cti()], "trigger": {"mode": "free_run"},
+    # free-running cameras on a multi-camera rig are matched to the trigger clock by time
+    # (match: clock); numbering by their own counters is refused (frame ids would not be
+    # instants shared by the cameras)
+    base = {"backend": "genicam", "cti": [_cti()],
+            "trigger": {"mode": "free_run", "match": "clock"},
             "frame_rate": 60, "roi": {"width": 320, "height": 240}}
     return parse_config({
         "fps": 30, "calibration": "x.toml",

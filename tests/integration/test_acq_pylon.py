@@ -316,7 +316,8 @@ def test_closed_loop_pulses_a_camera_output_line(tmp_path: Path) -> None:
 
         cam.set_output = spy  # type: ignore[attr-defined]
         zctx = zmq.Context()
-        ctx = SimpleNamespace(counters=Counter(), rates={}, last_error=None, zmq_ctx=zctx)
+        ctx = SimpleNamespace(counters=Counter(), rates={}, last_error=None, zmq_ctx=zctx,
+                              keys=None)  # a StageContext stand-in: ipc, no CURVE keys
         ep = f"ipc://{tmp_path / 'camctl.sock'}"
         pulser = OutputPulser(ctx, "left", cam, ep)  # type: ignore[arg-type]
         pulser.start()

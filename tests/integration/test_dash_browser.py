@@ -92,15 +92,27 @@ def pipeline(tmp_path: Path) -> Iterator[Supervisor]:
             t.join(5)
 
 
+FOREIGN_WS = """async wsUrl => await new Promise(done => {
+  const ws = new WebSocket(wsUrl);
+  let opened = false;
+  ws.onopen = () => { opened = true; };
+  ws.onmessage = () => { done({opened, message: true}); };
+  ws.onclose = e => done({opened, message: false, code: e.code});
+  setTimeout(() => done({opened, message: false, timeout: true}), 10000);
+})"""
+
+
 def test_dash_page_in_chromium(browser: Any, pipeline: Supervisor, artifacts: Path,
                                tmp_path: Path) -> None:
-    url = pipeline.dashboard_url
-    assert url is not None
+    url, token = pipeline.dashboard_url, pipeline.dashboard_token
+    assert url is not None and token
     cams = pipeline.cfg.camera_names
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
+    assert page.goto(url).status == 401  # no token: nothing
+    page.goto(pipeline.dashboard_login_url)  # the printed URL sets the cookie…
+    page.goto(url)  # …which is all the page needs from then on
     _wait(lambda: page.evaluate("() => window.livepose && window.livepose.statuses >= 2"), 30,
           "status messages")
     # every camera tile: a non-blank image that changes
@@ -142,12 +154,40 @@ def test_dash_page_in_chromium(browser: Any, pipeline: Supervisor, artifacts: Pa
     status = _wait(lambda: (s := _read_json(session / "status.json")) and
                    s.get("state") != "recording" and s, 40, "the session to close")
     assert status["state"] in ("complete", "incomplete"), status
-    # the JSON API and metrics answer too
-    with urllib.request.urlopen(url + "api/status", timeout=5) as r:
+    # the JSON API and metrics answer too (a script's bearer token)
+    auth = {"Authorization": f"Bearer {token}"}
+    with urllib.request.urlopen(urllib.request.Request(url + "api/status", headers=auth),
+                                timeout=5) as r:
         assert json.load(r)["frames"]["fused"] > 0
-    with urllib.request.urlopen(url + "metrics", timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url + "metrics", headers=auth),
+                                timeout=5) as r:
         assert b"livepose_framesets_total" in r.read()
     assert not errors, errors
+
+
+def test_dash_refuses_other_sites_and_tokenless_browsers(browser: Any,
+                                                          pipeline: Supervisor) -> None:
+    url, token = pipeline.dashboard_url, pipeline.dashboard_token
+    assert url is not None and token
+    ws_url = url.replace("http", "ws") + f"ws?token={token}"
+    # a page of another site that even knows the token: its Origin closes the websocket
+    page = browser.new_page()
+    page.route("http://evil.example/**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<html><body>evil</body></html>"))
+    page.goto("http://evil.example/")
+    got = page.evaluate(FOREIGN_WS, ws_url)
+    assert got["message"] is False and got.get("timeout") is not True, got
+    # the same request from the dashboard's own origin is served (the Origin decided)
+    own = browser.new_page()
+    own.goto(pipeline.dashboard_login_url)
+    assert own.evaluate(FOREIGN_WS, ws_url)["message"] is True
+    # a fresh browser without the token or cookie: 401 for the page, the API and /metrics
+    ctx = browser.new_context()
+    fresh = ctx.new_page()
+    for path in ("", "api/status", "metrics"):
+        assert fresh.goto(url + path).status == 401, path
+    assert fresh.evaluate(FOREIGN_WS, url.replace("http", "ws") + "ws")["message"] is False
+    ctx.close()
 
 
 def _read_json(p: Path) -> dict[str, Any] | None:

@@ -21,9 +21,14 @@ pytestmark = pytest.mark.integration
 ws_sync = pytest.importorskip("websockets.sync.client")
 
 
-def _get(url: str) -> tuple[int, Any]:
+def _get(url: str, token: str | None = None, host: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    if host is not None:
+        req.add_header("Host", host)
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -47,22 +52,30 @@ def test_dash_stage_survives_bad_clients_and_its_death_does_not_stop_the_run() -
         mon = Monitor(sup.endpoints, sup.zctx)
         try:
             sup.start_trigger()
-            url = sup.dashboard_url
-            assert url is not None and url.startswith("http://127.0.0.1:")
+            url, token = sup.dashboard_url, sup.dashboard_token
+            assert url is not None and url.startswith("http://127.0.0.1:") and token
+            assert sup.dashboard_login_url == f"{url}?token={token}"
+            # only its user: no token → 401 everywhere; a foreign Host (DNS rebinding) → 403
+            for path in ("", "api/status", "metrics", "api/meta"):
+                assert _get(url + path)[0] == 401, path
+            code, body = _get(url + "api/status", token, host="rebound.evil.example:80")
+            assert code == 403 and b"allowed_hosts" in body
             assert _poll_until(sup, mon, lambda: len(mon.fused) > 20, 30)
             # the page's status is fed by the run: fused frame-sets, health of every process
-            assert _poll_until(sup, mon, lambda: json.loads(_get(url + "api/status")[1])
+            assert _poll_until(sup, mon, lambda: json.loads(_get(url + "api/status", token)[1])
                                ["frames"]["fused"] > 0, 10)
-            status = json.loads(_get(url + "api/status")[1])
+            status = json.loads(_get(url + "api/status", token)[1])
             assert {"fusion", "infer0", "trigger", *cfg.camera_names} <= set(status["processes"])
             assert status["recording"]["available"] is True  # the supervisor's control answers
-            code, body = _get(url + "api/nothing-here")
+            assert b"livepose_framesets_total" in _get(url + "metrics", token)[1]
+            code, body = _get(url + "api/nothing-here", token)
             assert code == 404 and b"unknown route" in body
             # garbage from a websocket client is ignored; another client still gets updates
-            with ws_sync.connect(url.replace("http", "ws") + "ws") as bad:
+            ws_url = url.replace("http", "ws") + f"ws?token={token}"
+            with ws_sync.connect(ws_url) as bad:
                 bad.send(b"\x00\xff" * 100)
                 bad.send("{{{ not json")
-            with ws_sync.connect(url.replace("http", "ws") + "ws", max_size=None) as good:
+            with ws_sync.connect(ws_url, max_size=None) as good:
                 kinds = set()
                 for _ in range(30):
                     m = good.recv(timeout=5)

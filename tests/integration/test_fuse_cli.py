@@ -42,7 +42,8 @@ def test_fuse_command(eks_fly: Path, tmp_path: Path) -> None:
     d = small(eks_fly, tmp_path / "in")
     out = tmp_path / "out"
     r = livepose("fuse", "--calibration", str(eks_fly / "calibration.toml"), "--camera-names",
-                 "Cam-A", "Cam-B", "Cam-C", "--out", str(out), "--fps", "300", str(d))
+                 "Cam-A", "Cam-B", "Cam-C", "--out", str(out), "--fps", "300", "--units", "mm",
+                 str(d))
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stderr and "40 frames" in r.stderr
     t = read_anipose3d(out / "pose3d.csv")
@@ -51,26 +52,36 @@ def test_fuse_command(eks_fly: Path, tmp_path: Path) -> None:
     # comma-separated names, explicit files, filter none
     files = [str(p) for p in sorted(d.glob("*.csv"))]
     r = livepose("fuse", "--calibration", str(eks_fly / "calibration.toml"), "--camera-names",
-                 "Cam-A,Cam-B,Cam-C", "--out", str(tmp_path / "o2"), "--filter", "none", *files)
+                 "Cam-A,Cam-B,Cam-C", "--out", str(tmp_path / "o2"), "--filter", "none",
+                 "--fps", "100", "--units", "mm", *files)
     assert r.returncode == 0, r.stderr
+
+
+OK = ("--fps", "100", "--units", "mm")  # what every call needs
 
 
 def test_fuse_errors_are_one_line(eks_fly: Path, tmp_path: Path) -> None:
     d = small(eks_fly, tmp_path / "in", frames=5)
     calib = str(eks_fly / "calibration.toml")
     one_line_error(livepose("fuse", "--calibration", calib, "--camera-names", "Cam-A", "Cam-B",
-                            "Cam-D", "--out", str(tmp_path / "o"), str(d)), "Cam-D", "no CSV")
+                            "Cam-D", "--out", str(tmp_path / "o"), *OK, str(d)), "Cam-D", "no CSV")
     f = next(d.glob("*Cam-B*rng=0.csv"))
     p = read_dlc_csv(f)
     write_dlc_csv(f, p.points[:3], p.keypoints)
     one_line_error(livepose("fuse", "--calibration", calib, "--camera-names", "Cam-A", "Cam-B",
-                            "Cam-C", "--out", str(tmp_path / "o"), str(d)), "3 frames")
+                            "Cam-C", "--out", str(tmp_path / "o"), *OK, str(d)), "3 frames")
     one_line_error(livepose("fuse", "--calibration", str(tmp_path / "nope.toml"),
                             "--camera-names", "Cam-A", "Cam-B", "Cam-C", "--out",
-                            str(tmp_path / "o"), str(d)), "not found")
+                            str(tmp_path / "o"), *OK, str(d)), "not found")
     one_line_error(livepose("fuse", "--calibration", calib, "--camera-names", "Cam-A", "Cam-B",
-                            "Cam-C", "--out", str(tmp_path / "o"), "--filter", "ukf", str(d)),
-                   "--filter")
+                            "Cam-C", "--out", str(tmp_path / "o"), "--filter", "ukf", "--fps",
+                            "100", "--units", "mm", str(d)), "--filter")
+    one_line_error(livepose("fuse", "--calibration", calib, "--camera-names", "Cam-A", "Cam-B",
+                            "Cam-C", "--out", str(tmp_path / "o"), "--units", "mm", str(d)),
+                   "--fps")
+    one_line_error(livepose("fuse", "--calibration", calib, "--camera-names", "Cam-A", "Cam-B",
+                            "Cam-C", "--out", str(tmp_path / "o"), "--fps", "100", str(d)),
+                   "calibration_units")
 
 
 def test_bench_smoke_runs(tmp_path: Path) -> None:

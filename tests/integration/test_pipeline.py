@@ -57,7 +57,10 @@ def test_stream_accounts_for_every_frame_and_meets_error_bound(
 
 
 def test_a_dying_process_is_reported_with_its_exit_code() -> None:
+    """Fusion dying ends the run, named with its exit code; so does a camera once fewer
+    than ``min_cameras`` would remain (one camera dying alone does not: next test)."""
     cfg = load_default_config()
+    cfg.frameset.min_cameras = 4
     with Supervisor(cfg) as sup:
         sup.start()
         victim = sup.procs["cam1"]
@@ -72,6 +75,34 @@ def test_a_dying_process_is_reported_with_its_exit_code() -> None:
         assert "cam1" in str(ei.value) and "-9" in str(ei.value)
     # every other process was stopped by the context manager
     assert all(not p.is_alive() for p in sup.procs.values())
+    with Supervisor(load_default_config()) as sup:
+        sup.start()
+        fusion = sup.procs["fusion"]
+        assert fusion.pid is not None
+        os.kill(fusion.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        with pytest.raises(ProcessDied, match="fusion"):
+            while time.monotonic() < deadline:
+                sup.poll(0.05)
+
+
+def test_a_lost_camera_leaves_poses_coming_from_three_views(tmp_path: Path) -> None:
+    """``kill -9`` of one camera of four mid-run: poses keep coming at the full rate from
+    the three others, flagged (``missing``), with every frame-set accounted for, and after
+    the few sets that find it gone no deadline is paid (latency as before the loss)."""
+    cfg = load_default_config()
+    with open(os.devnull, "w") as devnull:
+        s = run_pipeline(cfg, pulses=240, live=False, console=Console(file=devnull),
+                         kill=("cam1", 3.0))
+    assert s["frame_accounting_ok"], s
+    loss = s["camera_loss"]
+    assert [c["camera"] for c in loss["lost"]] == ["cam1"]
+    assert loss["fused_after"] >= 100 and loss["fused_fps_after"] >= 0.9 * cfg.fps, loss
+    assert s["views_missing"].get("cam1", 0) >= loss["fused_after"] - 5  # flagged
+    before, after = s["latency_ms"]["total"]["p50"], loss["total_ms_after"]["p50"]
+    deadline_ms = cfg.frameset.deadline_frames * 1000 / cfg.fps
+    assert after < before + 0.5 * deadline_ms, (before, after)
+    assert s["error_mm"]["median"] <= 5.0, s["error_mm"]
 
 
 def test_stages_stop_when_the_supervisor_dies(tmp_path: Path) -> None:

@@ -126,7 +126,8 @@ def test_kill_9_during_a_recording_leaves_a_readable_incomplete_session(
     tmp_path: Path, victim: str
 ) -> None:
     """``kill -9`` of a camera (its video writer dies with it) or of the recorder process
-    in the middle of a recorded run: the supervisor reports the death and stops the run;
+    in the middle of a recorded run where every camera is needed (``min_cameras``): the
+    supervisor reports the death and stops the run;
     every video decodes up to about a second before the kill, bit-exact against the frame
     table; every CSV parses; the status says the session did not close cleanly; ``repair``
     finalises it."""
@@ -141,6 +142,7 @@ def test_kill_9_during_a_recording_leaves_a_readable_incomplete_session(
                        "ffv1", len(cams), 96, 64)
     cfg.recording.enabled = True
     cfg.recording.name = "crash"
+    cfg.frameset.min_cameras = len(cams)  # every camera needed: losing one ends the run
     died = None
     with Supervisor(cfg) as sup:
         sup.launch()

@@ -228,14 +228,17 @@ def test_config_checks() -> None:
                                           r"clock by time"):
         parse_config({**base, "trigger": {"source": "serial", "port": "/dev/ttyACM0"},
                       "cameras": web2})
-    parse_config({**base, "trigger": {"source": "serial", "port": "/dev/ttyACM0"},
-                  "cameras": [{**c, "match": "counter"} for c in web2]})
+    with pytest.raises(ConfigError, match=r"\['web', 'cam2'\] run free with match: counter"):
+        parse_config({**base, "trigger": {"source": "serial", "port": "/dev/ttyACM0"},
+                      "cameras": [{**c, "match": "counter"} for c in web2]})
 
 
 def test_matcher_settings_from_config() -> None:
     from livepose.acquisition.camera import clock_subscriber, time_matcher
+    from livepose.core.config import WebcamCameraConfig
 
-    assert clock_subscriber(_cfg()) and not clock_subscriber(_cfg(match="counter"))
+    alone = WebcamCameraConfig(backend="webcam", name="web", match="counter")  # no rig check
+    assert clock_subscriber(_cfg()) and not clock_subscriber(alone)
     m = time_matcher(_cfg(match_latency_ms=40), fps=30)
     assert m is not None
     assert (m[0].tol, m[0].min_gap, m[1]) == (round(1e9 / 30) // 3, round(1e9 / 30) // 2,
@@ -243,11 +246,13 @@ def test_matcher_settings_from_config() -> None:
     assert m[0].min_frame_gap == 0  # the webcam's rate is not configured
     m = time_matcher(_cfg(match_tolerance_ms=5, fps=25), fps=30)
     assert m is not None and m[0].tol == 5_000_000 and m[0].min_frame_gap == 30_000_000
-    cfg = parse_config({"calibration": "x.toml", "cameras": [
-        {"backend": "genicam", "name": "g", "trigger": {"mode": "free_run", "match": "clock",
-                                                         "match_tolerance_ms": 2}},
-        {"backend": "genicam", "name": "h", "trigger": {"mode": "free_run"}}]})
-    g = time_matcher(cfg.cameras[0], fps=100)
-    assert g is not None and g[0].tol == 2_000_000 and clock_subscriber(cfg.cameras[0])
-    assert time_matcher(cfg.cameras[1], fps=100) is None
-    assert not clock_subscriber(cfg.cameras[1])
+    from livepose.core.config import GenICamCameraConfig
+
+    g_cam = GenICamCameraConfig.model_validate({"backend": "genicam", "name": "g", "trigger": {
+        "mode": "free_run", "match": "clock", "match_tolerance_ms": 2}})
+    h_cam = GenICamCameraConfig.model_validate(  # alone: a rig would refuse match: counter
+        {"backend": "genicam", "name": "h", "trigger": {"mode": "free_run"}})
+    g = time_matcher(g_cam, fps=100)
+    assert g is not None and g[0].tol == 2_000_000 and clock_subscriber(g_cam)
+    assert time_matcher(h_cam, fps=100) is None
+    assert not clock_subscriber(h_cam)

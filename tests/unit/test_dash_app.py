@@ -22,6 +22,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from livepose.core import protocol  # noqa: E402
+from livepose.dashboard.access import allowed_hosts, host_of  # noqa: E402
 from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.control import ControlUnavailable  # noqa: E402
 from livepose.dashboard.state import DashState  # noqa: E402
@@ -114,9 +115,15 @@ class FakeControl:
         return {"ok": True, "session": "sessions/x"}
 
 
-def _client(token: str | None = None, control: Any = None) -> tuple[TestClient, Hub]:
-    hub = Hub(DashState(CAMS, 2, 2.0), META, control, token)
-    return TestClient(create_app(hub)), hub
+TOKEN = "s3cret-token-for-tests"
+WS = "ws://127.0.0.1:8765/ws"
+
+
+def _client(control: Any = None, auth: bool = True) -> tuple[TestClient, Hub]:
+    """A client of the app on 127.0.0.1 that sends the token (``auth``) as a bearer."""
+    hub = Hub(DashState(CAMS, 2, 2.0), META, control, TOKEN)
+    headers = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
+    return TestClient(create_app(hub), base_url="http://127.0.0.1:8765", headers=headers), hub
 
 
 def test_dash_api_status_metrics_and_unknown_route() -> None:
@@ -135,14 +142,44 @@ def test_dash_api_status_metrics_and_unknown_route() -> None:
     assert c.get("/static/vendor/three/LICENSE").status_code == 200
 
 
-def test_dash_token_is_required_when_configured() -> None:
-    c, _ = _client(token="s3cret-token")
-    assert c.get("/api/status").status_code == 401
+def test_dash_token_is_always_required() -> None:
+    c, _ = _client(auth=False)
+    for path in ("/", "/api/status", "/metrics", "/static/app.js"):
+        assert c.get(path).status_code == 401, path
+    r = c.post("/api/record", json={"action": "stop"})
+    assert r.status_code == 401 and "token" in r.json()["error"]
     assert c.get("/api/status?token=wrong-token").status_code == 401
-    assert c.get("/api/status?token=s3cret-token").status_code == 200
-    assert c.get("/metrics", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
-    with pytest.raises(Exception), c.websocket_connect("/ws") as ws:  # noqa: B017
+    assert c.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    # Prometheus: bearer token
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # the printed URL: ?token=… once, then the cookie the page set
+    first = c.get(f"/?token={TOKEN}")
+    assert first.status_code == 200 and "httponly" in first.headers["set-cookie"].lower()
+    assert c.get("/api/status").status_code == 200  # the cookie alone is enough now
+    c.cookies.clear()
+    with pytest.raises(Exception), c.websocket_connect(WS) as ws:  # noqa: B017
         ws.receive_text()
+    # a hub made without a token makes its own: never open
+    hub = Hub(DashState(CAMS, 2, 2.0), META)
+    open_c = TestClient(create_app(hub), base_url="http://127.0.0.1")
+    assert len(hub.token) >= 32 and open_c.get("/api/status").status_code == 401
+
+
+def test_dash_foreign_host_is_refused_before_the_token() -> None:
+    c, _ = _client()  # with the right token…
+    for host in ("evil.example", "evil.example:8765", "192.168.7.7", "localhost.evil.example"):
+        r = c.get("/api/status", headers={"Host": host})
+        assert r.status_code == 403 and "allowed_hosts" in r.json()["error"], host
+    for host in ("127.0.0.1:8765", "localhost", "[::1]:8765"):
+        assert c.get("/api/status", headers={"Host": host}).status_code == 200, host
+    hub = Hub(DashState(CAMS, 2, 2.0), META, None, TOKEN,
+              allowed_hosts("0.0.0.0", ["rig.lab.example", "10.0.0.5"]))
+    c2 = TestClient(create_app(hub), base_url="http://rig.lab.example:8765",
+                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert c2.get("/api/status").status_code == 200
+    assert c2.get("/api/status", headers={"Host": "10.0.0.5:8765"}).status_code == 200
+    assert c2.get("/api/status", headers={"Host": "10.0.0.6"}).status_code == 403
+    assert host_of("[::1]:80") == "::1" and host_of("Rig:1") == "rig"
 
 
 def test_dash_record_button_api() -> None:
@@ -164,7 +201,7 @@ def test_dash_record_button_api() -> None:
 
 def test_dash_websocket_ignores_garbage_and_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
     c, hub = _client()
-    with caplog.at_level(logging.WARNING), c.websocket_connect("/ws") as ws:
+    with caplog.at_level(logging.WARNING), c.websocket_connect(WS) as ws:
         first = [json.loads(ws.receive_text())["type"] for _ in range(2)]
         assert first == ["meta", "status"]
         ws.send_bytes(b"\x00\x01 not json")
@@ -173,8 +210,11 @@ def test_dash_websocket_ignores_garbage_and_keeps_serving(caplog: pytest.LogCapt
         assert json.loads(ws.receive_text())["type"] == "pong"
     assert "ignored a websocket message" in caplog.text
     assert hub.clients == set()
-    # a page of another site may not open the stream
-    with pytest.raises(Exception), c.websocket_connect(  # noqa: B017
-        "/ws", headers={"Origin": "http://evil.example"}
-    ) as ws:
-        ws.receive_text()
+    # a page of another site may not open the stream, nor a rebound name of this host
+    for origin in ("http://evil.example", "http://evil.example:8765", "null", "file://"):
+        with pytest.raises(Exception), c.websocket_connect(  # noqa: B017
+            WS, headers={"Origin": origin}
+        ) as ws:
+            ws.receive_text()
+    with c.websocket_connect(WS, headers={"Origin": "http://localhost:8765"}) as ws:
+        assert json.loads(ws.receive_text())["type"] == "meta"

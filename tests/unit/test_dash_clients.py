@@ -22,6 +22,7 @@ from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.process import bind_socket  # noqa: E402
 from livepose.dashboard.state import DashState, tile_payload  # noqa: E402
 
+TOKEN = "a-test-token-of-some-length"
 META = {"name": "t", "cameras": ["cam0"], "keypoints": [], "skeleton": [], "fps": 30.0}
 
 
@@ -29,7 +30,7 @@ META = {"name": "t", "cameras": ["cam0"], "keypoints": [], "skeleton": [], "fps"
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Hub]]:
     """A dashboard web server in a thread, broadcasting a 200 kB tile every 5 ms."""
     monkeypatch.setattr(dash_app, "SEND_TIMEOUT_S", 1.0)
-    hub = Hub(DashState(["cam0"], 2, 2.0), META)
+    hub = Hub(DashState(["cam0"], 2, 2.0), META, token=TOKEN)
     lsock = bind_socket("127.0.0.1", 0)
     port = lsock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(create_app(hub), log_level="warning", lifespan="off",
@@ -63,7 +64,7 @@ def _never_reading_client(port: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         .encode()
     )
@@ -76,7 +77,7 @@ def test_dash_client_that_never_reads_is_dropped_and_others_keep_up(
     port, hub = server
     lazy = _never_reading_client(port)
     got: list[Any] = []
-    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as good:
+    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws?token={TOKEN}", max_size=None) as good:
         deadline = time.monotonic() + 15
         dropped_at = None
         while time.monotonic() < deadline:
@@ -92,9 +93,9 @@ def test_dash_client_that_never_reads_is_dropped_and_others_keep_up(
 
 def test_dash_too_big_or_binary_garbage_does_not_stop_the_server(server: tuple[int, Hub]) -> None:
     port, _ = server
-    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as bad:
+    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws?token={TOKEN}", max_size=None) as bad:
         bad.send(os.urandom(1000))
         bad.send("\x00garbage")
-    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as good:
+    with ws_sync.connect(f"ws://127.0.0.1:{port}/ws?token={TOKEN}", max_size=None) as good:
         kinds = {good.recv(timeout=5)[:1] for _ in range(10)}
         assert kinds  # still serving

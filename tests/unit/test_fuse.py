@@ -35,7 +35,7 @@ def small_copy(eks_fly: Path, dst: Path, frames: int = 80, members: int = 1) -> 
 def test_fuse_eks_fly_ensemble(eks_fly: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = fuse_files(eks_fly / "calibration.toml", CAMS, [eks_fly], out, filter="ekf",
-                     progress=False)
+                     progress=False, fps=100.0, units="mm")
     assert res["frames"] == 500 and len(res["keypoints"]) == 12
     assert all(len(v) == 3 for v in res["files"].values())  # 3 ensemble members per camera
     assert res["measured_pct"] > 95 and res["mean_reproj_px"] < 3.0
@@ -63,7 +63,7 @@ def test_missing_views_give_nan_or_ncams_0(eks_fly: Path, tmp_path: Path, flt: s
     pose = read_dlc_csv(f)
     pose.points[:, 1, 2] = 0.0
     write_dlc_csv(f, pose.points, pose.keypoints)
-    fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", filter=flt, progress=False)
+    fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", filter=flt, progress=False, fps=100.0, units="mm")
     t = read_anipose3d(tmp_path / "out" / "pose3d.csv")
     if flt == "ekf":  # the EKF updates from the single view (along its ray)
         assert np.all(t.ncams[30:70, 0] == 1) and np.all(t.error[30:70, 0] < 5.0)
@@ -83,7 +83,7 @@ def test_different_lengths_are_refused(eks_fly: Path, tmp_path: Path) -> None:
     pose = read_dlc_csv(f)
     write_dlc_csv(f, pose.points[:50], pose.keypoints)
     with pytest.raises(FuseInputError, match="50 frames"):
-        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", progress=False)
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", progress=False, fps=100.0, units="mm")
 
 
 def test_different_keypoints_are_refused(eks_fly: Path, tmp_path: Path) -> None:
@@ -92,17 +92,17 @@ def test_different_keypoints_are_refused(eks_fly: Path, tmp_path: Path) -> None:
     pose = read_dlc_csv(f)
     write_dlc_csv(f, pose.points[:, 1:], pose.keypoints[1:])
     with pytest.raises(FuseInputError, match=r"keypoints differ.*missing \['L1A'\]"):
-        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", progress=False)
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "out", progress=False, fps=100.0, units="mm")
 
 
 def test_reordered_keypoints_are_fine(eks_fly: Path, tmp_path: Path) -> None:
     d = small_copy(eks_fly, tmp_path / "in", frames=20)
     ref = fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o1", filter="none",
-                     progress=False)
+                     progress=False, fps=100.0, units="mm")
     f = next(d.glob("*Cam-B*.csv"))
     pose = read_dlc_csv(f)
     write_dlc_csv(f, pose.points[:, ::-1], pose.keypoints[::-1])
-    fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o2", filter="none", progress=False)
+    fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o2", filter="none", progress=False, fps=100.0, units="mm")
     a = read_anipose3d(tmp_path / "o1" / "pose3d.csv")
     b = read_anipose3d(tmp_path / "o2" / "pose3d.csv")
     np.testing.assert_allclose(a.xyz, b.xyz, rtol=1e-9)
@@ -115,7 +115,7 @@ def test_calibration_must_have_the_cameras(eks_fly: Path, tmp_path: Path) -> Non
     shutil.copy(src, d / src.name.replace("Cam-C", "Cam-X"))
     with pytest.raises(CalibrationError, match=r"\['Cam-X'\].*not in the calibration"):
         fuse_files(d / "calibration.toml", ["Cam-A", "Cam-B", "Cam-X"], [d], tmp_path / "o",
-                   progress=False)
+                   progress=False, fps=100.0, units="mm")
 
 
 def test_file_assignment_errors(eks_fly: Path, tmp_path: Path) -> None:
@@ -141,14 +141,44 @@ def test_a_broken_csv_is_a_user_error(eks_fly: Path, tmp_path: Path) -> None:
     d = small_copy(eks_fly, tmp_path / "in", frames=5)
     next(d.glob("*Cam-A*.csv")).write_text("not,a,dlc,file\n")
     with pytest.raises(FormatError, match="scorer"):
-        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", progress=False)
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", progress=False, fps=100.0, units="mm")
     assert issubclass(FormatError, UserError) and issubclass(FuseInputError, UserError)
 
 
 def test_bad_options(eks_fly: Path, tmp_path: Path) -> None:
     d = small_copy(eks_fly, tmp_path / "in", frames=5)
     with pytest.raises(FuseInputError, match="fps"):
-        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", fps=0.0, progress=False)
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", fps=0.0, progress=False,
+                   units="mm")
+    with pytest.raises(FuseInputError, match="--fps"):  # the CSVs do not say their rate
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", progress=False,
+                   units="mm")
+    with pytest.raises(UserError, match="calibration_units"):  # nor does this calibration
+        fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", progress=False, fps=100.0)
     with pytest.raises(FuseInputError, match="filter"):
         fuse_files(d / "calibration.toml", CAMS, [d], tmp_path / "o", filter="ukf",
-                   progress=False)
+                   progress=False, fps=100.0, units="mm")
+
+
+def test_fuser_fits_live_frame_geometry(eks_fly: Path) -> None:
+    """kp2d frame sizes: padding is accepted with K unchanged; a size no ROI or binning
+    explains stops fusion with a one-line CalibrationError naming the camera."""
+    from livepose.core import protocol
+    from livepose.core.calibration import CalibrationError, read_calibration
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser
+
+    cams = read_calibration(eks_fly / "calibration.toml", CAMS)
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=n) for n in CAMS], fps=100.0)
+    fuser = Fuser(cams, cfg, "mm")
+    pts = np.full((3, 2, 3), np.nan, np.float32)
+    w, h = cams[0].size
+
+    def kp2d(sizes: list[list[int]]) -> protocol.Kp2d:
+        return protocol.Kp2d(frame_id=0, cams=CAMS, model="m", points=pts, sizes=sizes)
+
+    fuser.fuse(kp2d([[w + 8, h], [*cams[1].size], [*cams[2].size]]), 0)
+    assert "padding" in fuser.geometry_notes["Cam-A"]
+    assert fuser.cameras[0] is fuser.calibrated[0]  # K unchanged
+    with pytest.raises(CalibrationError, match=r"camera 'Cam-B'.*no ROI or binning"):
+        fuser.fuse(kp2d([[w + 8, h], [w // 2, h // 2], [*cams[2].size]]), 1)

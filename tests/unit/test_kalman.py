@@ -24,7 +24,7 @@ def track(J: int, T: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_uninitialised_keypoints_are_nan() -> None:
-    kf = KeypointKalman(3, KalmanConfig())
+    kf = KeypointKalman(3, KalmanConfig(), FPS)
     z = np.full((3, 3), np.nan)
     z[1] = [1.0, 2.0, 3.0]
     xyz, var = kf.step(z, None, DT)
@@ -38,7 +38,7 @@ def test_uninitialised_keypoints_are_nan() -> None:
 
 
 def test_bad_input_is_refused() -> None:
-    kf = KeypointKalman(2, KalmanConfig())
+    kf = KeypointKalman(2, KalmanConfig(), FPS)
     with pytest.raises(ValueError, match="shape"):
         kf.step(np.zeros((3, 3)), None, DT)
     with pytest.raises(ValueError, match="shape"):
@@ -52,7 +52,7 @@ def test_filter_beats_raw_measurements() -> None:
     rng = np.random.default_rng(1)
     sigma = 2.5
     z = truth + rng.normal(scale=sigma, size=truth.shape)
-    kf = KeypointKalman(6, KalmanConfig(accel_noise_mm_s2=500.0, meas_noise_mm=sigma))
+    kf = KeypointKalman(6, KalmanConfig(accel_noise_mm_s2=500.0, meas_noise_mm=sigma), FPS)
     out = np.stack([kf.step(z[t], None, DT)[0] for t in range(len(z))])
     burn = 50
     raw_err = np.sqrt(np.mean((z[burn:] - truth[burn:]) ** 2))
@@ -89,7 +89,7 @@ def test_matches_filterpy(with_zvar: bool) -> None:
     zvar = rng.uniform(1.0, 30.0, (T, J, 3))
     dts = DT * rng.integers(1, 4, T)  # skipped frame-sets
     cfg = KalmanConfig(accel_noise_mm_s2=3000.0, meas_noise_mm=2.0, gate_sigma=1e9, max_gap_s=1e9)
-    kf = KeypointKalman(J, cfg)
+    kf = KeypointKalman(J, cfg, FPS)
     ref: list[KalmanFilter | None] = [None] * J
     for t in range(T):
         xyz, var = kf.step(z[t], zvar[t] if with_zvar else None, float(dts[t]))
@@ -115,11 +115,12 @@ def test_matches_filterpy(with_zvar: bool) -> None:
 
 
 def _converged(
-    J: int = 2, T: int = 100, reinit_after_s: float | None = None
+    J: int = 2, T: int = 100, reinit_after_frames: float | None = None
 ) -> tuple[KeypointKalman, np.ndarray, np.ndarray]:
     truth, v = track(J, T + 1, seed=4)
     kf = KeypointKalman(
-        J, KalmanConfig(gate_sigma=6.0, max_gap_s=0.2, reinit_after_s=reinit_after_s)
+        J, KalmanConfig(gate_sigma=6.0, max_gap_s=0.2, reinit_after_frames=reinit_after_frames),
+        FPS,
     )
     for t in range(T):
         kf.step(truth[t], None, DT)
@@ -162,8 +163,8 @@ def test_persistent_rejection_reinitialises() -> None:
     np.testing.assert_allclose(var[0], kf.r0)
 
 
-def test_rejection_for_reinit_after_s_reinitialises() -> None:
-    kf, truth, _ = _converged(reinit_after_s=0.03)
+def test_rejection_for_reinit_after_frames_reinitialises() -> None:
+    kf, truth, _ = _converged(reinit_after_frames=3)
     jumped = truth[-1].copy()
     jumped[0] += [500.0, 0.0, 0.0]  # keypoint 0 is now elsewhere (and stays)
     outs = [kf.step(jumped, None, DT)[0] for _ in range(4)]
@@ -200,7 +201,7 @@ def test_nan_gap_coasts_then_reinitialises() -> None:
 def test_forward_prediction_on_a_constant_velocity_track() -> None:
     J, T = 3, 400
     truth, v = track(J, T, seed=5)
-    kf = KeypointKalman(J, KalmanConfig(accel_noise_mm_s2=20000.0))
+    kf = KeypointKalman(J, KalmanConfig(accel_noise_mm_s2=20000.0), FPS)
     for t in range(T):
         kf.step(truth[t], None, DT)
     np.testing.assert_allclose(kf.state[:, :, 1], v, rtol=0, atol=1e-6)
@@ -220,7 +221,7 @@ def test_forward_prediction_on_a_constant_velocity_track() -> None:
 
 
 def test_empty_and_warmup() -> None:
-    kf = KeypointKalman(0, KalmanConfig())
+    kf = KeypointKalman(0, KalmanConfig(), FPS)
     xyz, var = kf.step(np.zeros((0, 3)), None, DT)
     assert xyz.shape == (0, 3) and var.shape == (0, 3)
     kf.warmup()

@@ -50,7 +50,7 @@ def test_matches_filterpy(with_zvar: bool) -> None:
     dts = DT * rng.integers(1, 4, T)
     cfg = KalmanConfig(model="ca", jerk_noise_mm_s3=5e6, meas_noise_mm=2.0, gate_sigma=1e9,
                        max_gap_s=1e9)
-    kf = KeypointKalman(J, cfg)
+    kf = KeypointKalman(J, cfg, 100.0)
     assert kf.state.shape == (J, 3, 3) and kf.cov.shape == (J, 3, 6)
     ref: list[KalmanFilter | None] = [None] * J
     for k in range(T):
@@ -86,7 +86,7 @@ def test_forward_prediction_and_accelerating_track() -> None:
     v0 = np.array([[10.0, 20.0, -30.0], [50.0, 0.0, 0.0]])
     t = np.arange(T)[:, None, None] * DT
     truth = v0 * t + 0.5 * a * t**2
-    kf = KeypointKalman(J, KalmanConfig(model="ca"))
+    kf = KeypointKalman(J, KalmanConfig(model="ca"), 100.0)
     for k in range(T):
         kf.step(truth[k], None, DT)
     np.testing.assert_allclose(kf.state[:, :, 2], a, atol=1e-3)
@@ -101,7 +101,7 @@ def test_forward_prediction_and_accelerating_track() -> None:
 
 
 def test_gap_reinitialises_like_cv() -> None:
-    kf = KeypointKalman(1, KalmanConfig(model="ca", max_gap_s=0.05))
+    kf = KeypointKalman(1, KalmanConfig(model="ca", max_gap_s=0.05), 100.0)
     z = np.array([[1.0, 2.0, 3.0]])
     for _ in range(20):
         kf.step(z, None, DT)

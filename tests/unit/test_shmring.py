@@ -274,3 +274,19 @@ def test_camera_loop_falls_back_when_dev_shm_is_full(tmp_path: Path,
         assert set(shmring.SHM_DIR.glob("livepose-*")) == before  # nothing left half-made
     finally:
         _close(loop)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a file another user owns needs root")
+def test_other_users_rings_are_skipped_not_errors(tmp_path: Path, caplog: Any) -> None:
+    """A shared lab machine: another user's dead ring (and a stale one of ours) in the ring
+    folder; start-up removes ours, skips theirs with a warning, never raises."""
+    dead = 2**22 + 12345  # beyond pid_max on default kernels: no such process
+    theirs = tmp_path / f"livepose-{dead}-cam0-deadbeef"
+    ours = tmp_path / f"livepose-{dead}-cam1-cafef00d"
+    theirs.write_bytes(b"x")
+    ours.write_bytes(b"x")
+    os.chown(theirs, 54321, 54321)
+    with caplog.at_level("WARNING"):
+        removed = shmring.remove_stale(tmp_path)
+    assert removed == [ours.name] and theirs.exists() and not ours.exists()
+    assert "another user's ring" in caplog.text

@@ -81,7 +81,10 @@ def test_noise_free_points_are_recovered(rig: CameraGroup, points: np.ndarray) -
     np.testing.assert_allclose(res.xyz, points, atol=1e-6, rtol=0)
     assert np.all(res.views == FULL4)
     assert np.all(res.reproj < 1e-5)
-    assert np.all(np.isfinite(res.cov)) and np.all(res.cov > 0)
+    assert np.all(np.isfinite(res.cov)) and res.cov.shape == (21, 3, 3)
+    np.testing.assert_allclose(res.cov, np.swapaxes(res.cov, 1, 2))  # symmetric
+    assert np.all(np.linalg.eigvalsh(res.cov) > 0)  # positive definite
+    np.testing.assert_array_equal(res.var, np.diagonal(res.cov, axis1=1, axis2=2))
 
 
 def test_float32_wire_format_and_read_only_buffers(rig: CameraGroup, points: np.ndarray) -> None:
@@ -178,10 +181,13 @@ def test_variance_matches_monte_carlo(rig: CameraGroup) -> None:
     trials[..., :2] += rng.normal(scale=sigma, size=trials[..., :2].shape)
     cfg = FusionConfig(pixel_noise_px=sigma, reproj_threshold_px=1e6)
     res = Triangulator(rig, cfg).triangulate(trials)
-    empirical = np.var(res.xyz, axis=0)
+    empirical = np.cov(res.xyz.T)  # the full 3×3, cross-axis terms included
     predicted = np.mean(res.cov, axis=0)
-    ratio = predicted / empirical
+    ratio = np.diag(predicted) / np.diag(empirical)
     assert np.all((ratio > 0.7) & (ratio < 1.8)), ratio
+    # the shape of the uncertainty (correlations between axes) is predicted too
+    corr = lambda m: m / np.sqrt(np.outer(np.diag(m), np.diag(m)))  # noqa: E731
+    np.testing.assert_allclose(corr(predicted), corr(empirical), atol=0.15)
 
 
 def test_variance_grows_with_fewer_views(rig: CameraGroup, points: np.ndarray) -> None:
@@ -190,7 +196,8 @@ def test_variance_grows_with_fewer_views(rig: CameraGroup, points: np.ndarray) -
     all_views = tri.triangulate(obs).cov
     obs[2:, :, 2] = 0.0
     two_views = tri.triangulate(obs).cov
-    assert np.all(two_views.sum(axis=1) > all_views.sum(axis=1))
+    tr = lambda c: np.trace(c, axis1=1, axis2=2)  # noqa: E731
+    assert np.all(tr(two_views) > tr(all_views))
 
 
 # --------------------------------------------------------------------------- undistortion

@@ -11,7 +11,7 @@ importable from here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -32,6 +32,7 @@ from livepose.core.config.cameras import (
     VideoCameraConfig,
     WebcamCameraConfig,
     clock_matched,
+    free_run_by_counter,
 )
 from livepose.core.config.services import (
     DashboardConfig,
@@ -72,6 +73,9 @@ class Config(_Model):
     cameras: list[CameraConfig] = Field(min_length=1, max_length=16)
     sim: SimConfig = SimConfig()
     calibration: Path | None = Field(None, description="Anipose TOML; None: the sim rig's own")
+    calibration_units: Literal["m", "cm", "mm"] | None = Field(
+        None, description="length unit of the calibration when its file does not say "
+        "([metadata] units); a file that says so must agree")
     model: ModelConfig = ModelConfig()
     fusion: FusionConfig = FusionConfig()
     frameset: FrameSetConfig = FrameSetConfig()
@@ -95,6 +99,13 @@ class Config(_Model):
             raise ValueError(f"camera names must be unique; repeated: {dup}")
         if self.calibration is None and not all(c.backend == "sim" for c in self.cameras):
             raise ValueError("calibration is required unless every camera is a sim camera")
+        by_counter = [c.name for c in self.cameras if free_run_by_counter(c)]
+        if by_counter and len(self.cameras) > 1:
+            raise ValueError(
+                f"cameras {by_counter} run free with match: counter: each camera's counter "
+                "starts at its own instant, so one frame_id would not be one moment in every "
+                "camera; use match: clock (frames matched to the trigger clock's pulses by time)"
+            )
         matched = [c.name for c in self.cameras if clock_matched(c)]
         if matched and self.trigger.source != "software":
             raise ValueError(
@@ -104,6 +115,10 @@ class Config(_Model):
         if self.frameset.min_cameras is not None and self.frameset.min_cameras > len(self.cameras):
             raise ValueError(f"frameset.min_cameras={self.frameset.min_cameras} exceeds the "
                              f"{len(self.cameras)} cameras")
+        k = self.fusion.kalman
+        if k.max_gap_s * self.fps < 2:
+            raise ValueError(f"fusion.kalman.max_gap_s={k.max_gap_s} is shorter than two frame "
+                             f"periods at fps={self.fps}; allowed: >= {2 / self.fps:.3g} s")
         if self.fusion.min_views > len(self.cameras):
             raise ValueError(
                 f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
@@ -169,6 +184,11 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
         for cam in cfg.cameras:  # replayed videos
             if isinstance(cam, VideoCameraConfig) and not cam.path.is_absolute():
                 cam.path = base_dir / cam.path
+        t = cfg.transport
+        for key in ("keys_dir", "allowed_keys", "server_key"):
+            v = getattr(t, key)
+            if v is not None and not v.expanduser().is_absolute():
+                setattr(t, key, base_dir / v)
     return cfg
 
 

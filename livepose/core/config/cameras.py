@@ -228,6 +228,16 @@ CameraConfig = Annotated[
 CAMERA_BACKENDS = ("sim", "pylon", "genicam", "spinnaker", "video", "webcam")
 
 
+def free_run_by_counter(cam: Any) -> bool:
+    """Whether a camera runs on its own clock and numbers its frames by its own counter
+    (``match: counter``): its frame ids then say nothing about other cameras' instants."""
+    if isinstance(cam, WebcamCameraConfig):
+        return cam.match == "counter"
+    trigger = getattr(cam, "trigger", None)
+    return (isinstance(trigger, CameraTriggerConfig) and trigger.mode == "free_run"
+            and trigger.match == "counter")
+
+
 def clock_matched(cam: Any) -> bool:
     """Whether a camera's frames are matched to the trigger clock's pulses by timestamp."""
     if isinstance(cam, WebcamCameraConfig):

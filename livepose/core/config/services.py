@@ -3,12 +3,26 @@ dashboard, limits."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from livepose.core.config._base import _Model
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback name or address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    h = host.strip("[]").lower()
+    if h in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 class PreviewConfig(_Model):
@@ -43,6 +57,25 @@ class TransportConfig(_Model):
         "by a futex doorbell (Linux), instead of from the ZeroMQ headers; false: headers "
         "over ZeroMQ only",
     )
+    keys_dir: Path | None = Field(
+        None,
+        description="tcp: CURVE on every socket with this host's key pair from this folder "
+        "(`livepose keys DIR`); required when host is not loopback",
+    )
+    key_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$",
+        description="which <name>.key_secret in keys_dir (default: the only one)",
+    )
+    allowed_keys: Path | None = Field(
+        None,
+        description="folder of public .key files whose holders may connect "
+        "(default: <keys_dir>/allowed)",
+    )
+    server_key: Path | None = Field(
+        None,
+        description="public .key of the host that binds the run's sockets "
+        "(default: this host's own)",
+    )
 
     @model_validator(mode="after")
     def _shm_needs_one_host(self) -> TransportConfig:
@@ -57,10 +90,21 @@ class TransportConfig(_Model):
 
     @field_validator("host")
     @classmethod
-    def _loopback_unless_asked(cls, v: str) -> str:
-        if not v:
+    def _host_given(cls, v: str) -> str:
+        if not v or not v.strip():
             raise ValueError("host must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _loopback_unless_keys(self) -> TransportConfig:
+        if self.kind == "tcp" and not is_loopback(self.host) and self.keys_dir is None:
+            raise ValueError(
+                f"host {self.host!r} is not loopback and tcp has no authentication without "
+                "keys: set transport.keys_dir (CURVE keys, `livepose keys DIR`) or use 127.0.0.1"
+            )
+        if self.keys_dir is None and (self.allowed_keys or self.server_key or self.key_name):
+            raise ValueError("allowed_keys, server_key and key_name need transport.keys_dir")
+        return self
 
 
 class RecordingConfig(_Model):
@@ -90,22 +134,30 @@ class RecordingConfig(_Model):
 
 class DashboardConfig(_Model):
     """The web dashboard (see docs/dashboard.md). It binds to loopback unless ``host`` says
-    otherwise, and then a ``token`` is required (clients pass ``?token=…`` or
-    ``Authorization: Bearer …``)."""
+    otherwise. Every request needs the run's token (``token``, or a random one made per run
+    and printed in the URL); the ``Host`` header and websocket ``Origin`` must name
+    a loopback name, the bind address or one of ``allowed_hosts``."""
 
     enabled: bool = Field(True, description="start it with `livepose run`/`demo`")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535, description="0: any free port")
-    token: str | None = Field(None, min_length=8, description="required off loopback")
+    token: str | None = Field(
+        None, min_length=16,
+        description="a fixed token (scripts, Prometheus); default: a new random one per run",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more host names/addresses browsers may use to reach it (Host, Origin)",
+    )
 
-    @model_validator(mode="after")
-    def _token_off_loopback(self) -> DashboardConfig:
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.token:
-            raise ValueError(
-                f"dashboard.host {self.host!r} is not loopback: set dashboard.token "
-                "(at least 8 characters) or bind to 127.0.0.1"
-            )
-        return self
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _bare_hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not h or any(c in h for c in "/ @?#") or h.count(":") == 1:
+                raise ValueError(f"{h!r} is not a bare host name or address (no scheme, "
+                                 "port or path)")
+        return v
 
 
 class LimitsConfig(_Model):

@@ -131,10 +131,12 @@ class ModelConfig(_Model):
 
 
 class KalmanConfig(_Model):
-    """Motion model and track life of the per-keypoint filters (units: mm, s). The linear
-    filter (``fusion.filter: kf``) uses all of it; the EKF (``ekf``) uses the motion model,
-    ``max_gap_s``, ``init_speed_mm_s`` and ``init_accel_mm_s2`` (its measurement side is
-    ``fusion.ekf``)."""
+    """Motion model and track life of the per-keypoint filters. Lengths are in mm whatever
+    the calibration's unit (fusion converts them); times in s, or in frames where a delay
+    must be a whole number of frame-sets at any rate. The linear filter (``fusion.filter:
+    kf``) uses all of it; the EKF (``ekf``) uses the motion model, ``max_gap_s``,
+    ``reinit_after_frames``, ``init_speed_mm_s`` and ``init_accel_mm_s2`` (its measurement
+    side is ``fusion.ekf``)."""
 
     enabled: bool = Field(True, description="false = no filter (same as fusion.filter: none)")
     model: Literal["cv", "ca"] = Field(
@@ -152,10 +154,10 @@ class KalmanConfig(_Model):
     )
     meas_noise_mm: float = Field(2.5, gt=0, description="σ of a triangulated point")
     max_gap_s: float = Field(0.5, gt=0, description="re-initialise after this long without data")
-    reinit_after_s: float | None = Field(
-        0.03, ge=0, description="re-initialise when the measurement (kf: the triangulated "
+    reinit_after_frames: float | None = Field(
+        3, ge=0, description="re-initialise when the measurement (kf: the triangulated "
         "point; ekf: the triangulation's views, which agree among themselves) disagreed with the "
-        "track this long; null: only after max_gap_s"
+        "track for this many consecutive frame-sets; null: only after max_gap_s"
     )
     gate_sigma: float = Field(6.0, gt=0, description="reject measurements beyond this many σ")
     init_speed_mm_s: float = Field(
@@ -178,9 +180,10 @@ class EKFConfig(_Model):
     inflate_sigma: float = Field(
         4.0, gt=0, description="inflate a view's variance by (d / inflate_sigma)² beyond this"
     )
-    consensus_after_s: float = Field(
-        0.02, ge=0, description="when the triangulation (views that agree among themselves) "
-        "disagrees with the track this long, update with its views instead of gating them"
+    consensus_after_frames: float = Field(
+        2, ge=0, description="when the triangulation (views that agree among themselves) "
+        "disagrees with the track for this many consecutive frame-sets, update with its views "
+        "instead of gating them"
     )
 
 
@@ -190,8 +193,9 @@ class FusionConfig(_Model):
     min_views: int = Field(2, ge=2)
     likelihood_threshold: float = Field(0.3, ge=0, le=1)
     reproj_threshold_px: float = Field(12.0, gt=0)
-    pixel_noise_px: float = Field(
-        1.0, gt=0, description="σ of a 2D keypoint at confidence 1 (floor of the 3D variance)"
+    pixel_noise_px: float | None = Field(
+        None, gt=0, description="σ of a 2D keypoint at confidence 1 (floor of the 3D variance); "
+        "default: the model manifest's noise.sigma_px (1.0 if it has none)"
     )
     filter: Literal["none", "kf", "ekf"] = Field(
         "ekf",
