@@ -301,7 +301,7 @@ class NoiseSpec(_Strict):
     was found (free text)."""
 
     sigma_px: float = Field(gt=0)
-    confidence_power: Literal[1.0] = 1.0
+    confidence_power: float = Field(1.0, ge=1.0, le=1.0)
     measured: str | None = None
 
 

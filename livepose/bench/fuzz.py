@@ -201,8 +201,8 @@ def fuzz_ring_headers(n: int, seed: int = 0) -> dict[str, dict[str, int]]:
                         continue
                     follower = RingFollower(mapped, after_gen=rng.randrange(0, 14))
                     for parts in follower.take(16):
-                        msg = dec.decode(parts)
-                        c["decoded" if msg is not None else "rejected_msg"] += 1
+                        got = dec.decode(parts)
+                        c["decoded" if got is not None else "rejected_msg"] += 1
                     c["handled"] += 1
                     c["lost"] += follower.lost
                     c["no_header"] += follower.no_header
