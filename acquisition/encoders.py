@@ -78,7 +78,7 @@ def check_codec(rec: RecordingConfig) -> None:
 
     Opens a tiny encoder once, so a missing GPU (NVENC) or library is found before a run.
     """
-    if rec.codec == "raw":
+    if rec.codec in ("raw", "none"):
         return
     try:
         import av

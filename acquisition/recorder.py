@@ -175,6 +175,12 @@ class FrameRecorder:
     def _write(self, msg: protocol.Frame, dups: int) -> None:
         img = msg.image
         index = ""
+        if self.rec.codec == "none":  # frame table only (replayed videos: the source is the video)
+            self.counters["rec_table_only"] += 1
+            self.first = msg.frame_id if self.first is None else self.first
+            self.last = msg.frame_id
+            self._row(msg, dups, "", self._check(np.ascontiguousarray(img).data.cast("B")))
+            return
         if self.failed is None:
             try:
                 if self._sink is None:
@@ -234,7 +240,8 @@ class FrameRecorder:
             self._fail(f"{self.cam}: closing the frame table failed: {exc}")
         summary = {
             "cam": self.cam, "codec": self.rec.codec, "checksum": self.rec.checksum,
-            "video": video_path(video_dir(self.session), self.stem, self.rec.codec).name,
+            "video": None if self.rec.codec == "none" else
+            video_path(video_dir(self.session), self.stem, self.rec.codec).name,
             "frames_recorded": self.recorded, "frames_lost": self.counters["rec_lost"],
             "queue_full": self.counters["rec_queue_full"], "first_frame_id": self.first,
             "last_frame_id": self.last, "error": self.failed, "closed": True,

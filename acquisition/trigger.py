@@ -6,6 +6,12 @@ microseconds of their due time. With a simulated rig it also publishes the groun
 keypoints of each pulse (``truth``, half a period before the pulse, with the scene the sim
 cameras render), so any consumer can measure the 3D error live.
 
+``trigger.paced`` (replaying videos): pulse ``k`` also waits until fusion's ``pose3d``
+stream has accounted for (fused, skipped or incomplete) every frame-set but the last
+``trigger.in_flight`` already triggered — back-pressure from the end of the pipeline, so
+every frame-set is processed, without any stage changing its live behaviour. A pulse held
+longer than :data:`PACE_TIMEOUT_S` goes out anyway (counted ``pace_timeouts``).
+
 ``ctx.args``: ``count`` (stop after this many pulses, optional).
 """
 
@@ -20,6 +26,47 @@ from livepose.core import protocol
 from livepose.kit.process import StageContext
 
 SPIN_S = 0.0008
+PACE_TIMEOUT_S = 10.0
+
+
+class _Pacer:
+    """Frame-sets accounted for by fusion's ``pose3d`` messages (paced mode)."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        from livepose.transport import codec
+
+        self.ctx = ctx
+        self.sub = ctx.socket(zmq.SUB, connect=ctx.endpoints["pose3d"], subscribe=b"pose3d",
+                              hwm=100_000)
+        self.decoder = codec.Decoder(expect=["pose3d"])
+        self.done: set[int] = set()
+        self.below = 0  # every frame-id below this is accounted for
+
+    def _drain(self, timeout_ms: int) -> None:
+        if not self.sub.poll(timeout_ms):
+            return
+        while True:
+            try:
+                parts = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = self.decoder.decode(parts)
+            if isinstance(msg, protocol.Pose3d):
+                self.done.update([msg.frame_id, *msg.skipped, *msg.incomplete])
+        while self.below in self.done:
+            self.done.discard(self.below)
+            self.below += 1
+
+    def wait(self, frame_id: int, in_flight: int) -> None:
+        """Block until pulse ``frame_id`` may go (or the timeout; or a stop)."""
+        deadline = time.monotonic() + PACE_TIMEOUT_S
+        while not self.ctx.stopping and frame_id - self.below > in_flight - 1:
+            if time.monotonic() > deadline:
+                self.ctx.counters["pace_timeouts"] += 1
+                self.below = frame_id - in_flight + 1
+                return
+            self._drain(20)
+            self.ctx.tick_health()
 
 
 def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
@@ -72,12 +119,16 @@ def main(ctx: StageContext) -> None:
     truth = _truth_source(ctx)
     period_ns = round(1e9 / ctx.cfg.fps)
     count = ctx.args.get("count")
+    pacer = _Pacer(ctx) if ctx.cfg.trigger.paced else None
     ctx.ready(fps=ctx.cfg.fps)
     ctx.set_state("running")
     t0 = time.time_ns() + 50_000_000  # first pulse 50 ms from now
     frame_id = 0
     late = 0
     while not ctx.stopping and (count is None or frame_id < count):
+        if pacer is not None:  # the pipeline's pace: fps is an upper bound only
+            pacer.wait(frame_id, ctx.cfg.trigger.in_flight)
+            t0 = max(t0, time.time_ns() - frame_id * period_ns)
         due = t0 + frame_id * period_ns
         # ground truth is computed half a period before the pulse, while the clock waits
         # anyway: right after a pulse every camera wakes and the CPU belongs to them

@@ -11,8 +11,9 @@ and published as fast as possible, numbered by index. ``loop``: after the last f
 video starts again (frame ``k`` shows index ``k mod n``); otherwise the camera reports the
 end (``end_of_video``) and delivers nothing more.
 
-Pixel formats: ``gray`` → Mono8, ``gray16*`` → Mono16, ``yuv420``-family (h264 recordings of
-mono frames) → Mono8 (the luma plane), everything else → RGB8 ``(H, W, 3)``.
+Pixel formats: ``gray`` → Mono8, ``gray16*`` → Mono16, ``yuv420``-family → RGB8 ``(H, W, 3)``,
+or Mono8 (the luma plane) when the first frame's chroma is flat (an h264 recording of mono
+frames) or ``color: mono``; everything else → RGB8.
 """
 
 from __future__ import annotations
@@ -63,14 +64,25 @@ def probe_rate(path: Path) -> float:
         return float(rate) if rate else 0.0
 
 
-def _layout(fmt: str) -> tuple[str, str]:
-    """``(PyAV output format, pixel_format)`` for a stream pixel format."""
+CHROMA_FLAT = 2.0  # grey levels: chroma this close to neutral everywhere = a mono recording
+
+
+def _layout(fmt: str, color: str = "mono", first: Any = None) -> tuple[str, str]:
+    """``(PyAV output format, pixel_format)`` for a stream pixel format; ``color`` (``auto``,
+    ``mono``, ``rgb``) decides yuv420 video, ``auto`` from the chroma of ``first`` (a
+    decoded frame)."""
     if fmt in ("gray", "gray8"):
         return "gray", "Mono8"
     if fmt.startswith("gray1"):  # gray10le, gray12le, gray16le…
         return "gray16le", "Mono16"
     if fmt.startswith(("yuv420", "yuvj420", "nv12")):
-        return "gray", "Mono8"
+        if color == "auto" and first is not None:
+            yuv = first.to_ndarray(format="yuv420p")
+            h = yuv.shape[0] * 2 // 3
+            chroma = yuv[h:].astype(np.int16)
+            color = "mono" if np.abs(chroma - 128).max() <= CHROMA_FLAT else "rgb"
+        if color != "rgb":
+            return "gray", "Mono8"
     return "rgb24", "RGB8"
 
 
@@ -99,6 +111,7 @@ class VideoCamera:
         self._container: Any = None
         self._frames: Iterator[Any] | None = None
         self._out_fmt = "gray"
+        self._auto = ("gray", "Mono8")  # color: auto's verdict (first open)
         self._next_index = 0  # index in the file of the next decoded frame
         self._count = 0  # frames delivered (free_run counter)
         self._pending: tuple[int, int] | None = None
@@ -121,9 +134,16 @@ class VideoCamera:
 
         if self._container is not None:
             self._container.close()
+        color = getattr(self.cc, "color", "auto")
+        if color == "auto" and self._container is None:  # once: the first frame's chroma
+            with av.open(str(self.file)) as probe:
+                first = next(probe.decode(probe.streams.video[0]), None)
+                self._auto = _layout(probe.streams.video[0].codec_context.pix_fmt or "gray",
+                                     "auto", first)
         self._container = av.open(str(self.file))
         stream = self._container.streams.video[0]
-        self._out_fmt, self.pixel_format = _layout(stream.codec_context.pix_fmt or "gray")
+        self._out_fmt, self.pixel_format = self._auto if color == "auto" else \
+            _layout(stream.codec_context.pix_fmt or "gray", color)
         self._frames = iter(self._container.decode(stream))
         self._next_index = 0
         self._last = None

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from livepose.core.config import ModelConfig
 from livepose.core.errors import UserError
+from livepose.core.modelinfo import BUNDLED_MODELS
 
 MANIFEST_FORMAT = "livepose-model/1"
 MANIFEST_NAME = "manifest.yaml"
@@ -117,6 +118,11 @@ class OutputSpec(_Strict):
     split_ratio: float | None = Field(None, gt=0)
     # regression
     coords: Literal["pixels", "normalized"] | None = None
+    values: int | None = Field(None, ge=2, description="flat (N, R·values) output: values per row")
+    confidence_index: int | None = Field(None, ge=2, description="flat output: confidence column")
+    heatmap: str | None = None  # regression refined from a heatmap output (N, h, w, R), logits
+    heatmap_kernel: int | None = Field(None, ge=1)
+    heatmap_min_confidence: float | None = Field(None, ge=0, le=1)
 
     @field_validator("type")
     @classmethod
@@ -132,7 +138,8 @@ class OutputSpec(_Strict):
         own = {
             "heatmap": ("stride", "offset", "locref", "locref_std"),
             "simcc": ("name_y", "split_ratio"),
-            "regression": ("coords",),
+            "regression": ("coords", "values", "confidence_index", "heatmap", "heatmap_kernel",
+                           "heatmap_min_confidence"),
         }
         foreign = [f for t, fields in own.items() if t != self.type for f in fields
                    if getattr(self, f) is not None]
@@ -189,12 +196,113 @@ class OutputSpec(_Strict):
         return round(width * k), round(height * k)  # half to even, as np.around
 
 
+class AnchorSpec(_Strict):
+    """SSD anchors (MediaPipe's ``SsdAnchorsCalculator`` options; centres only when
+    ``fixed_anchor_size``)."""
+
+    num_layers: int = Field(gt=0)
+    strides: list[int] = Field(min_length=1)
+    min_scale: float = Field(gt=0)
+    max_scale: float = Field(gt=0)
+    offset_x: float = 0.5
+    offset_y: float = 0.5
+    aspect_ratios: list[float] = [1.0]
+    interpolated_scale_aspect_ratio: float = 1.0
+    fixed_anchor_size: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AnchorSpec:
+        if len(self.strides) != self.num_layers:
+            raise ValueError(f"anchors.strides needs num_layers ({self.num_layers}) values")
+        if not self.fixed_anchor_size:
+            raise ValueError("anchors.fixed_anchor_size: false is not supported")
+        return self
+
+
+class DetectorSpec(_Strict):
+    """The first stage of a two-stage (top-down) model: a detector run on the whole frame
+    (``input.resize: letterbox``) that proposes one region per view.
+
+    ``type: ssd``: ``boxes`` ``(N, A, 4 + 2K)`` (box centre/size then ``K`` keypoints;
+    ÷ ``box_scale`` in input sides, relative to the anchor centre) and ``scores`` ``(N, A, 1)``
+    (logits with ``score_activation: sigmoid``), decoded against ``anchors`` and merged by
+    ``nms`` (``weighted``: MediaPipe's score-weighted clusters; ``hard``: keep the best).
+    ``border``: what the letterbox bars hold (``zero``: pixel value 0).
+    """
+
+    file: str
+    input: InputSpec
+    type: Literal["ssd"] = "ssd"
+    boxes: str
+    scores: str
+    anchors: AnchorSpec
+    box_scale: float = Field(gt=0)
+    box_order: Literal["xywh", "yxhw"] = "xywh"
+    keypoints: int = Field(0, ge=0)
+    score_activation: Literal["none", "sigmoid"] = "sigmoid"
+    score_clip: float = Field(100.0, gt=0)
+    min_score: float = Field(0.5, ge=0, le=1)
+    nms: Literal["weighted", "hard"] = "weighted"
+    nms_iou: float = Field(0.3, gt=0, le=1)
+    border: Literal["zero", "replicate"] = "zero"
+
+
+class OneEuroSpec(_Strict):
+    """A One-Euro filter on the ROI's alignment points (pixels), timed at ``rate_hz``
+    per frame step (MediaPipe's legacy API: 30 whatever the video)."""
+
+    min_cutoff: float = Field(gt=0)
+    beta: float = Field(ge=0)
+    derivate_cutoff: float = Field(gt=0)
+    rate_hz: float = Field(30.0, gt=0)
+
+
+class ReprojectSpec(_Strict):
+    """The ROI rule from the model's own named keypoints (re-acquiring a lost view from the
+    fused 3D pose's reprojection instead of the detector): ``p0`` = mean of ``centre``,
+    ``p1 = p0 + length·(mean of toward − p0)``; then the same size/rotation rule."""
+
+    centre: list[str] = Field(min_length=1)
+    toward: list[str] = Field(min_length=1)
+    length: float = Field(1.0, gt=0)
+
+
+class RoiSpec(_Strict):
+    """How a two-stage model's crop is made: a rotated square from two alignment points.
+
+    From a detection: ``detector_points`` (centre, scale point; detector keypoint indices);
+    when tracking: ``keypoint_points`` (rows of the keypoint model's output, which may be
+    auxiliary rows past ``keypoints``). Size ``2·|p1 − p0|·scale`` (``square: long``),
+    rotated so that ``p1 − p0`` points at ``target_angle_deg`` (``null``: upright).
+    ``presence`` names the keypoint model's output with the whole-object score (already in
+    [0, 1] or ``presence_activation: sigmoid``): below ``min_presence`` the view has lost its
+    target and the detector runs again on its next frame — or, with ``reproject``, the ROI
+    comes from the fused 3D pose projected into the view (the detector only if that fails).
+    """
+
+    detector_points: tuple[int, int]
+    keypoint_points: tuple[int, int] | None = None
+    target_angle_deg: float | None = 90.0
+    scale: float = Field(1.25, gt=0)
+    square: Literal["long"] = "long"
+    border: Literal["zero", "replicate"] = "replicate"
+    smoothing: OneEuroSpec | None = None
+    presence: str | None = None
+    presence_activation: Literal["none", "sigmoid"] = "none"
+    min_presence: float = Field(0.5, ge=0, le=1)
+    reproject: ReprojectSpec | None = None
+
+
 class NoiseSpec(_Strict):
     """The model's 2D keypoint noise, as fusion weighs its views: σ of a keypoint of
     confidence ``c`` is ``sigma_px / c`` (frame pixels). Measure it for each model at the
-    resolution it runs at; the sim rodent's is 1 px at 320×256."""
+    resolution it runs at; the sim rodent's is 1 px at 320×256. ``confidence_power``: the
+    exponent of ``c`` (fusion uses 1, the only value accepted for now); ``measured``: how σ
+    was found (free text)."""
 
     sigma_px: float = Field(gt=0)
+    confidence_power: float = Field(1.0, ge=1.0, le=1.0)
+    measured: str | None = None
 
 
 class Manifest(_Strict):
@@ -209,6 +317,8 @@ class Manifest(_Strict):
     skeleton: list[tuple[str, str]] = []
     noise: NoiseSpec | None = None
     training: dict[str, Any] | None = None
+    detector: DetectorSpec | None = None
+    roi: RoiSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
@@ -219,7 +329,20 @@ class Manifest(_Strict):
         bad = sorted({k for edge in self.skeleton for k in edge if k not in known})
         if bad:
             raise ValueError(f"skeleton names unknown keypoints: {bad}")
+        if (self.detector is None) != (self.roi is None):
+            raise ValueError("a two-stage model needs both detector and roi sections")
+        if self.detector is not None and self.output.type != "regression":
+            raise ValueError("two-stage models support output.type 'regression' only for now")
+        rp = self.roi.reproject if self.roi is not None else None
+        unknown = sorted({k for k in (rp.centre + rp.toward if rp else []) if k not in known})
+        if unknown:
+            raise ValueError(f"roi.reproject names unknown keypoints: {unknown}")
         return self
+
+    @property
+    def two_stage(self) -> bool:
+        """A detector proposes the regions the keypoint model runs on."""
+        return self.detector is not None
 
 
 def _format_errors(source: Path, err: ValidationError) -> str:
@@ -264,9 +387,12 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ModelError(_format_errors(p, exc)) from None
 
 
-def default_model_dir() -> Path:
-    """Folder of the bundled default model (``livepose.inference`` ``models/default/``)."""
-    return Path(str(files("livepose.inference") / "models" / "default"))
+def default_model_dir(name: str = "default") -> Path:
+    """Folder of a bundled model (``livepose.inference`` ``models/<name>/``)."""
+    return Path(str(files("livepose.inference") / "models" / name))
+
+
+BUNDLED = BUNDLED_MODELS
 
 
 #: Model files ``model.path`` may name (the engine is picked by suffix: ``engine_name``).
@@ -276,7 +402,7 @@ MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".pt", ".pt2", ".ts")
 def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
     """Find the model file and load its manifest.
 
-    ``model.path`` is ``default`` (the bundled model), a model file (:data:`MODEL_SUFFIXES`:
+    ``model.path`` is a bundled model (:data:`BUNDLED`), a model file (:data:`MODEL_SUFFIXES`:
     ONNX, TensorRT engine, TorchScript or ``torch.export`` program), or a folder holding
     ``manifest.yaml`` (whose ``file`` names the model file). The manifest is
     ``model.manifest`` when set, else ``manifest.yaml`` next to the model.
@@ -287,12 +413,12 @@ def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
         The model file and its validated manifest.
     """
     raw = model_cfg.path
-    if raw == "default":
-        folder, onnx = default_model_dir(), None
+    if raw in BUNDLED:
+        folder, onnx = default_model_dir(raw), None
         if model_cfg.manifest is None and not (folder / MANIFEST_NAME).is_file():
             raise ModelError(
-                f"{folder / MANIFEST_NAME}: the bundled default model is not installed "
-                "(model.path: default); set model.path to an .onnx file"
+                f"{folder / MANIFEST_NAME}: the bundled {raw} model is not installed "
+                f"(model.path: {raw}); set model.path to an .onnx file"
             )
     elif Path(raw).is_dir():
         folder, onnx = Path(raw), None
@@ -301,7 +427,7 @@ def resolve_model(model_cfg: ModelConfig) -> tuple[Path, Manifest]:
         folder = onnx.parent
         if onnx.suffix.lower() not in MODEL_SUFFIXES:
             raise ModelError(
-                f"{onnx}: model.path must be 'default', a folder or a model file "
+                f"{onnx}: model.path must be a bundled model ({', '.join(BUNDLED)}), a folder or a model file "
                 f"({', '.join(MODEL_SUFFIXES)})"
             )
         if not onnx.is_file():

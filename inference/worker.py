@@ -19,13 +19,16 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
+from livepose.core.calibration import read_calibration
+from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.core.control import WORKERS_TOPIC, decode_reshard
 from livepose.inference.assembler import FrameSetAssembler, Popped
-from livepose.inference.crops import CropPlan, CropPlanner
+from livepose.inference.crops import CropPlan, CropPlanner, PoseTrack
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import (
     ENGINES,
+    Engine,
     OrtEngine,
     available_providers,
     check_output,
@@ -35,6 +38,7 @@ from livepose.inference.engine import (
 )
 from livepose.inference.manifest import ModelError, resolve_model
 from livepose.inference.preprocess import Preprocessor
+from livepose.inference.topdown import TopDown
 from livepose.kit.process import StageContext
 from livepose.transport import codec, shmring
 from livepose.transport.framefeed import FrameFeed
@@ -64,6 +68,11 @@ def preflight(cfg: Config) -> None:
         Anything wrong with the model, its manifest or the ``model`` config.
     """
     path, manifest = resolve_model(cfg.model)
+    if manifest.two_stage:  # both ONNX files open, names checked
+        cpu = cfg.model.model_copy(update={"providers": ["CPUExecutionProvider"],
+                                           "intra_op_threads": 1})
+        TopDown(path, manifest, cpu, len(cfg.cameras))
+        return
     name = engine_name(cfg.model, path)
     if name not in ENGINES:
         raise ModelError(f"model.engine: {name!r} is not available; known: {sorted(ENGINES)}")
@@ -91,7 +100,17 @@ class _Worker:
         self.k = int(ctx.args.get("worker", 0))
         self.cams = cfg.camera_names
         path, self.manifest = resolve_model(cfg.model)
-        self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest, cfg.model)
+        # a two-stage model (detector + keypoint model on rotated crops) has its own engine
+        self.topdown = TopDown(path, self.manifest, cfg.model, len(self.cams)) \
+            if self.manifest.two_stage else None
+        self.engine: Engine  # single-stage models only
+        if self.topdown is None:
+            self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest,
+                                        cfg.model)
+        self.provider: str = self.engine.provider if self.topdown is None else \
+            self.topdown.provider
+        self.engine_label = "onnxruntime (two-stage)" if self.topdown is not None else \
+            self.engine.name
         self.pre = Preprocessor(self.manifest.input, len(self.cams))
         self.pre.warm_up()
         fs = cfg.frameset
@@ -119,6 +138,14 @@ class _Worker:
         self.crops = CropPlanner.from_config(
             cfg, ctx.args.get("calibration"), (spec.width, spec.height)
         ) if cfg.model.crop.enabled else None
+        # two-stage models: a lost view re-acquired from the fused pose (roi.reproject)
+        self.guide: PoseTrack | None = None
+        self.guide_cams: CameraGroup | None = None
+        calib = ctx.args.get("calibration") or (str(cfg.calibration) if cfg.calibration else None)
+        roi = self.manifest.roi
+        if self.topdown is not None and roi is not None and roi.reproject and calib:
+            self.guide = PoseTrack(cfg.fps, cfg.model.crop.max_age_s)
+            self.guide_cams = read_calibration(calib, self.cams)
         self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
         self.feed: FrameFeed  # the cameras' frames, set by main
         self.pose_decoder = codec.Decoder(expect=["pose3d"])
@@ -133,6 +160,10 @@ class _Worker:
         decoder, check the output) so that the first real frame-set is not slow: one run
         left pulse 0 at ~5× the steady inference time."""
         n = len(self.cams)
+        if self.topdown is not None:
+            for _ in range(WARMUP_RUNS):
+                self.topdown.warm_up()
+            return
         for _ in range(WARMUP_RUNS):
             outs = self.engine.run(self.pre.batch(n))
             check_output(outs, self.manifest, n)
@@ -170,7 +201,7 @@ class _Worker:
 
     def drain_poses(self) -> None:
         """Take in every fused pose available (crops), without blocking."""
-        if self.pose_sub is None or self.crops is None:
+        if self.pose_sub is None or (self.crops is None and self.guide is None):
             return
         for _ in range(MAX_DRAIN):
             try:
@@ -179,7 +210,10 @@ class _Worker:
                 break
             msg = self.pose_decoder.decode(parts)
             if isinstance(msg, protocol.Pose3d):
-                self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
+                if self.crops is not None:
+                    self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
+                if self.guide is not None:
+                    self.guide.update(msg.frame_id, msg.xyz)
 
     def plan_crops(self, popped: Popped) -> CropPlan | None:
         """Each view's region (``None`` without crops); the whole frames if planning
@@ -205,6 +239,8 @@ class _Worker:
         """Preprocess (crops when enabled), run, decode one frame-set; points in full-frame
         pixels."""
         t0 = time.time_ns()
+        if self.topdown is not None:
+            return self._kp2d(popped, self.infer_topdown(popped), t0)
         bad = []
         plan = self.plan_crops(popped)
         for i, f in enumerate(popped.frames):
@@ -239,6 +275,54 @@ class _Worker:
             points = np.full((n, len(self.manifest.keypoints), 3), np.nan, dtype=np.float32)
         if bad:
             points[bad] = np.nan
+        return self._kp2d(popped, points, t0)
+
+    def infer_topdown(self, popped: Popped) -> np.ndarray:
+        """A two-stage model's keypoints ``(C, J, 3)`` for one frame-set (full-frame
+        pixels); a frame overwritten in its ring meanwhile becomes a NaN view."""
+        td = self.topdown
+        assert td is not None
+        views = [None if f is None else (f.image, f.pixel_format) for f in popped.frames]
+
+        def guide() -> np.ndarray | None:
+            """The fused pose at this frame-set, projected into every view (C, J, 2)."""
+            if self.guide is None or self.guide_cams is None:
+                return None
+            self.drain_poses()
+            xyz, _ = self.guide.predict(popped.frame_id)
+            if xyz is None or xyz.shape[0] != len(self.manifest.keypoints):
+                return None
+            ok = np.isfinite(xyz).all(1)
+            uv = np.full((len(self.cams), len(xyz), 2), np.nan)
+            for c, cam in enumerate(self.guide_cams.cameras):
+                uv[c, ok] = cam.project(xyz[ok]).reshape(-1, 2)
+            return uv
+
+        try:
+            points = td.run(views, popped.frame_id, guide)
+            self.failures = 0
+        except ValueError as exc:  # a frame it cannot read (pixel format, shape)
+            self.ctx.counters["bad_frames"] += 1
+            self._warn("bad_frame", f"bad frame-set {popped.frame_id}: {exc}")
+            points = np.full((len(views), len(self.manifest.keypoints), 3), np.nan, np.float32)
+        except Exception as exc:  # a failed model call must not end the run at once
+            self.failures += 1
+            self.ctx.counters["infer_errors"] += 1
+            self._warn("engine", f"model call failed on frame {popped.frame_id}: {exc!r}"[:300])
+            if self.failures >= MAX_ENGINE_FAILURES:
+                raise
+            points = np.full((len(views), len(self.manifest.keypoints), 3), np.nan, np.float32)
+        for i, f in enumerate(popped.frames):
+            if f is not None and not shmring.intact(f.image):
+                points[i] = np.nan
+                td.rois[i] = None  # its ROI came from the wrong pixels
+                self.ctx.counters["shm_overrun"] += 1
+        for key, val in td.counters.items():
+            self.ctx.counters[key] = val
+        return points
+
+    def _kp2d(self, popped: Popped, points: np.ndarray, t0: int) -> protocol.Kp2d:
+        """The kp2d message of a frame-set's keypoints (full-frame pixels)."""
         t1 = time.time_ns()
         trig = [f.t_trigger_ns for f in popped.views if f.t_trigger_ns is not None]
         return protocol.Kp2d(
@@ -314,13 +398,17 @@ def main(ctx: StageContext) -> None:
     zero = ["frames", "sets", "inferred", "skipped", "incomplete", "late", "bad_frames",
             "rejected", *(f"gaps/{c}" for c in w.cams)]
     ctx.counters.update(dict.fromkeys(zero, 0))
-    if w.crops is not None:  # 3D-guided crops: fusion's poses, drained without blocking
+    if w.topdown is not None:  # detector_runs: views the detector ran on
+        ctx.counters.update(w.topdown.counters)
+    if w.crops is not None or w.guide is not None:  # fusion's poses (3D-guided crops; a
+        # two-stage model re-acquiring a lost view), drained without blocking
         w.pose_sub = ctx.socket(zmq.SUB, connect=ctx.endpoints["pose3d"], subscribe=b"pose3d",
                                 hwm=1000)
-        ctx.counters.update(dict.fromkeys(w.crops.counters, 0))
-    ctx.ready(provider=w.engine.provider, model=w.manifest.name, engine=w.engine.name,
+        if w.crops is not None:
+            ctx.counters.update(dict.fromkeys(w.crops.counters, 0))
+    ctx.ready(provider=w.provider, model=w.manifest.name, engine=w.engine_label,
               worker=k, keypoints=len(w.manifest.keypoints))
-    log.info("%s: %s on %s", ctx.name, w.manifest.name, w.engine.provider)
+    log.info("%s: %s on %s", ctx.name, w.manifest.name, w.provider)
     ctl_ep = ctx.endpoints.get("record")  # the supervisor's control PUB (sharding.py)
     ctl = ctx.socket(zmq.SUB, connect=ctl_ep, subscribe=WORKERS_TOPIC) if ctl_ep else None
     while not ctx.stopping:

@@ -55,6 +55,7 @@ def _run(
     camera_offset: str | None = None,
 ) -> None:
     from livepose.cli.demo import parse_camera_offset, parse_kill, run_pipeline
+    from livepose.cli.track import video_pulses
     from livepose.runtime.supervisor import ProcessDied
 
     try:
@@ -84,6 +85,7 @@ def _run(
             log_level=logging.INFO if verbose else logging.WARNING,
             dashboard=cfg.dashboard.enabled and not no_dashboard,
             kill=parse_kill(cfg, kill_camera) if kill_camera else None,
+            pulses=video_pulses(cfg),
         )
     except UserError as exc:
         _fail(str(exc))
@@ -509,6 +511,15 @@ def _register_crops_bench() -> None:
 
 
 _register_crops_bench()
+
+
+def _register_track() -> None:
+    from livepose.cli.track import register
+
+    register(app, err, _bench_group, _fail)
+
+
+_register_track()  # track VIDEO_DIR, bench real (livepose/cli/track.py)
 
 
 def _register_fuzz_bench() -> None:

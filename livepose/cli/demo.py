@@ -29,6 +29,8 @@ from livepose.runtime.monitor import Monitor, pct
 from livepose.runtime.supervisor import Supervisor
 
 DRAIN_TIMEOUT_S = 5.0
+DETECTOR_COUNTERS = ("detector_runs", "detector_sets", "locked_sets", "redetect_sets", "lost",
+                     "no_detection", "reacquired_3d")
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -149,6 +151,9 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         # views of a camera with an injected frame offset that were fused anyway (must be 0)
         "desynced_views_fused": mon.faulty_fused,
         "keypoint_status": mon.status_counts(),
+        # two-stage models (inference/topdown.py): views and frame-sets the detector ran on
+        **({"detector": {k: _workers_total(cfg, sup, k) for k in DETECTOR_COUNTERS}}
+           if _workers_total(cfg, sup, "detector_sets") else {}),
     }
 
 

@@ -165,6 +165,27 @@ def register(app: typer.Typer, err: Console) -> None:
         for note in result.notes:
             con.print(f"note: {note}", highlight=False)
 
+    @model_app.command("import")
+    def import_(
+        source: Annotated[str, typer.Argument(help="mediapipe-pose (BlazePose, full)")],
+        out: Annotated[Path, typer.Option("--out", help="folder for the ONNX files + manifest")],
+        wheel: Annotated[Path | None, typer.Option(
+            "--wheel", help="the mediapipe wheel (pip download mediapipe==0.10.21 --no-deps) "
+            "or a site-packages holding mediapipe/; default: the installed mediapipe")] = None,
+        opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset")] = 17,
+    ) -> None:
+        """Convert a model shipped by another runtime to ONNX + manifest (extra `convert`);
+        the result is the bundled `blazepose` model (docs/inference.md)."""
+        if source != "mediapipe-pose":
+            fail(f"model import: unknown source {source!r}; known: mediapipe-pose")
+        from livepose.inference.convert_mediapipe import import_mediapipe_pose
+
+        try:
+            res = import_mediapipe_pose(out, wheel, opset, log=err.print)
+        except UserError as exc:
+            fail(str(exc))
+        Console().print_json(data=res)
+
     @model_app.command("build-engine")
     def build_engine_cmd(
         model: Annotated[Path, typer.Argument(help="the ONNX model")],

@@ -81,6 +81,22 @@ def register(app: typer.Typer, err: Console) -> None:
         err.print(f"wrote {len(files)} files to {out}; run: eks multicam --input-dir {out} "
                   f"--camera-names {names} --bodypart-list …")
 
+    @export_app.command("nwb")
+    def export_nwb_cmd(
+        session: SessionArg,
+        out: Annotated[Path, typer.Argument(help="the .nwb file to write")],
+    ) -> None:
+        """Write the session as NWB: 3D and per-camera 2D per keypoint (ndx-pose), with
+        confidence, the frame tables' timestamps, the skeleton and the config's metadata."""
+        from livepose.recording.nwb import export_nwb
+
+        try:
+            res = export_nwb(session, out)
+        except UserError as exc:
+            fail(str(exc))
+        err.print(f"wrote {res['path']}: {res['frames']} frames × {res['keypoints']} keypoints, "
+                  f"{len(res['series'])} pose estimations")
+
     @app.command("replay")
     def replay(
         session: SessionArg,

@@ -13,16 +13,19 @@ from livepose.core.config import Config
 
 log = logging.getLogger(__name__)
 
+#: ``model.path`` values naming a model bundled in ``livepose.inference`` (``models/<name>``).
+BUNDLED_MODELS = ("default", "blazepose")
+
 
 def manifest_path(cfg: Config) -> Path:
     """The model manifest of ``cfg`` (``model.manifest``, or ``manifest.yaml`` next to the
     model), found without importing the inference stage."""
     if cfg.model.manifest is not None:
         return Path(cfg.model.manifest)
-    if cfg.model.path == "default":
+    if cfg.model.path in BUNDLED_MODELS:
         spec = importlib.util.find_spec("livepose.inference")
         roots = list(spec.submodule_search_locations or []) if spec else []
-        return Path(roots[0] if roots else ".") / "models" / "default" / "manifest.yaml"
+        return Path(roots[0] if roots else ".") / "models" / cfg.model.path / "manifest.yaml"
     p = Path(cfg.model.path)
     return (p if p.is_dir() else p.parent) / "manifest.yaml"
 

@@ -105,3 +105,49 @@ def test_bad_paths_name_the_camera(session, tmp_path: Path) -> None:  # type: ig
     bad.write_bytes(b"not a video at all")
     with pytest.raises(UserError, match=r"camera 'cam1': path: cannot decode"):
         _cam(bad)
+
+
+def _yuv_video(path: Path, frames: list[np.ndarray]) -> None:
+    """RGB frames → a yuv420p FFV1 video (what phones and most cameras record)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for im in frames:
+            vf = av.VideoFrame.from_ndarray(im, format="rgb24").reformat(format="yuv420p")
+            for pkt in s.encode(vf):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+
+
+@pytest.mark.parametrize("color", ["auto", "rgb", "mono"])
+def test_yuv420_colour_video_is_rgb_and_grey_video_mono(tmp_path: Path, color: str) -> None:
+    """A colour yuv420 video reaches the pipeline as RGB8 (``color: auto`` or ``rgb``);
+    one whose chroma is flat (a recording of mono frames) as Mono8, its luma."""
+    red = np.zeros((32, 48, 3), np.uint8)
+    red[..., 0] = 200
+    red[:, 24:, 2] = 180  # right half magenta
+    _yuv_video(tmp_path / "x_cam1.mkv", [red] * 3)
+    grey = np.repeat(np.random.default_rng(0).integers(0, 256, (32, 48, 1), np.uint8), 3, 2)
+    _yuv_video(tmp_path / "x_cam2.mkv", [grey] * 3)
+    cam = _cam(tmp_path, "cam1", color=color)
+    img = _at(cam, 0)
+    assert img is not None
+    if color == "mono":
+        assert cam.pixel_format == "Mono8" and img.ndim == 2
+    else:
+        assert cam.pixel_format == "RGB8" and img.shape == (32, 48, 3)
+        assert abs(int(img[16, 5, 0]) - 200) < 12 and img[16, 5, 1] < 15
+        assert img[16, 5, 2] < 15 and abs(int(img[16, 40, 2]) - 180) < 12
+    cam.close()
+    cam = _cam(tmp_path, "cam2", color=color)
+    img = _at(cam, 0)
+    assert img is not None
+    if color == "rgb":
+        assert cam.pixel_format == "RGB8"
+    else:
+        assert cam.pixel_format == "Mono8" and img.ndim == 2
+        assert np.abs(img.astype(int) - grey[..., 0]).max() <= 3
+    cam.close()

@@ -37,6 +37,7 @@ from livepose.core.config.cameras import (
 from livepose.core.config.services import (
     DashboardConfig,
     LimitsConfig,
+    MetadataConfig,
     PreviewConfig,
     RecordingConfig,
     RestartConfig,
@@ -56,8 +57,9 @@ from livepose.core.config.stages import (
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
     "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
-    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "ModelConfig", "PreviewConfig",
-    "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig",
+    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "MetadataConfig", "ModelConfig",
+    "PreviewConfig", "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig",
+    "RestartConfig", "RoiConfig",
     "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
     "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
     "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
@@ -85,6 +87,7 @@ class Config(_Model):
     limits: LimitsConfig = LimitsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     restart: RestartConfig = RestartConfig()
+    metadata: MetadataConfig = MetadataConfig()
     desync_tolerance_ms: float = Field(2.0, gt=0)
     realtime: bool = Field(
         False, description="run trigger, cameras, inference and fusion under SCHED_FIFO "
@@ -165,7 +168,7 @@ def _format_errors(source: str, err: ValidationError) -> str:
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a mapping into a :class:`Config`.
 
-    Relative paths (calibration, model, manifest, recording dir) are resolved against
+    Relative paths (calibration, model, manifest, video cameras' paths) are resolved against
     ``base_dir`` (the config file's folder) when given.
     """
     if not isinstance(data, dict):
@@ -177,10 +180,13 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if base_dir is not None:
         if cfg.calibration is not None and not cfg.calibration.is_absolute():
             cfg.calibration = base_dir / cfg.calibration
-        if cfg.model.path != "default" and not Path(cfg.model.path).is_absolute():
+        if cfg.model.path not in ("default", "blazepose") and not Path(cfg.model.path).is_absolute():
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
             cfg.model.manifest = base_dir / cfg.model.manifest
+        for cam in cfg.cameras:  # replayed videos
+            if isinstance(cam, VideoCameraConfig) and not cam.path.is_absolute():
+                cam.path = base_dir / cam.path
         t = cfg.transport
         for key in ("keys_dir", "allowed_keys", "server_key"):
             v = getattr(t, key)

@@ -160,6 +160,10 @@ class VideoCameraConfig(_Model):
     path: Path
     loop: bool = False
     free_run: bool = False
+    color: Literal["auto", "mono", "rgb"] = Field(
+        "auto", description="yuv video: auto = RGB8 unless the first frame's chroma is flat "
+        "(a recording of mono frames: Mono8, the luma plane)"
+    )
 
 
 class WebcamCameraConfig(_Model):

@@ -112,7 +112,8 @@ class RecordingConfig(_Model):
 
     ``codec``: ``ffv1`` (bit-exact lossless, default), ``h264`` (libx264; ``crf`` and
     ``preset``, or ``lossless: true`` for ``qp 0``), ``h264_nvenc``/``hevc_nvenc`` (NVIDIA
-    GPU) or ``raw`` (frames dumped as they are, for the highest rates).
+    GPU), ``raw`` (frames dumped as they are, for the highest rates) or ``none`` (the frame
+    table only, no video: replaying videos that already exist, ``livepose track``).
     """
 
     enabled: bool = Field(False, description="record from pulse 0 (livepose run --record)")
@@ -120,7 +121,7 @@ class RecordingConfig(_Model):
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.\-]+$", description="session name; default: config name"
     )
-    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw"] = "ffv1"
+    codec: Literal["ffv1", "h264", "h264_nvenc", "hevc_nvenc", "raw", "none"] = "ffv1"
     crf: int = Field(18, ge=0, le=51, description="h264: constant rate factor")
     preset: str = Field("ultrafast", description="h264: x264 preset (nvenc: p1…p7)")
     lossless: bool = Field(False, description="h264: qp 0 (lossless), ignores crf")
@@ -177,3 +178,17 @@ class LimitsConfig(_Model):
     """Upper bounds for decoding messages."""
 
     max_frame_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+
+class MetadataConfig(_Model):
+    """Who and what a session records, for exports (NWB: ``livepose export nwb``). Unset
+    fields are written as ``"unset (config metadata.<field>)"``, never guessed."""
+
+    subject_id: str | None = None
+    species: str | None = Field(None, description="e.g. 'Homo sapiens', 'Mus musculus'")
+    sex: Literal["M", "F", "U", "O"] | None = None
+    age: str | None = Field(None, description="ISO 8601 duration, e.g. P90D")
+    session_description: str | None = None
+    experimenter: list[str] = Field(default_factory=list)
+    lab: str | None = None
+    institution: str | None = None

@@ -15,8 +15,8 @@ class FrameSetConfig(_Model):
     model without every view, when a camera is gone, and how few cameras a run survives."""
 
     deadline_frames: float = Field(
-        0.5, gt=0, le=10, description="a set goes out with the views it has this many frame "
-        "periods after its first view arrived")
+        0.5, gt=0, le=1000, description="a set goes out with the views it has this many frame "
+        "periods after its first view arrived (replaying videos paced: seconds' worth)")
     gone_after_sets: int = Field(
         3, ge=1, le=1000, description="a camera missing from this many consecutive sets is "
         "gone (not waited for) until it delivers again")
@@ -50,11 +50,19 @@ class TriggerConfig(_Model):
     baud: int = Field(115200, gt=0)
     pulse_width_us: int = Field(100, ge=1, le=100_000)
     timeout_s: float = Field(2.0, gt=0, description="serial: reply timeout")
+    paced: bool = Field(
+        False, description="software clock: hold each pulse until fusion has accounted for "
+        "all but in_flight of the frame-sets already triggered (replaying videos: every "
+        "frame-set processed, at the pipeline's pace; fps is then an upper bound)"
+    )
+    in_flight: int = Field(2, ge=1, le=64, description="paced: frame-sets in the pipeline")
 
     @model_validator(mode="after")
     def _port_for_serial(self) -> TriggerConfig:
         if self.source == "serial" and not self.port:
             raise ValueError("trigger.port is required when trigger.source is 'serial'")
+        if self.source == "serial" and self.paced:
+            raise ValueError("trigger.paced needs trigger.source: software")
         return self
 
 
@@ -95,8 +103,8 @@ class ModelConfig(_Model):
     """The 2D keypoint model run by the inference workers."""
 
     path: str = Field(
-        "default", description="'default' (bundled sim-rig model), a model folder, an .onnx "
-        "file, a TensorRT engine (.engine/.plan) or a TorchScript/exported program (.pt/.pt2)"
+        "default", description="'default' (bundled sim-rig model), 'blazepose' (bundled "
+        "human model), a model folder, an .onnx file, a TensorRT engine (.engine/.plan) or a TorchScript/exported program (.pt/.pt2)"
     )
     manifest: Path | None = Field(None, description="default: manifest.yaml next to the model")
     engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field(
