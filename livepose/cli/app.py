@@ -565,6 +565,23 @@ def _register_soak_bench() -> None:
 _register_soak_bench()
 
 
+def _register_faults_bench() -> None:
+    """``bench faults`` (livepose/bench/faults.py; results in docs/benchmarks.md)."""
+    bench = _bench_group()
+
+    @bench.command("faults")
+    def bench_faults(json_path: JsonOpt = None) -> None:
+        """Scripted faults on the sim rig, one at a time: recovery times, poses and recorded
+        frames lost outside each fault's window (duration + 2 s)."""
+        from livepose.bench.faults import run as run_faults
+
+        res = run_faults(json_path)
+        Console().print_json(data={"summary": res["summary"], "faults": res["faults"]})
+
+
+_register_faults_bench()
+
+
 def _register_calibration_bench() -> None:
     """``bench calibration`` (livepose/bench/calibration.py; results in docs/benchmarks.md)."""
     bench = _bench_group()

@@ -69,6 +69,8 @@ class Monitor:
         #: bitmask of cameras known (ground truth of an injected fault) to be desynced
         self.faulty_views = faulty_views
         self.faulty_fused = 0
+        #: frame_id → bitmask of the cameras any keypoint of its pose used
+        self.views_of: dict[int, int] = {}
         self.partial = 0
         self.views_missing: dict[str, int] = {}
         self.views_desynced: dict[str, int] = {}
@@ -102,6 +104,8 @@ class Monitor:
 
     def _on_pose(self, msg: protocol.Pose3d) -> None:
         self.fused.append(msg.frame_id)
+        self.views_of[msg.frame_id] = int(np.bitwise_or.reduce(msg.views)) if msg.views.size \
+            else 0
         if msg.missing or msg.desynced:
             self.partial += 1
         for c in msg.missing:
