@@ -72,6 +72,11 @@ def image_checksum(image: Any, kind: str = "xxh3") -> str:
     return checksum_fn(kind)(np.ascontiguousarray(image).data.cast("B"))
 
 
+#: rows of lost frames kept while the writer is stalled (a few MB at most, no pixels)
+MAX_LOST_ROWS = 100_000
+_NO_PIXELS = np.zeros((1, 1), np.uint8)
+
+
 class FrameRecorder:
     """Writes one camera's frames of one session (video + frame table) on its own thread.
 
@@ -99,7 +104,9 @@ class FrameRecorder:
         self.queue: queue.Queue[tuple[protocol.Frame, int] | None] = queue.Queue(
             maxsize=max(8, round(self.rec.queue_s * cfg.fps)))
         self._check = checksum_fn(self.rec.checksum)
-        self._lost: list[tuple[protocol.Frame, int]] = []
+        # frames the queue had no room for: their table rows only (never their pixels, which a
+        # stalled disk would pile up in the camera process), at most MAX_LOST_ROWS
+        self._lost: list[tuple[protocol.Frame, int, str]] = []
         self._lock = threading.Lock()
         self._dups = 0
         self.failed: str | None = None
@@ -135,8 +142,17 @@ class FrameRecorder:
         except queue.Full:
             pass
         self.counters["rec_queue_full"] += 1
+        check = self._check(np.ascontiguousarray(msg.image).data.cast("B"))
+        stub = protocol.Frame(cam=msg.cam, frame_id=msg.frame_id, t_grab_ns=msg.t_grab_ns,
+                              pixel_format=msg.pixel_format, image=_NO_PIXELS,
+                              t_trigger_ns=msg.t_trigger_ns, t_exposure_ns=msg.t_exposure_ns,
+                              t_pub_ns=msg.t_pub_ns, dropped_before=msg.dropped_before,
+                              desync=msg.desync)
         with self._lock:
-            self._lost.append((msg, dups))
+            if len(self._lost) < MAX_LOST_ROWS:
+                self._lost.append((stub, dups, check))
+            else:
+                self.counters["rec_lost_rows_dropped"] += 1
         now = time.monotonic()
         if now - self._last_full_log > 1.0:
             self._last_full_log = now
@@ -202,9 +218,9 @@ class FrameRecorder:
     def _write_lost(self) -> None:
         with self._lock:
             lost, self._lost = self._lost, []
-        for msg, dups in lost:
+        for msg, dups, check in lost:
             self.counters["rec_lost"] += 1
-            self._row(msg, dups, "", self._check(np.ascontiguousarray(msg.image).data.cast("B")))
+            self._row(msg, dups, "", check)
 
     def _row(self, msg: protocol.Frame, dups: int, index: str, check: str) -> None:
         row = [msg.frame_id, index, int(index != ""), msg.t_trigger_ns, msg.t_exposure_ns,
