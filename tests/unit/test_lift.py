@@ -16,7 +16,7 @@ from livepose.acquisition.sim.rig import make_camera
 from livepose.core import protocol
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config, FusionConfig, LiftConfig
-from livepose.fusion.lift import LiftError, Lifter, LiftSpec, read_manifest, write_manifest
+from livepose.fusion.lift import Lifter, LiftError, LiftSpec, read_manifest, write_manifest
 from livepose.fusion.process import Fuser
 from livepose.lift.pairs import Augment, NoiseModel, make_pairs, measure_noise
 
@@ -162,7 +162,7 @@ def test_config_and_manifest_errors(tmp_path: Path) -> None:
         FusionConfig(mode="lift")
     with pytest.raises(ValueError, match=r"point_mm is required"):
         LiftConfig(path=tmp_path, plane="point")
-    with pytest.raises(LiftError, match="no lifter.yaml"):
+    with pytest.raises(LiftError, match=r"no lifter\.yaml"):
         read_manifest(tmp_path)
     (tmp_path / "lifter.yaml").write_text("keypoints: [a, b]\nroots: [c]\nplane_height_mm: 1\n")
     with pytest.raises(LiftError, match="root 'c' is not one of its keypoints"):
