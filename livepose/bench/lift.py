@@ -6,7 +6,8 @@ lookup and the 4-camera EKF on the same frames (docs/lifting.md).
   the rig's cameras 0–2 and by :data:`AUGMENT`'s virtual cameras (fixed here, reported).
 - **2D error**: the live model on rendered frames of cameras 0–2 at ``noise_frames``
   training instants, against the projected truth (:func:`livepose.lift.pairs.measure_noise`).
-- **Test**: ``test_frames`` consecutive frames from ``test_t0_s`` (after the training span),
+- **Test**: ``test_frames`` frames in :data:`WINDOWS` runs of consecutive frames, 8 s apart
+  from ``test_t0_s`` (after the training span, within the sim's 120 s period),
   seen by a test camera whose elevation and distance differ from every training camera's;
   its 2D is the live model on its rendered frames. The same frames rendered in the rig's 4
   cameras go through the live :class:`Fuser` (EKF).
@@ -39,6 +40,8 @@ FPS = 100.0
 TEST_ELEVATION_DEG = 25.0
 TEST_DISTANCE_MM = 660.0
 TEST_AZIMUTH_DEG = 0.0
+WINDOWS = 4
+"""Test windows (consecutive frames each), spread over the held-out span."""
 
 
 def _live_2d(cams: list[Any], sim: Any, times: np.ndarray, animal: Any,
@@ -77,6 +80,7 @@ def run(json_path: Path | None = None, quick: bool = False,
     from livepose.acquisition.sim.backend import make_animal
     from livepose.acquisition.sim.rig import make_camera, make_rig
     from livepose.core.camera import CameraGroup
+    from livepose.core.config import LiftConfig
     from livepose.fusion.lift import Lifter
     from livepose.fusion.process import Fuser
     from livepose.lift.build import build_lifter
@@ -95,8 +99,8 @@ def run(json_path: Path | None = None, quick: bool = False,
     animal = make_animal(cfg)
     names, r = list(KEYPOINTS), KEYPOINTS.index(ROOT)
     train_s, stride = (20.0, 4) if quick else (80.0, 2)
-    n_noise, n_test = (20, 40) if quick else (60, 300)
-    test_t0 = train_s + 10.0
+    n_noise, n_test = (20, 40) if quick else (60, 400)
+    test_t0 = train_s + 4.0
     tcfg = TrainConfig(epochs=3 if quick else 12)
 
     progress("2D error of the live model on training cameras 0-2")
@@ -117,7 +121,10 @@ def run(json_path: Path | None = None, quick: bool = False,
         lifter = Lifter(built.folder)
 
         progress("test frames: the test camera and the rig's 4 cameras")
-        tt = test_t0 + np.arange(n_test) / FPS
+        per = n_test // WINDOWS
+        tt = np.concatenate([test_t0 + 8.0 * w + np.arange(per) / FPS for w in range(WINDOWS)])
+        n_test = len(tt)
+        fids = np.round(tt * FPS).astype(int)
         pred, truth = _live_2d([test_cam, *rig.cameras], sim, tt, animal, progress)
         p1 = pred[:, 0]
         lifted = lifter.lift(p1, test_cam)
@@ -155,8 +162,21 @@ def run(json_path: Path | None = None, quick: bool = False,
             lifter.run(f1)
             ort_ms.append((time.perf_counter_ns() - t0) / 1e6)
 
+        # the live path: fusion.mode lift (lifter + linear filter) on the test camera
+        lcfg = cfg.model_copy(deep=True)
+        lcfg.fusion = lcfg.fusion.model_copy(update={
+            "mode": "lift", "filter": "kf",
+            "lift": LiftConfig(path=built.folder, camera="test")})
+        live = Fuser(CameraGroup([test_cam, *rig.cameras]), lcfg, "mm")
+        lk = np.stack([live.step(pred[i].astype(np.float32), int(fids[i])).xyz
+                       for i in range(n_test)])
+        e_lkf = np.linalg.norm(lk - truth, axis=2)
+        lkc = lk @ test_cam.R.T + test_cam.tvec
+        e_lkf_rel = np.linalg.norm((lkc - lkc[:, r : r + 1]) - rel_true, axis=2)[:, mask]
+
     fuser = Fuser(CameraGroup(list(rig.cameras)), cfg, "mm")
-    ekf = np.stack([fuser.step(pred[i, 1:].astype(np.float32), i).xyz for i in range(n_test)])
+    ekf = np.stack([fuser.step(pred[i, 1:].astype(np.float32), int(fids[i])).xyz
+                    for i in range(n_test)])
     e_ekf = np.linalg.norm(ekf - truth, axis=2)
     ekf_c = ekf @ test_cam.R.T + test_cam.tvec
     e_ekf_rel = np.linalg.norm((ekf_c - ekf_c[:, r : r + 1]) - rel_true, axis=2)[:, mask]
@@ -172,6 +192,8 @@ def run(json_path: Path | None = None, quick: bool = False,
         "multicam_ekf_median_mm": med(e_ekf),
         "multicam_ekf_rel_median_mm": med(e_ekf_rel),
         "root_median_mm": med(e_root),
+        "lift_kf_median_mm": med(e_lkf),
+        "lift_kf_rel_median_mm": med(e_lkf_rel),
         "lift_abs_median_mm": med(e_abs),
         "lift_p95_mm": round(float(np.nanpercentile(e_lift, 95)), 3),
         "lifter_ms_median": round(float(np.median(ms)), 4),
@@ -188,7 +210,7 @@ def run(json_path: Path | None = None, quick: bool = False,
                  "beats_nn_by_30pct": lift_med <= 0.7 * nn_med,
                  "root_median_mm<=15": med(e_root) <= 15.0,
                  "lifter_ms_median<=0.5": float(np.median(ms)) <= 0.5},
-        "setup": {"root": ROOT, "train_s": train_s, "stride": stride, "test_t0_s": test_t0,
+        "setup": {"root": ROOT, "train_s": train_s, "stride": stride, "test_t0_s": test_t0, "test_windows": WINDOWS,
                   "test_frames": n_test, "noise_frames": n_noise, "quick": quick,
                   "training_3d": "sim animal truth used as if recorded (all measured)",
                   "test_2d": "bundled model on rendered frames"},
