@@ -95,7 +95,7 @@ def run(json_path: Path | None = None, quick: bool = False,
     c0 = rig.cameras[0]
     test_cam = make_camera("test", (sim.width, sim.height), TEST_AZIMUTH_DEG,
                            TEST_ELEVATION_DEG, TEST_DISTANCE_MM, float(c0.matrix[0, 0]),
-                           c0.dist, (1.5, -1.0))
+                           [float(v) for v in c0.dist], (1.5, -1.0))
     animal = make_animal(cfg)
     names, r = list(KEYPOINTS), KEYPOINTS.index(ROOT)
     train_s, stride = (20.0, 4) if quick else (80.0, 2)
