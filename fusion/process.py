@@ -82,6 +82,8 @@ class Fused:
         How far ahead ``xyz_lead`` is predicted.
     late
         The frame-set arrived after a newer one: triangulated, not filtered.
+    lifted
+        ``fusion.mode: lift``: one camera's 2D lifted to 3D (fusion/lift.py).
     """
 
     xyz: np.ndarray
@@ -94,6 +96,7 @@ class Fused:
     xyz_lead: np.ndarray | None = None
     lead_ns: int = 0
     late: bool = False
+    lifted: bool = False
 
 
 def keypoint_status(xyz: np.ndarray, views: np.ndarray) -> np.ndarray:
@@ -165,6 +168,12 @@ class Fuser:
         self._orders: dict[tuple[str, ...], np.ndarray] = {}
         self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
         self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
+        #: ``fusion.mode: lift``: one camera's 2D lifted to 3D (fusion/lift.py)
+        self.lift: Any = None
+        if cfg.fusion.mode == "lift":
+            from livepose.fusion.lift import LiftFusion
+
+            self.lift = LiftFusion(cameras, cfg, MM_PER_UNIT[units])
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
@@ -232,6 +241,8 @@ class Fuser:
         C = len(self.names)
         if points.ndim != 3 or points.shape[0] != C or points.shape[2] != 3:
             raise FusionInputError(f"points must have shape ({C}, J, 3), got {points.shape}")
+        if self.lift is not None:
+            return Fused(**self.lift.step(points, frame_id))
         J = points.shape[1]
         if self.ekf is None or self.n_keypoints != J:
             self._new_filters(J)
@@ -323,7 +334,7 @@ class Fuser:
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
             status=f.status, raw_xyz=f.raw_xyz, gated=f.gated, xyz_lead=f.xyz_lead,
-            late=f.late, units=self.units, cams=list(self.names),
+            late=f.late, lifted=f.lifted, units=self.units, cams=list(self.names),
             t_trigger_ns=msg.t_trigger_ns, t_grab_ns=list(msg.t_grab_ns), t_set_ns=msg.t_set_ns,
             t_infer_start_ns=msg.t_infer_start_ns, t_infer_end_ns=msg.t_infer_end_ns,
             t_kp2d_pub_ns=msg.t_pub_ns, t_fuse_recv_ns=t_recv_ns, lead_ns=f.lead_ns,

@@ -409,6 +409,15 @@ def _register_inference_bench() -> None:
 _register_inference_bench()
 
 
+def _register_lift() -> None:
+    from livepose.cli.lift import register
+
+    register(app, err, _bench_group())
+
+
+_register_lift()  # lift train, bench lift (livepose/cli/lift.py)
+
+
 def _split_camera_names(camera_names: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:
     """``--camera-names A B C IN…`` reaches us as ``camera_names=[A]``, ``inputs=[B, C, IN…]``
     (an option takes one value): leading inputs that are not paths are camera names. Also

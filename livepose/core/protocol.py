@@ -299,6 +299,7 @@ class Pose3d(Message):
     bitmask of views rejected by the filter's gate, and ``xyz_lead`` float64 ``(J, 3)``: the
     position predicted ``lead_ns`` ahead (``fusion.lead_ms``), never mixed into ``xyz``.
     ``late``: the set arrived after a newer one was fused (triangulated, not filtered).
+    ``lifted``: one camera's 2D lifted to 3D (``fusion.mode: lift``), not triangulated.
     ``units``: the length unit of ``xyz`` (the calibration's). ``skipped``/``incomplete``/
     ``missing``/``desynced`` are carried from the kp2d message so one subscriber can account
     for every frame-set and every view.
@@ -325,6 +326,7 @@ class Pose3d(Message):
     gated: np.ndarray | None = None
     xyz_lead: np.ndarray | None = None
     late: bool = False
+    lifted: bool = False
     units: str = "mm"
     cams: list[str] = field(default_factory=list)
     t_trigger_ns: int | None = None

@@ -49,6 +49,7 @@ from livepose.core.config.stages import (
     FrameSetConfig,
     FusionConfig,
     KalmanConfig,
+    LiftConfig,
     ModelConfig,
     SimConfig,
     TriggerConfig,
@@ -56,11 +57,11 @@ from livepose.core.config.stages import (
 
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
-    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue", "FrameSetConfig", "FusionConfig",
-    "GenICamCameraConfig", "KalmanConfig", "LimitsConfig", "MetadataConfig", "ModelConfig",
-    "PreviewConfig", "PylonCameraConfig", "PylonEmulationConfig", "RecordingConfig",
-    "RestartConfig", "RoiConfig",
-    "SimCameraConfig", "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
+    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue",
+    "FrameSetConfig", "FusionConfig", "GenICamCameraConfig", "KalmanConfig", "LiftConfig",
+    "LimitsConfig", "MetadataConfig", "ModelConfig", "PreviewConfig", "PylonCameraConfig",
+    "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig", "SimCameraConfig",
+    "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
     "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
     "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
 ]

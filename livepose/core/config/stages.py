@@ -187,8 +187,34 @@ class EKFConfig(_Model):
     )
 
 
+class LiftConfig(_Model):
+    """``fusion.mode: lift``: one camera's 2D lifted to 3D by a trained lifter
+    (docs/lifting.md)."""
+
+    path: Path | None = Field(None, description="the lifter folder (lifter.onnx + lifter.yaml)")
+    camera: str | None = Field(None, description="the camera lifted (default: the first)")
+    plane: Literal["floor", "point"] = Field(
+        "floor", description="floor: the root's ray meets the plane z = height_mm; point: the "
+        "root is at point_mm (a head-fixed animal)")
+    height_mm: float | None = Field(
+        None, description="floor: the root's height above z = 0 (default: the lifter's)")
+    point_mm: tuple[float, float, float] | None = Field(
+        None, description="point: the root's world position (mm)")
+
+    @model_validator(mode="after")
+    def _point_given(self) -> LiftConfig:
+        if self.plane == "point" and self.point_mm is None:
+            raise ValueError("fusion.lift.point_mm is required when fusion.lift.plane is 'point'")
+        return self
+
+
 class FusionConfig(_Model):
     """Triangulation and filtering."""
+
+    mode: Literal["triangulate", "lift"] = Field(
+        "triangulate", description="triangulate: every camera's views; lift: one camera's 2D "
+        "through fusion.lift's lifter, then the linear filter")
+    lift: LiftConfig = LiftConfig()
 
     min_views: int = Field(2, ge=2)
     likelihood_threshold: float = Field(0.3, ge=0, le=1)
@@ -205,3 +231,9 @@ class FusionConfig(_Model):
     kalman: KalmanConfig = KalmanConfig()
     ekf: EKFConfig = EKFConfig()
     lead_ms: float = Field(0.0, ge=0, le=500)
+
+    @model_validator(mode="after")
+    def _lifter_given(self) -> FusionConfig:
+        if self.mode == "lift" and self.lift.path is None:
+            raise ValueError("fusion.lift.path is required when fusion.mode is 'lift'")
+        return self
