@@ -61,6 +61,7 @@ def test_a_dying_process_is_reported_with_its_exit_code() -> None:
     than ``min_cameras`` would remain (one camera dying alone does not: next test)."""
     cfg = load_default_config()
     cfg.frameset.min_cameras = 4
+    cfg.restart.enabled = False  # the fallback when a stage does not come back
     with Supervisor(cfg) as sup:
         sup.start()
         victim = sup.procs["cam1"]
@@ -75,7 +76,9 @@ def test_a_dying_process_is_reported_with_its_exit_code() -> None:
         assert "cam1" in str(ei.value) and "-9" in str(ei.value)
     # every other process was stopped by the context manager
     assert all(not p.is_alive() for p in sup.procs.values())
-    with Supervisor(load_default_config()) as sup:
+    cfg = load_default_config()
+    cfg.restart.enabled = False
+    with Supervisor(cfg) as sup:
         sup.start()
         fusion = sup.procs["fusion"]
         assert fusion.pid is not None
@@ -91,6 +94,7 @@ def test_a_lost_camera_leaves_poses_coming_from_three_views(tmp_path: Path) -> N
     the three others, flagged (``missing``), with every frame-set accounted for, and after
     the few sets that find it gone no deadline is paid (latency as before the loss)."""
     cfg = load_default_config()
+    cfg.restart.enabled = False  # lost for good (restarts: tests/integration/test_restarts.py)
     with open(os.devnull, "w") as devnull:
         s = run_pipeline(cfg, pulses=240, live=False, console=Console(file=devnull),
                          kill=("cam1", 3.0))

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 def test_two_workers_share_then_survivor_takes_over() -> None:
     cfg = load_default_config()
+    cfg.restart.enabled = False  # the takeover is the fallback when a worker does not come back
     cfg.model.workers = 2
     with Supervisor(cfg) as sup:
         sup.launch()
