@@ -174,6 +174,16 @@ class _Worker:
         model-input pixels, by the manifest's ``output.type``."""
         return decode_outputs(outs, self.manifest)
 
+    def _failed_call(self, exc: Exception, frame_id: int, n: int) -> np.ndarray:
+        """Count and report a failed model call; NaN points ``(n, J, 3)`` for the set. The
+        worker gives up (re-raises) after ``MAX_ENGINE_FAILURES`` in a row."""
+        self.failures += 1
+        self.ctx.counters["infer_errors"] += 1
+        self._warn("engine", f"model call failed on frame {frame_id}: {exc!r}"[:300])
+        if self.failures >= MAX_ENGINE_FAILURES:
+            raise exc
+        return np.full((n, len(self.manifest.keypoints), 3), np.nan, dtype=np.float32)
+
     def _warn(self, key: str, message: str) -> None:
         """Record an error, logging at most once per second per kind."""
         self.ctx.last_error = message
@@ -267,12 +277,7 @@ class _Worker:
             points = self.pre.to_frame_pixels(self._decode(self.engine.run(self.pre.batch(n))))
             self.failures = 0
         except Exception as exc:  # a failed model call must not end the run at once
-            self.failures += 1
-            self.ctx.counters["infer_errors"] += 1
-            self._warn("engine", f"model call failed on frame {popped.frame_id}: {exc!r}"[:300])
-            if self.failures >= MAX_ENGINE_FAILURES:
-                raise
-            points = np.full((n, len(self.manifest.keypoints), 3), np.nan, dtype=np.float32)
+            points = self._failed_call(exc, popped.frame_id, n)
         if bad:
             points[bad] = np.nan
         return self._kp2d(popped, points, t0)
@@ -306,12 +311,7 @@ class _Worker:
             self._warn("bad_frame", f"bad frame-set {popped.frame_id}: {exc}")
             points = np.full((len(views), len(self.manifest.keypoints), 3), np.nan, np.float32)
         except Exception as exc:  # a failed model call must not end the run at once
-            self.failures += 1
-            self.ctx.counters["infer_errors"] += 1
-            self._warn("engine", f"model call failed on frame {popped.frame_id}: {exc!r}"[:300])
-            if self.failures >= MAX_ENGINE_FAILURES:
-                raise
-            points = np.full((len(views), len(self.manifest.keypoints), 3), np.nan, np.float32)
+            points = self._failed_call(exc, popped.frame_id, len(views))
         for i, f in enumerate(popped.frames):
             if f is not None and not shmring.intact(f.image):
                 points[i] = np.nan
