@@ -142,4 +142,7 @@ class FirmwareEmulator(threading.Thread):
                 self.send(self.handle(line.decode().strip()))
 
     def halt(self) -> None:
+        """Stop the emulator and wait for its thread, so the caller may close the pty."""
         self._halt.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(2.0)

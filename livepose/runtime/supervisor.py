@@ -251,6 +251,10 @@ class Supervisor:
         return {n: str(h.info.get("sched", "?")) for n, h in self.health.items()}
 
     def _spawn(self, spec: ProcSpec) -> None:
+        with self._poll_lock:  # a poll() in another thread iterates ``procs``
+            self._spawn_locked(spec)
+
+    def _spawn_locked(self, spec: ProcSpec) -> None:
         p = self._mp.Process(
             target=child_entry,
             name=spec.name,
@@ -471,10 +475,11 @@ class Supervisor:
     # ------------------------------------------------------------------ stop
     def stop_trigger(self, timeout_s: float = 5.0) -> None:
         """Stop the trigger clock (no new frame-sets)."""
-        p = self.procs.get("trigger")
-        if p is not None and p.is_alive():
-            self._stopping = True
-            self._terminate("trigger", timeout_s)
+        with self._poll_lock:  # a poll() in another thread reads ``procs`` and ``exited``
+            p = self.procs.get("trigger")
+            if p is not None and p.is_alive():
+                self._stopping = True
+                self._terminate("trigger", timeout_s)
 
     def _terminate(self, name: str, timeout_s: float) -> None:
         p = self.procs[name]
