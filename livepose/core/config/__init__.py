@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from livepose.core.config._base import ConfigError, _Model
@@ -54,6 +53,7 @@ from livepose.core.config.stages import (
     SimConfig,
     TriggerConfig,
 )
+from livepose.core.yamlfile import read_yaml
 
 __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
@@ -199,18 +199,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
 def load_config(path: str | Path) -> Config:
     """Load and validate a YAML config file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} not valid YAML") from None
+    data = read_yaml(p, ConfigError, "config file")
     return parse_config(data, source=str(p), base_dir=p.parent)
 
 
