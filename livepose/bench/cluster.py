@@ -29,8 +29,9 @@ WIDTH, HEIGHT = 96, 64
 
 
 def record_sessions(root: Path, n: int, pulses: int, cameras: int = 3, fps: float = 20.0,
-                    model: Path | None = None) -> list[Path]:
-    """Record ``n`` sim sessions of ``pulses`` frame-sets (seed ``k`` each) under ``root``."""
+                    model: Path | None = None, filter: str = "ekf") -> list[Path]:
+    """Record ``n`` sim sessions of ``pulses`` frame-sets (seed ``k`` each) under ``root``
+    (``filter``: ``fusion.filter``)."""
     from livepose.bench.record import bench_config, pool_model, record_run
 
     model = model or pool_model(root / "model", WIDTH, HEIGHT, 4)
@@ -40,6 +41,7 @@ def record_sessions(root: Path, n: int, pulses: int, cameras: int = 3, fps: floa
         cfg.sim.seed = k
         cfg.recording.name = f"sim{k}"
         cfg.frameset.deadline_frames = 10.0
+        cfg.fusion.filter = filter  # type: ignore[assignment]
         run = record_run(cfg, pulses)
         out.append(Path(run["session"]["path"]))
     return out

@@ -340,3 +340,20 @@ class RayLauncher:
     def stage_nodes(self) -> dict[str, str]:
         """Each stage's node (host name and IP)."""
         return {n: f"{d['host']} {d['ip']} {d['node_id'][:8]}" for n, d in self.placed.items()}
+
+
+def cluster_launcher(cfg: Config, address: str, gpus_per_worker: float = 0.0) -> RayLauncher:
+    """Join the cluster at ``address`` and make the launcher of ``livepose run --cluster``.
+
+    Raises
+    ------
+    UserError
+        Ray missing, the cluster unreachable, or a transport other than tcp.
+    """
+    from livepose.cluster.raycluster import connect
+
+    if cfg.transport.kind != "tcp":
+        raise UserError(f"--cluster: transport.kind must be tcp (stages on several hosts talk "
+                        f"over tcp + CURVE), got {cfg.transport.kind!r}")
+    connect(address)
+    return RayLauncher(cfg, gpus_per_worker)

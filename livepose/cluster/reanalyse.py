@@ -285,12 +285,19 @@ class Report:
     backend: str
     redone: int = 0
     hosts: list[str] = field(default_factory=list)
+    startup_s: float = 0.0  # until every worker had its model loaded and warmed up
+    fuse_s: float = 0.0  # fusion in the driver (sequential per session)
 
     def summary(self) -> dict[str, Any]:
+        run_s = self.seconds - self.startup_s
         return {
             "backend": self.backend, "workers": self.workers, "frames": self.frames,
-            "seconds": round(self.seconds, 3),
-            "frames_per_s": round(self.frames / self.seconds, 1) if self.seconds > 0 else None,
+            "seconds": round(self.seconds, 3), "startup_s": round(self.startup_s, 3),
+            "fuse_s": round(self.fuse_s, 3),
+            # after start-up (what more sessions cost); with_startup: the whole command
+            "frames_per_s": round(self.frames / run_s, 1) if run_s > 0 else None,
+            "frames_per_s_with_startup": round(self.frames / self.seconds, 1)
+            if self.seconds > 0 else None,
             "redone": self.redone, "hosts": sorted(set(self.hosts)),
             "sessions": [{"session": s.session, "out": s.out, "frame_sets": len(s.frame_ids),
                           "units": s.units} for s in self.sessions],
@@ -317,14 +324,17 @@ def _progress(total: int, show: bool) -> Iterator[Progress]:
 
 
 def _finish(plans: list[SessionPlan], results: dict[tuple[str, str], UnitResult],
-            keypoints: list[str], out: Path, done: dict[str, SessionOutput]) -> None:
+            keypoints: list[str], out: Path, done: dict[str, SessionOutput],
+            timing: dict[str, float]) -> None:
     """Fuse every session whose cameras are all in (and not fused yet)."""
     for plan in plans:
         key = str(plan.session)
         if key in done or not all((key, u.cam) in results for u in plan.units):
             continue
+        t = time.perf_counter()
         done[key] = fuse_session(plan, {u.cam: results[(key, u.cam)] for u in plan.units},
                                  keypoints, out)
+        timing["fuse_s"] = timing.get("fuse_s", 0.0) + time.perf_counter() - t
 
 
 def run_local(sessions: Sequence[str | Path], model: str, out: str | Path,
@@ -334,6 +344,7 @@ def run_local(sessions: Sequence[str | Path], model: str, out: str | Path,
     out = Path(out)
     t0 = time.perf_counter()
     worker = InferWorker(model_config(plans[0].cfg, model), batch)
+    timing = {"startup_s": time.perf_counter() - t0}
     results: dict[tuple[str, str], UnitResult] = {}
     done: dict[str, SessionOutput] = {}
     total = sum(u.frames for p in plans for u in p.units)
@@ -342,15 +353,16 @@ def run_local(sessions: Sequence[str | Path], model: str, out: str | Path,
             for unit in plan.units:
                 results[(unit.session, unit.cam)] = worker.run_unit(unit)
                 advance(unit.frames)
-            _finish(plans, results, worker.keypoints, out, done)
+            _finish(plans, results, worker.keypoints, out, done, timing)
     return _report(plans, done, total, time.perf_counter() - t0, 1, "local", out, 0,
-                   [os.uname().nodename])
+                   [os.uname().nodename], timing)
 
 
 def _report(plans: list[SessionPlan], done: dict[str, SessionOutput], total: int, seconds: float,
-            workers: int, backend: str, out: Path, redone: int, hosts: list[str]) -> Report:
+            workers: int, backend: str, out: Path, redone: int, hosts: list[str],
+            timing: dict[str, float]) -> Report:
     rep = Report([done[str(p.session)] for p in plans], total, seconds, workers, backend,
-                 redone, hosts)
+                 redone, hosts, timing.get("startup_s", 0.0), timing.get("fuse_s", 0.0))
     out.mkdir(parents=True, exist_ok=True)
     (out / "reanalyse.json").write_text(json.dumps(rep.summary(), indent=2))
     return rep
@@ -386,20 +398,21 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
     mcfg = model_config(plans[0].cfg, model)
     actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
                            max_task_retries=0)(InferWorker)
-    pool = [actor_cls.remote(mcfg, batch) for _ in range(workers)]  # type: ignore[attr-defined]
+    pool = [actor_cls.remote(mcfg, batch) for _ in range(workers)]
     try:
-        pids = ray.get([a.pid.remote() for a in pool])
+        pids = ray.get([a.pid.remote() for a in pool])  # every model loaded
+        timing = {"startup_s": time.perf_counter() - t0}
         keypoints = _keypoints(mcfg)
         queue = [u for p in plans for u in p.units]
         total = sum(u.frames for u in queue)
         results: dict[tuple[str, str], UnitResult] = {}
         done: dict[str, SessionOutput] = {}
-        inflight: dict[Any, tuple[int, Unit]] = {}
+        inflight: dict[Any, tuple[int, Unit | None]] = {}  # unit None: a liveness ping
         idle = list(range(workers))
         redone = 0
         hosts: list[str] = []
         with _progress(total, progress) as advance:
-            while queue or inflight:
+            while queue or any(u is not None for _, u in inflight.values()):
                 while queue and idle:
                     w = idle.pop(0)
                     unit = queue.pop(0)
@@ -408,25 +421,34 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
                         kill_first = False
                         os.kill(pids[w], signal.SIGKILL)  # the drill: on this host only
                 ready, _ = ray.wait(list(inflight), num_returns=1)
-                w, unit = inflight.pop(ready[0])
-                idle.append(w)
+                w, maybe = inflight.pop(ready[0])
                 try:
-                    res: UnitResult = ray.get(ready[0])
+                    got = ray.get(ready[0])
                 except RayActorError as exc:
-                    redone += 1
-                    log.warning("worker %d died running %s/%s (%s): redoing it", w,
-                                Path(unit.session).name, unit.cam, type(exc).__name__)
-                    queue.insert(0, unit)
+                    # the actor died (Ray restarts it): ping it until it answers again
+                    inflight[pool[w].pid.remote()] = (w, None)
+                    if maybe is not None:
+                        redone += 1
+                        log.warning("worker %d died running %s/%s (%s): redoing it", w,
+                                    Path(maybe.session).name, maybe.cam, type(exc).__name__)
+                        queue.insert(0, maybe)
+                    else:
+                        time.sleep(0.2)
                     continue
-                results[(unit.session, unit.cam)] = res
+                idle.append(w)
+                if maybe is None:  # back after a restart
+                    pids[w] = got
+                    continue
+                res: UnitResult = got
+                results[(maybe.session, maybe.cam)] = res
                 hosts.append(res.host)
-                advance(unit.frames)
-                _finish(plans, results, keypoints, out, done)
+                advance(maybe.frames)
+                _finish(plans, results, keypoints, out, done, timing)
     finally:
         for a in pool:
             ray.kill(a)
     return _report(plans, done, total, time.perf_counter() - t0, workers, "ray", out, redone,
-                   hosts)
+                   hosts, timing)
 
 
 def _keypoints(model: dict[str, Any]) -> list[str]:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import secrets
 import shutil
 import socket
