@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-WIDTH, HEIGHT = 96, 64
+from livepose.bench.cluster_live import HEIGHT, WIDTH
 
 
 def record_sessions(root: Path, n: int, pulses: int, cameras: int = 3, fps: float = 20.0,

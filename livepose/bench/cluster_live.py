@@ -15,12 +15,12 @@ from livepose.runtime.supervisor import Supervisor
 
 FPS = 30.0
 BACK_WITHIN_S = 5.0
+#: the sim rig's frame size in both parts (small: the 2-core VM runs 3 Ray nodes as well)
+WIDTH, HEIGHT = 96, 64
 
 
 def live_config(model: Path, cams: list[str]) -> Config:
     """The benchmark's rig: sim cameras at 96×64, the pooling model, tcp on loopback."""
-    from livepose.bench.cluster import HEIGHT, WIDTH
-
     return parse_config({
         "name": "bench-cluster", "fps": FPS,
         "cameras": [{"name": c, "backend": "sim"} for c in cams],
@@ -82,7 +82,6 @@ def run_live(cfg: Config, seconds: float, launcher: Any = None,
 def bench_live(work: Path, cams: list[str], seconds: float) -> dict[str, Any]:
     """Single host, then the cluster (cameras + worker on node A, fusion on node B), then
     the cluster with ``kill -9`` of a camera's actor."""
-    from livepose.bench.cluster import HEIGHT, WIDTH
     from livepose.bench.record import pool_model
     from livepose.cluster.live import RayLauncher
 
