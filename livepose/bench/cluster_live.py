@@ -79,33 +79,47 @@ def run_live(cfg: Config, seconds: float, launcher: Any = None,
     return out
 
 
-def bench_live(work: Path, cams: list[str], seconds: float) -> dict[str, Any]:
-    """Single host, then the cluster (cameras + worker on node A, fusion on node B), then
-    the cluster with ``kill -9`` of a camera's actor."""
+def bench_live(work: Path, cams: list[str], seconds: float, repeats: int = 3
+               ) -> dict[str, Any]:
+    """Single host and cluster (cameras + worker on node A, fusion on node B) alternated
+    ``repeats`` times (a shared machine's load moves between runs: the medians of the p99s
+    are compared), then the cluster with ``kill -9`` of a camera's actor."""
     from livepose.bench.record import pool_model
     from livepose.cluster.live import RayLauncher
 
     model = pool_model(work / "live-model", WIDTH, HEIGHT, 4)
     cfg = live_config(model, cams)
-    single = run_live(cfg, seconds)
-    cluster = run_live(cfg, seconds, RayLauncher(cfg))
+    singles, clusters = [], []
+    for _ in range(max(1, repeats)):
+        singles.append(run_live(cfg, seconds))
+        clusters.append(run_live(cfg, seconds, RayLauncher(cfg)))
     killed = run_live(cfg, seconds, RayLauncher(cfg), kill=cams[1])
-    p99 = {k: (r["overhead_ms"] or {}).get("p99") for k, r in
-           (("single", single), ("cluster", cluster))}
+
+    def med(runs: list[dict[str, Any]], q: str) -> float | None:
+        v = sorted(r["overhead_ms"][q] for r in runs if r["overhead_ms"].get(q) is not None)
+        return round(v[len(v) // 2], 3) if v else None
+
+    p99 = {"single": med(singles, "p99"), "cluster": med(clusters, "p99")}
+    p50 = {"single": med(singles, "p50"), "cluster": med(clusters, "p50")}
     delta = round(p99["cluster"] - p99["single"], 3) \
         if p99["single"] is not None and p99["cluster"] is not None else None
     back = killed.get("back_s")
+    last = clusters[-1]
     return {
-        "stage_nodes": cluster["stage_nodes"],
+        "stage_nodes": last["stage_nodes"],
         "transport": {"kind": cfg.transport.kind, "curve": cfg.transport.keys_dir is not None,
-                      "endpoints": cluster["endpoints"]},
-        "frame_accounting_ok": bool(single["frame_accounting_ok"]
-                                    and cluster["frame_accounting_ok"]),
-        "overhead_p99_ms": p99, "overhead_p99_delta_ms": delta,
+                      "endpoints": last["endpoints"]},
+        "frame_accounting_ok": all(r["frame_accounting_ok"] for r in singles + clusters),
+        "overhead_p99_ms": p99, "overhead_p50_ms": p50,
+        "overhead_p99_each_ms": {"single": [r["overhead_ms"]["p99"] for r in singles],
+                                 "cluster": [r["overhead_ms"]["p99"] for r in clusters]},
+        "overhead_p99_delta_ms": delta,
         "overhead_p99_ok": delta is not None and delta <= 1.0,
-        "clock": cluster["clock"],
+        "overhead_p50_delta_ms": round(p50["cluster"] - p50["single"], 3)
+        if p50["single"] is not None and p50["cluster"] is not None else None,
+        "clock": last["clock"],
         "kill": {"stage": cams[1], "back_s": back, "restarts": len(killed["restarts"]),
                  "ok": back is not None and back <= BACK_WITHIN_S,
                  "frame_accounting_ok": killed["frame_accounting_ok"]},
-        "runs": {"single": single, "cluster": cluster, "kill": killed},
+        "runs": {"single": singles, "cluster": clusters, "kill": killed},
     }

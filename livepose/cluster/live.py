@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: how often the clocks are measured again while running (s)
 CLOCK_EVERY_S = 10.0
+#: how often the supervisor's liveness poll really asks Ray about a stage (s)
+CHECK_EVERY_S = 0.1
 
 #: how much of a node's resource one stage takes (a host holds all the stages that need it)
 SHARE = 0.01
@@ -137,6 +140,7 @@ class RayStage:
         self._done: Any = None
         self._code: int | None = None
         self._finished = False
+        self._checked = 0.0
 
     def start(self, args: tuple[Any, ...]) -> None:
         import ray
@@ -152,6 +156,10 @@ class RayStage:
             return True
         if self._done is None:
             return False
+        now = time.monotonic()
+        if timeout == 0.0 and now - self._checked < CHECK_EVERY_S:
+            return False  # the supervisor polls every few ms: ask Ray at most every 0.1 s
+        self._checked = now
         ready, _ = ray.wait([self._done], timeout=timeout)
         if not ready:
             return False

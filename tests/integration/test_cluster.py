@@ -32,18 +32,18 @@ CAMS = ["cam0", "cam1", "cam2"]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
+def cluster() -> Iterator[dict[str, Any]]:
     from livepose.cluster.raycluster import local_cluster
 
     nodes = [{"num_cpus": 1},
              {"num_cpus": 1, "resources": {f"camera:{c}": 1 for c in CAMS}},
              {"num_cpus": 1, "resources": {"livepose:fusion": 1}}]
-    with local_cluster(nodes):
+    with local_cluster(nodes) as cl:
         import ray
 
         ids = {n["NodeID"][:8]: n["Resources"] for n in ray.nodes() if n["Alive"]}
         yield {"A": next(i for i, r in ids.items() if "camera:cam0" in r),
-               "B": next(i for i, r in ids.items() if "livepose:fusion" in r)}
+               "B": next(i for i, r in ids.items() if "livepose:fusion" in r), "cluster": cl}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], str]
 
 
 def test_reanalyse_identical_on_the_cluster_and_redone_after_kill(
-    cluster: dict[str, str], sessions: tuple[list[Path], str], tmp_path: Path
+    cluster: dict[str, Any], sessions: tuple[list[Path], str], tmp_path: Path
 ) -> None:
     from livepose.bench.cluster import max_diff
     from livepose.cluster.reanalyse import run_local, run_ray
@@ -104,7 +104,7 @@ def test_reanalyse_identical_on_the_cluster_and_redone_after_kill(
 
 
 def test_live_stages_on_their_nodes_restart_and_clock_refusal(
-    cluster: dict[str, str], tmp_path: Path
+    cluster: dict[str, Any], tmp_path: Path
 ) -> None:
     from livepose.bench.cluster_live import live_config, run_live
     from livepose.bench.record import pool_model
@@ -129,5 +129,45 @@ def test_live_stages_on_their_nodes_restart_and_clock_refusal(
         with pytest.raises(UserError, match="desync_tolerance_ms"), Supervisor(
                 strict, launcher=launcher) as sup:
             sup.launch()
+    finally:
+        launcher.close()
+
+
+def test_data_plane_outlives_the_head(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """The head's GCS killed mid-run (the last test of the module: the cluster is gone after
+    it): frames, kp2d and poses keep flowing over ZeroMQ, no stage dies, and the run stops
+    cleanly. (The head's raylet is left: this process, the supervisor, is attached to it.)"""
+    import time
+
+    from livepose.bench.cluster_live import live_config
+    from livepose.bench.record import pool_model
+    from livepose.cluster.live import RayLauncher
+    from livepose.runtime.monitor import Monitor
+    from livepose.runtime.supervisor import Supervisor
+
+    cfg = live_config(pool_model(tmp_path / "m", 96, 64, 4), CAMS)
+    launcher = RayLauncher(cfg)
+    try:
+        with Supervisor(cfg, launcher=launcher) as sup:
+            sup.launch()
+            mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
+            sup.start_trigger()
+            t0 = time.monotonic()
+            t_kill = fused_at_kill = None
+            while time.monotonic() - t0 < 6.0:
+                mon.poll(20)
+                sup.poll(0)
+                if t_kill is None and time.monotonic() - t0 > 2.0:
+                    cluster["cluster"].head_node.kill_gcs_server()
+                    t_kill, fused_at_kill = time.monotonic(), len(mon.fused)
+            assert t_kill is not None and fused_at_kill is not None
+            after = len(mon.fused) - fused_at_kill
+            assert after >= 0.5 * cfg.fps * (time.monotonic() - t_kill), after
+            assert all(p.is_alive() for p in sup.procs.values())
+            assert not sup.restarts
+            sup.stop_trigger()
+            mon.close()
+            codes = sup.stop()
+        assert set(codes.values()) == {0}, codes
     finally:
         launcher.close()
