@@ -122,6 +122,9 @@ class Supervisor:
     dashboard
         Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
         after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
+    launcher
+        Start the stage processes elsewhere (``livepose run --cluster``:
+        ``livepose.cluster.live.RayLauncher``); restarts stay this class's policy.
     """
 
     def __init__(
