@@ -200,6 +200,9 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         f"{_fmt(e['median'], '.2f')} / {_fmt(e['p95'], '.2f')} / {_fmt(e['max'], '.1f')}",
     )
     t.add_row("frame accounting ok", str(s["frame_accounting_ok"]))
+    if "cluster" in s:  # livepose run --cluster: cross-host figures are only this good
+        t.add_row("cross-host clock uncertainty (ms): latencies and desync between hosts ±",
+                  f"{s['cluster']['clock']['cross_host_uncertainty_ms']:.3f}")
     t.add_row("execution provider", str(s["provider"]))
     console.print(t)
 

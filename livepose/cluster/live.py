@@ -120,11 +120,11 @@ class StageHost:
         """The supervisor's clock minus this node's (:mod:`livepose.transport.clocksync`),
         over the run's transport (CURVE with its keys)."""
         from livepose.core.config import TransportConfig
-        from livepose.transport.clocksync import measure
+        from livepose.transport.clocksync import measure, sync_status
         from livepose.transport.security import load_keys
 
         keys = load_keys(TransportConfig.model_validate(transport))
-        return measure(endpoint, rounds, keys).as_dict()
+        return {**measure(endpoint, rounds, keys).as_dict(), "sync": sync_status()}
 
 
 class RayStage:
@@ -321,7 +321,8 @@ class RayLauncher:
         latency or desync figure between two hosts may be off by (the worst node)."""
         per = {nid[:8]: {"offset_ms": round(m["offset_ns"] / 1e6, 3),
                          "uncertainty_ms": round(m["uncertainty_ns"] / 1e6, 3),
-                         "worst_seen_ms": round(self.clock_worst_ms.get(nid, 0.0), 3)}
+                         "worst_seen_ms": round(self.clock_worst_ms.get(nid, 0.0), 3),
+                         "sync": m.get("sync", {"source": "none"})}
                for nid, m in self.clocks.items()}
         worst = max(self.clock_worst_ms.values(), default=0.0)
         return {"nodes": per, "cross_host_uncertainty_ms": round(worst, 3)}

@@ -11,7 +11,10 @@ PTP (or chrony) keeps the clocks themselves that close; this exchange checks it.
 
 from __future__ import annotations
 
+import re
+import shutil
 import struct
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -109,3 +112,48 @@ def measure(endpoint: str, rounds: int = 20, keys: security.CurveKeys | None = N
         raise TimeoutError(f"clock server {endpoint}: no usable answer")
     return ClockOffset(offset_ns=best[1], rtt_ns=best[0], uncertainty_ns=best[0] // 2,
                        rounds=rounds)
+
+
+_CHRONY_SYSTEM = re.compile(r"^System time\s*:\s*([0-9.]+) seconds (fast|slow)", re.M)
+_CHRONY_LEAP = re.compile(r"^Leap status\s*:\s*(.+)$", re.M)
+_PTP_OFFSET = re.compile(r"master_offset\s+(-?[0-9]+)")
+
+
+def parse_chrony(text: str) -> dict[str, Any] | None:
+    """``chronyc -n tracking`` → ``{"source": "chrony", "offset_ms", "synchronised"}`` (offset:
+    this host's clock minus the NTP time it follows), ``None`` if the text says nothing."""
+    m = _CHRONY_SYSTEM.search(text)
+    if m is None:
+        return None
+    off = float(m.group(1)) * 1e3 * (1 if m.group(2) == "fast" else -1)
+    leap = _CHRONY_LEAP.search(text)
+    return {"source": "chrony", "offset_ms": round(off, 6),
+            "synchronised": leap is not None and leap.group(1).strip() == "Normal"}
+
+
+def parse_ptp(text: str) -> dict[str, Any] | None:
+    """linuxptp's ``pmc -u -b 0 'GET TIME_STATUS_NP'`` → ``{"source": "ptp", "offset_ms"}``
+    (the offset from the PTP master), ``None`` if the text says nothing."""
+    m = _PTP_OFFSET.search(text)
+    if m is None:
+        return None
+    return {"source": "ptp", "offset_ms": round(int(m.group(1)) / 1e6, 6), "synchronised": True}
+
+
+def sync_status(timeout_s: float = 1.0) -> dict[str, Any]:
+    """What keeps this host's clock: chrony's or linuxptp's own view where their tools are
+    installed and answer, else ``{"source": "none"}`` (the ping exchange still checks)."""
+    for tool, args, parse in (("chronyc", ["-n", "tracking"], parse_chrony),
+                              ("pmc", ["-u", "-b", "0", "GET TIME_STATUS_NP"], parse_ptp)):
+        exe = shutil.which(tool)
+        if exe is None:
+            continue
+        try:
+            out = subprocess.run([exe, *args], capture_output=True, text=True,
+                                 timeout=timeout_s, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        got = parse(out)
+        if got is not None:
+            return got
+    return {"source": "none"}

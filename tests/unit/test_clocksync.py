@@ -29,3 +29,29 @@ def test_offset_within_uncertainty_and_malformed_counted() -> None:
     finally:
         server.close()
         ctx.term()
+
+
+# chrony and linuxptp are not installed on this VM: their tools' output is parsed from
+# samples in their documented formats (chronyc(1) "tracking", linuxptp pmc TIME_STATUS_NP)
+CHRONY = """Reference ID    : C0A80101 (192.168.1.1)
+Stratum         : 3
+System time     : 0.000123456 seconds slow of NTP time
+Last offset     : -0.000012 seconds
+Leap status     : Normal
+"""
+PTP = """sending: GET TIME_STATUS_NP
+	90e2ba.fffe.0cfa4c-0 seq 0 RESPONSE MANAGEMENT TIME_STATUS_NP
+		master_offset              -2150
+		ingress_time               1700000000000000000
+"""
+
+
+def test_sync_tool_outputs_parsed() -> None:
+    from livepose.transport.clocksync import parse_chrony, parse_ptp, sync_status
+
+    c = parse_chrony(CHRONY)
+    assert c == {"source": "chrony", "offset_ms": -0.123456, "synchronised": True}
+    assert parse_chrony(CHRONY.replace("Normal", "Not synchronised"))["synchronised"] is False
+    assert parse_ptp(PTP) == {"source": "ptp", "offset_ms": -0.00215, "synchronised": True}
+    assert parse_chrony("506 Cannot talk to daemon") is None and parse_ptp("") is None
+    assert sync_status()["source"] in ("chrony", "ptp", "none")
