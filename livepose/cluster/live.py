@@ -231,19 +231,33 @@ class RayLauncher:
 
     def _actor(self, name: str) -> RayStage:
         res, gpus = resources_for(name, self.cams, self.gpus)
+        want = {**res, **({"GPU": gpus} if gpus else {})}
+        have = self.ray.cluster_resources()
+        lacking = sorted(k for k in want if have.get(k, 0.0) <= 0.0)
+        if lacking:
+            raise UserError(f"stage {name!r} needs a node with {', '.join(lacking)}: no node of "
+                            "the cluster offers it (ray start --resources '{\"" + lacking[0]
+                            + "\": 1}'; docs/cluster.md)")
         actor = self.host_cls.options(resources=res, num_gpus=gpus, name=None).remote()
         try:
             node = self.ray.get(actor.node.remote(), timeout=60)
         except self.ray.exceptions.GetTimeoutError:
             self.ray.kill(actor)
-            raise RuntimeError(f"stage {name!r}: no Ray node offers {res or {'GPU': gpus}} "
-                               "(ray start --resources; docs/cluster.md)") from None
+            raise UserError(f"stage {name!r}: no Ray node with {want} could take it within "
+                            "60 s (all busy, or the resources are on different nodes)") from None
         self.placed[name] = node
         return RayStage(name, actor, node)
 
     def place(self, names: list[str], endpoints: dict[str, str]) -> dict[str, str]:
         """Create every stage's actor (where Ray puts it) and point each stage-bound endpoint
         at its node's IP; returns the new endpoints."""
+        try:
+            return self._place(names, endpoints)
+        except BaseException:
+            self.close()  # no actor left behind by a refused start
+            raise
+
+    def _place(self, names: list[str], endpoints: dict[str, str]) -> dict[str, str]:
         for n in names:
             self._pending[n] = self._actor(n)
         out = dict(endpoints)

@@ -396,13 +396,13 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
         raise ReanalyseError(f"--workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
     mcfg = model_config(plans[0].cfg, model)
+    keypoints = _keypoints(mcfg)  # a wrong model is one error line here, not dying actors
     actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
                            max_task_retries=0)(InferWorker)
     pool = [actor_cls.remote(mcfg, batch) for _ in range(workers)]
     try:
         pids = ray.get([a.pid.remote() for a in pool])  # every model loaded
         timing = {"startup_s": time.perf_counter() - t0}
-        keypoints = _keypoints(mcfg)
         queue = [u for p in plans for u in p.units]
         total = sum(u.frames for u in queue)
         results: dict[tuple[str, str], UnitResult] = {}
@@ -452,7 +452,12 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
 
 
 def _keypoints(model: dict[str, Any]) -> list[str]:
+    """The model's keypoint names (raises ``ModelError`` for a model that does not load,
+    :class:`ReanalyseError` for a two-stage one)."""
     from livepose.core.config import ModelConfig
     from livepose.inference.manifest import resolve_model
 
-    return list(resolve_model(ModelConfig.model_validate(model))[1].keypoints)
+    path, manifest = resolve_model(ModelConfig.model_validate(model))
+    if manifest.two_stage:
+        raise ReanalyseError(f"{path}: two-stage models are not supported by reanalyse yet")
+    return list(manifest.keypoints)

@@ -122,6 +122,12 @@ def test_live_stages_on_their_nodes_restart_and_clock_refusal(
     assert r["back_s"] is not None and r["back_s"] < 15.0  # the 5 s bar: bench cluster
     assert r["clock"]["cross_host_uncertainty_ms"] < cfg.desync_tolerance_ms
 
+    stray = cfg.model_copy(deep=True)  # a camera no node has: one line naming its resource
+    stray.cameras[2].name = "cam9"
+    with pytest.raises(UserError, match="camera:cam9"), Supervisor(
+            stray, launcher=RayLauncher(stray)) as sup:
+        sup.launch()
+
     strict = cfg.model_copy(deep=True)
     strict.desync_tolerance_ms = 1e-6  # 1 ns: no ping exchange can prove that
     launcher = RayLauncher(strict)
