@@ -16,12 +16,14 @@ e.g. ``ray start --address HEAD:6379 --resources '{"camera:cam0": 1, "camera:cam
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 from livepose.core.errors import UserError
 
 FUSION_RESOURCE = "livepose:fusion"
+PROBE_S = 5.0  # how long to wait for the head's port before saying it is not there
 
 
 def camera_resource(cam: str) -> str:
@@ -45,6 +47,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    if address and ":" in address and "://" not in address:  # HOST:PORT: fail fast
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--cluster {address}: no Ray head answers there ({exc}); start "
+                            "one with `ray start --head` (docs/cluster.md)") from None
     try:
         ray.init(address=address, num_cpus=None if address else num_cpus,
                  include_dashboard=False, log_to_driver=True, logging_level="WARNING",

@@ -387,16 +387,15 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
     """
     from livepose.cluster.raycluster import connect
 
-    ray = connect(address)
-    from ray.exceptions import RayActorError
-
     plans = plan_sessions(sessions)
     out = Path(out)
     if workers < 1:
         raise ReanalyseError(f"--workers must be >= 1, got {workers}")
-    t0 = time.perf_counter()
     mcfg = model_config(plans[0].cfg, model)
     keypoints = _keypoints(mcfg)  # a wrong model is one error line here, not dying actors
+    t0 = time.perf_counter()
+    ray = connect(address)
+    from ray.exceptions import RayActorError
     actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
                            max_task_retries=0)(InferWorker)
     pool = [actor_cls.remote(mcfg, batch) for _ in range(workers)]
