@@ -13,7 +13,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import secrets
 import shutil
 import socket
@@ -123,6 +122,9 @@ class Supervisor:
     dashboard
         Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
         after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
+    launcher
+        Start the stage processes elsewhere (``livepose run --cluster``:
+        ``livepose.cluster.live.RayLauncher``); restarts stay this class's policy.
     """
 
     def __init__(
@@ -132,14 +134,18 @@ class Supervisor:
         trigger_count: int | None = None,
         log_level: int = logging.WARNING,
         dashboard: bool = False,
+        launcher: Any = None,
     ) -> None:
         self.cfg = cfg
+        #: starts stage processes elsewhere (``place(names, endpoints)``, ``process(name,
+        #: args)``: livepose.cluster.live.RayLauncher); ``None``: ``spawn`` children here
+        self.launcher = launcher
         self._own_dir = run_dir is None
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
         self.trigger_count = trigger_count
         self.log_level = log_level
         self.endpoints: dict[str, str] = {}
-        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.procs: dict[str, Any] = {}  # multiprocessing.Process (or a cluster's stage)
         self.health: dict[str, protocol.Health] = {}
         self.exited: dict[str, int | None] = {}
         self.zctx: zmq.Context[Any] = zmq.Context()
@@ -228,6 +234,8 @@ class Supervisor:
             self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
             self._dash_args,
         )
+        if self.launcher is not None:  # place every stage, then bind where each landed
+            self.endpoints = self.launcher.place([s.name for s in self._specs], self.endpoints)
         for spec in self._specs[:-1]:
             self._spawn(spec)
         self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
@@ -255,20 +263,20 @@ class Supervisor:
             self._spawn_locked(spec)
 
     def _spawn_locked(self, spec: ProcSpec) -> None:
-        p = self._mp.Process(
-            target=child_entry,
-            name=spec.name,
-            args=(
-                spec.target,
-                spec.name,
-                to_dict(self.cfg),
-                self.endpoints,
-                spec.args,
-                self.log_level,
-                spec.nice,
-                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
-            ),
+        args = (
+            spec.target,
+            spec.name,
+            to_dict(self.cfg),
+            self.endpoints,
+            spec.args,
+            self.log_level,
+            spec.nice,
+            PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
         )
+        if self.launcher is not None:  # on a cluster (livepose/cluster/live.py)
+            self.procs[spec.name] = self.launcher.process(spec.name, args)
+            return
+        p = self._mp.Process(target=child_entry, name=spec.name, args=args)
         p.start()
         self.procs[spec.name] = p
 
@@ -326,7 +334,7 @@ class Supervisor:
         self._respawn_due()
 
     def _check_children(self) -> None:
-        alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
+        alive = [n for n in self.procs if n not in self.exited]
         if not alive:
             return
         for n, p in self.procs.items():
@@ -485,7 +493,7 @@ class Supervisor:
         p = self.procs[name]
         if p.is_alive() and p.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, 15)
+                p.terminate()  # SIGTERM (on a cluster: sent by the stage's host)
         p.join(timeout_s)
         if p.is_alive():
             log.warning("%s did not stop within %.1f s; killing it", name, timeout_s)
