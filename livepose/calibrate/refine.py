@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from livepose.calibrate.board import cv2_module
+from livepose.core.board import cv2_module
 from livepose.core.camera import CameraModel
 from livepose.core.errors import UserError
 
