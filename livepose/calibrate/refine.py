@@ -1,8 +1,12 @@
 """Re-estimate one camera's extrinsics from the subject's own keypoints: after fusion names a
 camera that drifted (fusion/drift.py), its 2D keypoints and the 3D points triangulated from
-the *other* cameras give a PnP problem; intrinsics are kept."""
+the *other* cameras give a PnP problem; intrinsics are kept. :func:`refine_session` does it
+from a recorded session (``livepose calibrate refine``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,3 +64,114 @@ def reestimate_extrinsics(cam: CameraModel, uv: np.ndarray, xyz: np.ndarray,
                       rvec=rv.ravel(), tvec=tv.ravel(), fisheye=cam.fisheye)
     err = float(np.linalg.norm(new.project(obj[idx]) - p2[ok][idx], axis=1).mean())
     return new, err
+
+
+def triangulate(cams: list[CameraModel], uv: np.ndarray, min_views: int = 2) -> np.ndarray:
+    """Linear (DLT) triangulation of every point, vectorised.
+
+    Parameters
+    ----------
+    cams
+        ``C`` cameras.
+    uv
+        ``(C, N, 2)`` distorted pixels, NaN where a camera did not see the point.
+    min_views
+        Points seen by fewer cameras are NaN.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 3)`` world points.
+    """
+    C, N = uv.shape[:2]
+    A = np.zeros((N, 2 * C, 4))
+    seen = np.isfinite(uv).all(axis=2)  # (C, N)
+    for c, cam in enumerate(cams):  # per camera, all points at once
+        xy = np.full((N, 2), np.nan)
+        if seen[c].any():
+            xy[seen[c]] = cam.undistort(uv[c, seen[c]])
+        P = np.hstack([cam.R, cam.tvec.reshape(3, 1)])  # normalised coordinates
+        rows = np.stack([xy[:, :1] * P[2] - P[0], xy[:, 1:] * P[2] - P[1]], axis=1)
+        A[:, 2 * c:2 * c + 2] = np.where(seen[c][:, None, None], rows, 0.0)
+    _, _, vt = np.linalg.svd(A)
+    X = vt[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xyz = X[:, :3] / X[:, 3:]
+    xyz[seen.sum(0) < min_views] = np.nan
+    return xyz
+
+
+def refine_session(session: Path, camera: str, out: Path, min_score: float = 0.5,
+                   max_spread_px: float = 6.0) -> dict[str, Any]:
+    """Re-estimate one camera's pose from a recorded session's keypoints.
+
+    The session's 2D predictions (``pose2d/<cam>.csv``) are triangulated from the *other*
+    cameras with the session's calibration (``calibration.toml``); points those cameras
+    disagree on (reprojection > ``max_spread_px``) and keypoints below ``min_score`` are
+    left out; :func:`reestimate_extrinsics` gives ``camera`` its new pose. ``out`` gets the
+    session's calibration with that camera replaced (same unit).
+
+    Returns
+    -------
+    dict
+        ``camera``, ``points`` used, ``error_before_px`` / ``error_after_px`` (mean
+        reprojection over the inliers), ``rotation_deg`` and ``shift`` (centre, in the
+        calibration's unit) of the change, ``toml``.
+    """
+    from livepose.core.calibration import read_calibration, read_calibration_units
+    from livepose.core.calibration import write_calibration
+    from livepose.formats.dlc import read_dlc_csv
+
+    calib = session / "calibration.toml"
+    if not calib.exists():
+        raise UserError(f"{session}: not a livepose session (no calibration.toml)")
+    group = read_calibration(calib)
+    names = [c.name for c in group]
+    if camera not in names:
+        raise UserError(f"--camera {camera!r}: not in the session's calibration {names}")
+    tables = {}
+    for n in names:
+        p = session / "pose2d" / f"{n}.csv"
+        if p.exists():
+            tables[n] = read_dlc_csv(p)
+    if camera not in tables:
+        raise UserError(f"{session}: no 2D predictions of {camera} (pose2d/{camera}.csv)")
+    others = [n for n in names if n in tables and n != camera]
+    if len(others) < 2:
+        raise UserError(f"{session}: 2D predictions of {len(others)} other camera(s); "
+                        "re-estimating a camera needs two others")
+    rows = sorted(set.intersection(*(set(tables[n].index) for n in [camera, *others])),
+                  key=lambda s: (len(s), s))
+    if not rows:
+        raise UserError(f"{session}: the cameras' 2D CSVs share no frame")
+    pos = {n: {lab: i for i, lab in enumerate(tables[n].index)} for n in tables}
+
+    def uv_of(n: str) -> np.ndarray:
+        pts = tables[n].points[[pos[n][r] for r in rows]]
+        uv = pts[..., :2].copy()
+        uv[~(pts[..., 2] >= min_score)] = np.nan
+        return uv.reshape(-1, 2)
+
+    cams = {c.name: c for c in group}
+    uv_o = np.stack([uv_of(n) for n in others])
+    xyz = triangulate([cams[n] for n in others], uv_o)
+    spread = np.stack([np.linalg.norm(cams[n].project(xyz) - uv_o[k], axis=1)
+                       for k, n in enumerate(others)])
+    worst = np.where(np.isfinite(spread), spread, -np.inf).max(axis=0)  # -inf: no point
+    xyz[worst > max_spread_px] = np.nan
+    uv_c = uv_of(camera)
+    old = cams[camera]
+    new, err = reestimate_extrinsics(old, uv_c[None], xyz[None])
+    ok = np.isfinite(uv_c).all(1) & np.isfinite(xyz).all(1)
+    before = np.linalg.norm(old.project(xyz[ok]) - uv_c[ok], axis=1)
+    after = np.linalg.norm(new.project(xyz[ok]) - uv_c[ok], axis=1)
+    keep = after <= np.percentile(after, 90)  # the same points for both numbers
+    cosang = (np.trace(new.R @ old.R.T) - 1) / 2
+    units = read_calibration_units(calib)
+    write_calibration(out, [new if c.name == camera else c for c in group], units=units)
+    return {"camera": camera, "points": int(ok.sum()), "frames": len(rows),
+            "error_before_px": float(before[keep].mean()),
+            "error_after_px": float(after[keep].mean()), "ransac_error_px": err,
+            "rotation_deg": float(np.degrees(np.arccos(np.clip(cosang, -1, 1)))),
+            "shift": float(np.linalg.norm(new.center - old.center)), "units": units,
+            "toml": str(out)}

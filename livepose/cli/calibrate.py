@@ -241,6 +241,24 @@ def register(app: typer.Typer, err: Console) -> None:
             raise typer.Exit(1)
         Console().print_json(json.dumps(st["result"]))
 
+    @cal.command("refine")
+    def refine_cmd(
+        session: Annotated[Path, typer.Argument(help="a recorded session folder")],
+        camera: Annotated[str, typer.Option("--camera", help="the camera that moved")],
+        out: Annotated[Path, typer.Option("--out", help="the new Anipose calibration TOML")],
+        min_score: Annotated[float, typer.Option(
+            "--min-score", help="keypoints below this likelihood are left out")] = 0.5,
+    ) -> None:
+        """Re-estimate a drifted camera's pose from a session's recorded keypoints (the
+        other cameras triangulate them); writes the session's calibration with it replaced."""
+        from livepose.calibrate.refine import refine_session
+
+        try:
+            res = refine_session(session, camera, out, min_score=min_score)
+        except UserError as exc:
+            fail(exc)
+        Console().print_json(json.dumps(res))
+
     @cal.command("intrinsics")
     def intrinsics_cmd(
         folder: Annotated[Path, typer.Argument(help="images of one camera")],
