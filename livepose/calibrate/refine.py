@@ -118,8 +118,11 @@ def refine_session(session: Path, camera: str, out: Path, min_score: float = 0.5
         reprojection over the inliers), ``rotation_deg`` and ``shift`` (centre, in the
         calibration's unit) of the change, ``toml``.
     """
-    from livepose.core.calibration import read_calibration, read_calibration_units
-    from livepose.core.calibration import write_calibration
+    from livepose.core.calibration import (
+        read_calibration,
+        read_calibration_units,
+        write_calibration,
+    )
     from livepose.formats.dlc import read_dlc_csv
 
     calib = session / "calibration.toml"
