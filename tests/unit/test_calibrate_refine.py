@@ -52,7 +52,7 @@ def _session(tmp: Path, frames: int = 120) -> tuple[Path, CameraGroup, CameraGro
 
 def test_triangulate_matches_the_truth() -> None:
     rig = make_rig(SimConfig(width=640, height=512, seed=1), NAMES)
-    X = np.random.default_rng(0).uniform(-80, 80, (50, 3)) + [0, 0, 40]
+    X = np.random.default_rng(0).uniform(-80, 80, (50, 3)) + np.array([0.0, 0.0, 40.0])
     uv = rig.project(X)
     uv[0, :10] = np.nan  # seen by three cameras
     uv[1:, -3:] = np.nan  # seen by one: no point
