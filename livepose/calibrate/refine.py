@@ -101,15 +101,51 @@ def triangulate(cams: list[CameraModel], uv: np.ndarray, min_views: int = 2) -> 
     return xyz
 
 
+def session_keypoints(session: Path, min_score: float = 0.5
+                      ) -> tuple[list[CameraModel], dict[str, np.ndarray], str | None]:
+    """A recorded session's calibration and 2D keypoints.
+
+    Returns
+    -------
+    cameras, uv, units
+        The session's calibration (``calibration.toml``), per camera with a
+        ``pose2d/<cam>.csv`` its keypoints ``(T·J, 2)`` over the frames every such camera
+        has (NaN where missing or below ``min_score``), and the calibration's unit.
+    """
+    from livepose.core.calibration import read_calibration, read_calibration_units
+    from livepose.formats.dlc import read_dlc_csv
+
+    calib = session / "calibration.toml"
+    if not calib.exists():
+        raise UserError(f"{session}: not a livepose session (no calibration.toml)")
+    group = list(read_calibration(calib))
+    tables = {c.name: read_dlc_csv(p) for c in group
+              if (p := session / "pose2d" / f"{c.name}.csv").exists()}
+    if not tables:
+        raise UserError(f"{session}: no 2D predictions (pose2d/<camera>.csv)")
+    rows = sorted(set.intersection(*(set(t.index) for t in tables.values())),
+                  key=lambda s: (len(s), s))
+    if not rows:
+        raise UserError(f"{session}: the cameras' 2D CSVs share no frame")
+    uv = {}
+    for n, t in tables.items():
+        at = {lab: i for i, lab in enumerate(t.index)}
+        pts = t.points[[at[r] for r in rows]]
+        u = pts[..., :2].copy()
+        u[~(pts[..., 2] >= min_score)] = np.nan
+        uv[n] = u.reshape(-1, 2)
+    return group, uv, read_calibration_units(calib)
+
+
 def refine_session(session: Path, camera: str, out: Path, min_score: float = 0.5,
                    max_spread_px: float = 6.0) -> dict[str, Any]:
-    """Re-estimate one camera's pose from a recorded session's keypoints.
+    """Re-estimate one camera's pose from a recorded session's keypoints; ``out`` gets the
+    session's calibration with that camera replaced (same unit).
 
     The session's 2D predictions (``pose2d/<cam>.csv``) are triangulated from the *other*
-    cameras with the session's calibration (``calibration.toml``); points those cameras
-    disagree on (reprojection > ``max_spread_px``) and keypoints below ``min_score`` are
-    left out; :func:`reestimate_extrinsics` gives ``camera`` its new pose. ``out`` gets the
-    session's calibration with that camera replaced (same unit).
+    cameras with the session's calibration; points those cameras disagree on (reprojection
+    > ``max_spread_px``) and keypoints below ``min_score`` are left out;
+    :func:`reestimate_extrinsics` gives ``camera`` its new pose.
 
     Returns
     -------
@@ -118,63 +154,41 @@ def refine_session(session: Path, camera: str, out: Path, min_score: float = 0.5
         reprojection over the inliers), ``rotation_deg`` and ``shift`` (centre, in the
         calibration's unit) of the change, ``toml``.
     """
-    from livepose.core.calibration import (
-        read_calibration,
-        read_calibration_units,
-        write_calibration,
-    )
-    from livepose.formats.dlc import read_dlc_csv
+    from livepose.core.calibration import write_calibration
 
-    calib = session / "calibration.toml"
-    if not calib.exists():
-        raise UserError(f"{session}: not a livepose session (no calibration.toml)")
-    group = read_calibration(calib)
+    group, uvs, units = session_keypoints(session, min_score)
     names = [c.name for c in group]
     if camera not in names:
         raise UserError(f"--camera {camera!r}: not in the session's calibration {names}")
-    tables = {}
-    for n in names:
-        p = session / "pose2d" / f"{n}.csv"
-        if p.exists():
-            tables[n] = read_dlc_csv(p)
-    if camera not in tables:
+    if camera not in uvs:
         raise UserError(f"{session}: no 2D predictions of {camera} (pose2d/{camera}.csv)")
-    others = [n for n in names if n in tables and n != camera]
+    others = [n for n in names if n in uvs and n != camera]
     if len(others) < 2:
         raise UserError(f"{session}: 2D predictions of {len(others)} other camera(s); "
                         "re-estimating a camera needs two others")
-    rows = sorted(set.intersection(*(set(tables[n].index) for n in [camera, *others])),
-                  key=lambda s: (len(s), s))
-    if not rows:
-        raise UserError(f"{session}: the cameras' 2D CSVs share no frame")
-    pos = {n: {lab: i for i, lab in enumerate(tables[n].index)} for n in tables}
-
-    def uv_of(n: str) -> np.ndarray:
-        pts = tables[n].points[[pos[n][r] for r in rows]]
-        uv = pts[..., :2].copy()
-        uv[~(pts[..., 2] >= min_score)] = np.nan
-        return uv.reshape(-1, 2)
-
     cams = {c.name: c for c in group}
-    uv_o = np.stack([uv_of(n) for n in others])
+    uv_o = np.stack([uvs[n] for n in others])
     xyz = triangulate([cams[n] for n in others], uv_o)
     spread = np.stack([np.linalg.norm(cams[n].project(xyz) - uv_o[k], axis=1)
                        for k, n in enumerate(others)])
     worst = np.where(np.isfinite(spread), spread, -np.inf).max(axis=0)  # -inf: no point
     xyz[worst > max_spread_px] = np.nan
-    uv_c = uv_of(camera)
+    uv_c = uvs[camera]
     old = cams[camera]
-    new, err = reestimate_extrinsics(old, uv_c[None], xyz[None])
+    new_cam, err = reestimate_extrinsics(old, uv_c[None], xyz[None])
     ok = np.isfinite(uv_c).all(1) & np.isfinite(xyz).all(1)
     before = np.linalg.norm(old.project(xyz[ok]) - uv_c[ok], axis=1)
-    after = np.linalg.norm(new.project(xyz[ok]) - uv_c[ok], axis=1)
+    after = np.linalg.norm(new_cam.project(xyz[ok]) - uv_c[ok], axis=1)
     keep = after <= np.percentile(after, 90)  # the same points for both numbers
-    cosang = (np.trace(new.R @ old.R.T) - 1) / 2
-    units = read_calibration_units(calib)
-    write_calibration(out, [new if c.name == camera else c for c in group], units=units)
-    return {"camera": camera, "points": int(ok.sum()), "frames": len(rows),
+    write_calibration(out, [new_cam if c.name == camera else c for c in group], units=units)
+    return {"camera": camera, "points": int(ok.sum()),
             "error_before_px": float(before[keep].mean()),
             "error_after_px": float(after[keep].mean()), "ransac_error_px": err,
-            "rotation_deg": float(np.degrees(np.arccos(np.clip(cosang, -1, 1)))),
-            "shift": float(np.linalg.norm(new.center - old.center)), "units": units,
-            "toml": str(out)}
+            **_change(old, new_cam), "units": units, "toml": str(out)}
+
+
+def _change(old: CameraModel, new: CameraModel) -> dict[str, float]:
+    """How far a camera's pose moved: rotation (°) and centre shift."""
+    cosang = (np.trace(new.R @ old.R.T) - 1) / 2
+    return {"rotation_deg": float(np.degrees(np.arccos(np.clip(cosang, -1, 1)))),
+            "shift": float(np.linalg.norm(new.center - old.center))}

@@ -82,3 +82,4 @@ def test_refine_a_drifted_camera_from_a_session(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["calibrate", "refine", str(s), "--camera", "camX", "--out",
                                  str(tmp_path / "x.toml")])
     assert r.exit_code == 2 and "camX" in r.output and "cam0" in r.output
+
