@@ -244,13 +244,16 @@ def register(app: typer.Typer, err: Console) -> None:
     @cal.command("refine")
     def refine_cmd(
         session: Annotated[Path, typer.Argument(help="a recorded session folder")],
-        camera: Annotated[str, typer.Option("--camera", help="the camera that moved")],
         out: Annotated[Path, typer.Option("--out", help="the new Anipose calibration TOML")],
+        camera: Annotated[str | None, typer.Option(
+            "--camera", help="the camera that moved (default: every camera)")] = None,
         min_score: Annotated[float, typer.Option(
             "--min-score", help="keypoints below this likelihood are left out")] = 0.5,
     ) -> None:
         """Re-estimate a drifted camera's pose from a session's recorded keypoints (the
-        other cameras triangulate them); writes the session's calibration with it replaced."""
+        other cameras triangulate them), or without --camera every camera's (keypoint bundle
+        adjustment: the subject must have covered the arena); writes the session's
+        calibration with the new poses."""
         from livepose.calibrate.refine import refine_session
 
         try:
