@@ -40,32 +40,34 @@ def test_sim_rig_with_a_board_is_calibrated_live(tmp_path: Path) -> None:
     s.board.poses, s.board.hold_frames, s.board.false_corners = 40, 1, 0.02
     out = tmp_path / "calib.toml"
     shown: list[str] = []
-    st = collect_live(cfg, Board(), out, {"views": 10, "coverage": 0.2, "pair_views": 6},
+    st = collect_live(cfg, Board(), out, {"views": 20, "coverage": 0.2, "pair_views": 12},
                       timeout_s=90, show=shown.append, show_every_s=0.5)
     assert st["state"] == "done", st
     # the status went out while collecting: per camera views and coverage grids, pairs
     assert shown and "shared views:" in shown[-1]
     cams = st["cameras"]
     assert [c["name"] for c in cams] == cfg.camera_names
-    assert all(c["views"] >= 10 and np.asarray(c["grid"]).shape == (6, 8) for c in cams)
-    assert all(n >= 6 for _a, _b, n in st["pairs"]) or st["enough"]
+    assert all(c["views"] >= 20 and np.asarray(c["grid"]).shape == (6, 8) for c in cams)
+    assert all(n >= 12 for _a, _b, n in st["pairs"]) and st["enough"]
     # against the rig's truth (a short collection: looser than the benchmark's bars)
     est = read_calibration(out, cfg.camera_names)
     truth = make_rig(cfg.sim, cfg.camera_names)
     for e, t in zip(est, truth, strict=True):
-        assert abs(e.matrix[0, 0] / t.matrix[0, 0] - 1) < 0.02, (e.matrix, t.matrix)
+        assert abs(e.matrix[0, 0] / t.matrix[0, 0] - 1) < 0.01, (e.matrix, t.matrix)
         assert np.hypot(*(e.matrix[:2, 2] - t.matrix[:2, 2])) < 6.0, (e.matrix, t.matrix)
     (_, _), (r_est, c_est) = _in_cam0(est)
     (_, _), (r_true, c_true) = _in_cam0(truth)
-    # ten views of small images: the relative pose to ~1 % of the 700 mm baseline (the
-    # benchmark's 60 views at 1280x1024 reach 2 mm / 0.2°); a wiring error (cameras or
-    # frames mixed up, a wrong board) is off by degrees and tens of mm
+    # twenty views of small images: the relative pose to ~0.5 % of the 700 mm baseline
+    # (the same views solved offline: 2.1 mm / 0.28°; the benchmark's 60 views at
+    # 1280x1024: 0.14 mm / 0.05°); a wiring error (cameras or frames mixed up, a wrong
+    # board) is off by degrees and tens of mm
     shift = float(np.linalg.norm(c_est - c_true))
     ang = np.degrees(np.arccos(np.clip((np.trace(r_est @ r_true.T) - 1) / 2, -1, 1)))
     print(f"live calibration: cam1 centre off by {shift:.1f} mm, rotation by {ang:.2f}°, "
-          f"reprojection {st['result']['reproj_px']:.3f} px, {st['elapsed_s']} s")
-    assert shift < 0.02 * np.linalg.norm(c_true), (c_est, c_true)
-    assert ang < 1.0, ang
-    assert st["result"]["reproj_px"] < 0.6
+          f"reprojection {st['result']['reproj_px']:.3f} px, {st['frames']} frame-sets, "
+          f"{st['elapsed_s']} s")
+    assert shift < 0.01 * np.linalg.norm(c_true), (c_est, c_true)
+    assert ang < 0.5, ang
+    assert st["result"]["reproj_px"] < 0.3
     assert read_calibration_units(out) == "mm"
     assert Path(st["result"]["report"]).exists()
