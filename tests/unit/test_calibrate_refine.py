@@ -114,3 +114,4 @@ def test_refine_the_whole_rig_from_keypoints(tmp_path: Path) -> None:
     assert res["camera"] == "all" and res["error_after_px"] < res["error_before_px"] / 2
     got = read_calibration(tmp_path / "rig.toml", NAMES)
     assert _angle(got[2].R, turned(rig[2], 0.5).R) < 0.15
+

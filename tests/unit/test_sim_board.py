@@ -88,3 +88,4 @@ def test_frame_sets_and_status_as_data() -> None:
     st = col.summary()
     assert st["cameras"][0]["grid"] == [[0] * 8] * 6 and st["pairs"] == [["a", "b", 0]]
     assert status_text(st) == col.text() and "a-b 0" in col.text()
+
