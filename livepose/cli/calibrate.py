@@ -212,6 +212,7 @@ def register(app: typer.Typer, err: Console) -> None:
         views, coverage, shared pairs and reprojection in the terminal (and the dashboard);
         stops when enough, then writes the TOML and its report."""
         from livepose.core.board import Board
+        from livepose.runtime.supervisor import ProcessDied
 
         try:
             cfg = live_config(config, out)
@@ -229,11 +230,17 @@ def register(app: typer.Typer, err: Console) -> None:
 
             st = collect_live(cfg, b, out, {"views": views, "coverage": coverage,
                                             "pair_views": pair_views}, timeout,
-                              dashboard=not no_dashboard,
+                              dashboard=cfg.dashboard.enabled and not no_dashboard,
                               show=lambda m: con.print(m, highlight=False), fisheye=fisheye,
                               on_launch=launched)
         except UserError as exc:
             fail(exc)
+        except (ProcessDied, TimeoutError) as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("stopped before the calibration was solved; nothing written")
+            raise typer.Exit(130) from None
         if st.get("state") != "done":
             why = (st.get("result") or {}).get("error") or (
                 f"not enough views after {timeout:g} s (see the status above)")

@@ -73,3 +73,21 @@ def test_live_config_stands_in_the_output_for_a_missing_calibration(tmp_path: Pa
     cfg_path.write_text("cameras:\n  - {name: a, backend: video, path: a.mkv, fps: -1}\n")
     with pytest.raises(ConfigError, match="fps"):
         live_config(cfg_path, out)
+
+
+def test_calibrate_live_command_fails_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from livepose.cli.app import app
+
+    r = CliRunner().invoke(app, ["calibrate", "live", str(tmp_path / "nope.yaml"), "--out",
+                                 str(tmp_path / "c.toml")])
+    assert r.exit_code == 2 and "nope.yaml" in r.output and "not found" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[board]\nsquares = [5, 7]\ncolour = 'red'\n")
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text("sim: {scene: board}\ncameras:\n  - {name: a, backend: sim}\n"
+                   "  - {name: b, backend: sim}\n")
+    r = CliRunner().invoke(app, ["calibrate", "live", str(cfg), "--out", str(tmp_path / "c.toml"),
+                                 "--board", str(bad)])
+    assert r.exit_code == 2 and "colour" in r.output
