@@ -45,6 +45,7 @@ CAMERA = stages.camera
 TRIGGER = stages.trigger
 RECORDER = stages.recorder
 DASHBOARD = stages.dashboard
+COLLECTOR = stages.collector
 #: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
 #: reaches it every ~0.5 s; the message reaches the workers within milliseconds)
 TAKEOVER_LEAD_S = 1.0
@@ -79,19 +80,26 @@ def plan(
     record: dict[str, Any] | None = None,
     keypoints: list[str] | None = None,
     dashboard: dict[str, Any] | None = None,
+    collect: dict[str, Any] | None = None,
 ) -> list[ProcSpec]:
     """The processes of a run, in start order (trigger last).
+
+    ``collect`` (the collector's arguments, :mod:`livepose.calibrate.live`) makes a
+    calibration run: the collector ``calib`` instead of fusion, workers and recorder.
 
     ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
     launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
     ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
-    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
-    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
-                       rt="inference")
-              for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
-    if keypoints is not None and cfg.recording.predictions:
+    if collect is not None:
+        specs = [ProcSpec("calib", COLLECTOR, collect)]
+    else:
+        specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
+        specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
+                           rt="inference")
+                  for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
+    if keypoints is not None and cfg.recording.predictions and collect is None:
         specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
                               optional=True, nice=5))  # its crash never stops the experiment
     if dashboard is not None:
@@ -125,6 +133,10 @@ class Supervisor:
     launcher
         Start the stage processes elsewhere (``livepose run --cluster``:
         ``livepose.cluster.live.RayLauncher``); restarts stay this class's policy.
+    collect
+        A calibration run (``livepose calibrate live``): the collector stage with these
+        arguments (:mod:`livepose.calibrate.live`) instead of inference and fusion; no
+        model and no calibration file are needed.
     """
 
     def __init__(
@@ -135,11 +147,13 @@ class Supervisor:
         log_level: int = logging.WARNING,
         dashboard: bool = False,
         launcher: Any = None,
+        collect: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         #: starts stage processes elsewhere (``place(names, endpoints)``, ``process(name,
         #: args)``: livepose.cluster.live.RayLauncher); ``None``: ``spawn`` children here
         self.launcher = launcher
+        self.collect = collect
         self._own_dir = run_dir is None
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
         self.trigger_count = trigger_count
@@ -187,9 +201,11 @@ class Supervisor:
     def preflight(self) -> None:
         """Check everything a user can get wrong before any process starts (UserError)."""
         self.keys = security.load_keys(self.cfg.transport)  # files, permissions: UserError
-        facts = stages.prepare_acquisition(self.cfg, self.run_dir)
+        facts = stages.prepare_acquisition(self.cfg, self.run_dir,
+                                           need_calibration=self.collect is None)
         self.calibration = facts["calibration"]
-        stages.preflight_inference(self.cfg)
+        if self.collect is None:
+            stages.preflight_inference(self.cfg)
         try:
             if shmring.frames_in_shm(self.cfg.transport):
                 stale = shmring.remove_stale()  # rings of cameras killed with -9
@@ -232,7 +248,7 @@ class Supervisor:
             self._bind_health_relay()
         self._specs = plan(
             self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
-            self._dash_args,
+            self._dash_args, self.collect,
         )
         if self.launcher is not None:  # place every stage, then bind where each landed
             self.endpoints = self.launcher.place([s.name for s in self._specs], self.endpoints)
@@ -509,7 +525,8 @@ class Supervisor:
     def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
         order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
-        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)]
+        order += ["fusion", "recorder", "calib"]
         writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
         for name in order:
             if name in self.procs:

@@ -50,20 +50,52 @@ from livepose.core.config.stages import (
     KalmanConfig,
     LiftConfig,
     ModelConfig,
+    SimBoardConfig,
     SimConfig,
     TriggerConfig,
 )
 from livepose.core.yamlfile import read_yaml
 
 __all__ = [
-    "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
-    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue",
-    "FrameSetConfig", "FusionConfig", "GenICamCameraConfig", "KalmanConfig", "LiftConfig",
-    "LimitsConfig", "MetadataConfig", "ModelConfig", "PreviewConfig", "PylonCameraConfig",
-    "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig", "SimCameraConfig",
-    "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
-    "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
-    "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
+    "CAMERA_BACKENDS",
+    "CameraConfig",
+    "CameraName",
+    "CameraTriggerConfig",
+    "Config",
+    "ConfigError",
+    "CropConfig",
+    "DashboardConfig",
+    "EKFConfig",
+    "FeatureValue",
+    "FrameSetConfig",
+    "FusionConfig",
+    "GenICamCameraConfig",
+    "KalmanConfig",
+    "LiftConfig",
+    "LimitsConfig",
+    "MetadataConfig",
+    "ModelConfig",
+    "PreviewConfig",
+    "PylonCameraConfig",
+    "PylonEmulationConfig",
+    "RecordingConfig",
+    "RestartConfig",
+    "RoiConfig",
+    "SimBoardConfig",
+    "SimCameraConfig",
+    "SimConfig",
+    "SpinnakerCameraConfig",
+    "TransportConfig",
+    "TriggerConfig",
+    "VideoCameraConfig",
+    "WebcamCameraConfig",
+    "clock_matched",
+    "default_config_path",
+    "from_dict",
+    "load_config",
+    "load_default_config",
+    "parse_config",
+    "to_dict",
 ]
 
 
@@ -181,6 +213,9 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if base_dir is not None:
         if cfg.calibration is not None and not cfg.calibration.is_absolute():
             cfg.calibration = base_dir / cfg.calibration
+        bf = cfg.sim.board.file
+        if bf is not None and not bf.is_absolute():
+            cfg.sim.board.file = base_dir / bf
         if cfg.model.path not in ("default", "blazepose") and not Path(cfg.model.path).is_absolute():
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
