@@ -51,6 +51,7 @@ from livepose.core.config.stages import (
     KalmanConfig,
     LiftConfig,
     ModelConfig,
+    MultiConfig,
     SimConfig,
     TriggerConfig,
 )
@@ -59,7 +60,7 @@ __all__ = [
     "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
     "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue",
     "FrameSetConfig", "FusionConfig", "GenICamCameraConfig", "KalmanConfig", "LiftConfig",
-    "LimitsConfig", "MetadataConfig", "ModelConfig", "PreviewConfig", "PylonCameraConfig",
+    "LimitsConfig", "MetadataConfig", "ModelConfig", "MultiConfig", "PreviewConfig", "PylonCameraConfig",
     "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig", "SimCameraConfig",
     "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
     "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
