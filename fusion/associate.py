@@ -86,6 +86,42 @@ def pair_distances_nb(pts: np.ndarray, xn: np.ndarray, cam: np.ndarray, E: np.nd
     return D
 
 
+@nb.njit(cache=True, nogil=True)
+def cluster_nb(D: np.ndarray, start: np.ndarray, order: np.ndarray, max_cost: float
+               ) -> np.ndarray:
+    """Grow clusters view by view (module docstring): the cluster of each instance ``(M,)``.
+
+    ``D`` ``(M, M)`` distances, ``start`` ``(C + 1,)`` the first instance of each view,
+    ``order`` the views in the order they join."""
+    M = D.shape[0]
+    label = np.full(M, -1, dtype=np.int64)
+    ncl = 0
+    for c in order:
+        a, b = start[c], start[c + 1]
+        n = b - a
+        if n == 0:
+            continue
+        if ncl > 0:
+            cost = np.empty((ncl, n))
+            for k in range(ncl):
+                for i in range(n):
+                    s, cnt = 0.0, 0
+                    for m in range(M):
+                        if label[m] == k and np.isfinite(D[m, a + i]):
+                            s += D[m, a + i]
+                            cnt += 1
+                    cost[k, i] = s / cnt if cnt > 0 else np.inf
+            col = assign_nb(cost, max_cost)
+            for k in range(ncl):
+                if col[k] >= 0:
+                    label[a + col[k]] = k
+        for i in range(a, b):
+            if label[i] < 0:
+                label[i] = ncl
+                ncl += 1
+    return label
+
+
 def essential_matrices(cameras: CameraGroup) -> np.ndarray:
     """``(C, C, 3, 3)``: ``E[a, b]`` maps camera ``a``'s normalised point to its epipolar
     line in camera ``b`` (``x_bᵀ E x_a = 0``)."""
@@ -102,14 +138,6 @@ def essential_matrices(cameras: CameraGroup) -> np.ndarray:
             tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
             E[a, b] = tx @ R
     return E
-
-
-def _mean_finite(d: np.ndarray) -> np.ndarray:
-    """Column means ``(n,)`` of ``d`` ``(m, n)`` over its finite entries (``inf`` if none)."""
-    fin = np.isfinite(d)
-    n = fin.sum(axis=0)
-    s = np.where(fin, d, 0.0).sum(axis=0)
-    return np.where(n > 0, s / np.maximum(n, 1), np.inf)
 
 
 @dataclass(slots=True)
@@ -186,32 +214,19 @@ class Associator:
         if len(views) != self.C:
             raise ValueError(f"need {self.C} views, got {len(views)}")
         pts, cam, D = self.distances(views)
-        M = len(cam)
-        start = np.concatenate([[0], np.cumsum([len(v) for v in views])])
-        order = sorted(range(self.C), key=lambda c: -len(views[c]))
-        clusters: list[list[int]] = []
-        for c in order:
-            idx = np.arange(start[c], start[c + 1])
-            if not len(idx):
-                continue
-            if clusters:
-                cost = np.array([_mean_finite(D[np.array(cl)][:, idx]) for cl in clusters])
-                col = assign_nb(cost, self.epipolar_px)
-                taken = set()
-                for k, j in enumerate(col):
-                    if j >= 0:
-                        clusters[k].append(int(idx[j]))
-                        taken.add(int(j))
-                clusters += [[int(idx[j])] for j in range(len(idx)) if j not in taken]
-            else:
-                clusters = [[int(i)] for i in idx]
-        clusters = [cl for cl in clusters if len(cl) >= 2]
-        J = pts.shape[1] if M else 0
-        out = np.full((len(clusters), self.C, J, 3), np.nan, dtype=np.float32)
-        members, costs = [], np.zeros(len(clusters))
-        for k, cl in enumerate(clusters):
+        start = np.concatenate([[0], np.cumsum([len(v) for v in views])]).astype(np.int64)
+        order = np.argsort([-len(v) for v in views], kind="stable").astype(np.int64)
+        label = cluster_nb(D, start, order, self.epipolar_px)
+        sizes = np.bincount(label, minlength=1) if len(label) else np.zeros(0, np.int64)
+        keep = np.flatnonzero(sizes >= 2)
+        J = pts.shape[1] if len(label) else 0
+        out = np.full((len(keep), self.C, J, 3), np.nan, dtype=np.float32)
+        members, costs = [], np.zeros(len(keep))
+        for k, lab in enumerate(keep):
+            cl = np.flatnonzero(label == lab)
             members.append([(int(cam[i]), int(i - start[cam[i]])) for i in cl])
             out[k, cam[cl]] = pts[cl]
             sub = D[np.ix_(cl, cl)]
-            costs[k] = float(np.mean(sub[np.isfinite(sub)])) if np.isfinite(sub).any() else 0.0
+            fin = np.isfinite(sub)
+            costs[k] = float(sub[fin].mean()) if fin.any() else 0.0
         return Association(out, members, costs)

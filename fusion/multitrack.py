@@ -15,9 +15,10 @@ Per frame-set (instances per view in, individuals out):
 3. **Filters.** Every track is a block of ``J`` keypoints in *one* :class:`KeypointEKF` of
    ``S · J`` keypoints (``S`` track slots): the fusion's own kernel runs all individuals in
    one call, with each track's cluster as its views, so each individual gets the EKF's
-   gating, consensus and per-keypoint status exactly as a single animal does. A track whose
-   EKF has lost every keypoint (``kalman.max_gap_s``) keeps its last position, with a gate
-   that grows at ``max_speed_mm_s``, so it can be found again after an occlusion.
+   gating, consensus and per-keypoint status exactly as a single animal does. A track
+   unmatched for more than :data:`HOLD_AFTER_S` (or whose EKF has lost every keypoint) is
+   looked for at its last position, with a gate that grows at :data:`MAX_SPEED_MM_S`, so
+   it can be found again after an occlusion.
 4. **Life.** A cluster left unmatched starts a *tentative* track (not near another track).
    A tentative track is confirmed, and given an id, after ``confirm_frames`` frame-sets
    matched in a row — and only if it moved ``min_motion_mm`` since it was first seen (a
@@ -36,6 +37,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 
 from livepose.core.camera import CameraGroup
@@ -43,12 +45,16 @@ from livepose.core.config import FusionConfig
 from livepose.core.protocol import MEASURED, MISSING, PREDICTED
 from livepose.fusion.assign import assign_nb
 from livepose.fusion.associate import Association, Associator
-from livepose.fusion.ekf import KeypointEKF
+from livepose.fusion.ekf import FilterOutput, KeypointEKF
 
 log = logging.getLogger("livepose.fusion")
 
-MAX_SPEED_MM_S = 600.0
+MAX_SPEED_MM_S = 300.0
 """Lost-track gate growth: how far an unseen individual may have gone per second."""
+
+HOLD_AFTER_S = 0.1
+"""A track unmatched for longer is looked for where it was last seen (its velocity is not
+extrapolated: animals that meet slow down, and an extrapolated track runs off)."""
 
 
 @dataclass(slots=True)
@@ -99,6 +105,48 @@ class Individuals:
     reproj: np.ndarray
     association: Association | None = None
     counters: dict[str, int] = field(default_factory=dict)
+
+
+@nb.njit(cache=True, nogil=True)
+def _predict_nb(pxyz: np.ndarray, pvar: np.ndarray, slots: np.ndarray, last: np.ndarray,
+                gap: np.ndarray, g0: float, vmax: float, hold_after: float,
+                pred: np.ndarray, gate: np.ndarray) -> None:
+    """Each track's prediction and gate (module docstring, step 3)."""
+    J = pxyz.shape[1]
+    sd = np.empty(J)
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        n = 0
+        for j in range(J):
+            if np.isfinite(pxyz[s, j, 0]):
+                sd[n] = np.sqrt(pvar[s, j, 0] + pvar[s, j, 1] + pvar[s, j, 2])
+                n += 1
+        if n > 0 and gap[i] <= hold_after:
+            pred[i] = pxyz[s]
+            gate[i] = g0 + 3.0 * np.median(sd[:n])
+        else:
+            pred[i] = last[i]
+            gate[i] = g0 + vmax * max(gap[i] - hold_after, 0.0)
+
+
+@nb.njit(cache=True, nogil=True)
+def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """``(T, K)`` median keypoint distance between predictions and clusters / gate."""
+    T, K, J = pred.shape[0], tri.shape[0], pred.shape[1]
+    out = np.full((T, K), np.inf)
+    d = np.empty(J)
+    for i in range(T):
+        for k in range(K):
+            n = 0
+            for j in range(J):
+                v = np.sqrt((pred[i, j, 0] - tri[k, j, 0]) ** 2 + (pred[i, j, 1] - tri[k, j, 1])
+                            ** 2 + (pred[i, j, 2] - tri[k, j, 2]) ** 2)
+                if np.isfinite(v):
+                    d[n] = v
+                    n += 1
+            if n >= 3:
+                out[i, k] = np.median(d[:n]) / gate[i]
+    return out
 
 
 def _flatness(xyz: np.ndarray) -> float:
@@ -188,31 +236,21 @@ class MultiTracker:
     def _predictions(self, dt: float, now: float) -> tuple[np.ndarray, np.ndarray]:
         """Per track: predicted ``(T, J, 3)`` and its gate ``(T,)`` (calibration units)."""
         pxyz, pvar = self.ekf.predict_ahead(dt)
-        pxyz = pxyz.reshape(self.S, self.J, 3)
-        pvar = pvar.reshape(self.S, self.J, 3)
         T = len(self.tracks)
-        pred = np.empty((T, self.J, 3))
-        gate = np.empty(T)
-        g0 = self.cfg.gate_mm * self.scale
-        for i, tr in enumerate(self.tracks):
-            p, v = pxyz[tr.slot], pvar[tr.slot]
-            if np.isfinite(p).any():
-                pred[i] = p
-                sd = np.sqrt(np.nanmedian(np.sum(v, axis=1)))
-                gate[i] = g0 + 3.0 * float(sd if np.isfinite(sd) else 0.0)
-            else:  # the EKF lost it: last position, a gate that grows with the gap
-                pred[i] = tr.last_xyz
-                gate[i] = g0 + MAX_SPEED_MM_S * self.scale * (now - tr.last_seen_s)
+        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
+        last = (np.stack([t.last_xyz for t in self.tracks]) if T else
+                np.zeros((0, self.J, 3)))
+        gap = np.array([now - t.last_seen_s for t in self.tracks])
+        pred, gate = np.empty((T, self.J, 3)), np.empty(T)
+        _predict_nb(pxyz.reshape(self.S, self.J, 3), pvar.reshape(self.S, self.J, 3), slots,
+                    last, gap, self.cfg.gate_mm * self.scale, MAX_SPEED_MM_S * self.scale,
+                    HOLD_AFTER_S, pred, gate)
         return pred, gate
 
     @staticmethod
     def _costs(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
         """``(T, K)`` median keypoint distance / gate (inf with < 3 shared keypoints)."""
-        d = np.linalg.norm(pred[:, None] - tri[None], axis=-1)  # (T, K, J)
-        ok = np.isfinite(d)
-        n = ok.sum(axis=-1)
-        med = np.nanmedian(np.where(ok, d, np.nan), axis=-1) if d.size else np.zeros(n.shape)
-        return np.where(n >= 3, med / gate[:, None], np.inf)
+        return _costs_nb(pred, gate, np.ascontiguousarray(tri, dtype=np.float64))
 
     def step(self, views: list[np.ndarray], t_s: float) -> Individuals:
         """One frame-set.
@@ -265,9 +303,7 @@ class MultiTracker:
         for k in np.flatnonzero(~used):
             if not self.free_slots or not np.isfinite(tri[k]).any():
                 continue
-            near = [float(np.nanmedian(np.linalg.norm(pred[i] - tri[k], axis=-1)))
-                    for i in range(len(self.tracks))]
-            if any(d < g0 for d in near if np.isfinite(d)):
+            if len(self.tracks) and np.any(cost[:, k] * gate < g0):
                 continue  # a split of an individual already tracked, not a new one
             slot = self.free_slots.pop(0)
             self.ekf.initialised[slot * J:(slot + 1) * J] = False
@@ -349,7 +385,7 @@ class MultiTracker:
         self.free_slots.append(tr.slot)
         self.free_slots.sort()
 
-    def _output(self, out: object, assoc: Association) -> Individuals:
+    def _output(self, out: FilterOutput, assoc: Association) -> Individuals:
         J = self.J
         conf = sorted((t for t in self.tracks if t.confirmed), key=lambda t: t.id or 0)
         n = len(conf)
@@ -358,23 +394,26 @@ class MultiTracker:
         status = np.zeros((n, J), dtype=np.uint8)
         views = np.zeros((n, J), dtype=np.uint16)
         reproj = np.full((n, J), np.nan, dtype=np.float32)
-        for i, tr in enumerate(conf):
-            b = slice(tr.slot * J, (tr.slot + 1) * J)
-            xyz[i] = out.xyz[b]  # type: ignore[attr-defined]
-            var[i] = out.var[b]  # type: ignore[attr-defined]
-            views[i] = out.views[b]  # type: ignore[attr-defined]
-            reproj[i] = out.reproj[b]  # type: ignore[attr-defined]
-            fin = np.all(np.isfinite(xyz[i]), axis=1)
-            status[i] = np.where(views[i] > 0, MEASURED, np.where(fin, PREDICTED, MISSING))
+        if n:
+            rows = (np.array([t.slot for t in conf])[:, None] * J + np.arange(J)).ravel()
+            xyz = out.xyz[rows].reshape(n, J, 3)
+            var = out.var[rows].reshape(n, J, 3)
+            views = out.views[rows].reshape(n, J)
+            reproj = out.reproj[rows].reshape(n, J)
+            fin = np.isfinite(xyz).all(axis=-1)
+            status = np.where(views > 0, MEASURED, np.where(fin, PREDICTED, MISSING)).astype(
+                np.uint8)
         ids = np.array([t.id for t in conf], dtype=np.int32)
         return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters))
 
-    def expected(self) -> np.ndarray:
-        """Every live track's last position ``(T, J, 3)`` (confirmed and tentative): what the
-        detector needs to tell a blob of two individuals from one."""
-        if not self.tracks:
-            return np.zeros((0, self.J, 3))
-        return np.stack([t.last_xyz for t in self.tracks])
+    def expected(self, max_age_s: float = 0.5) -> np.ndarray:
+        """The confirmed tracks' last positions ``(T, J, 3)``, those seen within
+        ``max_age_s``: what the detector needs to tell a blob of two individuals from one (a
+        tentative duplicate or a long-lost track would make it drop good blobs)."""
+        now = self.t or 0.0
+        live = [t.last_xyz for t in self.tracks
+                if t.confirmed and now - t.last_seen_s <= max_age_s]
+        return np.stack(live) if live else np.zeros((0, self.J, 3))
 
     def warmup(self) -> None:
         """Compile (or load) the kernels: association, assignment, EKF."""

@@ -19,11 +19,15 @@ floor differs from the animals), and it needs no retraining of the bundled sim m
    (:class:`MaskedInstances`).
 4. **Overlaps.** Two animals that touch or hide one another in a view make one blob, and the
    model's keypoints on it mix both animals. Such a blob must not poison the cross-view
-   association, so it is *dropped*: a blob is ``merged`` when the 3D tracks' projections
+   association: a blob is ``merged`` when the 3D tracks' projections
    (``expected``: what fusion already knows) put 40 % or more of the keypoints of two or
    more individuals in it, or, before any track exists, when its area exceeds
-   ``merge_area`` × the camera's running median blob area. The other cameras still see
-   both animals. A keypoint the model puts off its own blob (a partial blob's guess) gets
+   ``merge_area`` × the camera's running median blob area. A merged blob with tracks is
+   *split*: one image per track in it, its pixels nearer to another track's projected
+   keypoints replaced by the background (:meth:`BlobDetector.split`), the keypoints off its
+   share given confidence 0 and the others' confidence halved (the association and the EKF
+   weigh them less); a merged blob without tracks is dropped. Blobs that one track's keypoints fall on (an animal cut in pieces by low
+   contrast) are joined into one. A keypoint the model puts off its own blob (a partial blob's guess) gets
    confidence 0 (:class:`~livepose.inference.instances.MaskedInstances`).
 """
 
@@ -170,12 +174,14 @@ def _mask_others_nb(frame: np.ndarray, bg8: np.ndarray, labels: np.ndarray, keep
 @dataclass(slots=True)
 class Blob:
     """One detected blob: ``label`` in the label image, ``area`` (px), ``box`` (x0, y0, x1,
-    y1; inclusive), ``merged`` (holds more than one animal: dropped)."""
+    y1; inclusive), ``merged`` (holds more than one animal), ``tracks`` (with ``expected``:
+    the rows of the tracks in it)."""
 
     label: int
     area: int
     box: tuple[int, int, int, int]
     merged: bool = False
+    tracks: tuple[int, ...] = ()
 
 
 class BlobDetector:
@@ -211,7 +217,7 @@ class BlobDetector:
         self.bg8: np.ndarray | None = None
         self._areas: list[int] = []
         self.labels = np.zeros((1, 1), dtype=np.int32)
-        self.counters = {"blobs": 0, "merged": 0, "noise": 0}
+        self.counters = {"blobs": 0, "merged": 0, "noise": 0, "joined": 0}
 
     def learn(self, frames: list[np.ndarray]) -> None:
         """Background = per-pixel median of ``frames`` (each ``(H, W)`` uint8)."""
@@ -271,9 +277,12 @@ class BlobDetector:
             iy = np.clip(np.nan_to_num(e[..., 1]).astype(np.int64), 0, h - 1)
             lab = np.where(fin, self.labels[iy, ix], 0)  # (T, J): blob under each keypoint
             n_fin = np.maximum(fin.sum(axis=1), 1)
-            for b in blobs:
-                share = (lab == b.label).sum(axis=1) / n_fin
-                b.merged = int(np.sum(share >= 0.4)) >= 2
+            share = np.stack([(lab == b.label).sum(axis=1) / n_fin for b in blobs]) if (
+                blobs) else np.zeros((0, len(e)))  # (B, T)
+            for b, sh in zip(blobs, share, strict=True):
+                b.tracks = tuple(int(i) for i in np.flatnonzero(sh >= 0.4))
+                b.merged = len(b.tracks) >= 2
+            self._join_fragments(blobs, share)
         else:
             med = float(np.median(self._areas)) if len(self._areas) >= 20 else np.inf
             for b in blobs:
@@ -284,6 +293,32 @@ class BlobDetector:
             else:
                 self._areas.append(b.area)
         del self._areas[:-500]
+
+    def _join_fragments(self, blobs: list[Blob], share: np.ndarray) -> None:
+        """One animal cut into several blobs (low contrast through the wall, a shadow): the
+        blobs that one track's keypoints fall on, none of them merged, become one blob (the
+        largest's label)."""
+        gone: set[int] = set()
+        for t in range(share.shape[1]):
+            parts = [i for i, b in enumerate(blobs)
+                     if share[i, t] >= 0.15 and not b.merged and i not in gone]
+            if len(parts) < 2:
+                continue
+            main = blobs[max(parts, key=lambda i: blobs[i].area)]
+            for i in parts:
+                o = blobs[i]
+                if o is main:
+                    continue
+                x0, y0, x1, y1 = o.box
+                sub = self.labels[y0:y1 + 1, x0:x1 + 1]
+                sub[sub == o.label] = main.label
+                main.area += o.area
+                main.box = (min(main.box[0], x0), min(main.box[1], y0), max(main.box[2], x1),
+                            max(main.box[3], y1))
+                gone.add(i)
+                self.counters["joined"] += 1
+        if gone:
+            blobs[:] = [b for i, b in enumerate(blobs) if i not in gone]
 
     def inside(self, points: np.ndarray, blob: Blob, tol_px: int = 6) -> np.ndarray:
         """Which of ``points`` ``(J, 2+)`` (frame px) lie on ``blob`` or within ``tol_px``
@@ -307,6 +342,29 @@ class BlobDetector:
         others = self._grown_others(blobs, keep)
         _mask_others_nb(frame, self.bg8, self.labels, keep.label, others, out)
         return out
+
+    def split(self, out: np.ndarray, blob: Blob, expected: np.ndarray, track: int
+              ) -> np.ndarray:
+        """Within a merged ``blob`` of ``out`` (a :meth:`masked` image), replace by the
+        background the pixels nearer to another of its tracks' projected keypoints than to
+        ``track``'s (``expected`` ``(T, J, 2)``): the model then sees ``track``'s animal
+        with the other cut away. Returns the ``(h, w)`` bool ownership of the box."""
+        assert self.bg8 is not None
+        x0, y0, x1, y1 = blob.box
+        sub = self.labels[y0:y1 + 1, x0:x1 + 1] == blob.label
+        yy, xx = np.nonzero(sub)
+        px = np.stack([xx + x0, yy + y0], axis=1).astype(np.float64)  # (P, 2)
+        dist = []
+        for t in blob.tracks:
+            e = expected[t][np.all(np.isfinite(expected[t]), axis=1)]
+            dist.append(np.min(np.linalg.norm(px[:, None] - e[None], axis=-1), axis=1)
+                        if len(e) else np.full(len(px), np.inf))
+        owner = np.asarray(blob.tracks)[np.argmin(np.stack(dist), axis=0)]
+        lose = owner != track
+        out[yy[lose] + y0, xx[lose] + x0] = self.bg8[yy[lose] + y0, xx[lose] + x0]
+        own = np.zeros(sub.shape, dtype=bool)
+        own[yy[~lose], xx[~lose]] = True
+        return own
 
     def _grown_others(self, blobs: list[Blob], keep: Blob) -> np.ndarray:
         h, w = self.labels.shape

@@ -231,7 +231,7 @@ class MultiConfig(_Model):
         "above the likelihood threshold) for their distance to count"
     )
     gate_mm: float = Field(
-        60.0, gt=0, description="tracking: largest median 3D distance (mm) between a "
+        30.0, gt=0, description="tracking: largest median 3D distance (mm) between a "
         "track's prediction and an associated instance (scaled by its uncertainty)"
     )
     confirm_frames: int = Field(
