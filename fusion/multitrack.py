@@ -288,7 +288,8 @@ class MultiTracker:
             cols = np.flatnonzero(~used)
             if not rows or not len(cols):
                 continue
-            col = assign_nb(np.ascontiguousarray(cost[np.ix_(rows, cols)]), 1.0)
+            col = assign_nb(np.ascontiguousarray(cost[np.ix_(np.asarray(rows, np.int64), cols)]),
+                            1.0)
             for r, c in zip(rows, col, strict=True):
                 if c >= 0:
                     match[r] = cols[c]

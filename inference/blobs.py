@@ -62,7 +62,7 @@ def label_nb(mask: np.ndarray, labels: np.ndarray) -> int:
             best = 0
             for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):
                 yy, xx = y + dy, x + dx
-                if 0 <= yy and 0 <= xx < w:
+                if yy >= 0 and 0 <= xx < w:
                     lab = labels[yy, xx]
                     if lab > 0:
                         if best == 0:

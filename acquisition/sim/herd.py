@@ -73,7 +73,7 @@ class Herd:
         """Tabulate the clocks up to ``t`` (module docstring: yielding)."""
         K = int(np.ceil(t / _GRID_S)) + 2
         k0 = self._tau.shape[1]
-        if K <= k0:
+        if k0 >= K:
             return
         N = len(self.animals)
         tau = np.concatenate([self._tau, np.zeros((N, K - k0))], axis=1)

@@ -119,7 +119,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     t_start = time.perf_counter()
     cfg = config(animals)
     fps = cfg.fps
-    T = int(round(duration_s * fps))
+    T = round(duration_s * fps)
     rig = make_rig(cfg.sim, cfg.camera_names)
     C = len(rig)
     radius = cfg.sim.arena_diameter_mm / 2
@@ -131,7 +131,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     J = len(manifest.keypoints)
     noise = manifest.noise.sigma_px if manifest.noise is not None else None
     detectors = [BlobDetector() for _ in range(C)]
-    for c, (r, det) in enumerate(zip(renderers, detectors, strict=True)):
+    for r, det in zip(renderers, detectors, strict=True):
         det.learn([r.render(*herd.body(t), 10_000 + k)
                    for k, t in enumerate(np.linspace(0.0, duration_s, 25))])
     instances = MaskedInstances(engine, manifest, detectors)
@@ -144,6 +144,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     centres = np.stack([cam.center for cam in rig])
     N = animals
     truth = np.empty((T, N, J, 3))
+    out3d = np.full((T, N, J, 3), np.nan)  # by track id (fixed mode: ids 0..N-1)
     err: list[np.ndarray] = []
     err1: list[np.ndarray] = []
     ids = np.full((T, N), -1, dtype=np.int64)
@@ -180,6 +181,9 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         known = tracker.expected()
         expected = ([rig[c].project(known.reshape(-1, 3)).reshape(len(known), J, 2)
                      for c in range(C)] if len(known) else None)
+        for i, x in zip(ind.ids, ind.xyz, strict=True):
+            if 0 <= i < N:
+                out3d[t, i] = x
         col = _match(ind.xyz, kp, match_mm)
         for a in range(N):
             if col[a] >= 0:
@@ -194,12 +198,12 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         err1.append(np.linalg.norm(fused.xyz - s_kp, axis=-1))
         if (t + 1) % 150 == 0:
             say(f"frame-set {t + 1}/{T}: {len(ind.ids)} individuals, "
-                f"swaps so far {count_swaps(ids[:t + 1], hold=int(round(0.5 * fps)))}")
+                f"swaps so far {count_swaps(ids[:t + 1], hold=round(0.5 * fps))}")
     e = np.concatenate(err) if err else np.array([np.nan])
     e1 = np.concatenate(err1)
     e, e1 = e[np.isfinite(e)], e1[np.isfinite(e1)]
-    gap = int(round(0.5 * fps))
-    swaps = count_swaps(ids, hold=int(round(0.5 * fps)))
+    gap = round(0.5 * fps)
+    swaps = count_swaps(ids, hold=round(0.5 * fps))
     animal_s = N * T / fps
     res = {
         "benchmark": "multi",
@@ -226,7 +230,13 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         "tracker": tracker.counters, "id_log": len(tracker.id_log),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    res["error_ratio"] = (res["error_mm_median"] / res["single_animal_error_mm_median"]
-                          if res["error_mm_median"] and res["single_animal_error_mm_median"]
-                          else None)
+    em, e1m = res["error_mm_median"], res["single_animal_error_mm_median"]
+    res["error_ratio"] = em / e1m if isinstance(em, float) and isinstance(e1m, float) else None
+    if json_path is not None:  # the tracks' 3D in DeepLabCut's multi-animal layout
+        from livepose.formats.dlc_multi import write_dlc_multi_csv
+
+        csv_path = Path(json_path).with_name(Path(json_path).stem + "_pose3d.csv")
+        write_dlc_multi_csv(csv_path, out3d, [f"id{i}" for i in range(N)], manifest.keypoints,
+                            coords=("x", "y", "z"))
+        res["pose3d_csv"] = str(csv_path)
     return write_json(res, json_path)

@@ -43,8 +43,8 @@ def run_multi_real(data: Path, calibration: Path, frames: int = 100, jump_mm: fl
     from ``livepose calibration import``); returns the summary."""
     from livepose.core.calibration import read_calibration, read_calibration_units
     from livepose.core.config import Config, SimCameraConfig
-    from livepose.fusion.process import MM_PER_UNIT
     from livepose.fusion.multitrack import MultiTracker
+    from livepose.fusion.process import MM_PER_UNIT
     from livepose.inference.manifest import resolve_model
     from livepose.inference.topdown_multi import MultiTopDown
 
