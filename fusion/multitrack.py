@@ -149,6 +149,22 @@ def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray
     return out
 
 
+def pose3d_fields(ind: Individuals, J: int) -> dict[str, np.ndarray]:
+    """The ``pose3d`` message's arrays for one frame-set's individuals (protocol 3): the
+    ``ind_*`` arrays, and ``xyz``/``variance``/``reproj``/``views``/``status`` of the lowest
+    id (NaN / missing without one) for single-animal clients."""
+    if len(ind.ids):
+        one = {"xyz": ind.xyz[0], "variance": ind.var[0], "reproj": ind.reproj[0],
+               "views": ind.views[0], "status": ind.status[0]}
+    else:
+        one = {"xyz": np.full((J, 3), np.nan), "variance": np.full((J, 3), np.nan),
+               "reproj": np.full(J, np.nan, np.float32), "views": np.zeros(J, np.uint16),
+               "status": np.full(J, MISSING, np.uint8)}
+    return {**one, "ind_ids": ind.ids.astype(np.int32), "ind_xyz": ind.xyz,
+            "ind_variance": ind.var, "ind_status": ind.status, "ind_views": ind.views,
+            "ind_reproj": ind.reproj.astype(np.float32)}
+
+
 def _flatness(xyz: np.ndarray) -> float:
     """Smallest / largest principal extent of the finite keypoints ``(J, 3)``."""
     p = xyz[np.all(np.isfinite(xyz), axis=1)]

@@ -217,3 +217,41 @@ def test_dlc_multi_animal_csv_round_trip(tmp_path) -> None:  # type: ignore[no-u
     (tmp_path / "bad.csv").write_text("scorer,a\nbodyparts,b\ncoords,x\n0,1\n")
     with pytest.raises(FormatError, match="multi-animal"):
         read_dlc_multi_csv(tmp_path / "bad.csv")
+
+
+def test_pose3d_carries_individuals_and_rules_name_one_or_any() -> None:
+    from livepose.closedloop.client import Pose
+    from livepose.closedloop.rules import Rule, RuleEngine, Sphere
+    from livepose.core import protocol
+    from livepose.fusion.multitrack import Individuals, pose3d_fields
+
+    J = 14
+    xyz = np.zeros((2, J, 3))
+    xyz[1] += 100.0  # individual 7 stands 100 mm away on every axis
+    ind = Individuals(np.array([3, 7], np.int32), xyz, np.ones((2, J, 3)),
+                      np.full((2, J), protocol.MEASURED, np.uint8), np.ones((2, J), np.uint16),
+                      np.zeros((2, J), np.float32))
+    msg = protocol.Pose3d(frame_id=5, **pose3d_fields(ind, J), t_trigger_ns=10**9)
+    back = protocol.decode_strict(protocol.encode(msg))
+    assert isinstance(back, protocol.Pose3d)
+    np.testing.assert_array_equal(back.ind_ids, [3, 7])
+    np.testing.assert_array_equal(back.xyz, xyz[0])  # a single-animal client sees id 3
+    pose = Pose(5, back.xyz, back.variance, back.reproj, back.views, {}, 0, back,
+                status=back.status)
+    assert [i.id for i in pose.individuals] == [3, 7]
+    assert pose.individual(7) is not None and pose.individual(4) is None
+    fired: list[str] = []
+    zone = Sphere([100.0, 100.0, 100.0], 10.0)
+    rules = [Rule(f"r{w}", "snout", region=zone, action=lambda e: fired.append(e.rule),
+                  individual=w) for w in (3, 7, "any")]
+    RuleEngine([f"k{j}" if j else "snout" for j in range(J)], rules).update(pose)
+    assert sorted(fired) == ["r7", "rany"]
+    # a version-2 message (no individuals) still decodes
+    parts = protocol.encode(protocol.Pose3d(frame_id=1, **{k: v for k, v in pose3d_fields(
+        ind, J).items() if not k.startswith("ind_")}))
+    import msgpack
+
+    head = msgpack.unpackb(parts[1])
+    head["v"] = 2
+    parts[1] = msgpack.packb(head)
+    assert protocol.decode_strict(parts).ind_ids is None  # type: ignore[attr-defined]
