@@ -122,6 +122,24 @@ def cluster_nb(D: np.ndarray, start: np.ndarray, order: np.ndarray, max_cost: fl
     return label
 
 
+@nb.njit(cache=True, nogil=True)
+def cluster_costs_nb(D: np.ndarray, label: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean finite pairwise distance inside each kept cluster ``(K,)`` (0 if none)."""
+    out = np.zeros(keep.shape[0])
+    M = D.shape[0]
+    for k in range(keep.shape[0]):
+        s, n = 0.0, 0
+        for a in range(M):
+            if label[a] != keep[k]:
+                continue
+            for b in range(a + 1, M):
+                if label[b] == keep[k] and np.isfinite(D[a, b]):
+                    s += D[a, b]
+                    n += 1
+        out[k] = s / n if n else 0.0
+    return out
+
+
 def essential_matrices(cameras: CameraGroup) -> np.ndarray:
     """``(C, C, 3, 3)``: ``E[a, b]`` maps camera ``a``'s normalised point to its epipolar
     line in camera ``b`` (``x_bᵀ E x_a = 0``)."""
@@ -221,12 +239,11 @@ class Associator:
         keep = np.flatnonzero(sizes >= 2)
         J = pts.shape[1] if len(label) else 0
         out = np.full((len(keep), self.C, J, 3), np.nan, dtype=np.float32)
-        members, costs = [], np.zeros(len(keep))
+        local = np.arange(len(label)) - start[cam]
+        members = []
         for k, lab in enumerate(keep):
             cl = np.flatnonzero(label == lab)
-            members.append([(int(cam[i]), int(i - start[cam[i]])) for i in cl])
+            members.append(list(zip(cam[cl].tolist(), local[cl].tolist(), strict=True)))
             out[k, cam[cl]] = pts[cl]
-            sub = D[np.ix_(cl, cl)]
-            fin = np.isfinite(sub)
-            costs[k] = float(sub[fin].mean()) if fin.any() else 0.0
+        costs = cluster_costs_nb(D, label, keep.astype(np.int64))
         return Association(out, members, costs)

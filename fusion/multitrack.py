@@ -356,11 +356,13 @@ class MultiTracker:
                     self._free(tr)
                     continue
             tr.frames += 1
-            d = np.linalg.norm(tr.last_xyz - tr.first_xyz, axis=-1)
-            if np.isfinite(d).any():
-                tr.moved_mm = max(tr.moved_mm, float(np.nanmax(d)) / self.scale)
-            if not tr.confirmed and tr.hits >= self.cfg.confirm_frames:
-                self._confirm(tr)
+            if not tr.confirmed:  # the motion test of a tentative track
+                d = np.linalg.norm(tr.last_xyz - tr.first_xyz, axis=-1)
+                d = d[np.isfinite(d)]
+                if d.size:
+                    tr.moved_mm = max(tr.moved_mm, float(d.max()) / self.scale)
+                if tr.hits >= self.cfg.confirm_frames:
+                    self._confirm(tr)
             keep.append(tr)
         for slot, k in new:
             x = np.where(np.isfinite(xyz[slot]), xyz[slot], tri[k])
