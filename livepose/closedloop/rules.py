@@ -326,7 +326,7 @@ class RuleEngine:
         nan = np.full(3, np.nan)
         opts = []
         for tid, (every, meas, sp) in cand.items():
-            if r.individual != "any" and tid != r.individual:
+            if r.individual not in ("any", tid):
                 continue
             p = every[j] if r.accept == "predicted" else meas[j]
             opts.append((p, float(sp[j]) if sp is not None else None))

@@ -234,14 +234,15 @@ class Trigger(Message):
 class Truth(Message):
     """Ground truth of the simulated rig for one pulse, published half a period *before* it.
 
-    ``xyz`` ``(J, 3)`` float64: the keypoints (world units). ``t_trigger_ns``: the time the
+    ``xyz`` ``(J, 3)`` float64: the keypoints (world units); ``(N, J, 3)`` for a herd
+    (``sim.animals``, identity order). ``t_trigger_ns``: the time the
     pulse is due. Optional ``spheres`` ``(S, 4)`` (centre, radius) and ``albedo`` ``(S,)``:
     the scene the sim cameras render, computed once here instead of once per camera.
     """
 
     KIND: ClassVar[str] = "truth"
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {
-        "xyz": ArraySpec((_F64,), (2,)),
+        "xyz": ArraySpec((_F64,), (2, 3)),
         "spheres": ArraySpec((_F64,), (2,), required=False),
         "albedo": ArraySpec((_F64,), (1,), required=False),
     }

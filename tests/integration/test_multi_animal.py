@@ -51,7 +51,7 @@ def test_blobs_one_per_animal_and_split_when_merged() -> None:
 def test_multi_animal_sim_run_keeps_identities(tmp_path: Path) -> None:
     from livepose.bench.multi import run
 
-    res = run(tmp_path / "multi.json", duration_s=3.0, animals=2)
+    res = run(tmp_path / "multi.json", duration_s=3.0, animals=2, cost_frames=60)
     assert (tmp_path / "multi.json").is_file()
     assert res["coverage_pct"] > 70.0  # two individuals confirmed within 0.2 s, then kept
     assert res["id_swaps"] == 0
