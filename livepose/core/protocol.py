@@ -269,14 +269,24 @@ class Kp2d(Message):
     (or that are known to be gone) and ``desynced`` those whose frame the timing model
     flagged; their rows are NaN. ``sizes`` gives each view's frame ``[width, height]``
     (``[0, 0]`` where missing): fusion checks it against the calibration's geometry.
+
+    Several animals (``fusion.multi``, protocol 3): ``inst_points`` float32 ``(M, J, 3)``
+    every instance of every view, ``inst_cams`` uint8 ``(M,)`` the index in ``cams`` of each
+    (``points`` is then NaN).
     """
 
     KIND: ClassVar[str] = "kp2d"
-    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"points": ArraySpec((_F32,), (3,))}
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "points": ArraySpec((_F32,), (3,)),
+        "inst_points": ArraySpec((_F32,), (3,), required=False),
+        "inst_cams": ArraySpec((_U8,), (1,), required=False),
+    }
     frame_id: int
     cams: list[str]
     model: str
     points: np.ndarray
+    inst_points: np.ndarray | None = None
+    inst_cams: np.ndarray | None = None
     t_trigger_ns: int | None = None
     t_grab_ns: list[int] = field(default_factory=list)
     t_set_ns: int = 0

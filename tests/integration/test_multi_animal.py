@@ -86,3 +86,39 @@ def test_real_footage_two_people_per_view_associated(tmp_path: Path) -> None:
     res = Associator(group, 0.3, 25.0, 6)(views)
     assert len(res.members) == 2 and all(len(m) >= 3 for m in res.members)
     assert float(np.max(res.cost)) < 25.0
+
+
+def test_live_pipeline_two_animals_as_individuals() -> None:
+    """Real processes: sim cameras rendering two rodents, the worker's blobs + model per
+    blob (background learnt live), fusion's tracker → pose3d with two individuals."""
+    from livepose.closedloop.client import PoseClient
+    from livepose.core.config import load_default_config
+    from livepose.runtime.supervisor import Supervisor
+
+    cfg = load_default_config()
+    cfg.sim.animals = 2
+    m = cfg.fusion.multi
+    m.enabled, m.individuals, m.background_frames, m.background_every = True, 2, 7, 3
+    cfg.fps = 15.0
+    with Supervisor(cfg) as sup:
+        sup.launch()
+        client = PoseClient(sup.endpoints["pose3d"], latest_only=False, context=sup.zctx,
+                            timeout_s=60)
+        sup.start_trigger()
+        both = []
+        try:
+            for pose in client:
+                sup.poll(0)
+                if len(pose.individuals) == 2:
+                    both.append(pose)
+                if len(both) >= 10 or pose.frame_id > 600:
+                    break
+        finally:
+            client.close()
+    assert len(both) >= 10, "two individuals never tracked together"
+    last = both[-1]
+    assert sorted(i.id for i in last.individuals) == [0, 1]
+    a, b = (i.xyz for i in last.individuals)
+    assert np.nanmedian(np.linalg.norm(a - b, axis=1)) > 20.0  # two animals, not one twice
+    assert all(i.measured.sum() >= 7 for i in last.individuals)
+    np.testing.assert_array_equal(last.xyz, last.individuals[0].xyz)  # single-animal view

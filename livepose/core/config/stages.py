@@ -247,6 +247,13 @@ class MultiConfig(_Model):
         0.0, ge=0, le=1, description="a tentative track whose keypoints are this flat "
         "(smallest / largest principal extent) is a picture, never born"
     )
+    background_frames: int = Field(
+        25, ge=3, description="live, single-animal model: the worker learns each camera's "
+        "background from this many frames (per-pixel median) before it finds instances"
+    )
+    background_every: int = Field(
+        10, ge=1, description="… one frame-set in this many (the animals move in between)"
+    )
 
 
 class FusionConfig(_Model):
