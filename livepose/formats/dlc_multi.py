@@ -51,19 +51,32 @@ def write_dlc_multi_csv(path: str | Path, points: np.ndarray, individuals: Seque
     idx = list(range(T)) if index is None else list(index)
     if len(idx) != T:
         raise ValueError(f"index has {len(idx)} labels for {T} frames")
-    n = len(ind) * len(kps) * len(co)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["scorer"] + [scorer] * n)
-        w.writerow(["individuals"] + [i for i in ind for _ in range(len(kps) * len(co))])
-        w.writerow(["bodyparts"] + [k for _ in ind for k in kps for _ in co])
-        w.writerow(["coords"] + co * (len(ind) * len(kps)))
+        w.writerows(multi_header(ind, kps, co, scorer))
         for t in range(T):
-            w.writerow([str(idx[t])] + ["" if not np.isfinite(v) else f"{v:.10g}"
-                                        for v in pts[t].ravel()])
+            w.writerow(multi_row(idx[t], pts[t]))
     return p
+
+
+def multi_header(individuals: Sequence[str], keypoints: Sequence[str],
+                 coords: Sequence[str] = ("x", "y", "likelihood"),
+                 scorer: str = "livepose") -> list[list[str]]:
+    """The four header rows (``scorer``, ``individuals``, ``bodyparts``, ``coords``)."""
+    ind, kps, co = list(individuals), list(keypoints), list(coords)
+    n = len(ind) * len(kps) * len(co)
+    return [["scorer"] + [scorer] * n,
+            ["individuals"] + [i for i in ind for _ in range(len(kps) * len(co))],
+            ["bodyparts"] + [k for _ in ind for k in kps for _ in co],
+            ["coords"] + co * (len(ind) * len(kps))]
+
+
+def multi_row(label: str | int, points: np.ndarray) -> list[str]:
+    """One frame's row: ``points`` ``(N, J, D)`` (NaN → empty cell)."""
+    return [str(label)] + ["" if not np.isfinite(v) else f"{v:.10g}"
+                           for v in np.asarray(points, dtype=np.float64).ravel()]
 
 
 def read_dlc_multi_csv(path: str | Path) -> tuple[np.ndarray, list[str], list[str], list[str]]:

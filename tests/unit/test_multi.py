@@ -255,3 +255,25 @@ def test_pose3d_carries_individuals_and_rules_name_one_or_any() -> None:
     head["v"] = 2
     parts[1] = msgpack.packb(head)
     assert protocol.decode_strict(parts).ind_ids is None  # type: ignore[attr-defined]
+
+
+def test_recorder_writes_individuals_in_the_multi_animal_layout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.formats.dlc_multi import read_dlc_multi_csv
+    from livepose.fusion.multitrack import Individuals, pose3d_fields
+    from livepose.recording.recorder import PredictionWriter
+
+    J, kps = 14, [f"k{j}" for j in range(14)]
+    w = PredictionWriter(tmp_path, ["cam0"], kps, first=10, individuals=3)
+    for fid in (10, 11, 13):  # 12 skipped: an empty row
+        xyz = np.stack([np.full((J, 3), fid * 1.0), np.full((J, 3), -fid * 1.0)])
+        ind = Individuals(np.array([2, 0], np.int32), xyz, np.ones((2, J, 3)),
+                          np.ones((2, J), np.uint8), np.ones((2, J), np.uint16),
+                          np.zeros((2, J), np.float32))
+        w.on_pose3d(protocol.Pose3d(frame_id=fid, **pose3d_fields(ind, J)))
+    w.close(30.0)
+    pts, ind_names, names, co = read_dlc_multi_csv(tmp_path / "pose3d_individuals.csv")
+    assert ind_names == ["id0", "id1", "id2"] and names == kps and co == ["x", "y", "z"]
+    assert pts.shape == (4, 3, J, 3)
+    assert pts[0, 2, 0, 0] == 10.0 and pts[0, 0, 0, 0] == -10.0  # by track id
+    assert np.isnan(pts[0, 1]).all() and np.isnan(pts[2]).all()  # id1 absent; frame 12
