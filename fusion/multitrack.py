@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -149,7 +150,7 @@ def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray
     return out
 
 
-def pose3d_fields(ind: Individuals, J: int) -> dict[str, np.ndarray]:
+def pose3d_fields(ind: Individuals, J: int) -> dict[str, Any]:
     """The ``pose3d`` message's arrays for one frame-set's individuals (protocol 3): the
     ``ind_*`` arrays, and ``xyz``/``variance``/``reproj``/``views``/``status`` of the lowest
     id (NaN / missing without one) for single-animal clients."""

@@ -115,8 +115,11 @@ class MultiInstances:
                 self._learn(images)
                 return empty
             assert self.instances is not None
-            filled = [img if img is not None else d.bg8
-                      for img, d in zip(images, self.detectors, strict=True)]
+            filled: list[np.ndarray] = []
+            for img, d in zip(images, self.detectors, strict=True):
+                bg = d.bg8
+                assert bg is not None  # learnt
+                filled.append(img if img is not None else bg)
             views = [v.points for v in self.instances(filled, self._expected())]
             views = [v if images[c] is not None else v[:0] for c, v in enumerate(views)]
         n = [len(v) for v in views]
