@@ -277,3 +277,37 @@ def test_recorder_writes_individuals_in_the_multi_animal_layout(tmp_path) -> Non
     assert pts.shape == (4, 3, J, 3)
     assert pts[0, 2, 0, 0] == 10.0 and pts[0, 0, 0, 0] == -10.0  # by track id
     assert np.isnan(pts[0, 1]).all() and np.isnan(pts[2]).all()  # id1 absent; frame 12
+
+
+def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser, FusionInputError
+
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
+    cfg.fusion.multi.enabled = True
+    cfg.fusion.multi.individuals = 2
+    fuser = Fuser(rig, cfg)
+    herd = Herd(2, 0, 200.0, 120.0)
+    rng = np.random.default_rng(0)
+    cams = [f"cam{i}" for i in range(4)][::-1]  # the worker's order may differ
+    for t in range(8):
+        views, _ = _views(rig, herd.keypoints(t / FPS), rng)
+        views = views[::-1]
+        msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
+                            points=np.full((4, 14, 3), np.nan, np.float32),
+                            inst_points=np.concatenate(views),
+                            inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
+                                                [len(v) for v in views]))
+        pose = fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)  # type: ignore[arg-type]
+    assert pose.ind_ids is not None and sorted(pose.ind_ids.tolist()) == [0, 1]
+    kp = herd.keypoints(7 / FPS)
+    err = [np.nanmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp])
+           for x in pose.ind_xyz]  # type: ignore[union-attr]
+    assert max(err) < 3.0
+    bad = protocol.Kp2d(frame_id=9, cams=cams, model="m",
+                        points=np.full((4, 14, 3), np.nan, np.float32),
+                        inst_points=np.zeros((2, 14, 3), np.float32),
+                        inst_cams=np.array([0, 9], np.uint8))
+    with pytest.raises(FusionInputError, match="instances"):
+        fuser.fuse(bad, 0)
