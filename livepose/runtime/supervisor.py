@@ -13,7 +13,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import secrets
 import shutil
 import socket
@@ -46,6 +45,7 @@ CAMERA = stages.camera
 TRIGGER = stages.trigger
 RECORDER = stages.recorder
 DASHBOARD = stages.dashboard
+COLLECTOR = stages.collector
 #: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
 #: reaches it every ~0.5 s; the message reaches the workers within milliseconds)
 TAKEOVER_LEAD_S = 1.0
@@ -80,19 +80,26 @@ def plan(
     record: dict[str, Any] | None = None,
     keypoints: list[str] | None = None,
     dashboard: dict[str, Any] | None = None,
+    collect: dict[str, Any] | None = None,
 ) -> list[ProcSpec]:
     """The processes of a run, in start order (trigger last).
+
+    ``collect`` (the collector's arguments, :mod:`livepose.calibrate.live`) makes a
+    calibration run: the collector ``calib`` instead of fusion, workers and recorder.
 
     ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
     launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
     ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
-    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
-    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
-                       rt="inference")
-              for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
-    if keypoints is not None and cfg.recording.predictions:
+    if collect is not None:
+        specs = [ProcSpec("calib", COLLECTOR, collect)]
+    else:
+        specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
+        specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
+                           rt="inference")
+                  for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
+    if keypoints is not None and cfg.recording.predictions and collect is None:
         specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
                               optional=True, nice=5))  # its crash never stops the experiment
     if dashboard is not None:
@@ -123,6 +130,13 @@ class Supervisor:
     dashboard
         Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
         after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
+    launcher
+        Start the stage processes elsewhere (``livepose run --cluster``:
+        ``livepose.cluster.live.RayLauncher``); restarts stay this class's policy.
+    collect
+        A calibration run (``livepose calibrate live``): the collector stage with these
+        arguments (:mod:`livepose.calibrate.live`) instead of inference and fusion; no
+        model and no calibration file are needed.
     """
 
     def __init__(
@@ -132,14 +146,20 @@ class Supervisor:
         trigger_count: int | None = None,
         log_level: int = logging.WARNING,
         dashboard: bool = False,
+        launcher: Any = None,
+        collect: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: starts stage processes elsewhere (``place(names, endpoints)``, ``process(name,
+        #: args)``: livepose.cluster.live.RayLauncher); ``None``: ``spawn`` children here
+        self.launcher = launcher
+        self.collect = collect
         self._own_dir = run_dir is None
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
         self.trigger_count = trigger_count
         self.log_level = log_level
         self.endpoints: dict[str, str] = {}
-        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.procs: dict[str, Any] = {}  # multiprocessing.Process (or a cluster's stage)
         self.health: dict[str, protocol.Health] = {}
         self.exited: dict[str, int | None] = {}
         self.zctx: zmq.Context[Any] = zmq.Context()
@@ -181,9 +201,11 @@ class Supervisor:
     def preflight(self) -> None:
         """Check everything a user can get wrong before any process starts (UserError)."""
         self.keys = security.load_keys(self.cfg.transport)  # files, permissions: UserError
-        facts = stages.prepare_acquisition(self.cfg, self.run_dir)
+        facts = stages.prepare_acquisition(self.cfg, self.run_dir,
+                                           need_calibration=self.collect is None)
         self.calibration = facts["calibration"]
-        stages.preflight_inference(self.cfg)
+        if self.collect is None:
+            stages.preflight_inference(self.cfg)
         try:
             if shmring.frames_in_shm(self.cfg.transport):
                 stale = shmring.remove_stale()  # rings of cameras killed with -9
@@ -226,8 +248,10 @@ class Supervisor:
             self._bind_health_relay()
         self._specs = plan(
             self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
-            self._dash_args,
+            self._dash_args, self.collect,
         )
+        if self.launcher is not None:  # place every stage, then bind where each landed
+            self.endpoints = self.launcher.place([s.name for s in self._specs], self.endpoints)
         for spec in self._specs[:-1]:
             self._spawn(spec)
         self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
@@ -255,20 +279,20 @@ class Supervisor:
             self._spawn_locked(spec)
 
     def _spawn_locked(self, spec: ProcSpec) -> None:
-        p = self._mp.Process(
-            target=child_entry,
-            name=spec.name,
-            args=(
-                spec.target,
-                spec.name,
-                to_dict(self.cfg),
-                self.endpoints,
-                spec.args,
-                self.log_level,
-                spec.nice,
-                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
-            ),
+        args = (
+            spec.target,
+            spec.name,
+            to_dict(self.cfg),
+            self.endpoints,
+            spec.args,
+            self.log_level,
+            spec.nice,
+            PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
         )
+        if self.launcher is not None:  # on a cluster (livepose/cluster/live.py)
+            self.procs[spec.name] = self.launcher.process(spec.name, args)
+            return
+        p = self._mp.Process(target=child_entry, name=spec.name, args=args)
         p.start()
         self.procs[spec.name] = p
 
@@ -326,7 +350,7 @@ class Supervisor:
         self._respawn_due()
 
     def _check_children(self) -> None:
-        alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
+        alive = [n for n in self.procs if n not in self.exited]
         if not alive:
             return
         for n, p in self.procs.items():
@@ -485,7 +509,7 @@ class Supervisor:
         p = self.procs[name]
         if p.is_alive() and p.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, 15)
+                p.terminate()  # SIGTERM (on a cluster: sent by the stage's host)
         p.join(timeout_s)
         if p.is_alive():
             log.warning("%s did not stop within %.1f s; killing it", name, timeout_s)
@@ -501,7 +525,8 @@ class Supervisor:
     def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
         order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
-        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)]
+        order += ["fusion", "recorder", "calib"]
         writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
         for name in order:
             if name in self.procs:
