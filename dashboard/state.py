@@ -43,6 +43,11 @@ def tile_payload(header: dict[str, Any], jpeg: bytes) -> bytes:
     return struct.pack("<I", len(head)) + head + jpeg
 
 
+def _points(xyz: np.ndarray) -> list[list[float | None]]:
+    """``(J, 3)`` → JSON rows (NaN → null), 0.01 resolution."""
+    return [[round(float(v), 2) if np.isfinite(v) else None for v in p] for p in xyz]
+
+
 @dataclass
 class CamStats:
     """Per-camera numbers shown on its tile."""
@@ -169,8 +174,12 @@ class DashState:
         self.pose = {
             "type": "pose",
             "frame_id": msg.frame_id,
-            "xyz": [[round(float(v), 2) if np.isfinite(v) else None for v in p] for p in xyz],
+            "xyz": _points(xyz),
         }
+        if msg.ind_ids is not None and msg.ind_xyz is not None:  # several animals: by id
+            self.pose["individuals"] = [
+                {"id": int(i), "xyz": _points(np.asarray(x, dtype=np.float64))}
+                for i, x in zip(msg.ind_ids, msg.ind_xyz, strict=False)]
 
     def _on_health(self, msg: protocol.Health) -> None:
         prev = self.health.get(msg.proc)

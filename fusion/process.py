@@ -168,6 +168,10 @@ class Fuser:
         self._orders: dict[tuple[str, ...], np.ndarray] = {}
         self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
         self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
+        #: ``fusion.multi``: several individuals (fusion/multitrack.py), made at the first
+        #: message (its J)
+        self.multi_cfg = cfg.fusion.multi
+        self.tracker: Any = None
         #: ``fusion.mode: lift``: one camera's 2D lifted to 3D (fusion/lift.py)
         self.lift: Any = None
         if cfg.fusion.mode == "lift":
@@ -178,6 +182,10 @@ class Fuser:
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel of the hot path."""
         self._ekf(1).warmup()
+        if self.multi_cfg.enabled:
+            from livepose.fusion.multitrack import MultiTracker
+
+            MultiTracker(self.cameras, 1, self.fcfg, self.fps, self.length_scale).warmup()
         if self.filter == "kf":
             KeypointKalman(1, self.kcfg, self.fps, self.length_scale).warmup()
 
@@ -330,6 +338,8 @@ class Fuser:
         :class:`~livepose.core.calibration.CalibrationError` for a geometry the calibration
         cannot explain)."""
         self.check_geometry(msg)
+        if self.multi_cfg.enabled:
+            return self.fuse_multi(msg, t_recv_ns)
         f = self.step(self.points(msg), msg.frame_id)
         return protocol.Pose3d(
             frame_id=msg.frame_id, xyz=f.xyz, variance=f.var, reproj=f.reproj, views=f.views,
@@ -340,6 +350,38 @@ class Fuser:
             t_kp2d_pub_ns=msg.t_pub_ns, t_fuse_recv_ns=t_recv_ns, lead_ns=f.lead_ns,
             skipped=list(msg.skipped), incomplete=list(msg.incomplete),
             missing=list(msg.missing), desynced=list(msg.desynced),
+        )
+
+
+    def fuse_multi(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
+        """Several animals (``fusion.multi``): the message's instances through the
+        :class:`~livepose.fusion.multitrack.MultiTracker` → ``pose3d`` with individuals."""
+        from livepose.fusion.multitrack import MultiTracker, pose3d_fields
+
+        J = msg.points.shape[1] if msg.points.ndim == 3 else 0
+        pts, cams = msg.inst_points, msg.inst_cams
+        if pts is None or cams is None:
+            pts, cams = np.zeros((0, J, 3), np.float32), np.zeros(0, np.uint8)
+        if pts.ndim != 3 or pts.shape[1:] != (J, 3) or cams.shape != (len(pts),) or (
+                len(cams) and int(cams.max()) >= len(msg.cams)):
+            raise FusionInputError(f"kp2d instances {pts.shape} / cams {cams.shape} do not "
+                                   f"match {len(msg.cams)} cams × J={J} × 3")
+        if self.tracker is None or self.tracker.J != J:
+            self.tracker = MultiTracker(self.cameras, J, self.fcfg, self.fps,
+                                        self.length_scale, self.pixel_noise_px)
+            self.tracker.warmup()
+        rows = self._order(msg.cams)[cams.astype(np.int64)]  # calibration row of each
+        views = [np.ascontiguousarray(pts[rows == c]) for c in range(len(self.names))]
+        ind = self.tracker.step(views, msg.frame_id / self.fps)
+        self.counters["fused"] += 1
+        return protocol.Pose3d(
+            frame_id=msg.frame_id, **pose3d_fields(ind, J), units=self.units,
+            cams=list(self.names), t_trigger_ns=msg.t_trigger_ns, t_grab_ns=list(msg.t_grab_ns),
+            t_set_ns=msg.t_set_ns, t_infer_start_ns=msg.t_infer_start_ns,
+            t_infer_end_ns=msg.t_infer_end_ns, t_kp2d_pub_ns=msg.t_pub_ns,
+            t_fuse_recv_ns=t_recv_ns, skipped=list(msg.skipped),
+            incomplete=list(msg.incomplete), missing=list(msg.missing),
+            desynced=list(msg.desynced),
         )
 
 

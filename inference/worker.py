@@ -37,6 +37,7 @@ from livepose.inference.engine import (
     select_providers,
 )
 from livepose.inference.manifest import ModelError, resolve_model
+from livepose.inference.multi_worker import MultiInstances
 from livepose.inference.preprocess import Preprocessor
 from livepose.inference.topdown import TopDown
 from livepose.kit.process import StageContext
@@ -146,6 +147,10 @@ class _Worker:
         if self.topdown is not None and roi is not None and roi.reproject and calib:
             self.guide = PoseTrack(cfg.fps, cfg.model.crop.max_age_s)
             self.guide_cams = read_calibration(calib, self.cams)
+        # several animals (fusion.multi): every instance of every view (multi_worker.py)
+        self.multi: MultiInstances | None = MultiInstances(
+            cfg, self.manifest, path, None if self.topdown is not None else self.engine,
+            self.cams, calib) if cfg.fusion.multi.enabled else None
         self.pose_sub: zmq.Socket[Any] | None = None  # fusion's pose3d (crops), set by main
         self.feed: FrameFeed  # the cameras' frames, set by main
         self.pose_decoder = codec.Decoder(expect=["pose3d"])
@@ -211,7 +216,8 @@ class _Worker:
 
     def drain_poses(self) -> None:
         """Take in every fused pose available (crops), without blocking."""
-        if self.pose_sub is None or (self.crops is None and self.guide is None):
+        if self.pose_sub is None or (self.crops is None and self.guide is None
+                                     and self.multi is None):
             return
         for _ in range(MAX_DRAIN):
             try:
@@ -224,6 +230,8 @@ class _Worker:
                     self.crops.update(msg.frame_id, msg.xyz)  # xyz: at the frame's instant
                 if self.guide is not None:
                     self.guide.update(msg.frame_id, msg.xyz)
+                if self.multi is not None:
+                    self.multi.update(msg)
 
     def plan_crops(self, popped: Popped) -> CropPlan | None:
         """Each view's region (``None`` without crops); the whole frames if planning
@@ -249,6 +257,8 @@ class _Worker:
         """Preprocess (crops when enabled), run, decode one frame-set; points in full-frame
         pixels."""
         t0 = time.time_ns()
+        if self.multi is not None:
+            return self.infer_multi(popped, t0)
         if self.topdown is not None:
             return self._kp2d(popped, self.infer_topdown(popped), t0)
         bad = []
@@ -281,6 +291,31 @@ class _Worker:
         if bad:
             points[bad] = np.nan
         return self._kp2d(popped, points, t0)
+
+    def infer_multi(self, popped: Popped, t0: int) -> protocol.Kp2d:
+        """Several animals: every instance of every view (``inst_points``, ``inst_cams``);
+        ``points`` NaN. A failed call or a frame overwritten in its ring gives no
+        instances for the set (or that view)."""
+        assert self.multi is not None
+        frames = [None if f is None else (f.image, f.pixel_format) for f in popped.frames]
+        try:
+            pts, cams = self.multi(frames)
+            self.failures = 0
+        except Exception as exc:  # a failed model call must not end the run at once
+            self._failed_call(exc, popped.frame_id, len(frames))
+            pts, cams = np.zeros((0, len(self.manifest.keypoints), 3), np.float32), \
+                np.zeros(0, np.uint8)
+        bad = [i for i, f in enumerate(popped.frames) if f is not None
+               and not shmring.intact(f.image)]
+        if bad:
+            self.ctx.counters["shm_overrun"] += len(bad)
+            keep = ~np.isin(cams, bad)
+            pts, cams = pts[keep], cams[keep]
+        self.ctx.counters["instances"] += len(cams)
+        msg = self._kp2d(popped, np.full((len(frames), len(self.manifest.keypoints), 3),
+                                         np.nan, np.float32), t0)
+        msg.inst_points, msg.inst_cams = pts, cams
+        return msg
 
     def infer_topdown(self, popped: Popped) -> np.ndarray:
         """A two-stage model's keypoints ``(C, J, 3)`` for one frame-set (full-frame
@@ -400,8 +435,9 @@ def main(ctx: StageContext) -> None:
     ctx.counters.update(dict.fromkeys(zero, 0))
     if w.topdown is not None:  # detector_runs: views the detector ran on
         ctx.counters.update(w.topdown.counters)
-    if w.crops is not None or w.guide is not None:  # fusion's poses (3D-guided crops; a
-        # two-stage model re-acquiring a lost view), drained without blocking
+    if w.crops is not None or w.guide is not None or w.multi is not None:  # fusion's poses
+        # (3D-guided crops; a two-stage model re-acquiring a lost view; several animals'
+        # blobs split by the individuals), drained without blocking
         w.pose_sub = ctx.socket(zmq.SUB, connect=ctx.endpoints["pose3d"], subscribe=b"pose3d",
                                 hwm=1000)
         if w.crops is not None:

@@ -31,6 +31,7 @@ import numpy as np
 from livepose.acquisition.base import Grab
 from livepose.acquisition.sim.animal import Rodent
 from livepose.acquisition.sim.board import BoardScene
+from livepose.acquisition.sim.herd import Herd
 from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import make_rig
 from livepose.core.calibration import write_calibration
@@ -40,14 +41,18 @@ from livepose.kit.realtime import leave_realtime
 RENDER_NICE = 10
 
 
-def make_animal(cfg: Config) -> Rodent:
-    """The rig's animal for a config (deterministic from ``sim.seed``)."""
+def make_animal(cfg: Config) -> Rodent | Herd:
+    """The rig's animal for a config (deterministic from ``sim.seed``); a :class:`Herd` when
+    ``sim.animals`` > 1."""
     s = cfg.sim
+    if s.animals > 1:
+        return Herd(s.animals, s.seed, s.arena_diameter_mm / 2, s.speed_mm_s)
     return Rodent(seed=s.seed, arena_radius_mm=s.arena_diameter_mm / 2, speed_mm_s=s.speed_mm_s)
 
 
 def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``frame_id`` → (spheres ``(S, 4)``, albedo ``(S,)``, keypoints ``(J, 3)``), mm."""
+    """``frame_id`` → (spheres ``(S, 4)``, albedo ``(S,)``, keypoints ``(J, 3)``), mm
+    (keypoints ``(N, J, 3)`` in identity order with ``sim.animals`` > 1)."""
     animal = make_animal(cfg)
     fps = cfg.fps
     return lambda frame_id: animal.pose(frame_id / fps)
@@ -101,7 +106,7 @@ class SimCamera:
         self.index = index
         self._renderer: SimRenderer | None = None
         self._board: BoardScene | None = None  # sim.scene: board
-        self._animal: Rodent | None = None
+        self._animal: Rodent | Herd | None = None
         self._pending: tuple[int, int] | None = None
         self._armed = False
         self._pool: ThreadPoolExecutor | None = None

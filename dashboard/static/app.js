@@ -142,17 +142,17 @@ function init3d() {
   loop();
 }
 
-function onPose(msg) {
-  probe.poses += 1;
-  if (!view3d.scene) return;
-  const xyz = msg.xyz;
+// several animals: one colour per track id (fusion.multi)
+const PALETTE = [0xffd54f, 0x4fc3f7, 0xef5350, 0x66bb6a, 0xab47bc, 0xff7043, 0x26c6da, 0xd4e157];
+
+function drawSkeleton(joints, bones, xyz) {
   xyz.forEach((p, j) => {
-    const m = view3d.joints[j];
+    const m = joints[j];
     if (!m) return;
     m.visible = p[0] !== null;
     if (m.visible) m.position.set(p[0], p[1], p[2]);
   });
-  const pos = view3d.bones.attributes.position;
+  const pos = bones.attributes.position;
   meta.skeleton.forEach(([a, b], e) => {
     const p = xyz[meta.keypoints.indexOf(a)], r = xyz[meta.keypoints.indexOf(b)];
     const ok = p && r && p[0] !== null && r[0] !== null;
@@ -161,6 +161,50 @@ function onPose(msg) {
     pos.setXYZ(2 * e + 1, t[0], t[1], t[2]);
   });
   pos.needsUpdate = true;
+}
+
+function individual(id) {  // the meshes of one track id, made on first sight
+  view3d.individuals = view3d.individuals || {};
+  if (view3d.individuals[id]) return view3d.individuals[id];
+  const colour = PALETTE[id % PALETTE.length];
+  const sphere = new THREE.SphereGeometry(4, 12, 8);
+  const joints = meta.keypoints.map(() => {
+    const m = new THREE.Mesh(sphere, new THREE.MeshBasicMaterial({ color: colour }));
+    m.visible = false;
+    view3d.scene.add(m);
+    return m;
+  });
+  const bones = new THREE.BufferGeometry();
+  bones.setAttribute("position",
+    new THREE.BufferAttribute(new Float32Array(meta.skeleton.length * 6), 3));
+  const lines = new THREE.LineSegments(bones, new THREE.LineBasicMaterial({ color: colour }));
+  view3d.scene.add(lines);
+  view3d.individuals[id] = { joints, bones, lines };
+  return view3d.individuals[id];
+}
+
+function onPose(msg) {
+  probe.poses += 1;
+  if (!view3d.scene) return;
+  const inds = msg.individuals || [];
+  const seen = new Set(inds.map((i) => i.id));
+  for (const [id, g] of Object.entries(view3d.individuals || {})) {
+    if (!seen.has(Number(id))) {
+      g.joints.forEach((m) => { m.visible = false; });
+      g.lines.visible = false;
+    }
+  }
+  if (inds.length) {  // several animals: each in its colour, the single pose hidden
+    view3d.joints.forEach((m) => { m.visible = false; });
+    drawSkeleton(view3d.joints, view3d.bones, meta.keypoints.map(() => [null, null, null]));
+    for (const ind of inds) {
+      const g = individual(ind.id);
+      g.lines.visible = true;
+      drawSkeleton(g.joints, g.bones, ind.xyz);
+    }
+    return;
+  }
+  drawSkeleton(view3d.joints, view3d.bones, msg.xyz);
 }
 
 // ------------------------------------------------------------------ status

@@ -30,6 +30,7 @@ def register(group: Callable[[], typer.Typer], console: Console,
     _inference_bench()
     _fusion_bench()
     _crops_bench()
+    _multi_bench()
     _fuzz_bench()
     _soak_bench()
     _faults_bench()
@@ -186,6 +187,48 @@ def _crops_bench() -> None:
         res = run_crops(json_path, CropScenario(frames=frames),
                         progress=lambda m: err.print(m, highlight=False))
         Console().print_json(data=res["summary"])
+
+
+def _multi_bench() -> None:
+    """``bench multi`` (livepose/bench/multi.py; results in docs/benchmarks.md)."""
+    bench = bench_group()
+
+    @bench.command("multi")
+    def bench_multi(
+        json_path: JsonOpt = None,
+        duration: Annotated[float, typer.Option(
+            "--duration", min=1.0, help="seconds of sim at 30 fps")] = 60.0,
+        animals: Annotated[int, typer.Option("--animals", min=2, max=8)] = 3,
+        real: Annotated[Path | None, typer.Option(
+            "--real", help="instead: a folder of synchronized videos of several people "
+            "(Pose2Sim's multi/), with --calibration; the bundled BlazePose")] = None,
+        calibration: Annotated[Path | None, typer.Option(
+            "--calibration", help="--real: the rig's calibration TOML")] = None,
+        frames: Annotated[int, typer.Option("--frames", min=2, help="--real: frame-sets")] = 100,
+    ) -> None:
+        """Several animals: 3 rodents, 4 sim cameras — identity swaps, encounters,
+        occlusions, per-animal 3D error vs the single-animal demo, association + tracking
+        cost. ``--real``: several people on real footage."""
+        if real is not None:
+            if calibration is None:
+                _fail("--real needs --calibration (livepose calibration import …)")
+                return
+            from livepose.bench.multi_real import run_multi_real
+            from livepose.bench.results import write_json
+
+            try:
+                res = write_json(run_multi_real(real, calibration, frames), json_path)
+            except UserError as exc:
+                _fail(str(exc))
+                return
+            Console().print_json(data={k: v for k, v in res.items() if k != "id_log"})
+            return
+        from livepose.bench.multi import run as run_multi
+
+        res = run_multi(json_path, duration_s=duration, animals=animals,
+                        progress=lambda m: err.print(m, highlight=False))
+        Console().print_json(data={k: v for k, v in res.items()
+                                   if k not in ("scenario", "tracker")})
 
 
 def _fuzz_bench() -> None:

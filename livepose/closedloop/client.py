@@ -96,10 +96,55 @@ class Pose:
         return self.message.xyz_lead
 
     @property
+    def individuals(self) -> list[IndividualPose]:
+        """Several animals (``fusion.multi``): one :class:`IndividualPose` per tracked
+        individual, ascending ids; empty in a single-animal run (then use :attr:`xyz`)."""
+        return individuals_of(self.message)
+
+    def individual(self, track_id: int) -> IndividualPose | None:
+        """The individual with this track id, or ``None`` when it is not tracked now."""
+        return next((i for i in self.individuals if i.id == track_id), None)
+
+    @property
     def n_views(self) -> np.ndarray:
         """``(J,)`` number of cameras used per keypoint."""
         bits = np.unpackbits(self.views.astype(">u2").view(np.uint8).reshape(-1, 2), axis=1)
         return bits.sum(axis=1, dtype=np.int32)
+
+
+@dataclass
+class IndividualPose:
+    """One individual of a multi-animal pose (``fusion.multi``): its track ``id``,
+    ``xyz``/``variance`` ``(J, 3)``, ``status``/``views``/``reproj`` ``(J,)``."""
+
+    id: int
+    xyz: np.ndarray
+    variance: np.ndarray
+    status: np.ndarray
+    views: np.ndarray
+    reproj: np.ndarray
+
+    @property
+    def measured(self) -> np.ndarray:
+        """``(J,)`` bool: keypoints measured in this frame-set."""
+        return np.asarray(self.status == protocol.MEASURED)
+
+
+def individuals_of(msg: protocol.Pose3d) -> list[IndividualPose]:
+    """The individuals a ``pose3d`` message carries (empty for a single-animal run)."""
+    if msg.ind_ids is None or msg.ind_xyz is None:
+        return []
+    n, J = len(msg.ind_ids), msg.ind_xyz.shape[1] if msg.ind_xyz.ndim == 3 else 0
+
+    def arr(a: np.ndarray | None, shape: tuple[int, ...], fill: float, dt: Any) -> np.ndarray:
+        return np.asarray(a) if a is not None and a.shape == shape else np.full(shape, fill, dt)
+
+    var = arr(msg.ind_variance, (n, J, 3), np.nan, np.float64)
+    st = arr(msg.ind_status, (n, J), protocol.MISSING, np.uint8)
+    vw = arr(msg.ind_views, (n, J), 0, np.uint16)
+    rp = arr(msg.ind_reproj, (n, J), np.nan, np.float32)
+    return [IndividualPose(int(msg.ind_ids[i]), msg.ind_xyz[i], var[i], st[i], vw[i], rp[i])
+            for i in range(n)]
 
 
 class PoseClient:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from livepose.closedloop.actions import ActionEvent, ActionLog
-from livepose.closedloop.client import Pose, PoseClient
+from livepose.closedloop.client import IndividualPose, Pose, PoseClient, individuals_of
 from livepose.core.errors import UserError
 from livepose.transport.security import CurveKeys
 
@@ -150,6 +150,11 @@ class Rule:
         ``measured`` (default): only keypoints measured in the pose's frame-set count; a
         predicted one (a track coasting on its motion model) changes nothing, like NaN.
         ``predicted``: act on coasting estimates too.
+    individual
+        Several animals (``fusion.multi``): ``None`` (default) reads ``pose.xyz`` (a
+        single-animal run, or the lowest id); a track id reads that individual only;
+        ``"any"`` reads, per pose, the individual nearest to the region (or, with a speed
+        condition only, the fastest) — "any animal in the zone".
 
     Lengths (regions, hysteresis, speeds) are in mm whatever the calibration's unit: poses
     are converted (``Pose.units``) before the rules see them.
@@ -166,6 +171,7 @@ class Rule:
     refractory_s: float = 0.5
     fire: Literal["enter", "while"] = "enter"
     accept: Literal["measured", "predicted"] = "measured"
+    individual: int | Literal["any"] | None = None
     active: bool = field(default=False, init=False)
     _streak: int = field(default=0, init=False, repr=False)
     _last_fire_ns: int = field(default=-(1 << 62), init=False, repr=False)
@@ -182,6 +188,10 @@ class Rule:
             raise RuleError(f"rule {self.name!r}: min_frames >= 1 and fire in (enter, while)")
         if self.accept not in ("measured", "predicted"):
             raise RuleError(f"rule {self.name!r}: accept must be 'measured' or 'predicted'")
+        if not (self.individual is None or self.individual == "any" or (
+                isinstance(self.individual, int) and self.individual >= 0)):
+            raise RuleError(f"rule {self.name!r}: individual must be a track id >= 0, 'any' "
+                            f"or null, got {self.individual!r}")
 
     def step(self, p: np.ndarray, speed: float | None, t_ns: int) -> bool:
         """Advance the state with one observation; True when the action should fire."""
@@ -249,6 +259,7 @@ class RuleEngine:
         self.log = log or ActionLog()
         self._index = {r.name: self.keypoints.index(r.keypoint) for r in self.rules}
         self._prev: tuple[np.ndarray, int] | None = None
+        self._prev_ind: dict[int, tuple[np.ndarray, int]] = {}
         self.fired = 0
         self.failed = 0
 
@@ -266,15 +277,20 @@ class RuleEngine:
         if self._prev is not None and t_ns > self._prev[1]:
             speeds = np.linalg.norm(xyz - self._prev[0], axis=1) / ((t_ns - self._prev[1]) / 1e9)
         self._prev = (xyz, t_ns)
+        inds = individuals_of(msg) if any(r.individual is not None for r in self.rules) else []
+        cand = self._individuals(inds, scale, t_ns)
         out = []
         for r in self.rules:
             j = self._index[r.name]
-            sp = float(speeds[j]) if speeds is not None else None
-            p = xyz[j] if r.accept == "predicted" else measured[j]
+            if r.individual is None:
+                sp = float(speeds[j]) if speeds is not None else None
+                p = xyz[j] if r.accept == "predicted" else measured[j]
+            else:
+                p, sp = self._pick(r, j, cand)
             if not r.step(p, sp, t_ns):
                 continue
             name = str(getattr(r.action, "name", getattr(r.action, "__name__", "action")))
-            ev = ActionEvent(r.name, name, r.keypoint, pose.frame_id, [float(v) for v in xyz[j]], sp,
+            ev = ActionEvent(r.name, name, r.keypoint, pose.frame_id, [float(v) for v in p], sp,
                              msg.t_trigger_ns, msg.t_fused_ns, pose.t_recv_ns, time.time_ns())
             try:
                 assert r.action is not None
@@ -288,6 +304,41 @@ class RuleEngine:
             self.log.write(ev)
             out.append(ev)
         return out
+
+
+    def _individuals(self, inds: list[IndividualPose], scale: float, t_ns: int
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Per track id: all and measured-only positions (mm) and per-keypoint speeds."""
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        for ind in inds:
+            every = np.asarray(ind.xyz, dtype=np.float64) * scale
+            prev = self._prev_ind.get(ind.id)
+            sp = (np.linalg.norm(every - prev[0], axis=1) / ((t_ns - prev[1]) / 1e9)
+                  if prev is not None and t_ns > prev[1] else None)
+            self._prev_ind[ind.id] = (every, t_ns)
+            out[ind.id] = (every, np.where(ind.measured[:, None], every, np.nan), sp)
+        return out
+
+    @staticmethod
+    def _pick(r: Rule, j: int, cand: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+              ) -> tuple[np.ndarray, float | None]:
+        """The keypoint and speed a rule naming an individual (or ``any``) reads."""
+        nan = np.full(3, np.nan)
+        opts = []
+        for tid, (every, meas, sp) in cand.items():
+            if r.individual not in ("any", tid):
+                continue
+            p = every[j] if r.accept == "predicted" else meas[j]
+            opts.append((p, float(sp[j]) if sp is not None else None))
+        if not opts:
+            return nan, None
+        if len(opts) == 1 or r.individual != "any":
+            return opts[0]
+        ok = [o for o in opts if np.isfinite(o[0]).all()] or opts
+        if r.region is not None:
+            region = r.region
+            return min(ok, key=lambda o: region.distance(o[0]))
+        return max(ok, key=lambda o: -1.0 if o[1] is None else o[1])
 
 
 class ClosedLoop:

@@ -39,10 +39,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """2: ``pose3d`` says per keypoint what is known (``status``), ``late`` and ``units``, and
 keeps the forward-predicted position apart (``xyz_lead``); ``frame`` and ``kp2d`` carry the
-timing model's verdict and the frame-set policy's (missing and desynced views)."""
+timing model's verdict and the frame-set policy's (missing and desynced views).
+3: ``pose3d`` may carry several individuals (``ind_*`` arrays, ``[N, J, 3]`` with track ids
+and per-individual status); a version-2 message is still accepted (it has none)."""
+
+ACCEPTED_VERSIONS = (2, 3)
+"""Versions :func:`decode_strict` accepts (a version-2 sender's messages decode unchanged)."""
 
 #: ``Pose3d.status`` per keypoint: no estimate (``xyz`` NaN).
 MISSING = 0
@@ -116,7 +121,7 @@ class SharedArrays(Protocol):
         """The array behind ``ref``; raise :class:`ProtocolError` when it is gone or stale."""
         ...
 
-_U8, _U16, _F32, _F64, _U32 = "|u1", "<u2", "<f4", "<f8", "<u4"
+_U8, _U16, _F32, _F64, _U32, _I32 = "|u1", "<u2", "<f4", "<f8", "<u4", "<i4"
 
 
 class Message:
@@ -229,14 +234,15 @@ class Trigger(Message):
 class Truth(Message):
     """Ground truth of the simulated rig for one pulse, published half a period *before* it.
 
-    ``xyz`` ``(J, 3)`` float64: the keypoints (world units). ``t_trigger_ns``: the time the
+    ``xyz`` ``(J, 3)`` float64: the keypoints (world units); ``(N, J, 3)`` for a herd
+    (``sim.animals``, identity order). ``t_trigger_ns``: the time the
     pulse is due. Optional ``spheres`` ``(S, 4)`` (centre, radius) and ``albedo`` ``(S,)``:
     the scene the sim cameras render, computed once here instead of once per camera.
     """
 
     KIND: ClassVar[str] = "truth"
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {
-        "xyz": ArraySpec((_F64,), (2,)),
+        "xyz": ArraySpec((_F64,), (2, 3)),
         "spheres": ArraySpec((_F64,), (2,), required=False),
         "albedo": ArraySpec((_F64,), (1,), required=False),
     }
@@ -263,14 +269,24 @@ class Kp2d(Message):
     (or that are known to be gone) and ``desynced`` those whose frame the timing model
     flagged; their rows are NaN. ``sizes`` gives each view's frame ``[width, height]``
     (``[0, 0]`` where missing): fusion checks it against the calibration's geometry.
+
+    Several animals (``fusion.multi``, protocol 3): ``inst_points`` float32 ``(M, J, 3)``
+    every instance of every view, ``inst_cams`` uint8 ``(M,)`` the index in ``cams`` of each
+    (``points`` is then NaN).
     """
 
     KIND: ClassVar[str] = "kp2d"
-    ARRAYS: ClassVar[dict[str, ArraySpec]] = {"points": ArraySpec((_F32,), (3,))}
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "points": ArraySpec((_F32,), (3,)),
+        "inst_points": ArraySpec((_F32,), (3,), required=False),
+        "inst_cams": ArraySpec((_U8,), (1,), required=False),
+    }
     frame_id: int
     cams: list[str]
     model: str
     points: np.ndarray
+    inst_points: np.ndarray | None = None
+    inst_cams: np.ndarray | None = None
     t_trigger_ns: int | None = None
     t_grab_ns: list[int] = field(default_factory=list)
     t_set_ns: int = 0
@@ -300,7 +316,12 @@ class Pose3d(Message):
     position predicted ``lead_ns`` ahead (``fusion.lead_ms``), never mixed into ``xyz``.
     ``late``: the set arrived after a newer one was fused (triangulated, not filtered).
     ``lifted``: one camera's 2D lifted to 3D (``fusion.mode: lift``), not triangulated.
-    ``units``: the length unit of ``xyz`` (the calibration's). ``skipped``/``incomplete``/
+    ``units``: the length unit of ``xyz`` (the calibration's). Several individuals
+    (``fusion.multi``): ``ind_ids`` int32 ``(N,)`` track ids, ``ind_xyz``/``ind_variance``
+    float64 ``(N, J, 3)``, ``ind_status`` uint8, ``ind_views`` uint16 and ``ind_reproj``
+    float32 ``(N, J)``; ``xyz`` etc. then hold the individual of the lowest id (all NaN
+    without one), so a single-animal client reads one animal as before.
+    ``skipped``/``incomplete``/
     ``missing``/``desynced`` are carried from the kp2d message so one subscriber can account
     for every frame-set and every view.
     """
@@ -315,6 +336,12 @@ class Pose3d(Message):
         "raw_xyz": ArraySpec((_F64,), (2,), required=False),
         "gated": ArraySpec((_U16,), (1,), required=False),
         "xyz_lead": ArraySpec((_F64,), (2,), required=False),
+        "ind_ids": ArraySpec((_I32,), (1,), required=False),
+        "ind_xyz": ArraySpec((_F64,), (3,), required=False),
+        "ind_variance": ArraySpec((_F64,), (3,), required=False),
+        "ind_status": ArraySpec((_U8,), (2,), required=False),
+        "ind_views": ArraySpec((_U16,), (2,), required=False),
+        "ind_reproj": ArraySpec((_F32,), (2,), required=False),
     }
     frame_id: int
     xyz: np.ndarray
@@ -325,6 +352,12 @@ class Pose3d(Message):
     raw_xyz: np.ndarray | None = None
     gated: np.ndarray | None = None
     xyz_lead: np.ndarray | None = None
+    ind_ids: np.ndarray | None = None
+    ind_xyz: np.ndarray | None = None
+    ind_variance: np.ndarray | None = None
+    ind_status: np.ndarray | None = None
+    ind_views: np.ndarray | None = None
+    ind_reproj: np.ndarray | None = None
     late: bool = False
     lifted: bool = False
     units: str = "mm"
@@ -458,8 +491,9 @@ def decode_strict(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS,
         raise ProtocolError("bad_msgpack", str(exc)[:100]) from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_header", "header is not a map")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"v={header.get('v')!r}, expected {PROTOCOL_VERSION}")
+    if header.get("v") not in ACCEPTED_VERSIONS:
+        raise ProtocolError("bad_version", f"v={header.get('v')!r}, expected one of "
+                            f"{ACCEPTED_VERSIONS}")
     kind = header.get("kind")
     cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -3,6 +3,8 @@ extra ``nwb``).
 
 In processing module ``behavior``:
 
+- ``pose3d_id<k>`` (several animals, a session with ``pose3d_individuals.csv``): one
+  ``PoseEstimation`` per individual (track id ``k``), a ``PoseEstimationSeries`` per keypoint;
 - ``pose3d``: an ``ndx_pose.MultiCameraPoseEstimation`` with one ``PoseEstimationSeries``
   per keypoint (named after it): ``(T, 3)`` positions in the calibration's unit, confidence =
   the mean likelihood of the views used (``pose3d.csv`` ``_score``), NaN where not fused;
@@ -171,6 +173,30 @@ def export_nwb(session: Path, out: Path) -> dict[str, Any]:
         name="pose3d", pose_estimation_series=series, pose_estimations=per_camera,
         description="livepose: per-camera 2D and their fused 3D", scorer=cfg.model.path,
         source_software="livepose", skeleton=skeleton))
+    ind_csv = session / "pose3d_individuals.csv"
+    if ind_csv.is_file():  # several animals: one PoseEstimation per individual (track id)
+        from livepose.formats.dlc_multi import read_dlc_multi_csv
+
+        pts, inds, kps, _ = read_dlc_multi_csv(ind_csv)
+        rows = np.arange(len(pts)) + (int(np.min(table.fnum)) if len(table.fnum) else 0)
+        ok = rows < n
+        for i, name in enumerate(inds):
+            data = np.full((n, len(kps), 3), np.nan)
+            data[rows[ok]] = pts[ok, i]
+            if not np.isfinite(data).any():
+                continue
+            s3 = [PoseEstimationSeries(
+                name=k, description=f"3D {k} of individual {name}", data=data[:, j],
+                unit=UNITS.get(unit, unit), reference_frame="the calibration's world frame",
+                timestamps=series[0],
+                confidence=np.isfinite(data[:, j]).all(axis=1).astype(float),
+                confidence_definition="1 where the individual's track has the keypoint")
+                for j, k in enumerate(kps)]
+            behavior.add(PoseEstimation(
+                name=f"pose3d_{name}", pose_estimation_series=s3, skeleton=skeleton,
+                description=f"livepose: fused 3D of individual {name} (track id)",
+                scorer=cfg.model.path, source_software="livepose"))
+            written[f"pose3d_{name}"] = int(np.isfinite(data).all(axis=2).any(axis=1).sum())
     out.parent.mkdir(parents=True, exist_ok=True)
     with pynwb.NWBHDF5IO(str(out), "w") as io:
         io.write(nwb)

@@ -6,6 +6,9 @@ process leaves files that parse) to
 
 - ``pose2d/<cam>.csv``: DeepLabCut / Lightning Pose layout (:mod:`livepose.formats.dlc`),
 - ``pose3d.csv`` + ``pose3d_var.csv``: Anipose 3D layout (:mod:`livepose.formats.anipose3d`),
+- with ``fusion.multi``: ``pose3d_individuals.csv``, every individual's 3D in DeepLabCut's
+  multi-animal layout (:mod:`livepose.formats.dlc_multi`; column group ``id<k>`` = track id
+  ``k``, ids up to ``individuals`` or ``max_tracks``),
 
 one row per frame_id from the recording's first frame: frame-sets that were skipped or
 incomplete get an empty (NaN) row, so row ``k`` is frame ``first + k`` in every file — what
@@ -30,7 +33,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.control import RECORD_TOPIC, decode_record_control
-from livepose.formats import anipose3d, dlc
+from livepose.formats import anipose3d, dlc, dlc_multi
 from livepose.kit.process import StageContext
 from livepose.kit.session import (
     EventLog,
@@ -74,6 +77,30 @@ class _Rows:
         while self.next <= end:
             self._emit_next()
         self.f.close()
+
+
+class Individuals3dRows(_Rows):
+    """Rows of ``pose3d_individuals.csv``: several animals' 3D in DeepLabCut's multi-animal
+    layout (:mod:`livepose.formats.dlc_multi`), one column group per track id."""
+
+    def __init__(self, path: Path, keypoints: list[str], n: int, first: int) -> None:
+        self.J, self.N = len(keypoints), n
+        super().__init__(path, dlc_multi.multi_header([f"id{i}" for i in range(n)], keypoints,
+                                                      ("x", "y", "z")), first)
+        self.dropped = 0  # individuals whose id is past the columns (free mode)
+
+    def empty(self, frame_id: int) -> list[str]:
+        return dlc_multi.multi_row(frame_id, np.full((self.N, self.J, 3), np.nan))
+
+    def add(self, frame_id: int, ids: np.ndarray, xyz: np.ndarray) -> None:
+        """``ids`` ``(M,)`` track ids and their ``xyz`` ``(M, J, 3)``."""
+        out = np.full((self.N, self.J, 3), np.nan)
+        for i, x in zip(ids, xyz, strict=False):
+            if 0 <= int(i) < self.N and x.shape == (self.J, 3):
+                out[int(i)] = x
+            else:
+                self.dropped += 1
+        self.put(frame_id, dlc_multi.multi_row(frame_id, out))
 
 
 class Dlc2dRows(_Rows):
@@ -145,13 +172,16 @@ class PredictionWriter:
     """All prediction files of one session (2D per camera, 3D, variance)."""
 
     def __init__(self, session: Path, cams: list[str], keypoints: list[str], first: int,
-                 scorer: str = "livepose") -> None:
+                 scorer: str = "livepose", individuals: int = 0) -> None:
         self.session, self.cams, self.first = session, cams, first
         self.d2 = {c: Dlc2dRows(pose2d_path(session, c), keypoints, scorer, first) for c in cams}
         p3 = pose3d_path(session)
         self.d3 = Anipose3dRows(p3, keypoints, first)
         self.var = VarRows(anipose3d.var_path(p3), keypoints, first)
         self.status = StatusRows(anipose3d.status_path(p3), keypoints, first)
+        #: several animals (``fusion.multi``): ``pose3d_individuals.csv``, ids 0..n-1
+        self.ind = Individuals3dRows(session / "pose3d_individuals.csv", keypoints,
+                                     individuals, first) if individuals else None
         self.conf: dict[int, np.ndarray] = {}  # frame_id -> (C, J) confidence
         self.last: int | None = None
         self._flushed = time.monotonic()
@@ -180,6 +210,8 @@ class PredictionWriter:
                     ncams, score)
         self.var.add(msg.frame_id, np.asarray(msg.variance))
         self.status.add(msg.frame_id, np.asarray(msg.status), views, msg.late)
+        if self.ind is not None and msg.ind_ids is not None and msg.ind_xyz is not None:
+            self.ind.add(msg.frame_id, np.asarray(msg.ind_ids), np.asarray(msg.ind_xyz))
         self._seen(msg.frame_id)
 
     def _seen(self, frame_id: int) -> None:
@@ -190,12 +222,16 @@ class PredictionWriter:
 
     def flush(self) -> None:
         self._flushed = time.monotonic()
-        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
+        for rows in self._all():
             rows.f.flush()
+
+    def _all(self) -> list[_Rows]:
+        return [*self.d2.values(), self.d3, self.var, self.status,
+                *([self.ind] if self.ind is not None else [])]
 
     def close(self, fps: float, units: str = "mm") -> None:
         """Write out held rows, close the files and write the TRC."""
-        for rows in [*self.d2.values(), self.d3, self.var, self.status]:
+        for rows in self._all():
             rows.close(self.last)
         write_trc_from_csv(self.session, fps, units)
 
@@ -246,7 +282,9 @@ def main(ctx: StageContext) -> None:
         nonlocal writer, events, stop_after, start
         close_()
         start, stop_after = frame or 0, None
-        writer = PredictionWriter(session, cams, keypoints, start)
+        m = ctx.cfg.fusion.multi
+        writer = PredictionWriter(session, cams, keypoints, start, individuals=(
+            (m.individuals or m.max_tracks) if m.enabled else 0))
         events = EventLog(session / "events.jsonl", ctx.name)
         events.emit("predictions_start", first_frame=start)
 

@@ -220,6 +220,20 @@ def test_dash_websocket_ignores_garbage_and_keeps_serving(caplog: pytest.LogCapt
         assert json.loads(ws.receive_text())["type"] == "meta"
 
 
+def test_dash_state_sends_individuals_by_track_id() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    msg = _pose(3)
+    msg.ind_ids = np.array([4, 9], np.int32)
+    msg.ind_xyz = np.stack([msg.xyz, msg.xyz + 10.0])
+    st.add(msg)
+    assert st.pose is not None
+    inds = st.pose["individuals"]
+    assert [i["id"] for i in inds] == [4, 9]
+    assert inds[1]["xyz"][0] == [11.0, 12.0, 13.0] and inds[1]["xyz"][1][0] is None
+    st.add(_pose(4))  # a single-animal pose has no individuals
+    assert "individuals" not in st.pose
+
+
 def test_dash_state_calibration_status_and_drift_banner_data() -> None:
     st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
     s = st.snapshot()

@@ -120,3 +120,25 @@ def test_movement_reads_the_3d(tmp_path: Path) -> None:
     assert ds.position.shape[:2] == (T, 3) and ds.attrs["fps"] == pytest.approx(50)
     assert np.allclose(ds.position.sel(keypoints="snout").values[:, :, 0], xyz[:, 0],
                        equal_nan=True)
+
+
+def test_individuals_get_one_pose_estimation_each(tmp_path: Path) -> None:
+    from livepose.formats.anipose3d import read_anipose3d
+    from livepose.formats.dlc_multi import write_dlc_multi_csv
+    from livepose.recording.nwb import export_nwb
+
+    s, xyz = _session(tmp_path, None)
+    names = list(read_anipose3d(s / "pose3d.csv").keypoints)
+    ind = np.full((T, 2, len(names), 3), np.nan)
+    ind[:, 0] = xyz
+    ind[:, 1] = xyz + 100.0
+    write_dlc_multi_csv(s / "pose3d_individuals.csv", ind, ["id0", "id1"], names,
+                        coords=("x", "y", "z"))
+    out = tmp_path / "m.nwb"
+    res = export_nwb(s, out)
+    assert res["series"]["pose3d_id0"] == T and res["series"]["pose3d_id1"] == T
+    with pynwb.NWBHDF5IO(str(out), "r") as io:
+        beh = io.read().processing["behavior"]
+        a = beh["pose3d_id1"].pose_estimation_series["snout"]
+        assert np.allclose(a.data[:], xyz[:, 0] + 100.0, equal_nan=True)
+        assert np.allclose(np.diff(a.timestamps[:]), 0.02)

@@ -54,6 +54,10 @@ class SimConfig(_Model):
     distortion_k1: float = -0.18
     noise_std: float = Field(2.0, ge=0, description="sensor noise, grey levels")
     speed_mm_s: float = Field(120.0, ge=0, description="typical running speed")
+    animals: int = Field(
+        1, ge=1, le=8, description="rodents in the arena (each its own path; ground-truth "
+        "identities in order); more than 1 needs fusion.multi for 3D per individual"
+    )
     scene: Literal["animal", "board"] = Field(
         "animal", description="what the sim cameras see: the rodent, or a calibration board")
     board: SimBoardConfig = SimBoardConfig()
@@ -227,6 +231,50 @@ class LiftConfig(_Model):
         return self
 
 
+class MultiConfig(_Model):
+    """Several animals at once (docs/multi-animal.md): instances per view, cross-view
+    association per frame-set, 3D tracks with identities."""
+
+    enabled: bool = False
+    individuals: int | None = Field(
+        None, ge=1, le=16, description="fixed number of individuals (ids 0..N-1, the usual "
+        "lab case); null: free (ids counted up as tracks are born)"
+    )
+    max_tracks: int = Field(8, ge=1, le=16, description="free mode: tracks alive at most")
+    epipolar_px: float = Field(
+        12.0, gt=0, description="association: largest confidence-weighted mean epipolar "
+        "distance (px) for two views' instances to be the same individual"
+    )
+    min_keypoints: int = Field(
+        4, ge=1, description="association: keypoints two instances must share (both "
+        "above the likelihood threshold) for their distance to count"
+    )
+    gate_mm: float = Field(
+        30.0, gt=0, description="tracking: largest median 3D distance (mm) between a "
+        "track's prediction and an associated instance (scaled by its uncertainty)"
+    )
+    confirm_frames: int = Field(
+        5, ge=1, description="a tentative track becomes an individual after this many "
+        "frame-sets matched in a row"
+    )
+    timeout_s: float = Field(1.0, gt=0, description="a track dies after this long unmatched")
+    min_motion_mm: float = Field(
+        0.0, ge=0, description="a tentative track must move this much (largest keypoint "
+        "path over its confirmation) to be born: static figures never become tracks"
+    )
+    min_depth_ratio: float = Field(
+        0.0, ge=0, le=1, description="a tentative track whose keypoints are this flat "
+        "(smallest / largest principal extent) is a picture, never born"
+    )
+    background_frames: int = Field(
+        25, ge=3, description="live, single-animal model: the worker learns each camera's "
+        "background from this many frames (per-pixel median) before it finds instances"
+    )
+    background_every: int = Field(
+        10, ge=1, description="… one frame-set in this many (the animals move in between)"
+    )
+
+
 class FusionConfig(_Model):
     """Triangulation and filtering."""
 
@@ -250,6 +298,7 @@ class FusionConfig(_Model):
     kalman: KalmanConfig = KalmanConfig()
     ekf: EKFConfig = EKFConfig()
     lead_ms: float = Field(0.0, ge=0, le=500)
+    multi: MultiConfig = MultiConfig()
 
     @model_validator(mode="after")
     def _lifter_given(self) -> FusionConfig:

@@ -1,0 +1,444 @@
+"""3D tracks with identities: several individuals through one frame-set at a time.
+
+Per frame-set (instances per view in, individuals out):
+
+1. **Association** across views (:mod:`livepose.fusion.associate`): clusters of instances
+   that are one individual; each cluster is triangulated (all clusters in one call of the
+   fusion kernel).
+2. **Matching** of the live tracks to the clusters: the cost of a (track, cluster) pair is
+   the median over keypoints of the 3D distance between the track's prediction to this
+   frame-set and the cluster's triangulation, divided by the track's gate
+   ``gate_mm + 3 σ`` (σ: the prediction's median standard deviation, so a track that
+   coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Confirmed
+   tracks are matched first (Hungarian method, :func:`~livepose.fusion.assign.assign_nb`),
+   tentative ones to the clusters left.
+3. **Filters.** Every track is a block of ``J`` keypoints in *one* :class:`KeypointEKF` of
+   ``S · J`` keypoints (``S`` track slots): the fusion's own kernel runs all individuals in
+   one call, with each track's cluster as its views, so each individual gets the EKF's
+   gating, consensus and per-keypoint status exactly as a single animal does. A track
+   unmatched for more than :data:`HOLD_AFTER_S` (or whose EKF has lost every keypoint) is
+   looked for at its last position, with a gate that grows at :data:`MAX_SPEED_MM_S`, so
+   it can be found again after an occlusion.
+4. **Life.** A cluster left unmatched starts a *tentative* track (not near another track).
+   A tentative track is confirmed, and given an id, after ``confirm_frames`` frame-sets
+   matched in a row — and only if it moved ``min_motion_mm`` since it was first seen (a
+   static figure never does) and is not flat (``min_depth_ratio``: a picture of a person
+   triangulates onto a plane). A tentative track unmatched once is dropped; a confirmed one
+   after ``timeout_s`` unmatched.
+5. **Identities.** With ``individuals: N`` ids are ``0..N-1`` and at most ``N`` tracks are
+   confirmed; a track confirmed after one died takes the free id whose track was last seen
+   nearest. Free (``individuals: null``): ids count up. :meth:`MultiTracker.swap_ids` and
+   :meth:`MultiTracker.set_id` let a user fix a swap; every change is logged
+   (:attr:`MultiTracker.id_log` and the ``livepose.fusion`` logger).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from livepose.core.camera import CameraGroup
+from livepose.core.config import FusionConfig
+from livepose.core.protocol import MEASURED, MISSING, PREDICTED
+from livepose.fusion.assign import assign_nb
+from livepose.fusion.associate import Association, Associator
+from livepose.fusion.ekf import FilterOutput, KeypointEKF
+
+log = logging.getLogger("livepose.fusion")
+
+MAX_SPEED_MM_S = 300.0
+"""Lost-track gate growth: how far an unseen individual may have gone per second."""
+
+HOLD_AFTER_S = 0.1
+"""A track unmatched for longer is looked for where it was last seen (its velocity is not
+extrapolated: animals that meet slow down, and an extrapolated track runs off)."""
+
+
+@dataclass(slots=True)
+class Track:
+    """One track (a block of the EKF)."""
+
+    slot: int
+    first_xyz: np.ndarray
+    last_xyz: np.ndarray
+    last_seen_s: float
+    id: int | None = None
+    hits: int = 0
+    frames: int = 0
+    moved_mm: float = 0.0
+    flatness: float = 1.0
+
+    @property
+    def confirmed(self) -> bool:
+        """Has an id."""
+        return self.id is not None
+
+
+@dataclass(slots=True)
+class Individuals:
+    """One frame-set's confirmed individuals (``N`` of them, ``J`` keypoints).
+
+    Attributes
+    ----------
+    ids
+        ``(N,)`` int32 track ids, ascending.
+    xyz, var
+        ``(N, J, 3)`` filtered positions and per-axis variances (NaN: missing).
+    status
+        ``(N, J)`` uint8 measured / predicted / missing.
+    views
+        ``(N, J)`` uint16 bitmask of the cameras that measured each keypoint.
+    reproj
+        ``(N, J)`` float32 reprojection error (px) in those views.
+    association
+        The frame-set's clusters (for diagnostics).
+    """
+
+    ids: np.ndarray
+    xyz: np.ndarray
+    var: np.ndarray
+    status: np.ndarray
+    views: np.ndarray
+    reproj: np.ndarray
+    association: Association | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@nb.njit(cache=True, nogil=True)
+def _predict_nb(pxyz: np.ndarray, pvar: np.ndarray, slots: np.ndarray, last: np.ndarray,
+                gap: np.ndarray, g0: float, vmax: float, hold_after: float,
+                pred: np.ndarray, gate: np.ndarray) -> None:
+    """Each track's prediction and gate (module docstring, step 3)."""
+    J = pxyz.shape[1]
+    sd = np.empty(J)
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        n = 0
+        for j in range(J):
+            if np.isfinite(pxyz[s, j, 0]):
+                sd[n] = np.sqrt(pvar[s, j, 0] + pvar[s, j, 1] + pvar[s, j, 2])
+                n += 1
+        if n > 0 and gap[i] <= hold_after:
+            pred[i] = pxyz[s]
+            gate[i] = g0 + 3.0 * np.median(sd[:n])
+        else:
+            pred[i] = last[i]
+            gate[i] = g0 + vmax * max(gap[i] - hold_after, 0.0)
+
+
+@nb.njit(cache=True, nogil=True)
+def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """``(T, K)`` median keypoint distance between predictions and clusters / gate."""
+    T, K, J = pred.shape[0], tri.shape[0], pred.shape[1]
+    out = np.full((T, K), np.inf)
+    d = np.empty(J)
+    for i in range(T):
+        for k in range(K):
+            n = 0
+            for j in range(J):
+                v = np.sqrt((pred[i, j, 0] - tri[k, j, 0]) ** 2 + (pred[i, j, 1] - tri[k, j, 1])
+                            ** 2 + (pred[i, j, 2] - tri[k, j, 2]) ** 2)
+                if np.isfinite(v):
+                    d[n] = v
+                    n += 1
+            if n >= 3:
+                out[i, k] = np.median(d[:n]) / gate[i]
+    return out
+
+
+def pose3d_fields(ind: Individuals, J: int) -> dict[str, Any]:
+    """The ``pose3d`` message's arrays for one frame-set's individuals (protocol 3): the
+    ``ind_*`` arrays, and ``xyz``/``variance``/``reproj``/``views``/``status`` of the lowest
+    id (NaN / missing without one) for single-animal clients."""
+    if len(ind.ids):
+        one = {"xyz": ind.xyz[0], "variance": ind.var[0], "reproj": ind.reproj[0],
+               "views": ind.views[0], "status": ind.status[0]}
+    else:
+        one = {"xyz": np.full((J, 3), np.nan), "variance": np.full((J, 3), np.nan),
+               "reproj": np.full(J, np.nan, np.float32), "views": np.zeros(J, np.uint16),
+               "status": np.full(J, MISSING, np.uint8)}
+    return {**one, "ind_ids": ind.ids.astype(np.int32), "ind_xyz": ind.xyz,
+            "ind_variance": ind.var, "ind_status": ind.status, "ind_views": ind.views,
+            "ind_reproj": ind.reproj.astype(np.float32)}
+
+
+def _flatness(xyz: np.ndarray) -> float:
+    """Smallest / largest principal extent of the finite keypoints ``(J, 3)``."""
+    p = xyz[np.all(np.isfinite(xyz), axis=1)]
+    if len(p) < 4:
+        return 1.0
+    s = np.linalg.svd(p - p.mean(axis=0), compute_uv=False)
+    return float(s[-1] / max(s[0], 1e-12))
+
+
+class MultiTracker:
+    """Several individuals in 3D with identities (module docstring).
+
+    Parameters
+    ----------
+    cameras
+        The calibrated cameras, in the views' order.
+    n_keypoints
+        ``J``.
+    cfg
+        ``fusion`` settings (``multi``, the EKF's, the likelihood threshold).
+    fps
+        Frame rate (EKF delays in frame-sets).
+    length_scale
+        Calibration unit per mm (``multi``'s mm settings are scaled by it).
+    pixel_noise_px
+        The model's 2D noise at confidence 1.
+    """
+
+    def __init__(self, cameras: CameraGroup, n_keypoints: int, cfg: FusionConfig, fps: float,
+                 length_scale: float = 1.0, pixel_noise_px: float | None = None) -> None:
+        m = cfg.multi
+        self.cfg = m
+        self.J = int(n_keypoints)
+        self.C = len(cameras)
+        self.fixed = m.individuals
+        self.S = (m.individuals + 2) if m.individuals is not None else m.max_tracks
+        self.scale = float(length_scale)
+        self.ekf = KeypointEKF(cameras, self.S * self.J, cfg, fps, output_reproj=True,
+                               length_scale=length_scale, pixel_noise_px=pixel_noise_px)
+        self.assoc = Associator(cameras, cfg.likelihood_threshold, m.epipolar_px,
+                                m.min_keypoints)
+        self.tracks: list[Track] = []
+        self.free_slots = list(range(self.S))
+        self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
+        self.next_id = 0
+        self.t: float | None = None
+        self.id_log: list[dict[str, object]] = []
+        self.counters = {"births": 0, "deaths": 0, "tentative_dropped": 0,
+                         "rejected_static": 0, "rejected_flat": 0, "clusters": 0}
+        self._pts = np.full((self.C, self.S * self.J, 3), np.nan, dtype=np.float32)
+
+    # ------------------------------------------------------------------ identities
+
+    def _log(self, action: str, **kw: object) -> None:
+        entry = {"t": self.t, "action": action, **kw}
+        self.id_log.append(entry)
+        log.info("individuals: %s %s", action, kw)
+
+    def swap_ids(self, a: int, b: int) -> None:
+        """Swap the ids of two confirmed individuals (a user's fix of a swap; logged)."""
+        ta, tb = self._by_id(a), self._by_id(b)
+        if ta is None or tb is None:
+            raise KeyError(f"no individual with id {a if ta is None else b}")
+        ta.id, tb.id = b, a
+        self._log("swap", a=a, b=b)
+
+    def set_id(self, current: int, new: int) -> None:
+        """Give individual ``current`` the id ``new`` (swapping with its holder; logged)."""
+        t = self._by_id(current)
+        if t is None:
+            raise KeyError(f"no individual with id {current}")
+        if self.fixed is not None and not 0 <= new < self.fixed:
+            raise ValueError(f"id must be in 0..{self.fixed - 1} (fusion.multi.individuals)")
+        other = self._by_id(new)
+        if other is not None:
+            other.id = current
+        t.id = new
+        self._log("set", current=current, new=new)
+
+    def _by_id(self, i: int) -> Track | None:
+        return next((t for t in self.tracks if t.id == i), None)
+
+    # ------------------------------------------------------------------ step
+
+    def _predictions(self, dt: float, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per track: predicted ``(T, J, 3)`` and its gate ``(T,)`` (calibration units)."""
+        pxyz, pvar = self.ekf.predict_ahead(dt)
+        T = len(self.tracks)
+        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
+        last = (np.stack([t.last_xyz for t in self.tracks]) if T else
+                np.zeros((0, self.J, 3)))
+        gap = np.array([now - t.last_seen_s for t in self.tracks])
+        pred, gate = np.empty((T, self.J, 3)), np.empty(T)
+        _predict_nb(pxyz.reshape(self.S, self.J, 3), pvar.reshape(self.S, self.J, 3), slots,
+                    last, gap, self.cfg.gate_mm * self.scale, MAX_SPEED_MM_S * self.scale,
+                    HOLD_AFTER_S, pred, gate)
+        return pred, gate
+
+    @staticmethod
+    def _costs(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
+        """``(T, K)`` median keypoint distance / gate (inf with < 3 shared keypoints)."""
+        return _costs_nb(pred, gate, np.ascontiguousarray(tri, dtype=np.float64))
+
+    def step(self, views: list[np.ndarray], t_s: float) -> Individuals:
+        """One frame-set.
+
+        Parameters
+        ----------
+        views
+            ``C`` arrays ``(K_c, J, 3)``: each view's instances (x, y distorted px,
+            confidence), camera order.
+        t_s
+            The frame-set's time, seconds (increasing).
+
+        Returns
+        -------
+        Individuals
+            The confirmed individuals after this frame-set.
+        """
+        dt = 0.0 if self.t is None else max(float(t_s) - self.t, 0.0)
+        self.t = float(t_s)
+        assoc = self.assoc(views)
+        K = len(assoc.members)
+        self.counters["clusters"] += K
+        J, C = self.J, self.C
+        if K:
+            flat = np.ascontiguousarray(assoc.points.transpose(1, 0, 2, 3).reshape(C, K * J, 3))
+            tri = self.ekf.tri.triangulate(flat).xyz.reshape(K, J, 3)
+        else:
+            tri = np.zeros((0, J, 3))
+        pred, gate = self._predictions(dt, self.t)
+        cost = self._costs(pred, gate, tri)
+        match = np.full(len(self.tracks), -1, dtype=np.int64)
+        used = np.zeros(K, dtype=bool)
+        for confirmed in (True, False):  # confirmed tracks first, tentative ones after
+            rows = [i for i, tr in enumerate(self.tracks) if tr.confirmed == confirmed]
+            cols = np.flatnonzero(~used)
+            if not rows or not len(cols):
+                continue
+            col = assign_nb(np.ascontiguousarray(cost[np.ix_(np.asarray(rows, np.int64), cols)]),
+                            1.0)
+            for r, c in zip(rows, col, strict=True):
+                if c >= 0:
+                    match[r] = cols[c]
+                    used[cols[c]] = True
+        pts = self._pts
+        pts.fill(np.nan)
+        for i, tr in enumerate(self.tracks):
+            if match[i] >= 0:
+                pts[:, tr.slot * J:(tr.slot + 1) * J] = assoc.points[match[i]]
+        new: list[tuple[int, int]] = []
+        g0 = 0.5 * self.cfg.gate_mm * self.scale
+        for k in np.flatnonzero(~used):
+            if not self.free_slots or not np.isfinite(tri[k]).any():
+                continue
+            if len(self.tracks) and np.any(cost[:, k] * gate < g0):
+                continue  # a split of an individual already tracked, not a new one
+            slot = self.free_slots.pop(0)
+            self.ekf.initialised[slot * J:(slot + 1) * J] = False
+            pts[:, slot * J:(slot + 1) * J] = assoc.points[k]
+            new.append((slot, int(k)))
+        out = self.ekf.step(pts, dt)
+        xyz = out.xyz.reshape(self.S, J, 3)
+        self._update(match, new, xyz, tri)
+        return self._output(out, assoc)
+
+    def _update(self, match: np.ndarray, new: list[tuple[int, int]], xyz: np.ndarray,
+                tri: np.ndarray) -> None:
+        now = float(self.t or 0.0)
+        keep: list[Track] = []
+        for i, tr in enumerate(self.tracks):
+            x = xyz[tr.slot]
+            if match[i] >= 0:
+                tr.hits += 1
+                tr.last_seen_s = now
+                if np.isfinite(x).any():
+                    tr.last_xyz = np.where(np.isfinite(x), x, tr.last_xyz)
+            else:
+                tr.hits = 0
+                if not tr.confirmed:
+                    self.counters["tentative_dropped"] += 1
+                    self._free(tr)
+                    continue
+                if now - tr.last_seen_s > self.cfg.timeout_s:
+                    self.counters["deaths"] += 1
+                    self._log("death", id=tr.id)
+                    if tr.id is not None:
+                        self.last_seen[tr.id] = (now, tr.last_xyz)
+                    self._free(tr)
+                    continue
+            tr.frames += 1
+            if not tr.confirmed:  # the motion test of a tentative track
+                d = np.linalg.norm(tr.last_xyz - tr.first_xyz, axis=-1)
+                d = d[np.isfinite(d)]
+                if d.size:
+                    tr.moved_mm = max(tr.moved_mm, float(d.max()) / self.scale)
+                if tr.hits >= self.cfg.confirm_frames:
+                    self._confirm(tr)
+            keep.append(tr)
+        for slot, k in new:
+            x = np.where(np.isfinite(xyz[slot]), xyz[slot], tri[k])
+            keep.append(Track(slot=slot, first_xyz=x.copy(), last_xyz=x.copy(),
+                              last_seen_s=now, hits=1, frames=1))
+        self.tracks = keep
+
+    def _confirm(self, tr: Track) -> None:
+        m = self.cfg
+        if tr.moved_mm < m.min_motion_mm:
+            self.counters["rejected_static"] += tr.hits == m.confirm_frames
+            return
+        tr.flatness = _flatness(tr.last_xyz)
+        if tr.flatness < m.min_depth_ratio:
+            self.counters["rejected_flat"] += tr.hits == m.confirm_frames
+            return
+        if self.fixed is not None:
+            taken = {t.id for t in self.tracks if t.id is not None}
+            free = [i for i in range(self.fixed) if i not in taken]
+            if not free:
+                return
+            centre = np.nanmedian(tr.last_xyz, axis=0)
+
+            def dist(i: int) -> float:
+                seen = self.last_seen.get(i)
+                if seen is None:
+                    return np.inf
+                return float(np.linalg.norm(np.nanmedian(seen[1], axis=0) - centre))
+
+            tr.id = min(free, key=lambda i: (dist(i), i))
+        else:
+            tr.id = self.next_id
+            self.next_id += 1
+        self.counters["births"] += 1
+        self._log("birth", id=tr.id)
+
+    def _free(self, tr: Track) -> None:
+        self.ekf.initialised[tr.slot * self.J:(tr.slot + 1) * self.J] = False
+        self.free_slots.append(tr.slot)
+        self.free_slots.sort()
+
+    def _output(self, out: FilterOutput, assoc: Association) -> Individuals:
+        J = self.J
+        conf = sorted((t for t in self.tracks if t.confirmed), key=lambda t: t.id or 0)
+        n = len(conf)
+        xyz = np.full((n, J, 3), np.nan)
+        var = np.full((n, J, 3), np.nan)
+        status = np.zeros((n, J), dtype=np.uint8)
+        views = np.zeros((n, J), dtype=np.uint16)
+        reproj = np.full((n, J), np.nan, dtype=np.float32)
+        if n:
+            rows = (np.array([t.slot for t in conf])[:, None] * J + np.arange(J)).ravel()
+            xyz = out.xyz[rows].reshape(n, J, 3)
+            var = out.var[rows].reshape(n, J, 3)
+            views = out.views[rows].reshape(n, J)
+            reproj = out.reproj[rows].reshape(n, J)
+            fin = np.isfinite(xyz).all(axis=-1)
+            status = np.where(views > 0, MEASURED, np.where(fin, PREDICTED, MISSING)).astype(
+                np.uint8)
+        ids = np.array([t.id for t in conf], dtype=np.int32)
+        return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters))
+
+    def expected(self, max_age_s: float = 0.5) -> np.ndarray:
+        """The confirmed tracks' last positions ``(T, J, 3)``, those seen within
+        ``max_age_s``: what the detector needs to tell a blob of two individuals from one (a
+        tentative duplicate or a long-lost track would make it drop good blobs)."""
+        now = self.t or 0.0
+        live = [t.last_xyz for t in self.tracks
+                if t.confirmed and now - t.last_seen_s <= max_age_s]
+        return np.stack(live) if live else np.zeros((0, self.J, 3))
+
+    def warmup(self) -> None:
+        """Compile (or load) the kernels: association, assignment, EKF."""
+        self.ekf.warmup()
+        self.ekf.tri.warmup(self.J)
+        probe = np.full((1, self.J, 3), np.nan, dtype=np.float32)
+        self.assoc([probe] * self.C)
+        assign_nb(np.zeros((2, 2)), 1.0)

@@ -1,0 +1,313 @@
+"""Several animals: assignment, cross-view association and 3D tracks with identities against
+the sim herd's ground truth (2D = the true keypoints projected through the sim rig, with
+pixel noise, dropped views and wrong instances)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from livepose.acquisition.sim.herd import Herd, count_onsets, hidden_keypoints
+from livepose.acquisition.sim.rig import make_rig
+from livepose.core.config import FusionConfig, SimConfig
+from livepose.fusion.assign import assign
+from livepose.fusion.associate import Associator
+from livepose.fusion.multitrack import MultiTracker
+
+FPS = 30.0
+
+
+@pytest.fixture(scope="module")
+def rig():  # type: ignore[no-untyped-def]
+    return make_rig(SimConfig(), [f"cam{i}" for i in range(4)])
+
+
+def _views(rig, kp: np.ndarray, rng: np.random.Generator, sigma: float = 1.0,  # type: ignore[no-untyped-def]
+           drop: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per camera: instances ``(K, J, 3)`` in a shuffled order, and which animal each is."""
+    N, J, _ = kp.shape
+    views, who = [], []
+    for cam in rig:
+        uv = cam.project(kp.reshape(-1, 3)).reshape(N, J, 2) + rng.normal(0, sigma, (N, J, 2))
+        keep = [a for a in range(N) if rng.random() >= drop]
+        order = rng.permutation(keep) if keep else np.array([], dtype=int)
+        pts = np.concatenate([uv, np.full((N, J, 1), 0.9)], axis=-1)[order]
+        views.append(pts.astype(np.float32).reshape(len(order), J, 3))
+        who.append(np.asarray(order, dtype=int))
+    return views, who
+
+
+def test_assign_is_optimal_and_rejects() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n, m = (int(v) for v in rng.integers(1, 6, 2))
+        c = rng.random((n, m)) * 10
+        r, k = assign(c)
+        best = min(sum(c[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n)
+                   ) if n <= m else min(sum(c[p[j], j] for j in range(m))
+                                        for p in itertools.permutations(range(n), m))
+        assert c[r, k].sum() == pytest.approx(best)
+    r, k = assign(np.array([[1.0, 9.0], [9.0, 9.0]]), max_cost=5.0)
+    assert r.tolist() == [0] and k.tolist() == [0]
+    r, _ = assign(np.array([[np.nan, 7.0]]), max_cost=5.0)
+    assert r.size == 0
+
+
+def test_association_matches_truth_with_missing_views(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(3, 0, 200.0, 120.0)
+    assoc = Associator(rig, 0.3, 12.0, 4)
+    rng = np.random.default_rng(2)
+    wrong = total = 0
+    for t in np.arange(0, 20, 0.37):
+        kp = herd.keypoints(float(t))
+        views, who = _views(rig, kp, rng, sigma=1.5, drop=0.2)
+        res = assoc(views)
+        for mem in res.members:
+            ids = {int(who[c][k]) for c, k in mem}
+            wrong += len(ids) > 1
+            total += 1
+        # every animal seen by two or more cameras is one cluster of exactly its views
+        for a in range(3):
+            seen = {c for c in range(4) if a in who[c]}
+            if len(seen) >= 2:
+                cl = [m for m in res.members if {int(who[c][k]) for c, k in m} == {a}]
+                assert len(cl) == 1 and {c for c, _ in cl[0]} == seen
+    assert total > 100 and wrong == 0
+
+
+def test_association_ignores_an_inconsistent_instance(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(2, 3, 200.0, 120.0)
+    assoc = Associator(rig, 0.3, 12.0, 4)
+    rng = np.random.default_rng(3)
+    kp = herd.keypoints(4.0)
+    views, _ = _views(rig, kp, rng)
+    ghost = views[1][:1].copy()
+    ghost[..., :2] += 40.0  # an instance of nobody (e.g. two animals' blob) in camera 1
+    views[1] = np.concatenate([views[1], ghost])
+    res = assoc(views)
+    assert len(res.members) == 2
+    assert all((1, len(views[1]) - 1) not in m for m in res.members)
+
+
+def _track(rig, seconds: float, n: int, drop: float, seed: int,  # type: ignore[no-untyped-def]
+           cfg: FusionConfig | None = None) -> tuple[np.ndarray, np.ndarray, MultiTracker]:
+    herd = Herd(n, seed, 200.0, 120.0)
+    if cfg is None:
+        cfg = FusionConfig()
+        cfg.multi.enabled = True
+        cfg.multi.individuals = n
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    rng = np.random.default_rng(seed)
+    T = int(seconds * FPS)
+    ids = np.full((T, n), -1)
+    err = []
+    for t in range(T):
+        kp = herd.keypoints(t / FPS)
+        views, _ = _views(rig, kp, rng, sigma=1.0, drop=drop)
+        ind = tr.step(views, t / FPS)
+        for i, x in zip(ind.ids, ind.xyz, strict=True):
+            d = np.nanmedian(np.linalg.norm(kp - x[None], axis=-1), axis=1)
+            a = int(np.argmin(d))
+            if d[a] < 30:
+                ids[t, a] = i
+                err.append(d[a])
+    return ids, np.asarray(err), tr
+
+
+def test_tracks_keep_identities_through_missing_views(rig) -> None:  # type: ignore[no-untyped-def]
+    from livepose.bench.multi import count_swaps
+
+    ids, err, tr = _track(rig, 4.0, 3, drop=0.25, seed=5)
+    assert count_swaps(ids) == 0
+    assert sorted(set(ids[-1].tolist())) == [0, 1, 2]  # three individuals, ids 0..2
+    assert np.mean(ids[30:] >= 0) > 0.95  # born within a second, then always there
+    assert np.median(err) < 3.0  # mm, 1 px noise
+    assert tr.counters["births"] == 3
+
+
+def test_birth_needs_confirmation_and_death_after_timeout(rig) -> None:  # type: ignore[no-untyped-def]
+    cfg = FusionConfig()
+    cfg.multi.confirm_frames = 5
+    cfg.multi.timeout_s = 0.5
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    herd = Herd(1, 0, 200.0, 120.0)
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        views, _ = _views(rig, herd.keypoints(t / FPS)[:1], rng)
+        assert len(tr.step(views, t / FPS).ids) == 0  # tentative: no id yet
+    views, _ = _views(rig, herd.keypoints(4 / FPS)[:1], rng)
+    assert tr.step(views, 4 / FPS).ids.tolist() == [0]
+    empty = [np.zeros((0, 14, 3), np.float32)] * 4
+    t = 5
+    while t / FPS < 4 / FPS + 0.45:
+        assert tr.step(empty, t / FPS).ids.tolist() == [0]  # coasting
+        t += 1
+    for _ in range(3):
+        ind = tr.step(empty, t / FPS)
+        t += 1
+    assert len(ind.ids) == 0 and tr.counters["deaths"] == 1
+
+
+def test_static_and_flat_figures_are_never_born(rig) -> None:  # type: ignore[no-untyped-def]
+    cfg = FusionConfig()
+    cfg.multi.min_motion_mm = 20.0
+    cfg.multi.min_depth_ratio = 0.05
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    herd = Herd(1, 0, 200.0, 120.0)
+    statue = herd.keypoints(2.0)[0]
+    picture = statue.copy()
+    picture[:, 2] = 1.0  # flat on the floor
+    picture[:, :2] += 150.0 * np.array([0.0, 1.0]) - picture[:, :2].mean(axis=0) * 0.5
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        moving = herd.keypoints(t / FPS)[0]
+        kp = np.stack([statue, picture, moving])
+        views, _ = _views(rig, kp, rng, sigma=0.5)
+        ind = tr.step(views, t / FPS)
+    assert len(ind.ids) == 1
+    d = np.nanmedian(np.linalg.norm(ind.xyz[0] - herd.keypoints(59 / FPS)[0], axis=-1))
+    assert d < 5.0
+    assert tr.counters["rejected_static"] >= 1
+
+
+def test_swap_and_set_ids_are_logged(rig) -> None:  # type: ignore[no-untyped-def]
+    ids, _, tr = _track(rig, 1.0, 2, drop=0.0, seed=7)
+    before = {int(i): tr._by_id(int(i)).slot for i in ids[-1]}  # type: ignore[union-attr]
+    tr.swap_ids(0, 1)
+    assert tr._by_id(0).slot == before[1]  # type: ignore[union-attr]
+    tr.set_id(0, 1)
+    assert tr._by_id(1).slot == before[1]  # type: ignore[union-attr]
+    assert [e["action"] for e in tr.id_log][-2:] == ["swap", "set"]
+    with pytest.raises(ValueError, match="individuals"):
+        tr.set_id(0, 5)
+
+
+def test_ground_truth_events() -> None:
+    assert count_onsets(np.array([0, 1, 1, 0, 1, 0, 0, 0, 1], bool), 3) == 2
+    herd = Herd(2, 0, 200.0, 120.0)
+    parts = herd.parts(1.0)
+    centre = np.array([[0.0, 0.0, 1000.0]])
+    hid = hidden_keypoints(parts, centre)
+    assert hid.shape == (1, 2, 14)
+    # put animal 1 straight above animal 0: from above, animal 0 is hidden
+    above = (parts[1][0].copy(), parts[1][1], parts[1][2])
+    above[0][:, :3] = parts[0][0][:, :3].mean(axis=0) + (above[0][:, :3] - above[0][:, :3].mean(
+        axis=0)) * 0 + np.array([0.0, 0.0, 200.0])
+    above[0][:, 3] = 60.0
+    hid = hidden_keypoints([parts[0], above], centre)
+    assert hid[0, 0].sum() >= 10 and hid[0, 1].sum() == 0
+
+
+def test_dlc_multi_animal_csv_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from livepose.formats import FormatError
+    from livepose.formats.dlc_multi import read_dlc_multi_csv, write_dlc_multi_csv
+
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(5, 2, 3, 3))
+    pts[2, 1] = np.nan  # individual 1 not tracked in frame 2
+    p = write_dlc_multi_csv(tmp_path / "m.csv", pts, ["id0", "id1"], ["a", "b", "c"],
+                            coords=("x", "y", "z"))
+    lines = p.read_text().splitlines()
+    assert lines[1].startswith("individuals,id0,id0,id0,id0")
+    back, ind, kps, co = read_dlc_multi_csv(p)
+    assert ind == ["id0", "id1"] and kps == ["a", "b", "c"] and co == ["x", "y", "z"]
+    np.testing.assert_allclose(back, pts, rtol=1e-9)
+    (tmp_path / "bad.csv").write_text("scorer,a\nbodyparts,b\ncoords,x\n0,1\n")
+    with pytest.raises(FormatError, match="multi-animal"):
+        read_dlc_multi_csv(tmp_path / "bad.csv")
+
+
+def test_pose3d_carries_individuals_and_rules_name_one_or_any() -> None:
+    from livepose.closedloop.client import Pose
+    from livepose.closedloop.rules import Rule, RuleEngine, Sphere
+    from livepose.core import protocol
+    from livepose.fusion.multitrack import Individuals, pose3d_fields
+
+    J = 14
+    xyz = np.zeros((2, J, 3))
+    xyz[1] += 100.0  # individual 7 stands 100 mm away on every axis
+    ind = Individuals(np.array([3, 7], np.int32), xyz, np.ones((2, J, 3)),
+                      np.full((2, J), protocol.MEASURED, np.uint8), np.ones((2, J), np.uint16),
+                      np.zeros((2, J), np.float32))
+    msg = protocol.Pose3d(frame_id=5, **pose3d_fields(ind, J), t_trigger_ns=10**9)
+    back = protocol.decode_strict(protocol.encode(msg))
+    assert isinstance(back, protocol.Pose3d)
+    np.testing.assert_array_equal(back.ind_ids, [3, 7])
+    np.testing.assert_array_equal(back.xyz, xyz[0])  # a single-animal client sees id 3
+    pose = Pose(5, back.xyz, back.variance, back.reproj, back.views, {}, 0, back,
+                status=back.status)
+    assert [i.id for i in pose.individuals] == [3, 7]
+    assert pose.individual(7) is not None and pose.individual(4) is None
+    fired: list[str] = []
+    zone = Sphere([100.0, 100.0, 100.0], 10.0)
+    rules = [Rule(f"r{w}", "snout", region=zone, action=lambda e: fired.append(e.rule),
+                  individual=w) for w in (3, 7, "any")]
+    RuleEngine([f"k{j}" if j else "snout" for j in range(J)], rules).update(pose)
+    assert sorted(fired) == ["r7", "rany"]
+    # a version-2 message (no individuals) still decodes
+    parts = protocol.encode(protocol.Pose3d(frame_id=1, **{k: v for k, v in pose3d_fields(
+        ind, J).items() if not k.startswith("ind_")}))
+    import msgpack
+
+    head = msgpack.unpackb(parts[1])
+    head["v"] = 2
+    parts[1] = msgpack.packb(head)
+    assert protocol.decode_strict(parts).ind_ids is None  # type: ignore[attr-defined]
+
+
+def test_recorder_writes_individuals_in_the_multi_animal_layout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.formats.dlc_multi import read_dlc_multi_csv
+    from livepose.fusion.multitrack import Individuals, pose3d_fields
+    from livepose.recording.recorder import PredictionWriter
+
+    J, kps = 14, [f"k{j}" for j in range(14)]
+    w = PredictionWriter(tmp_path, ["cam0"], kps, first=10, individuals=3)
+    for fid in (10, 11, 13):  # 12 skipped: an empty row
+        xyz = np.stack([np.full((J, 3), fid * 1.0), np.full((J, 3), -fid * 1.0)])
+        ind = Individuals(np.array([2, 0], np.int32), xyz, np.ones((2, J, 3)),
+                          np.ones((2, J), np.uint8), np.ones((2, J), np.uint16),
+                          np.zeros((2, J), np.float32))
+        w.on_pose3d(protocol.Pose3d(frame_id=fid, **pose3d_fields(ind, J)))
+    w.close(30.0)
+    pts, ind_names, names, co = read_dlc_multi_csv(tmp_path / "pose3d_individuals.csv")
+    assert ind_names == ["id0", "id1", "id2"] and names == kps and co == ["x", "y", "z"]
+    assert pts.shape == (4, 3, J, 3)
+    assert pts[0, 2, 0, 0] == 10.0 and pts[0, 0, 0, 0] == -10.0  # by track id
+    assert np.isnan(pts[0, 1]).all() and np.isnan(pts[2]).all()  # id1 absent; frame 12
+
+
+def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser, FusionInputError
+
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
+    cfg.fusion.multi.enabled = True
+    cfg.fusion.multi.individuals = 2
+    fuser = Fuser(rig, cfg)
+    herd = Herd(2, 0, 200.0, 120.0)
+    rng = np.random.default_rng(0)
+    cams = [f"cam{i}" for i in range(4)][::-1]  # the worker's order may differ
+    for t in range(8):
+        views, _ = _views(rig, herd.keypoints(t / FPS), rng)
+        views = views[::-1]
+        msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
+                            points=np.full((4, 14, 3), np.nan, np.float32),
+                            inst_points=np.concatenate(views),
+                            inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
+                                                [len(v) for v in views]))
+        pose = fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)  # type: ignore[arg-type]
+    assert pose.ind_ids is not None and sorted(pose.ind_ids.tolist()) == [0, 1]
+    kp = herd.keypoints(7 / FPS)
+    err = [np.nanmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp])
+           for x in pose.ind_xyz]  # type: ignore[union-attr]
+    assert max(err) < 3.0
+    bad = protocol.Kp2d(frame_id=9, cams=cams, model="m",
+                        points=np.full((4, 14, 3), np.nan, np.float32),
+                        inst_points=np.zeros((2, 14, 3), np.float32),
+                        inst_cams=np.array([0, 9], np.uint8))
+    with pytest.raises(FusionInputError, match="instances"):
+        fuser.fuse(bad, 0)
