@@ -36,6 +36,13 @@ def camera(ctx: StageContext) -> None:
     main(ctx)
 
 
+def encoder(ctx: StageContext) -> None:
+    """One camera's video encoder (:mod:`livepose.acquisition.encoder`)."""
+    from livepose.acquisition.encoder import main
+
+    main(ctx)
+
+
 def trigger(ctx: StageContext) -> None:
     """The trigger clock or trigger box (:mod:`livepose.acquisition.trigger`)."""
     from livepose.acquisition.trigger import main

@@ -33,6 +33,7 @@ from livepose.core.control import encode_reshard
 from livepose.core.errors import UserError
 from livepose.kit.process import StageContext, child_entry
 from livepose.kit.realtime import PRIORITY
+from livepose.kit.session import encoder_name
 from livepose.recording.control import Recording
 from livepose.runtime import stages
 from livepose.transport import codec, security, shmring
@@ -44,6 +45,7 @@ FUSION = stages.fusion
 INFER = stages.inference
 CAMERA = stages.camera
 TRIGGER = stages.trigger
+ENCODER = stages.encoder
 RECORDER = stages.recorder
 DASHBOARD = stages.dashboard
 #: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
@@ -83,8 +85,8 @@ def plan(
 ) -> list[ProcSpec]:
     """The processes of a run, in start order (trigger last).
 
-    ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
-    launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
+    ``record`` (``{"session", "frame"}``) makes the encoders (one per camera: the video and
+    frame table, docs/recording.md) and the recorder record from launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
     ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
@@ -98,10 +100,12 @@ def plan(
     if dashboard is not None:
         args = {"calibration": calibration, **dashboard}
         specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
-    specs += [
-        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}, rt="camera")
-        for i, c in enumerate(cfg.cameras)
-    ]
+    # encoders before their cameras: subscribed when the first frame goes out; optional
+    # (restarted; past the limit the experiment goes on without that camera's video)
+    specs += [ProcSpec(encoder_name(c.name), ENCODER, {"camera": i, "record": record},
+                       optional=True) for i, c in enumerate(cfg.cameras)]
+    specs += [ProcSpec(c.name, CAMERA, {"camera": i}, rt="camera")
+              for i, c in enumerate(cfg.cameras)]
     specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}, rt="trigger"))
     return specs
 
@@ -392,6 +396,10 @@ class Supervisor:
             elif name in self.cfg.camera_names:
                 spec = ProcSpec(spec.name, spec.target, {**spec.args, "restarted": True},
                                 spec.optional, spec.nice, spec.rt)
+            elif spec.target is ENCODER:  # goes on recording the session being recorded
+                spec = ProcSpec(spec.name, spec.target, {**spec.args, "restarted": True,
+                                "record": self.recording.current()},
+                                spec.optional, spec.nice, spec.rt)
             self.exited.pop(name, None)
             self.health.pop(name, None)
             self._spawn(spec)
@@ -500,9 +508,10 @@ class Supervisor:
 
     def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
-        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
+        encoders = [encoder_name(c) for c in self.cfg.camera_names]
+        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras] + encoders
         order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
-        writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
+        writers = {"recorder", *encoders}  # may drain a queue: more time
         for name in order:
             if name in self.procs:
                 self._terminate(name, max(timeout_s, 60.0) if name in writers else timeout_s)
