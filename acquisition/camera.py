@@ -34,7 +34,7 @@ from livepose.acquisition.swtrigger import TriggerThread
 from livepose.acquisition.timematch import Match, TimeMatcher
 from livepose.acquisition.timing import TimingModel
 from livepose.core import protocol
-from livepose.core.config import clock_matched
+from livepose.core.config import Config, clock_matched
 from livepose.kit.process import StageContext
 from livepose.transport import codec, shmring
 
@@ -323,6 +323,25 @@ class CameraLoop:
         if frame_id % self.preview_every == 0:
             self.preview_due = (grab.t_grab_ns + self.preview_delay_ns, grab.image, frame_id,
                                 grab.t_grab_ns)
+
+
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): load the JPEG encoder and, for a
+    simulated camera, open it and render one frame (numba's target and the render kernels);
+    a real camera's device is opened only by the process that becomes it."""
+    encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)
+    index = int(args.get("camera", 0))
+    cam_cfg = cfg.cameras[index]
+    if cam_cfg.backend != "sim":
+        return
+    backend = make_backend(cam_cfg, cfg=cfg, index=index)
+    backend.open()
+    try:
+        backend.arm()
+        backend.software_trigger(0, time.time_ns())
+        backend.grab(5.0)
+    finally:
+        backend.close()
 
 
 def main(ctx: StageContext) -> None:

@@ -198,6 +198,14 @@ class Encoder:
         self.stop_now()
 
 
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): load the codec library and open the
+    configured encoder once."""
+    from livepose.acquisition.encoders import check_codec
+
+    check_codec(cfg.recording)
+
+
 def main(ctx: StageContext) -> None:
     """Encoder process main."""
     cam = ctx.cfg.cameras[int(ctx.args["camera"])].name

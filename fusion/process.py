@@ -343,6 +343,16 @@ class Fuser:
         )
 
 
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): build a fuser of the run's calibration
+    and run its warm-up once, so numba's target and kernels are loaded when this process
+    becomes fusion."""
+    calib = args["calibration"]
+    fuser = Fuser(read_calibration(calib, cfg.camera_names), cfg,
+                  calibration_units(calib, cfg.calibration_units), model_noise_px(cfg))
+    fuser.warmup()
+
+
 def main(ctx: StageContext) -> None:
     """The fusion process (see the module docstring)."""
     cfg = ctx.cfg

@@ -8,10 +8,11 @@ heavy dependencies (ONNX Runtime, numba kernels, camera SDKs). The imports are p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from livepose.core.config import Config
+from livepose.core.config import Config, from_dict
 from livepose.kit.process import StageContext
 
 
@@ -62,6 +63,41 @@ def dashboard(ctx: StageContext) -> None:
     from livepose.dashboard.process import main
 
     main(ctx)
+
+
+def _warm_camera(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.acquisition.camera import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_inference(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.inference.worker import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_fusion(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.fusion.process import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_encoder(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.acquisition.encoder import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_dashboard(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    import livepose.dashboard.process  # noqa: F401
+
+
+#: what a warm spare of each stage does before it is needed (livepose/runtime/spares.py)
+WARM: dict[Callable[[StageContext], None], Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    camera: _warm_camera, inference: _warm_inference, fusion: _warm_fusion,
+    encoder: _warm_encoder, dashboard: _warm_dashboard,
+}
 
 
 def prepare_acquisition(cfg: Config, run_dir: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from livepose.kit.realtime import PRIORITY
 from livepose.kit.session import encoder_name
 from livepose.recording.control import Recording
 from livepose.runtime import stages
+from livepose.runtime.spares import Spares
 from livepose.transport import codec, security, shmring
 from livepose.transport import endpoints as eps
 
@@ -173,6 +174,7 @@ class Supervisor:
         self.restarts: list[dict[str, Any]] = []
         self._restart_due: dict[str, tuple[float, dict[str, Any]]] = {}
         self._restart_times: dict[str, list[float]] = {}
+        self.spares: Spares | None = None  # warm processes for restarts (runtime/spares.py)
 
     @property
     def dashboard_login_url(self) -> str | None:
@@ -248,31 +250,30 @@ class Supervisor:
             if refused:
                 log.warning("realtime: true, but these processes run on the ordinary "
                             "scheduler: %s", refused)
+        if self.cfg.restart.enabled and self.cfg.restart.spares:
+            self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level)
+            for spec in self._specs:
+                if spec.name not in ("trigger", "recorder"):
+                    self.spares.want(spec.target, stages.WARM.get(spec.target), spec.args)
 
     def scheduling(self) -> dict[str, str]:
         """How each process is scheduled (``fifo:<priority>`` or ``other``), from its ready
         message."""
         return {n: str(h.info.get("sched", "?")) for n, h in self.health.items()}
 
-    def _spawn(self, spec: ProcSpec) -> None:
+    def _spawn(self, spec: ProcSpec, restart: bool = False) -> None:
         with self._poll_lock:  # a poll() in another thread iterates ``procs``
-            self._spawn_locked(spec)
+            self._spawn_locked(spec, restart)
 
-    def _spawn_locked(self, spec: ProcSpec) -> None:
-        p = self._mp.Process(
-            target=child_entry,
-            name=spec.name,
-            args=(
-                spec.target,
-                spec.name,
-                to_dict(self.cfg),
-                self.endpoints,
-                spec.args,
-                self.log_level,
-                spec.nice,
-                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
-            ),
-        )
+    def _spawn_locked(self, spec: ProcSpec, restart: bool) -> None:
+        job = (spec.target, spec.name, to_dict(self.cfg), self.endpoints, spec.args,
+               self.log_level, spec.nice,
+               PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0)
+        spare = self.spares.take(spec.target, job) if restart and self.spares else None
+        if spare is not None:  # warm: imports done (livepose/runtime/spares.py)
+            self.procs[spec.name] = spare
+            return
+        p = self._mp.Process(target=child_entry, name=spec.name, args=job)
         p.start()
         self.procs[spec.name] = p
 
@@ -328,6 +329,8 @@ class Supervisor:
         self.recording.poll()
         self._check_children()
         self._respawn_due()
+        if self.spares is not None and not self._stopping:
+            self.spares.tick()
 
     def _check_children(self) -> None:
         alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
@@ -402,7 +405,7 @@ class Supervisor:
                                 spec.optional, spec.nice, spec.rt)
             self.exited.pop(name, None)
             self.health.pop(name, None)
-            self._spawn(spec)
+            self._spawn(spec, restart=True)
             record["back_s"] = now
             record["restarted_after_s"] = round(now - record["died_s"], 3)
             self.restarts.append(record)
@@ -508,6 +511,8 @@ class Supervisor:
 
     def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
+        if self.spares is not None:
+            self.spares.close()
         encoders = [encoder_name(c) for c in self.cfg.camera_names]
         order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras] + encoders
         order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]

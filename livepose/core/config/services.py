@@ -172,6 +172,8 @@ class RestartConfig(_Model):
     max_restarts: int = Field(5, ge=0, le=1000)
     window_s: float = Field(60.0, gt=0)
     backoff_s: float = Field(0.1, gt=0, le=1.0, description="first back-off; doubles to 1 s")
+    spares: bool = Field(True, description="keep one warm spare process per stage kind "
+                         "(imports done) that takes over a dead stage at once")
 
 
 class LimitsConfig(_Model):
