@@ -25,6 +25,8 @@ record from launch, or — after a restart — the session being recorded), ``re
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from livepose.kit.process import StageContext
 from livepose.transport import codec, shmring
 from livepose.transport.framefeed import RingFollower
 
+PROBE_BYTES = 1 << 20  # a write this big must succeed before a failed writer goes on
 RETRY_S = 1.0  # how often a failed writer checks whether the disk takes writes again
 DRAIN_IDLE_S = 0.5  # at stop: the camera is silent this long, the queue is drained
 DRAIN_MAX_S = 30.0
@@ -154,13 +157,27 @@ class Encoder:
             self.ctx.rates["rec_behind"] = int(m.h.head[0]) - ref.gen
 
     def _disk_back(self, w: SegmentWriter, now: float) -> bool:
-        """A failed writer: whether to go on in a new segment now (the held table rows
-        could be written, so the disk takes writes again)."""
+        """A failed writer: whether to go on in a new segment now — the held table rows
+        could be written, and a probe file of ``PROBE_BYTES`` too (a full disk still takes
+        a row into the free end of a file's last page, so rows alone prove nothing)."""
         if now < self._retry_at:
             return False
         self._retry_at = now + RETRY_S
         w._flush()
-        return not w._pending
+        if w._pending:
+            return False
+        probe = w.table_path.with_name(f".probe-{self.cam}")
+        try:
+            with probe.open("wb") as f:
+                f.write(b"\0" * PROBE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     def _roll(self) -> None:
         """Close this segment and continue into a new one."""

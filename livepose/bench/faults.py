@@ -17,9 +17,10 @@ field) runs, for the fuzz summary keys.
 Each fault's *window* is its duration + 2 s (fixed, not a parameter). For each fault the
 benchmark reports the recovery time: from the end of the fault until a pose of a pulse
 triggered after the fault uses every camera again (a pose already in flight does not count),
-and — for faults that touch recording (a camera, an encoder, the disk) —
-until the cameras concerned have recorded a frame again (``t_write_ns`` in their frame
-tables), whichever is later. Over the whole run it counts the frame-sets whose pulse fell
+for faults that touch recording (a camera, an encoder, the disk) until
+the cameras concerned have recorded a frame again (``t_write_ns`` in their frame tables),
+and for a killed stage that is restarted until the new process said it was ready —
+whichever is latest. Over the whole run it counts the frame-sets whose pulse fell
 outside every window but were never fused (``poses_lost_outside_faults``) and the frames
 outside every window that no camera's frame table says were recorded
 (``recording_frames_lost_outside_faults``); ``crashes`` counts processes that died without
@@ -256,13 +257,19 @@ def run(json_path: str | Path | None, fuzz_per_kind: int = 100_000,
                 pose_s = None if back is None else back - t_end
                 cams = _record_recovery(label, proc, cfg.camera_names)
                 rec_s = _recorded_after(session, cams, int(t_end * 1e9)) if cams else 0.0
-                both = None if pose_s is None or rec_s is None else max(pose_s, rec_s)
+                ready_s = _ready_after(sup, proc, t_end) if proc in sup.procs else None
+                if proc in sup.procs and any(r["name"] == proc for r in sup.restarts) and \
+                        ready_s is None:
+                    ready_s = float("inf")  # restarted, never ready
+                both = None if pose_s is None or rec_s is None else \
+                    max(pose_s, rec_s, ready_s or 0.0)
+                both = None if both == float("inf") else both
                 faults.append({"fault": label, "process": proc, "duration_s": duration,
                                "window_s": round(t_end - t0 + WINDOW_EXTRA_S, 2),
                                "recovery_s": None if both is None else round(both, 2),
                                "poses_back_s": None if pose_s is None else round(pose_s, 2),
                                "recording_back_s": None if rec_s is None else round(rec_s, 2),
-                               "stage_ready_s": _ready_after(sup, proc, t_end),
+                               "stage_ready_s": ready_s,
                                "spares_wait_s": spares_wait})
             victims = {p for _, p, _ in faults_run}
             died = [n for n in sup.exited if n not in victims]

@@ -90,7 +90,9 @@ def _warm_encoder(cfg: dict[str, Any], args: dict[str, Any]) -> None:
 
 
 def _warm_dashboard(cfg: dict[str, Any], args: dict[str, Any]) -> None:
-    import livepose.dashboard.process  # noqa: F401
+    from livepose.dashboard.process import prewarm
+
+    prewarm(from_dict(cfg), args)
 
 
 #: what a warm spare of each stage does before it is needed (livepose/runtime/spares.py)
