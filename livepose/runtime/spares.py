@@ -33,6 +33,8 @@ Warm = Callable[[dict[str, Any], dict[str, Any]], None]
 
 #: a new spare starts this long after the last one was taken (not during the recovery)
 REFILL_DELAY_S = 3.0
+#: the first spares start this long after the run began (not during its first seconds)
+FIRST_DELAY_S = 5.0
 
 
 def spare_entry(conn: multiprocessing.connection.Connection, warm: Warm | None,
@@ -100,11 +102,15 @@ class Spares:
             self._warm[target] = (warm, args)
 
     def tick(self) -> None:
-        """Start the spares that are due (call from the supervisor's poll)."""
+        """Start the spares that are due (call from the supervisor's poll), one at a time:
+        the next starts once the previous one is warm, so their warm-ups never take more
+        than about one core from the running pipeline."""
         now = time.monotonic()
+        warming = any(t not in self.warm for t in self.ready)
         for target, due in list(self._due.items()):
-            if now < due:
+            if now < due or warming:
                 continue
+            warming = True
             del self._due[target]
             mine, theirs = self.mp.Pipe()
             p = self.mp.Process(target=spare_entry, name=f"spare-{target.__name__}",
@@ -113,11 +119,13 @@ class Spares:
             p.start()
             theirs.close()
             self.ready[target] = (p, mine)
-        for target, (_p, conn) in self.ready.items():
+        for target, (p, conn) in self.ready.items():
             if target not in self.warm:
                 with contextlib.suppress(EOFError, OSError):
                     if conn.poll() and conn.recv() == b"warm":
                         self.warm.add(target)
+                if target not in self.warm and not p.is_alive():  # died warming up: the
+                    self.warm.add(target)  # stage starts fresh (take() sees it); go on
 
     def all_warm(self) -> bool:
         """Whether every spare wanted is started and warmed up."""

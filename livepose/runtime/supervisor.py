@@ -36,7 +36,7 @@ from livepose.kit.realtime import PRIORITY
 from livepose.kit.session import encoder_name
 from livepose.recording.control import Recording
 from livepose.runtime import stages
-from livepose.runtime.spares import Spares
+from livepose.runtime.spares import FIRST_DELAY_S, Spares
 from livepose.transport import codec, security, shmring
 from livepose.transport import endpoints as eps
 
@@ -254,7 +254,8 @@ class Supervisor:
             self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level)
             for spec in self._specs:
                 if spec.name not in ("trigger", "recorder"):
-                    self.spares.want(spec.target, stages.WARM.get(spec.target), spec.args)
+                    self.spares.want(spec.target, stages.WARM.get(spec.target), spec.args,
+                                     delay_s=FIRST_DELAY_S)
 
     def scheduling(self) -> dict[str, str]:
         """How each process is scheduled (``fifo:<priority>`` or ``other``), from its ready
