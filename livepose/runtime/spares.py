@@ -33,8 +33,9 @@ Warm = Callable[[dict[str, Any], dict[str, Any]], None]
 
 #: a new spare starts this long after the last one was taken (not during the recovery)
 REFILL_DELAY_S = 3.0
-#: the first spares start this long after the run began (not during its first seconds)
-FIRST_DELAY_S = 5.0
+#: the first spare starts this long after the run began (not during its first seconds,
+#: when a short run would pay for warm-ups it never uses)
+FIRST_DELAY_S = 20.0
 
 
 def spare_entry(conn: multiprocessing.connection.Connection, warm: Warm | None,
