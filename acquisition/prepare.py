@@ -9,11 +9,12 @@ from livepose.core.config import Config
 from livepose.core.errors import UserError
 
 
-def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
+def prepare_run(cfg: Config, run_dir: Path, need_calibration: bool = True) -> dict[str, str]:
     """Check the acquisition side of a config and return run-wide facts.
 
     For a simulated rig without a calibration file, the rig's own calibration is written to
-    ``run_dir/calibration.toml``. Every backend name is checked.
+    ``run_dir/calibration.toml``. Every backend name is checked. ``need_calibration=False``
+    (a run that calibrates the rig): the calibration file is neither read nor required.
 
     Returns
     -------
@@ -29,6 +30,8 @@ def prepare_run(cfg: Config, run_dir: Path) -> dict[str, str]:
                 f"allowed: {', '.join(BACKENDS)}"
             )
         require_sdk(cam)  # a missing SDK stops the run before any process starts
+    if not need_calibration:
+        return {"calibration": str(cfg.calibration or ""), "units": "mm"}
     if cfg.calibration is None:
         from livepose.acquisition.sim.backend import write_rig_calibration
 

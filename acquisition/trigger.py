@@ -70,8 +70,8 @@ class _Pacer:
 
 
 def _truth_source(ctx: StageContext):  # type: ignore[no-untyped-def]
-    if not ctx.cfg.is_sim:
-        return None
+    if not ctx.cfg.is_sim or ctx.cfg.sim.scene != "animal":
+        return None  # the board scene needs no truth message: a pulse number says it all
     from livepose.acquisition.sim.backend import scene_function
 
     return scene_function(ctx.cfg)

@@ -218,7 +218,10 @@ class VideoCamera:
             time.sleep(min(timeout_s, 0.01))
             return None
         self._count += 1
-        return Grab(image=image, counter=counter, t_grab_ns=time.time_ns(), t_trigger_ns=t_trig)
+        # pulse k is frame k of the file: its exposure *is* the pulse's instant (like the
+        # sim's sensors), so the timing model never mistakes decoding lag for desync
+        return Grab(image=image, counter=counter, t_grab_ns=time.time_ns(), t_trigger_ns=t_trig,
+                    t_exposure_ns=t_trig)
 
     def close(self) -> None:
         """Close the file (idempotent)."""

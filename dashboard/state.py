@@ -258,4 +258,27 @@ class DashState:
             "feed": list(self.feed)[-50:],
             "recording": self.recording,
             "clients": clients,
+            "calibration": self.calibration(),
+            "drift": self.drift(),
         }
+
+    def calibration(self) -> dict[str, Any] | None:
+        """The calibration collector's status (``livepose calibrate live``; ``None`` in any
+        other run): its health's ``info["calib"]``, checked for shape (a malformed one is
+        shown as absent, never crashes the page)."""
+        h = self.health.get("calib")
+        st = h.info.get("calib") if h is not None else None
+        if not isinstance(st, dict) or not isinstance(st.get("cameras"), list):
+            return None
+        return st
+
+    def drift(self) -> list[dict[str, Any]]:
+        """Cameras fusion found drifted (fusion's health ``info["drift"]``), largest shift
+        first: ``{"camera", "shift_px", "angle_deg", "frame_id"}`` each."""
+        h = self.health.get("fusion")
+        d = h.info.get("drift") if h is not None else None
+        if not isinstance(d, dict):
+            return []
+        out = [{"camera": str(cam), **{k: v.get(k) for k in ("shift_px", "angle_deg", "frame_id")}}
+               for cam, v in d.items() if isinstance(v, dict)]
+        return sorted(out, key=lambda e: -float(e.get("shift_px") or 0.0))

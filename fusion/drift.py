@@ -34,6 +34,11 @@ class DriftEvent:
     angle_deg: float
     """The shift as a rotation of the camera (shift / focal length)."""
 
+    def info(self) -> dict[str, float | int]:
+        """The event as fusion's health ``info["drift"][camera]`` (the dashboard's banner)."""
+        return {"shift_px": round(self.shift_px, 2), "angle_deg": round(self.angle_deg, 3),
+                "frame_id": self.frame_id}
+
     @property
     def message(self) -> str:
         return (f"calibration drift: camera {self.camera} moved {self.shift_px:.1f} px "

@@ -425,6 +425,8 @@ def main(ctx: StageContext) -> None:
                 pub.send_multipart(protocol.encode(pose), flags=zmq.NOBLOCK, copy=False)
                 for ev in fuser.check_drift():
                     ctx.counters["drift_warnings"] += 1
+                    # structured for the dashboard's banner (health info), and the message
+                    ctx.info.setdefault("drift", {})[ev.camera] = ev.info()
                     report(ev.message)
             except zmq.Again:
                 ctx.counters["dropped"] += 1

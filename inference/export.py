@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from livepose.core.yamlfile import read_yaml
 from livepose.inference.engine_torch import import_torch, load_module
 from livepose.inference.export_nets import (
     LP_BACKBONE_INDEX,
@@ -356,12 +357,7 @@ def _get(d: Any, key: str, where: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: config not found") from None
-    except yaml.YAMLError:
-        raise ModelError(f"{path}: not valid YAML") from None
+    data = read_yaml(path, ModelError, "config")
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a mapping")
     return data

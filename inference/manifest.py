@@ -28,12 +28,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from livepose.core.config import ModelConfig
 from livepose.core.errors import UserError
 from livepose.core.modelinfo import BUNDLED_MODELS
+from livepose.core.yamlfile import read_yaml
 
 MANIFEST_FORMAT = "livepose-model/1"
 MANIFEST_NAME = "manifest.yaml"
@@ -367,18 +367,7 @@ def load_manifest(path: str | Path) -> Manifest:
         The file is missing, not YAML, or does not follow the schema (names the field).
     """
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ModelError(f"{p}: model manifest not found (model.manifest)") from None
-    except OSError as exc:
-        raise ModelError(f"{p}: cannot read the model manifest ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ModelError(f"{p}:{where} not valid YAML") from None
+    data = read_yaml(p, ModelError, "model manifest")
     if not isinstance(data, dict):
         raise ModelError(f"{p}: a manifest must be a mapping, got {type(data).__name__}")
     try:

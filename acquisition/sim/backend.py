@@ -10,6 +10,12 @@ and publishes it (``truth`` with ``spheres``/``albedo``) half a period before th
 camera renders it in a background thread at lower priority (the numba renderer releases the
 GIL). On the pulse the image is ready, so ``t_grab_ns - t_trigger_ns`` measures the software
 path only, not the renderer. A pulse whose scene did not arrive is rendered on demand.
+
+With ``sim.scene: board`` the cameras see a calibration board instead (``sim.board``,
+:class:`~livepose.acquisition.sim.board.BoardScene`: scripted poses, each held
+``hold_frames`` pulses, with motion blur, uneven light and false corners), so the live rig can
+be calibrated in the sim against the rig's true cameras. Each camera renders the next
+pulse's image in its background thread as soon as it delivered one.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 
 from livepose.acquisition.base import Grab
 from livepose.acquisition.sim.animal import Rodent
+from livepose.acquisition.sim.board import BoardScene
 from livepose.acquisition.sim.render import SimRenderer
 from livepose.acquisition.sim.rig import make_rig
 from livepose.core.calibration import write_calibration
@@ -44,6 +51,23 @@ def scene_function(cfg: Config) -> Callable[[int], tuple[np.ndarray, np.ndarray,
     animal = make_animal(cfg)
     fps = cfg.fps
     return lambda frame_id: animal.pose(frame_id / fps)
+
+
+def board_scene(cfg: Config) -> BoardScene:
+    """The board scene of a config (``sim.board``), in front of the sim rig's cameras."""
+    from livepose.core.board import Board
+
+    b = cfg.sim.board
+    board = Board.load(b.file) if b.file is not None else Board()
+    return BoardScene.from_board(board, list(make_rig(cfg.sim, cfg.camera_names)), b.poses,
+                                 seed=b.seed, px_per_square=b.px_per_square,
+                                 blur_px=b.blur_px, false_corners=b.false_corners)
+
+
+def board_pose_index(cfg: Config, frame_id: int) -> int:
+    """Which scripted board pose pulse ``frame_id`` shows."""
+    b = cfg.sim.board
+    return (max(frame_id, 0) // b.hold_frames) % b.poses
 
 
 def write_rig_calibration(cfg: Config, path: Path) -> Path:
@@ -76,6 +100,7 @@ class SimCamera:
         self.cfg = cfg
         self.index = index
         self._renderer: SimRenderer | None = None
+        self._board: BoardScene | None = None  # sim.scene: board
         self._animal: Rodent | None = None
         self._pending: tuple[int, int] | None = None
         self._armed = False
@@ -90,6 +115,12 @@ class SimCamera:
 
     def open(self) -> None:
         """Build the rig camera and renderer (compiles the renderer on first use)."""
+        if self.cfg.sim.scene == "board":
+            self._board = board_scene(self.cfg)
+            self._board.render(self.index, 0)  # JIT compile and ray table before the trigger
+            self._pool = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix=f"render-{self.name}")
+            return
         rig = make_rig(self.cfg.sim, self.cfg.camera_names)
         self._animal = make_animal(self.cfg)
         self._renderer = SimRenderer(
@@ -99,20 +130,31 @@ class SimCamera:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"render-{self.name}")
 
     def _render(self, frame_id: int) -> np.ndarray:
+        if self._board is not None:
+            return self._board.render(self.index, board_pose_index(self.cfg, frame_id))
         assert self._renderer is not None and self._animal is not None
         spheres, albedo = self._animal.body(frame_id / self.cfg.fps)
         return self._renderer.render(spheres, albedo, frame_id)
 
-    def _render_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> np.ndarray:
+    def _yield_thread(self) -> None:
         if not self._niced:  # Linux nice is per thread: this one yields to the pipeline
             self._niced = True
             leave_realtime(RENDER_NICE)
+
+    def _render_board(self, frame_id: int) -> np.ndarray:
+        self._yield_thread()
+        return self._render(frame_id)
+
+    def _render_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> np.ndarray:
+        self._yield_thread()
         assert self._renderer is not None
         return self._renderer.render(spheres, albedo, frame_id)
 
     def on_scene(self, frame_id: int, spheres: np.ndarray, albedo: np.ndarray) -> None:
         """The scene of a coming pulse (from the trigger clock's ``truth`` message, half a
         period ahead): render it now in the background so the pulse finds it ready."""
+        if self._board is not None:  # the board scene is known from the pulse number alone
+            return
         if self._pool is not None:
             sph, alb = np.array(spheres), np.array(albedo)  # own copies: received buffers go
             self._ahead = (frame_id, self._pool.submit(self._render_scene, frame_id, sph, alb))
@@ -120,7 +162,9 @@ class SimCamera:
     def arm(self) -> None:
         """Ready for pulses (pulse 0's image is rendered ahead)."""
         self._armed = True
-        if self._pool is not None and self._animal is not None:
+        if self._board is not None:
+            self._ahead_board(0)
+        elif self._pool is not None and self._animal is not None:
             self.on_scene(0, *self._animal.body(0.0))
 
     def software_trigger(self, frame_id: int, t_trigger_ns: int) -> None:
@@ -129,7 +173,8 @@ class SimCamera:
 
     def grab(self, timeout_s: float) -> Grab | None:
         """Render the pending exposure (``None`` if no pulse came)."""
-        if self._pending is None or self._renderer is None or self._animal is None:
+        if self._pending is None or (self._board is None and (
+                self._renderer is None or self._animal is None)):
             time.sleep(min(timeout_s, 0.01))
             return None
         frame_id, t_trig = self._pending
@@ -145,11 +190,18 @@ class SimCamera:
             self.unforeseen += 1
             image = self._render(frame_id)
             t_exposed = t_trig
+        if self._board is not None:
+            self._ahead_board(frame_id + 1)
         t_grab = time.time_ns()
         # the simulated sensors expose exactly on the pulse: their (host-mapped) exposure
         # time is the trigger time, so cross-camera spread is 0 unless a camera is wrong
         return Grab(image=image, counter=frame_id, t_grab_ns=t_grab, t_trigger_ns=t_trig,
                     t_exposure_ns=t_exposed)
+
+    def _ahead_board(self, frame_id: int) -> None:
+        """Render pulse ``frame_id``'s board image in the background (the next pulse's)."""
+        if self._pool is not None:
+            self._ahead = (frame_id, self._pool.submit(self._render_board, frame_id))
 
     def set_output(self, line: str, high: bool) -> None:
         """Drive a virtual output line (its state is kept in :attr:`line_state`)."""

@@ -13,10 +13,12 @@ every pixel (:meth:`CameraModel.undistort`), so a board point projected with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numba as nb
 import numpy as np
 
+from livepose.core.board import Board
 from livepose.core.camera import CameraModel, rodrigues
 
 
@@ -181,3 +183,113 @@ class BoardRenderer:
         if noise_std > 0:
             img += self.rng.normal(0.0, noise_std, img.shape).astype(np.float32)
         return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(a), np.sin(a)], 1)
+
+
+class BoardScene:
+    """A board moved through scripted poses in front of a rig: what the sim's board cameras
+    see and what the calibration benchmark renders (one script, one renderer).
+
+    Pose ``i`` (of ``n_poses``, :func:`scripted_board_poses`) has its own motion blur (up to
+    ``blur_px`` along a random direction), light (gain 0.7–1.3, gradients ±0.6) and, with
+    ``false_corners`` > 0, false corners: that fraction of the board's corners seen in an
+    image get a small saddle pattern (what a glint or a finger over the print makes) 3–6 px
+    beside them, which pulls the detector's sub-pixel corner onto it.
+
+    Parameters
+    ----------
+    cameras
+        The rig's cameras.
+    texture
+        The board's grey image ``(Ht, Wt)`` uint8 (``Board.image``).
+    px_per_unit, origin
+        Texture pixels per board unit, board-plane coordinates of its top-left pixel.
+    board_size
+        Board width and height (squares) in its unit.
+    corners
+        Board-plane corners ``(N, 2)`` (``Board.object_points()[:, :2]``): where false
+        corners are put.
+    n_poses, seed, blur_px, false_corners
+        The script.
+    """
+
+    def __init__(self, cameras: list[CameraModel], texture: np.ndarray, px_per_unit: float,
+                 origin: tuple[float, float], board_size: tuple[float, float],
+                 corners: np.ndarray, n_poses: int, seed: int = 0, blur_px: float = 3.0,
+                 false_corners: float = 0.0, center: tuple[float, float, float] = (0, 0, 0)
+                 ) -> None:
+        self.cameras = list(cameras)
+        self.poses = scripted_board_poses(n_poses, seed=seed, board_size=board_size,
+                                          center=center)
+        rng = np.random.default_rng([seed, 99])
+        self.blur = rng.uniform(0, blur_px, n_poses)[:, None] * _unit(
+            rng.uniform(0, 2 * np.pi, n_poses))
+        self.light = np.stack([rng.uniform(0.7, 1.3, n_poses), rng.uniform(-0.6, 0.6, n_poses),
+                               rng.uniform(-0.6, 0.6, n_poses)], 1)
+        self.corners = np.c_[np.asarray(corners, np.float64)[:, :2], np.zeros(len(corners))]
+        self.false_corners = float(false_corners)
+        self._tex, self._ppu, self._origin = texture, px_per_unit, origin
+        self._seed = seed
+        self._renderers: dict[int, BoardRenderer] = {}
+        self._false_rng = np.random.default_rng([seed, 31])
+
+    @classmethod
+    def from_board(cls, board: Board, cameras: list[CameraModel], n_poses: int, seed: int = 0,
+                   px_per_square: int = 60, **kw: Any) -> BoardScene:
+        """The scene of ``board`` (its print: ``Board.image`` with half a square of white
+        margin) held in front of ``cameras``; ``kw`` as in the constructor."""
+        L = board.length
+        first = 0.5 if board.kind == "charuco" else 1.5  # checkerboard: first corner at 0
+        return cls(cameras, board.image(px_per_square, 0.5), px_per_square / L,
+                   (-first * L, -first * L), board.size, board.object_points(), n_poses,
+                   seed=seed, **kw)
+
+    def renderer(self, c: int) -> BoardRenderer:
+        """Camera ``c``'s renderer (made on first use: it holds a per-pixel ray table)."""
+        r = self._renderers.get(c)
+        if r is None:
+            r = BoardRenderer(self.cameras[c], self._tex, self._ppu, self._origin,
+                              seed=self._seed + c)
+            self._renderers[c] = r
+        return r
+
+    def render(self, c: int, i: int) -> np.ndarray:
+        """Camera ``c``'s image ``(H, W)`` uint8 of pose ``i``."""
+        pose = self.poses[i]
+        img = self.renderer(c).render(pose, tuple(self.blur[i]), tuple(self.light[i]))
+        if self.false_corners > 0:
+            self._add_false(c, pose, img)
+        return img
+
+    def _add_false(self, c: int, pose: BoardPose, img: np.ndarray) -> None:
+        cam = self.cameras[c]
+        uv = cam.project(self.corners @ pose.R.T + pose.t)
+        w, h = cam.size
+        seen = np.flatnonzero(np.isfinite(uv).all(1) & (uv[:, 0] > 8) & (uv[:, 1] > 8)
+                              & (uv[:, 0] < w - 9) & (uv[:, 1] < h - 9))
+        rng = self._false_rng
+        n = int(rng.binomial(seen.size, self.false_corners)) if seen.size else 0
+        for k in rng.choice(seen, size=n, replace=False) if n else ():
+            p = uv[k] + rng.uniform(3.0, 6.0) * _unit(rng.uniform(0, 2 * np.pi, 1))[0]
+            _saddle(img, p, rng.uniform(0, np.pi / 2))
+
+    def truth(self, i: int) -> np.ndarray:
+        """The board corners of pose ``i`` in the world ``(N, 3)``."""
+        p = self.poses[i]
+        return self.corners @ p.R.T + p.t
+
+
+def _saddle(img: np.ndarray, p: np.ndarray, angle: float, radius: int = 4) -> None:
+    """Paint a small X-junction (two dark and two bright quadrants) centred at ``p``."""
+    x0, y0 = round(float(p[0])), round(float(p[1]))
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(np.float64)
+    dx, dy = xx + x0 - p[0], yy + y0 - p[1]
+    ca, sa = np.cos(angle), np.sin(angle)
+    u, v = ca * dx + sa * dy, -sa * dx + ca * dy
+    disc = dx ** 2 + dy ** 2 <= radius ** 2
+    val = np.where(u * v > 0, 35, 215).astype(np.uint8)
+    sub = img[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    sub[disc] = val[disc]

@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 // What tests (and curious users) can read: window.livepose.
 const probe = { tiles: {}, frames: {}, poses: 0, statuses: 0, renders: 0, meta: null };
 window.livepose = probe;
+probe.showDrift = (d) => onDrift(d);  // tests: draw the banner from a status's drift list
 
 let meta = null;
 const tiles = {};
@@ -244,6 +245,71 @@ function onStatus(s) {
     feed.dataset.seq = e.seq;
   }
   while (feed.children.length > 200) feed.lastChild.remove();
+  onCalibration(s.calibration);
+  onDrift(s.drift);
+}
+
+// ------------------------------------------------------------------ calibration
+function drawGrid(canvas, grid) {  // coverage: where the board's corners have been seen
+  const rowsN = grid.length, colsN = rowsN ? grid[0].length : 0;
+  canvas.width = 8 * Math.max(colsN, 1); canvas.height = 8 * Math.max(rowsN, 1);
+  const g = canvas.getContext("2d");
+  const top = Math.max(1, ...grid.flat());
+  grid.forEach((row, r) => row.forEach((v, c) => {
+    g.fillStyle = v > 0 ? `rgba(102, 187, 106, ${0.35 + 0.65 * v / top})` : "#262c34";
+    g.fillRect(c * 8 + 0.5, r * 8 + 0.5, 7, 7);
+  }));
+}
+
+function onCalibration(cal) {
+  const panel = $("calib-panel");
+  panel.hidden = !cal;
+  if (!cal) return;
+  probe.calibration = cal;
+  const t = cal.targets || {};
+  const states = { collecting: "collecting — move the board", solving: "enough views: solving…",
+                   done: "done", failed: "failed" };
+  $("calib-state").textContent = `· ${states[cal.state] || cal.state || ""}`;
+  const res = cal.result || {};
+  $("calib-summary").textContent = cal.state === "done"
+    ? `${res.toml} written, reprojection ${fmt(res.reproj_px, 3)} px (report ${res.report})`
+    : cal.state === "failed" ? `error: ${res.error}`
+    : `${cal.board || ""} · frame-sets ${cal.frames}, kept ${cal.kept} · wanted per camera: ` +
+      `${t.views} views covering ${Math.round(100 * (t.coverage || 0))}%, pairs sharing ${t.pair_views}`;
+  const box = $("calib-cams");
+  for (const c of cal.cameras) {
+    let row = box.querySelector(`[data-cam="${CSS.escape(c.name)}"]`);
+    if (!row) {
+      row = document.createElement("div");
+      row.className = "calib-cam"; row.dataset.cam = c.name;
+      row.innerHTML = `<canvas></canvas><div><span class="name"></span> <span class="views"></span>
+        <span class="cov"></span> <span class="rp"></span><div class="warn msg"></div></div>`;
+      row.querySelector(".name").textContent = c.name;
+      box.append(row);
+    }
+    drawGrid(row.querySelector("canvas"), c.grid || []);
+    const v = row.querySelector(".views");
+    v.textContent = `${c.views}/${t.views} views`; v.className = `views ${c.views >= t.views ? "met" : ""}`;
+    const cov = row.querySelector(".cov");
+    cov.textContent = `coverage ${Math.round(100 * c.coverage)}%`;
+    cov.className = `cov ${c.coverage >= t.coverage ? "met" : ""}`;
+    row.querySelector(".rp").textContent = `reprojection ${c.reproj_px == null ? "–" : fmt(c.reproj_px) + " px"}`;
+    const pic = (cal.pictures || {})[c.name];
+    row.querySelector(".msg").textContent = c.message ? c.message + (pic ? ` (what the detector saw: ${pic})` : "") : "";
+  }
+  const tb = $("calib-pairs").tBodies[0];
+  rows(tb, cal.pairs.map(([a, b, n]) => [`${a} – ${b}`, n]));
+  cal.pairs.forEach(([, , n], i) => tb.rows[i].cells[1].classList.toggle("met", n >= t.pair_views));
+}
+
+function onDrift(drift) {  // fusion named a camera whose calibration no longer fits
+  const b = $("drift-banner");
+  b.hidden = !drift || drift.length === 0;
+  if (b.hidden) return;
+  b.textContent = "⚠ Calibration drift: " + drift.map((d) =>
+    `camera ${d.camera} moved ${fmt(d.shift_px, 1)} px (≈ ${fmt(d.angle_deg, 2)}°) since the start ` +
+    `of the run (frame ${d.frame_id})`).join("; ") +
+    " — recalibrate it (livepose calibrate refine SESSION --camera CAM).";
 }
 
 // ------------------------------------------------------------------ recording

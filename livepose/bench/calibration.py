@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from livepose.acquisition.sim.board import BoardRenderer, scripted_board_poses
+from livepose.acquisition.sim.board import BoardScene
 from livepose.acquisition.sim.rig import make_rig
 from livepose.bench.results import write_json
-from livepose.calibrate.board import Board
 from livepose.calibrate.bundle import BundleResult, bundle_adjust, world_from
 from livepose.calibrate.detect import detect_images
 from livepose.calibrate.intrinsics import Intrinsics, board_poses, calibrate_intrinsics
+from livepose.core.board import Board
 from livepose.core.camera import CameraGroup
 from livepose.core.config import SimConfig
 
@@ -48,19 +48,12 @@ def sim_rig() -> CameraGroup:
 def render_views(rig: CameraGroup, board: Board, n_poses: int, seed: int = 0,
                  px_per_square: int = 60) -> tuple[list[list[np.ndarray]], list[Any]]:
     """Images ``[camera][pose]`` (H, W) uint8 of ``board`` at scripted poses, with motion
-    blur, uneven light and noise, and the poses (board → world)."""
-    tex = board.image(px_per_square, 0.5)
-    origin = (-0.5 * board.length, -0.5 * board.length)
-    poses = scripted_board_poses(n_poses, seed=seed, board_size=board.size)
-    rng = np.random.default_rng([seed, 99])
-    blur = rng.uniform(0, 3.0, n_poses)[:, None] * _unit(rng.uniform(0, 2 * np.pi, n_poses))
-    light = np.stack([rng.uniform(0.7, 1.3, n_poses), rng.uniform(-0.6, 0.6, n_poses),
-                      rng.uniform(-0.6, 0.6, n_poses)], 1)
-    out = []
-    for c, cam in enumerate(rig):
-        r = BoardRenderer(cam, tex, px_per_square / board.length, origin, seed=seed + c)
-        out.append([r.render(p, tuple(blur[k]), tuple(light[k])) for k, p in enumerate(poses)])
-    return out, poses
+    blur, uneven light and noise (the sim's :class:`BoardScene`, as its board cameras
+    render it), and the poses (board → world)."""
+    scene = BoardScene.from_board(board, list(rig), n_poses, seed=seed,
+                                  px_per_square=px_per_square)
+    out = [[scene.render(c, k) for k in range(n_poses)] for c in range(len(rig))]
+    return out, scene.poses
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from livepose.calibrate.board import Board
 from livepose.calibrate.detect import MIN_CORNERS
+from livepose.core.board import Board
 from livepose.core.camera import CameraGroup, CameraModel, rodrigues
 
 BEHIND_PX = 1e3

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from livepose.bench.results import write_json
-from livepose.calibrate.board import Board
 from livepose.calibrate.detect import IMAGE_EXT, detect_images, read_frames
 from livepose.calibrate.intrinsics import calibrate_intrinsics
+from livepose.core.board import Board
 from livepose.formats.qualisys import read_qualisys
 
 DEMO = Path("/work/shared/data/pose2sim-demo/calibration")

@@ -74,9 +74,35 @@ def _slope_per_hour(t: list[float], v: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0] * 3600.0)
 
 
+def _report(hours: float, interval_s: float, fps: float, samples: list[dict[str, Any]],
+            end: dict[str, Any] | None) -> dict[str, Any]:
+    """The report from the samples so far (``end``: the run's final accounting, if over)."""
+    t = [s["t_s"] for s in samples]
+    names = sorted({n for s in samples for n in s["rss_kb"]})
+    slopes = {
+        "rss_kb_per_h": {n: _slope_per_hour(t, [s["rss_kb"].get(n) for s in samples])
+                         for n in names},
+        "fds_per_h": {n: _slope_per_hour(t, [s["fds"].get(n) for s in samples]) for n in names},
+        "rings_per_h": _slope_per_hour(t, [s["rings"] for s in samples]),
+        "run_dir_kb_per_h": _slope_per_hour(t, [s["run_dir_kb"] for s in samples]),
+    }
+    last = samples[-1] if samples else {}
+    totals = {k: last.get(k) for k in ("triggered", "fused", "skipped", "incomplete",
+                                       "dropped", "rejected")}
+    return {"hours": hours, "interval_s": interval_s, "fps": fps, "complete": end is not None,
+            "samples": samples, "slopes": slopes, "totals": {**totals, **(end or {})},
+            "machine": os.uname().nodename}
+
+
 def run(hours: float, json_path: str | Path | None, interval_s: float = 60.0,
         fps: float | None = None) -> dict[str, Any]:
-    """Run the demo rig for ``hours``; sample every ``interval_s``; return the report."""
+    """Run the demo rig for ``hours``; sample every ``interval_s``; return the report.
+
+    The JSON is rewritten after every sample (``complete: false`` until the run is over), so
+    a soak stopped early keeps what it measured. At the end the trigger stops, the pipeline
+    drains, and every triggered frame-set must be fused, skipped or incomplete
+    (``unaccounted`` counts those that are none of these: unexplained drops).
+    """
     from livepose.bench.results import write_json
 
     cfg = load_default_config()
@@ -114,26 +140,24 @@ def run(hours: float, json_path: str | Path | None, interval_s: float = 60.0,
                                    for c in cfg.camera_names),
                     "rejected": mon.decoder.rejected,
                 })
+                if json_path is not None:
+                    write_json(_report(hours, interval_s, cfg.fps, samples, None), json_path)
+            sup.stop_trigger()
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and not mon.triggered <= mon.accounted():
+                mon.poll(20)
+                sup.poll(0)
+            end = {"triggered": len(mon.triggered), "fused": len(mon.fused),
+                   "skipped": len(mon.skipped), "incomplete": len(mon.incomplete),
+                   "unaccounted": len(mon.triggered - mon.accounted()),
+                   "accounting_ok": mon.accounting_ok(),
+                   "dropped_by_camera": {c: int(sup.counters(c).get("dropped", 0))
+                                         for c in cfg.camera_names}}
         finally:
             mon.close()
         restarts = list(sup.restarts)
     time.sleep(0.5)
-    t = [s["t_s"] for s in samples]
-    names = sorted({n for s in samples for n in s["rss_kb"]})
-    slopes = {
-        "rss_kb_per_h": {n: _slope_per_hour(t, [s["rss_kb"].get(n) for s in samples])
-                         for n in names},
-        "fds_per_h": {n: _slope_per_hour(t, [s["fds"].get(n) for s in samples]) for n in names},
-        "rings_per_h": _slope_per_hour(t, [s["rings"] for s in samples]),
-        "run_dir_kb_per_h": _slope_per_hour(t, [s["run_dir_kb"] for s in samples]),
-    }
-    last = samples[-1] if samples else {}
-    result = {
-        "hours": hours, "interval_s": interval_s, "fps": cfg.fps, "samples": samples,
-        "slopes": slopes, "restarts": restarts,
-        "totals": {k: last.get(k) for k in ("triggered", "fused", "skipped", "incomplete",
-                                            "dropped", "rejected")},
-        "rings_left_behind": _rings(pids),
-        "machine": os.uname().nodename,
-    }
+    result = _report(hours, interval_s, cfg.fps, samples, end)
+    result["restarts"] = restarts
+    result["rings_left_behind"] = _rings(pids)
     return write_json(result, json_path)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from livepose.calibrate.board import Board
 from livepose.calibrate.detect import (
     MIN_CORNERS,
     Detections,
@@ -27,6 +27,7 @@ from livepose.calibrate.detect import (
 )
 from livepose.calibrate.intrinsics import calibrate_intrinsics
 from livepose.calibrate.report import coverage
+from livepose.core.board import Board
 from livepose.core.errors import UserError
 
 
@@ -163,18 +164,44 @@ class Collector:
         return Detections(names=self.names, sizes=self.sizes, uv=uv,
                           frames=np.arange(uv.shape[1]))
 
+    def summary(self) -> dict[str, Any]:
+        """The collection's status as plain data (msgpack/JSON): what the collector stage
+        publishes in its health ``info["calib"]`` and the dashboard and terminal draw.
+
+        ``{"frames", "kept", "enough", "targets": {"views", "coverage", "pair_views"},
+        "cameras": [{"name", "views", "coverage", "grid" (rows × cols 0/counts),
+        "reproj_px", "message"}], "pairs": [[cam_a, cam_b, shared views], …]}``
+        """
+        sh = self.shared() if self._rows else np.zeros((len(self.names),) * 2, int)
+        n = len(self.names)
+        return {
+            "frames": self.frames, "kept": len(self._rows), "enough": self.enough(),
+            "targets": {"views": self.t.views, "coverage": self.t.coverage,
+                        "pair_views": self.t.pair_views},
+            "cameras": [{"name": s.name, "views": s.views, "coverage": round(s.coverage, 4),
+                         "grid": s.grid.astype(int).tolist(), "reproj_px": s.reproj_px,
+                         "message": s.message} for s in self.status],
+            "pairs": [[self.names[i], self.names[j], int(sh[i, j])]
+                      for i in range(n) for j in range(i + 1, n)],
+        }
+
     def text(self) -> str:
         """The terminal view: one line per camera, then the pairs."""
-        lines = [f"frame-sets {self.frames}, kept {len(self._rows)}"
-                 f"{' — enough: stop and solve' if self.enough() else ''}"]
-        for s in self.status:
-            rp = "–" if s.reproj_px is None else f"{s.reproj_px:.2f} px"
-            bar = "".join("#" if v else "." for v in (s.grid > 0).ravel())
-            lines.append(f"{s.name:>10}: {s.views:3d}/{self.t.views} views, coverage "
-                         f"{s.coverage:4.0%} [{bar}], reprojection {rp}"
-                         + (f"  ! {s.message}" if s.message else ""))
-        sh = self.shared() if self._rows else np.zeros((len(self.names),) * 2, int)
-        pairs = ", ".join(f"{self.names[i]}-{self.names[j]} {sh[i, j]}"
-                          for i in range(len(self.names)) for j in range(i + 1, len(self.names)))
-        lines.append(f"shared views: {pairs}")
-        return "\n".join(lines)
+        return status_text(self.summary())
+
+
+def status_text(st: Mapping[str, Any]) -> str:
+    """The terminal view of a :meth:`Collector.summary` (also as received from the
+    collector stage): one line per camera, then the pairs."""
+    views = st["targets"]["views"]
+    lines = [f"frame-sets {st['frames']}, kept {st['kept']}"
+             f"{' — enough: stop and solve' if st['enough'] else ''}"]
+    for s in st["cameras"]:
+        rp = "–" if s["reproj_px"] is None else f"{s['reproj_px']:.2f} px"
+        bar = "".join("#" if v else "." for row in s["grid"] for v in row)
+        lines.append(f"{s['name']:>10}: {s['views']:3d}/{views} views, coverage "
+                     f"{s['coverage']:4.0%} [{bar}], reprojection {rp}"
+                     + (f"  ! {s['message']}" if s["message"] else ""))
+    pairs = ", ".join(f"{a}-{b} {n}" for a, b, n in st["pairs"])
+    lines.append(f"shared views: {pairs}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from livepose.calibrate.board import Board, cv2_module
+from livepose.core.board import Board, cv2_module
 from livepose.core.errors import UserError
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

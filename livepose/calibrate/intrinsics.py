@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livepose.calibrate.board import cv2_module
 from livepose.calibrate.detect import MIN_CORNERS
+from livepose.core.board import cv2_module
 from livepose.core.errors import UserError
 
 MIN_VIEWS = 4

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from livepose.calibrate.board import Board
 from livepose.calibrate.bundle import BundleResult, bundle_adjust
 from livepose.calibrate.detect import Detections, detect_folder, diagnose, read_frames
 from livepose.calibrate.intrinsics import Intrinsics, board_poses, calibrate_intrinsics
+from livepose.core.board import Board
 from livepose.core.calibration import write_calibration
 from livepose.core.errors import UserError
 

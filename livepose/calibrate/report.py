@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from livepose.calibrate.board import Board
 from livepose.calibrate.bundle import BundleResult
 from livepose.calibrate.detect import Detections
 from livepose.calibrate.intrinsics import Intrinsics
+from livepose.core.board import Board
 
 
 def _rig_svg(res: BundleResult, axes: tuple[int, int], title: str) -> str:

@@ -53,6 +53,7 @@ def _run(
     realtime: bool = False,
     kill_camera: str | None = None,
     camera_offset: str | None = None,
+    cluster: tuple[str, float] | None = None,
 ) -> None:
     from livepose.cli.demo import parse_camera_offset, parse_kill, run_pipeline
     from livepose.cli.track import video_pulses
@@ -77,6 +78,11 @@ def _run(
             cfg.recording.name = record if record != RECORD_DEFAULT else None
         if camera_offset is not None:
             parse_camera_offset(cfg, camera_offset)
+        launcher = None
+        if cluster is not None:  # livepose run --cluster (livepose/cluster/live.py)
+            from livepose.cluster.live import cluster_launcher
+
+            launcher = cluster_launcher(cfg, *cluster)
         summary = run_pipeline(
             cfg,
             duration,
@@ -86,6 +92,7 @@ def _run(
             dashboard=cfg.dashboard.enabled and not no_dashboard,
             kill=parse_kill(cfg, kill_camera) if kill_camera else None,
             pulses=video_pulses(cfg),
+            launcher=launcher,
         )
     except UserError as exc:
         _fail(str(exc))
@@ -163,10 +170,15 @@ def run(
     port: PortOpt = None,
     record: RecordOpt = None,
     realtime: RealtimeOpt = False,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="run every stage as a Ray actor on this cluster (ADDRESS, e.g. "
+        "HEAD:6379 or auto; docs/cluster.md)")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(
+        "--gpus-per-worker", min=0, help="--cluster: inference workers on GPU nodes")] = 0.0,
 ) -> None:
     """Run the pipeline described by CONFIG."""
     _run(config, duration, json_path, fps, None, no_live, verbose, no_dashboard, port, record,
-         realtime)
+         realtime, cluster=(cluster, gpus_per_worker) if cluster else None)
 
 
 @app.command("check-config")
@@ -320,6 +332,15 @@ def _register_bench() -> None:
 
 
 _register_bench()  # bench transport, acquisition, latency, … (livepose/cli/bench.py)
+
+
+def _register_cluster() -> None:
+    from livepose.cli.cluster import register
+
+    register(app, err, _bench_group, _fail)
+
+
+_register_cluster()  # reanalyse, bench cluster (livepose/cli/cluster.py)
 
 
 def _split_camera_names(camera_names: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:

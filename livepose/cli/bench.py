@@ -215,12 +215,14 @@ def _soak_bench() -> None:
         hours: Annotated[float, typer.Option("--hours", min=0.001)] = 1.0,
         json_path: JsonOpt = None,
         interval: Annotated[float, typer.Option("--interval", min=1.0)] = 60.0,
+        fps: Annotated[float | None, typer.Option("--fps", min=1.0,
+                                                  help="trigger rate (default: the demo's)")] = None,
     ) -> None:
         """The sim rig for hours: RSS, file descriptors, rings, disk and drops sampled, and
         their slopes."""
         from livepose.bench.soak import run as run_soak
 
-        res = run_soak(hours, json_path, interval)
+        res = run_soak(hours, json_path, interval, fps)
         Console().print_json(data={k: res[k] for k in ("slopes", "totals", "rings_left_behind",
                                                         "restarts")})
 

@@ -200,6 +200,9 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         f"{_fmt(e['median'], '.2f')} / {_fmt(e['p95'], '.2f')} / {_fmt(e['max'], '.1f')}",
     )
     t.add_row("frame accounting ok", str(s["frame_accounting_ok"]))
+    if "cluster" in s:  # livepose run --cluster: cross-host figures are only this good
+        t.add_row("cross-host clock uncertainty (ms): latencies and desync between hosts ±",
+                  f"{s['cluster']['clock']['cross_host_uncertainty_ms']:.3f}")
     t.add_row("execution provider", str(s["provider"]))
     console.print(t)
 
@@ -237,17 +240,20 @@ def run_pipeline(
     pulses: int | None = None,
     dashboard: bool = False,
     kill: tuple[str, float] | None = None,
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` until ``duration_s``, ``pulses`` trigger pulses or Ctrl-C.
 
     ``dashboard`` also runs the web dashboard (``cfg.dashboard``; the CLI's default).
     ``kill`` (camera, seconds): SIGKILL that camera's process that long after the trigger
     started (a scripted camera loss; the run goes on while ``min_cameras`` remain).
+    ``launcher``: start the stages elsewhere (``livepose run --cluster``:
+    :class:`livepose.cluster.live.RayLauncher`; its placement and clocks join the summary).
     Returns the summary (see :func:`summarize`).
     """
     console = console or Console(stderr=True)
     with _Stop() as stop, Supervisor(
-        cfg, log_level=log_level, trigger_count=pulses, dashboard=dashboard
+        cfg, log_level=log_level, trigger_count=pulses, dashboard=dashboard, launcher=launcher
     ) as sup:
         console.print(
             f"[bold]livepose[/bold] starting {len(cfg.cameras)} cameras, "
@@ -302,6 +308,10 @@ def run_pipeline(
         summary = summarize(cfg, sup, mon, elapsed)
     if cfg.realtime:
         summary["scheduling"] = sup.scheduling()
+    if launcher is not None:  # on a cluster: where each stage ran, the hosts' clocks
+        summary["cluster"] = {"stage_nodes": launcher.stage_nodes(),
+                              "clock": launcher.clock_summary()}
+        launcher.close()
     if sup.takeovers:  # an inference worker died and the others took over its share
         summary["worker_takeovers"] = sup.takeovers
     if kill is not None:

@@ -65,6 +65,13 @@ def dashboard(ctx: StageContext) -> None:
     main(ctx)
 
 
+def collector(ctx: StageContext) -> None:
+    """The calibration collector (:mod:`livepose.calibrate.live`): ``calibrate live``."""
+    from livepose.calibrate.live import main
+
+    main(ctx)
+
+
 def _warm_camera(cfg: dict[str, Any], args: dict[str, Any]) -> None:
     from livepose.acquisition.camera import prewarm
 
@@ -102,11 +109,13 @@ WARM: dict[Callable[[StageContext], None], Callable[[dict[str, Any], dict[str, A
 }
 
 
-def prepare_acquisition(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Preflight of the cameras and calibration, in the supervisor (UserError on mistakes)."""
+def prepare_acquisition(cfg: Config, run_dir: Path,
+                        need_calibration: bool = True) -> dict[str, Any]:
+    """Preflight of the cameras and calibration, in the supervisor (UserError on mistakes);
+    ``need_calibration=False``: the run makes the calibration (``calibrate live``)."""
     from livepose.acquisition.prepare import prepare_run
 
-    return prepare_run(cfg, run_dir)
+    return prepare_run(cfg, run_dir, need_calibration)
 
 
 def preflight_inference(cfg: Config) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import secrets
 import shutil
 import socket
@@ -36,6 +35,7 @@ from livepose.kit.realtime import PRIORITY
 from livepose.kit.session import encoder_name
 from livepose.recording.control import Recording
 from livepose.runtime import stages
+from livepose.runtime.address import dashboard_address
 from livepose.runtime.spares import FIRST_DELAY_S, Spares
 from livepose.transport import codec, security, shmring
 from livepose.transport import endpoints as eps
@@ -49,6 +49,7 @@ TRIGGER = stages.trigger
 ENCODER = stages.encoder
 RECORDER = stages.recorder
 DASHBOARD = stages.dashboard
+COLLECTOR = stages.collector
 #: a reshard starts this far ahead of the newest pulse the supervisor knows of (health
 #: reaches it every ~0.5 s; the message reaches the workers within milliseconds)
 TAKEOVER_LEAD_S = 1.0
@@ -83,19 +84,27 @@ def plan(
     record: dict[str, Any] | None = None,
     keypoints: list[str] | None = None,
     dashboard: dict[str, Any] | None = None,
+    collect: dict[str, Any] | None = None,
 ) -> list[ProcSpec]:
     """The processes of a run, in start order (trigger last).
 
+    ``collect`` (the collector's arguments, :mod:`livepose.calibrate.live`) makes a
+    calibration run: the collector ``calib`` instead of fusion, workers and recorder.
+
     ``record`` (``{"session", "frame"}``) makes the encoders (one per camera: the video and
-    frame table, docs/recording.md) and the recorder record from launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
+    frame table, docs/recording.md) and the recorder record from launch; ``keypoints``
+    (names) adds the recorder process (see docs/recording.md).
     ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
-    specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
-    specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
-                       rt="inference")
-              for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
-    if keypoints is not None and cfg.recording.predictions:
+    if collect is not None:
+        specs = [ProcSpec("calib", COLLECTOR, collect)]
+    else:
+        specs = [ProcSpec("fusion", FUSION, {"calibration": calibration}, rt="fusion")]
+        specs += [ProcSpec(f"infer{k}", INFER, {"worker": k, "calibration": calibration},
+                           rt="inference")
+                  for k in range(cfg.model.workers)]  # calibration: 3D-guided crops
+    if keypoints is not None and cfg.recording.predictions and collect is None:
         specs.append(ProcSpec("recorder", RECORDER, {"keypoints": keypoints, "record": record},
                               optional=True, nice=5))  # its crash never stops the experiment
     if dashboard is not None:
@@ -128,6 +137,13 @@ class Supervisor:
     dashboard
         Also run the web dashboard (``cfg.dashboard``; its URL is :attr:`dashboard_url`
         after :meth:`launch`). The CLI turns it on unless ``--no-dashboard``.
+    launcher
+        Start the stage processes elsewhere (``livepose run --cluster``:
+        ``livepose.cluster.live.RayLauncher``); restarts stay this class's policy.
+    collect
+        A calibration run (``livepose calibrate live``): the collector stage with these
+        arguments (:mod:`livepose.calibrate.live`) instead of inference and fusion; no
+        model and no calibration file are needed.
     """
 
     def __init__(
@@ -137,14 +153,20 @@ class Supervisor:
         trigger_count: int | None = None,
         log_level: int = logging.WARNING,
         dashboard: bool = False,
+        launcher: Any = None,
+        collect: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: starts stage processes elsewhere (``place(names, endpoints)``, ``process(name,
+        #: args)``: livepose.cluster.live.RayLauncher); ``None``: ``spawn`` children here
+        self.launcher = launcher
+        self.collect = collect
         self._own_dir = run_dir is None
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepose-"))
         self.trigger_count = trigger_count
         self.log_level = log_level
         self.endpoints: dict[str, str] = {}
-        self.procs: dict[str, mp.process.BaseProcess] = {}
+        self.procs: dict[str, Any] = {}  # multiprocessing.Process (or a cluster's stage)
         self.health: dict[str, protocol.Health] = {}
         self.exited: dict[str, int | None] = {}
         self.zctx: zmq.Context[Any] = zmq.Context()
@@ -187,9 +209,11 @@ class Supervisor:
     def preflight(self) -> None:
         """Check everything a user can get wrong before any process starts (UserError)."""
         self.keys = security.load_keys(self.cfg.transport)  # files, permissions: UserError
-        facts = stages.prepare_acquisition(self.cfg, self.run_dir)
+        facts = stages.prepare_acquisition(self.cfg, self.run_dir,
+                                           need_calibration=self.collect is None)
         self.calibration = facts["calibration"]
-        stages.preflight_inference(self.cfg)
+        if self.collect is None:
+            stages.preflight_inference(self.cfg)
         try:
             if shmring.frames_in_shm(self.cfg.transport):
                 stale = shmring.remove_stale()  # rings of cameras killed with -9
@@ -232,8 +256,10 @@ class Supervisor:
             self._bind_health_relay()
         self._specs = plan(
             self.cfg, self.calibration, self.trigger_count, record, self.recording.keypoints,
-            self._dash_args,
+            self._dash_args, self.collect,
         )
+        if self.launcher is not None:  # place every stage, then bind where each landed
+            self.endpoints = self.launcher.place([s.name for s in self._specs], self.endpoints)
         for spec in self._specs[:-1]:
             self._spawn(spec)
         self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
@@ -250,7 +276,7 @@ class Supervisor:
             if refused:
                 log.warning("realtime: true, but these processes run on the ordinary "
                             "scheduler: %s", refused)
-        if self.cfg.restart.enabled and self.cfg.restart.spares:
+        if self.cfg.restart.enabled and self.cfg.restart.spares and self.launcher is None:
             self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level)
             for spec in self._specs:
                 if spec.name not in ("trigger", "recorder"):
@@ -270,6 +296,9 @@ class Supervisor:
         job = (spec.target, spec.name, to_dict(self.cfg), self.endpoints, spec.args,
                self.log_level, spec.nice,
                PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0)
+        if self.launcher is not None:  # on a cluster (livepose/cluster/live.py)
+            self.procs[spec.name] = self.launcher.process(spec.name, job)
+            return
         spare = self.spares.take(spec.target, job) if restart and self.spares else None
         if spare is not None:  # warm: imports done (livepose/runtime/spares.py)
             self.procs[spec.name] = spare
@@ -334,7 +363,7 @@ class Supervisor:
             self.spares.tick()
 
     def _check_children(self) -> None:
-        alive = [p.sentinel for n, p in self.procs.items() if n not in self.exited]
+        alive = [n for n in self.procs if n not in self.exited]
         if not alive:
             return
         for n, p in self.procs.items():
@@ -497,7 +526,7 @@ class Supervisor:
         p = self.procs[name]
         if p.is_alive() and p.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, 15)
+                p.terminate()  # SIGTERM (on a cluster: sent by the stage's host)
         p.join(timeout_s)
         if p.is_alive():
             log.warning("%s did not stop within %.1f s; killing it", name, timeout_s)
@@ -516,7 +545,8 @@ class Supervisor:
             self.spares.close()
         encoders = [encoder_name(c) for c in self.cfg.camera_names]
         order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras] + encoders
-        order += [f"infer{k}" for k in range(self.cfg.model.workers)] + ["fusion", "recorder"]
+        order += [f"infer{k}" for k in range(self.cfg.model.workers)]
+        order += ["fusion", "recorder", "calib"]
         writers = {"recorder", *encoders}  # may drain a queue: more time
         for name in order:
             if name in self.procs:
@@ -544,35 +574,6 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def dashboard_address(cfg: Config) -> dict[str, Any]:
-    """``{"host", "port"}`` of the dashboard; port 0 becomes a free port, and so does the
-    default port when it is taken (a port set explicitly — config or ``--port`` — is kept).
-
-    Raises
-    ------
-    UserError
-        An explicitly chosen port is taken — names it and the way out.
-    """
-    d = cfg.dashboard
-    host, port = d.host, d.port
-    explicit = "port" in d.model_fields_set and port != 0
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if explicit:
-                raise UserError(
-                    f"dashboard: cannot listen on {host}:{port} ({exc.strerror}; another "
-                    "livepose running?); use --port N, or --no-dashboard"
-                ) from None
-            log.warning("dashboard: port %d is taken (%s); using a free port", port, exc.strerror)
-            s.bind((host, 0))
-        port = s.getsockname()[1]
-    return {"host": host, "port": port}
 
 
 def check_config_runnable(cfg: Config) -> None:

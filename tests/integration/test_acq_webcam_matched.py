@@ -202,7 +202,10 @@ def test_free_running_machine_vision_cameras_match_too() -> None:
         assert all(f.match_error_ns is not None and abs(f.match_error_ns) <= tol for f in got)
         t = {f.frame_id: f.t_trigger_ns for f in got if f.t_trigger_ns is not None}
         k0 = min(t)
-        for k, tk in t.items():  # the pulses they carry are the clock's 30 Hz grid
-            assert abs(tk - t[k0] - (k - k0) * round(1e9 / 30)) < 3_000_000
+        # the pulses they carry are the clock's 30 Hz grid: pulse k is k periods after the
+        # first, give or take the clock's scheduling jitter (6 ms seen on a loaded 2-core CI
+        # machine); a frame numbered one pulse off would be a whole period (33 ms) away
+        for k, tk in t.items():
+            assert abs(tk - t[k0] - (k - k0) * round(1e9 / 30)) < tol
         assert c["duplicates"] + c["unmatched"] > 10  # the second frame near each pulse
         assert c["dropped"] == ids[-1] + 1 - len(ids)

@@ -84,6 +84,10 @@ def test_record_replay_and_control(tmp_path: Path) -> None:
     rcfg, frames = replay_config(orig)
     assert frames == PULSES
     rcfg.recording.dir = tmp_path / "replays"
+    # frame by frame: every set processed with every view, however slowly the videos decode
+    # on a loaded machine (unpaced, a lagging camera's view went out NaN at the deadline)
+    rcfg.trigger.paced = True
+    rcfg.frameset.deadline_frames = 100.0
     zctx: zmq.Context[Any] = zmq.Context()
     try:
         with Supervisor(rcfg, trigger_count=frames) as sup:

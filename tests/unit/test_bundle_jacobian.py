@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livepose.calibrate.board import Board
 from livepose.calibrate.bundle import _solve_schur
 from livepose.calibrate.residuals import Problem, rodrigues_batch
+from livepose.core.board import Board
 
 
 def _problem(fisheye: bool, dist_len: int) -> tuple[Problem, np.ndarray, np.ndarray]:

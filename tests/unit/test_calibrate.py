@@ -15,13 +15,13 @@ pytest.importorskip("scipy")
 from livepose.acquisition.sim.board import BoardRenderer, scripted_board_poses  # noqa: E402
 from livepose.acquisition.sim.rig import make_rig  # noqa: E402
 from livepose.bench.calibration import compare, inject_false  # noqa: E402
-from livepose.calibrate.board import Board, BoardError  # noqa: E402
 from livepose.calibrate.detect import (  # noqa: E402
     Detections,
     detect_images,
     diagnose,
 )
 from livepose.calibrate.pipeline import calibrate_folder, solve_detections  # noqa: E402
+from livepose.core.board import Board, BoardError  # noqa: E402
 from livepose.core.calibration import read_calibration, read_calibration_units  # noqa: E402
 from livepose.core.config import SimConfig  # noqa: E402
 from livepose.core.errors import UserError  # noqa: E402

@@ -11,8 +11,8 @@ pytest.importorskip("cv2")
 
 from livepose.acquisition.sim.board import BoardRenderer, scripted_board_poses
 from livepose.acquisition.sim.rig import make_rig
-from livepose.calibrate.board import Board
 from livepose.calibrate.collect import Collector, Targets
+from livepose.core.board import Board
 from livepose.core.config import SimConfig
 
 

@@ -218,3 +218,28 @@ def test_dash_websocket_ignores_garbage_and_keeps_serving(caplog: pytest.LogCapt
             ws.receive_text()
     with c.websocket_connect(WS, headers={"Origin": "http://localhost:8765"}) as ws:
         assert json.loads(ws.receive_text())["type"] == "meta"
+
+
+def test_dash_state_calibration_status_and_drift_banner_data() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    s = st.snapshot()
+    assert s["calibration"] is None and s["drift"] == []
+    cal = {"frames": 9, "kept": 4, "enough": False, "state": "collecting",
+           "targets": {"views": 20, "coverage": 0.5, "pair_views": 8},
+           "cameras": [{"name": "cam0", "views": 4, "coverage": 0.1, "grid": [[0, 2]],
+                        "reproj_px": None, "message": None}], "pairs": [["cam0", "cam1", 3]]}
+    st.add(protocol.Health(proc="calib", pid=2, state="running", t_ns=1, info={"calib": cal}))
+    assert st.snapshot()["calibration"] == cal
+    # a malformed status is shown as absent, never breaks the snapshot
+    st.add(protocol.Health(proc="calib", pid=2, state="running", t_ns=2,
+                           info={"calib": {"cameras": "nope"}}))
+    assert st.snapshot()["calibration"] is None
+    drift = {"cam1": {"shift_px": 6.2, "angle_deg": 0.48, "frame_id": 300},
+             "cam0": {"shift_px": 3.1, "angle_deg": 0.2, "frame_id": 500}, "bad": 7}
+    st.add(protocol.Health(proc="fusion", pid=3, state="running", t_ns=3,
+                           info={"drift": drift}, last_error="calibration drift: camera cam1"))
+    s = st.snapshot()
+    assert [d["camera"] for d in s["drift"]] == ["cam1", "cam0"]  # largest shift first
+    assert s["drift"][0] == {"camera": "cam1", "shift_px": 6.2, "angle_deg": 0.48,
+                             "frame_id": 300}
+    json.dumps(s)

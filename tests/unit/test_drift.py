@@ -92,3 +92,7 @@ def test_fuser_hook_reports_drift() -> None:
         events += fuser.check_drift()
     assert [e.camera for e in events] == ["cam3"]
     assert 4.0 <= events[0].frame_id / cfg.fps <= 6.0
+    # what fusion's health carries for the dashboard's banner
+    info = events[0].info()
+    assert info["frame_id"] == events[0].frame_id and info["shift_px"] > 3.0
+    assert 0.2 < info["angle_deg"] < 1.0

@@ -267,12 +267,14 @@ def test_kill_9_leaves_a_decodable_video_and_repair_finalises(tmp_path: Path) ->
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(s.path)], stdout=subprocess.PIPE,
                          text=True)
     assert p.stdout is not None
-    last, t0 = -1, time.monotonic()
-    while time.monotonic() - t0 < 2.5:
+    video = s.path / "video" / "cam0.mkv"
+    last = int(p.stdout.readline())  # the child is up (slow to import on a loaded machine)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5 or not video.exists():
+        assert time.monotonic() - t0 < 60, "the writer never opened its video"
         last = int(p.stdout.readline())
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    video = s.path / "video" / "cam0.mkv"
     decoded = list(iter_frames(video))
     assert len(decoded) >= last + 1 - 100  # all but (at most) the last second at 100 fps
     rows = table(s.path)  # parses (a torn last line is cut by repair)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from livepose.core.config._base import ConfigError, _Model
@@ -51,19 +50,52 @@ from livepose.core.config.stages import (
     KalmanConfig,
     LiftConfig,
     ModelConfig,
+    SimBoardConfig,
     SimConfig,
     TriggerConfig,
 )
+from livepose.core.yamlfile import read_yaml
 
 __all__ = [
-    "CAMERA_BACKENDS", "CameraConfig", "CameraName", "CameraTriggerConfig", "Config",
-    "ConfigError", "CropConfig", "DashboardConfig", "EKFConfig", "FeatureValue",
-    "FrameSetConfig", "FusionConfig", "GenICamCameraConfig", "KalmanConfig", "LiftConfig",
-    "LimitsConfig", "MetadataConfig", "ModelConfig", "PreviewConfig", "PylonCameraConfig",
-    "PylonEmulationConfig", "RecordingConfig", "RestartConfig", "RoiConfig", "SimCameraConfig",
-    "SimConfig", "SpinnakerCameraConfig", "TransportConfig", "TriggerConfig",
-    "VideoCameraConfig", "WebcamCameraConfig", "clock_matched", "default_config_path",
-    "from_dict", "load_config", "load_default_config", "parse_config", "to_dict",
+    "CAMERA_BACKENDS",
+    "CameraConfig",
+    "CameraName",
+    "CameraTriggerConfig",
+    "Config",
+    "ConfigError",
+    "CropConfig",
+    "DashboardConfig",
+    "EKFConfig",
+    "FeatureValue",
+    "FrameSetConfig",
+    "FusionConfig",
+    "GenICamCameraConfig",
+    "KalmanConfig",
+    "LiftConfig",
+    "LimitsConfig",
+    "MetadataConfig",
+    "ModelConfig",
+    "PreviewConfig",
+    "PylonCameraConfig",
+    "PylonEmulationConfig",
+    "RecordingConfig",
+    "RestartConfig",
+    "RoiConfig",
+    "SimBoardConfig",
+    "SimCameraConfig",
+    "SimConfig",
+    "SpinnakerCameraConfig",
+    "TransportConfig",
+    "TriggerConfig",
+    "VideoCameraConfig",
+    "WebcamCameraConfig",
+    "clock_matched",
+    "default_config_path",
+    "from_dict",
+    "load_config",
+    "load_default_config",
+    "parse_config",
+    "to_dict",
 ]
 
 
@@ -181,6 +213,9 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if base_dir is not None:
         if cfg.calibration is not None and not cfg.calibration.is_absolute():
             cfg.calibration = base_dir / cfg.calibration
+        bf = cfg.sim.board.file
+        if bf is not None and not bf.is_absolute():
+            cfg.sim.board.file = base_dir / bf
         if cfg.model.path not in ("default", "blazepose") and not Path(cfg.model.path).is_absolute():
             cfg.model.path = str(base_dir / cfg.model.path)
         if cfg.model.manifest is not None and not cfg.model.manifest.is_absolute():
@@ -199,18 +234,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
 def load_config(path: str | Path) -> Config:
     """Load and validate a YAML config file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} not valid YAML") from None
+    data = read_yaml(p, ConfigError, "config file")
     return parse_config(data, source=str(p), base_dir=p.parent)
 
 

@@ -25,8 +25,24 @@ class FrameSetConfig(_Model):
         "(default: fusion.min_views)")
 
 
+class SimBoardConfig(_Model):
+    """The sim rig's board scene (``sim.scene: board``): a calibration board moved through
+    scripted poses, rendered through each camera's lens distortion (docs/calibration.md)."""
+
+    file: Path | None = Field(None, description="board description TOML (`calibrate board`); "
+                              "default: 5x7 ChArUco, 40 mm squares, 30 mm markers, DICT_4X4_50")
+    poses: int = Field(60, ge=1, le=100_000, description="scripted board poses, then again")
+    hold_frames: int = Field(3, ge=1, le=10_000, description="frames each pose is held")
+    blur_px: float = Field(3.0, ge=0, le=50, description="largest motion blur of a pose")
+    false_corners: float = Field(0.02, ge=0, le=0.5, description="fraction of seen corners "
+                                 "given a false corner 3-6 px beside them")
+    px_per_square: int = Field(60, ge=8, le=400, description="texture resolution")
+    seed: int = 0
+
+
 class SimConfig(_Model):
-    """The simulated rig: an articulated rodent in a round arena, seen by the sim cameras."""
+    """The simulated rig: an articulated rodent in a round arena, seen by the sim cameras;
+    or, with ``scene: board``, a calibration board held in front of them."""
 
     seed: int = 0
     width: int = Field(320, ge=64, le=4096)
@@ -38,6 +54,9 @@ class SimConfig(_Model):
     distortion_k1: float = -0.18
     noise_std: float = Field(2.0, ge=0, description="sensor noise, grey levels")
     speed_mm_s: float = Field(120.0, ge=0, description="typical running speed")
+    scene: Literal["animal", "board"] = Field(
+        "animal", description="what the sim cameras see: the rodent, or a calibration board")
+    board: SimBoardConfig = SimBoardConfig()
 
 
 class TriggerConfig(_Model):

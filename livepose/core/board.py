@@ -1,5 +1,7 @@
 """The calibration board, described once: ChArUco (any dictionary, OpenCV's legacy or current
-pattern) or a plain checkerboard, with its square length and unit.
+pattern) or a plain checkerboard, with its square length and unit. It lives in the core
+because the calibration tools, the sim rig's board camera and the benchmark share it; OpenCV
+is imported only by the functions that draw or detect.
 
 A printed board is rarely at its nominal size: ``measured_square`` overrides the nominal
 square length (the marker length scales with it), and every 3D point uses the measured one.
