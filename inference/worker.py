@@ -393,7 +393,9 @@ def prewarm(cfg: Config, args: dict[str, Any]) -> None:
     batches once; the engine is kept for the worker this process becomes."""
     path, manifest = resolve_model(cfg.model)
     n = len(cfg.camera_names)
-    if manifest.two_stage:
+    if manifest.two_stage or cfg.realtime:
+        # realtime: ONNX Runtime's threads must be born after the worker enters SCHED_FIFO
+        # (they inherit it), so the engine is made by the worker itself
         return
     engine = create_engine(engine_name(cfg.model, path), path, manifest, cfg.model)
     pre = Preprocessor(manifest.input, n)
