@@ -27,14 +27,14 @@ from livepose.acquisition.base import (
     make_backend,
 )
 from livepose.acquisition.clock import ClockFit
+from livepose.acquisition.encoder import ring_slots
 from livepose.acquisition.identity import FrameIdentity
 from livepose.acquisition.outputs import HasOutputs, OutputPulser
-from livepose.acquisition.recorder import RecordHook
 from livepose.acquisition.swtrigger import TriggerThread
 from livepose.acquisition.timematch import Match, TimeMatcher
 from livepose.acquisition.timing import TimingModel
 from livepose.core import protocol
-from livepose.core.config import clock_matched
+from livepose.core.config import Config, clock_matched
 from livepose.kit.process import StageContext
 from livepose.transport import codec, shmring
 
@@ -134,7 +134,7 @@ class CameraLoop:
         self.rebase = False  # after a reconnect: re-anchor frame_id at the next frame
         self.unverified = False  # frames placed by elapsed time after a reconnect
         self.t_last_grab_ns = 0
-        self.rec: RecordHook | None = None  # recording hook (acquisition/recorder.py)
+        self.dups_seen = 0  # duplicates counted up to the previous frame (duplicates_before)
         # the preview is encoded two thirds of a period after its frame: away from the instant
         # when every camera publishes and inference starts, and after a typical inference +
         # fusion (at a third it collided with the end of inference and delayed fusion)
@@ -142,7 +142,7 @@ class CameraLoop:
         self.preview_due: tuple[int, np.ndarray, int, int] | None = None
         tcfg = ctx.cfg.transport
         self.shm = shmring.frames_in_shm(tcfg)  # pixels through a frame ring (same host)
-        self.ring_slots = tcfg.ring_slots(ctx.cfg.fps)
+        self.ring_slots = ring_slots(ctx.cfg)  # recording: the encoder may lag this far
         self.ring: shmring.FrameRing | None = None
         self.loaned: np.ndarray | None = None  # the ring slot the backend is filling
         if self.shm and hasattr(backend, "image_sink"):
@@ -305,6 +305,7 @@ class CameraLoop:
             t_trigger_ns=t_trigger,
             t_exposure_ns=grab.t_exposure_ns,
             dropped_before=dropped,
+            duplicates_before=c["duplicates"] - self.dups_seen,
             match_error_ns=match_error_ns,
             timing_residual_ns=verdict.residual_ns,
             desync=verdict.desync,
@@ -318,13 +319,29 @@ class CameraLoop:
             c["shm_header_overflow"] = ring.meta_overflows
         self.pub.send_multipart(parts, copy=False)
         c["frames"] += 1
-        if self.rec is not None:  # recording: hand the published frame to the writer
-            if self.rec.recording and self.ring is not None and self.ring.holds(grab.image):
-                msg.image = grab.image.copy()  # the writer may lag more than the ring holds
-            self.rec.submit(msg)
+        self.dups_seen = c["duplicates"]
         if frame_id % self.preview_every == 0:
             self.preview_due = (grab.t_grab_ns + self.preview_delay_ns, grab.image, frame_id,
                                 grab.t_grab_ns)
+
+
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): load the JPEG encoder and, for a
+    simulated camera, open it and render one frame (numba's target and the render kernels);
+    a real camera's device is opened only by the process that becomes it."""
+    encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)
+    index = int(args.get("camera", 0))
+    cam_cfg = cfg.cameras[index]
+    if cam_cfg.backend != "sim":
+        return
+    backend = make_backend(cam_cfg, cfg=cfg, index=index)
+    backend.open()
+    try:
+        backend.arm()
+        backend.software_trigger(0, time.time_ns())
+        backend.grab(5.0)
+    finally:
+        backend.close()
 
 
 def main(ctx: StageContext) -> None:
@@ -355,14 +372,12 @@ def main(ctx: StageContext) -> None:
     ctx.publish_health(force=True)  # connect health now, so an error in open() is heard
     encode_preview(np.zeros((8, 8), np.uint8), 1.0, 50)  # import the JPEG encoder now, not on frame 0
     backend.open()
-    rec: RecordHook | None = None  # recording (acquisition/recorder.py)
     pulser: OutputPulser | None = None  # output lines for closed-loop actions (outputs.py)
     loop: CameraLoop | None = None
     fire: TriggerThread | None = None  # overlapped software trigger (swtrigger.py)
     try:
         backend.arm()
         loop = CameraLoop(ctx, backend, pub)
-        loop.rec = rec = RecordHook(ctx, cam_cfg.name)  # recording
         if getattr(backend, "output_lines", None) and ctx.endpoints.get("camctl"):
             outputs = cast(HasOutputs, backend)  # it has output_lines and set_output
             pulser = OutputPulser(ctx, cam_cfg.name, outputs, ctx.endpoints["camctl"])
@@ -379,7 +394,6 @@ def main(ctx: StageContext) -> None:
             ctx.tick_health()
             ctx.counters["rejected"] = decoder.rejected
             loop.sync_counters()
-            rec.poll()  # recording: start/stop messages
             loop.flush_preview()
             if fire is not None:  # overlapped software trigger: grab like hardware-triggered
                 fire.sync(ctx.counters, ctx.error)
@@ -436,8 +450,6 @@ def main(ctx: StageContext) -> None:
         finally:
             if loop is not None:
                 loop.close()
-            if rec is not None:  # recording: drain the queue, close the video
-                rec.close()
 
 
 def pending(sock: zmq.Socket[Any], decoder: codec.Decoder) -> Iterator[protocol.Message]:

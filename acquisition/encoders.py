@@ -32,12 +32,24 @@ class CodecUnavailable(UserError):
 
 
 class Sink(Protocol):
-    """Where the writer thread puts frames."""
+    """Where the encoder puts frames.
+
+    :meth:`prepare` takes the encoder's private copy of an image (the one copy any encoder
+    makes: into an FFmpeg frame, or into bytes); the caller checks that the source — a slot
+    of the camera's frame ring — was not overwritten meanwhile, then :meth:`put` encodes and
+    writes the copy. :meth:`write` is both in one.
+    """
 
     path: Path
 
+    def prepare(self, image: np.ndarray) -> Any:
+        """Copy ``image`` into what :meth:`put` encodes."""
+
+    def put(self, prepared: Any, index: int) -> None:
+        """Encode and append a prepared image; ``index`` counts frames from the start."""
+
     def write(self, image: np.ndarray, index: int) -> None:
-        """Append one image; ``index`` counts frames from the start of the recording."""
+        """Append one image (:meth:`prepare` then :meth:`put`)."""
 
     def close(self) -> None:
         """Flush and finalise the file."""
@@ -120,11 +132,16 @@ class AvSink:
         self.stream.codec_context.thread_count = rec.threads
         self.stream.metadata["livepose_input"] = self.in_fmt
 
-    def write(self, image: np.ndarray, index: int) -> None:
-        frame = self._av.VideoFrame.from_ndarray(image, format=self.in_fmt)
-        frame.pts = index
-        for pkt in self.stream.encode(frame):
+    def prepare(self, image: np.ndarray) -> Any:
+        return self._av.VideoFrame.from_ndarray(image, format=self.in_fmt)  # copies
+
+    def put(self, prepared: Any, index: int) -> None:
+        prepared.pts = index
+        for pkt in self.stream.encode(prepared):
             self.container.mux(pkt)
+
+    def write(self, image: np.ndarray, index: int) -> None:
+        self.put(self.prepare(image), index)
 
     def close(self) -> None:
         try:
@@ -142,6 +159,12 @@ class RawSink:
         meta = {"shape": list(image.shape), "dtype": image.dtype.str}
         path.with_name(path.name + ".json").write_text(json.dumps(meta))
         self._f = path.open("ab", buffering=0)
+
+    def prepare(self, image: np.ndarray) -> Any:
+        return np.ascontiguousarray(image).tobytes()
+
+    def put(self, prepared: Any, index: int) -> None:
+        self._f.write(prepared)
 
     def write(self, image: np.ndarray, index: int) -> None:
         self._f.write(np.ascontiguousarray(image).data.cast("B"))

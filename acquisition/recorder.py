@@ -1,32 +1,34 @@
-"""The video writer next to each camera: a thread fed by a bounded in-process queue.
+"""One segment of a camera's recording: a video file and its frame table.
 
-The camera loop calls :meth:`FrameRecorder.submit` right after publishing a frame; it never
-blocks. The writer thread checksums the image (the same bytes that were published), encodes
-it (:mod:`livepose.acquisition.encoders`) and appends a row to the camera's frame table
-``video/<cam>_frames.csv`` (flushed after every frame, so a killed process leaves the table
-at most one row behind the video, whose packets are flushed as they are muxed)::
+Written by the camera's encoder process (:mod:`livepose.acquisition.encoder`), never by the
+camera: for each frame the camera published, :meth:`SegmentWriter.frame` checksums the
+image where it lies (the camera's frame ring), takes the encoder's one private copy,
+checks that the ring slot was not reused meanwhile, encodes it
+(:mod:`livepose.acquisition.encoders`) and appends a row to the segment's frame table
+``video/<stem>_frames.csv`` (written with one ``write(2)`` per frame, so a killed encoder
+leaves the table at most one row behind its video, whose packets are flushed as muxed)::
 
     frame_id, video_index, recorded, t_trigger_ns, t_exposure_ns, t_grab_ns, t_pub_ns,
     t_write_ns, dropped_before, duplicates_before, desync, checksum
 
-``recorded`` is 1 when the frame is in the video at ``video_index``; 0 when the queue was full
-or the writer had failed — loud: counted (``rec_queue_full``, ``rec_lost``), logged, published
-as the camera's last error and written to the event log. ``desync`` is the camera's timing model's
-verdict (:mod:`livepose.acquisition.timing`): 1 when the frame does not show the instant of
-its ``frame_id``. ``checksum`` is
-xxh3-64 (or crc32) of the image bytes, hex.
+``recorded`` is 1 when the frame is in the video at ``video_index``, 0 when it is not —
+loud: counted (``rec_lost``, and why: ``rec_lapped`` the camera's ring overwrote the pixels
+before the encoder read them, ``rec_gap`` the encoder never saw the frame, e.g. while it was
+restarting, ``rec_errors`` the writer failed), logged, published as the encoder's last error
+and written to the event log. A row of a frame the encoder never saw carries only its
+``frame_id``. ``desync`` is the camera's timing model's verdict
+(:mod:`livepose.acquisition.timing`). ``checksum`` is xxh3-64 (or crc32) of the image bytes
+as published, hex (empty when the pixels were gone).
 
-:class:`RecordHook` is the small piece the camera process holds: it starts a recorder at
-launch (``ctx.args["record"]``) or on a run-time ``record`` control message, and stops it.
+The stem is the camera's name, or ``<cam>.<n>`` for a later segment (the encoder restarted,
+or recovered from a write error): nothing recorded is ever overwritten.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import queue
-import threading
+import os
 import time
 import zlib
 from collections import Counter
@@ -35,20 +37,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
 from livepose.acquisition.encoders import Sink, open_sink, video_path
 from livepose.core import protocol
 from livepose.core.config import Config
-from livepose.core.control import RECORD_TOPIC, decode_record_control
-from livepose.kit.realtime import leave_realtime
-from livepose.kit.session import EventLog, video_dir
+from livepose.kit.session import EventLog, segments, video_dir
+from livepose.transport import shmring
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["frame_id", "video_index", "recorded", "t_trigger_ns", "t_exposure_ns", "t_grab_ns",
            "t_pub_ns", "t_write_ns", "dropped_before", "duplicates_before", "desync", "checksum"]
-POLL_S = 0.25  # how often the writer wakes to write rows of frames the queue refused
+#: table bytes held while the disk refuses them (≈ 100 000 rows), then rows are dropped (counted)
+MAX_PENDING_BYTES = 16 << 20
+#: rows back-filled for one gap at most (a frame_id jump beyond it is a bug upstream)
+MAX_GAP_ROWS = 1_000_000
 
 
 def checksum_fn(kind: str) -> Callable[[memoryview], str]:
@@ -72,13 +75,35 @@ def image_checksum(image: Any, kind: str = "xxh3") -> str:
     return checksum_fn(kind)(np.ascontiguousarray(image).data.cast("B"))
 
 
-#: rows of lost frames kept while the writer is stalled (a few MB at most, no pixels)
-MAX_LOST_ROWS = 100_000
-_NO_PIXELS = np.zeros((1, 1), np.uint8)
+def next_stem(session: Path, cam: str) -> str:
+    """The stem of a camera's next segment (``cam``, then ``cam.1``, ``cam.2``…)."""
+    have = segments(session, cam)
+    if not have:
+        return cam
+    last = have[-1]
+    return f"{cam}.{1 if last == cam else int(last.rsplit('.', 1)[1]) + 1}"
 
 
-class FrameRecorder:
-    """Writes one camera's frames of one session (video + frame table) on its own thread.
+def last_frame_id(session: Path, cam: str) -> int | None:
+    """The last frame_id a camera's frame tables account for (``None``: no row yet); a
+    torn last line (killed writer) is skipped."""
+    for stem in reversed(segments(session, cam)):
+        path = video_dir(session) / f"{stem}_frames.csv"
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - 4096))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            cells = line.split(",")
+            if len(cells) == len(COLUMNS) and cells[0].isdigit():
+                return int(cells[0])
+    return None
+
+
+class SegmentWriter:
+    """Writes one segment (video + frame table) of one camera's recording.
 
     Parameters
     ----------
@@ -87,258 +112,193 @@ class FrameRecorder:
     cam
         Camera name.
     cfg
-        The run's config (``recording``, ``fps``, ``desync_tolerance_ms``).
+        The run's config (``recording``, ``fps``).
     counters
-        The camera process's health counters.
+        The encoder process's health counters.
     on_error
-        Called with a message for every loud error (the camera's ``ctx.error``).
+        Called with a message for every loud error (the encoder's ``ctx.error``).
+    after
+        The last frame_id accounted for before this segment (an earlier segment's), so a
+        gap up to the first frame is written as ``recorded=0`` rows; ``None``: no gap.
+    held
+        Table bytes an earlier segment could not write (disk full), written first.
+
+    Raises
+    ------
+    OSError
+        The frame table cannot be created (full or read-only disk).
     """
 
     def __init__(self, session: Path, cam: str, cfg: Config, counters: Counter[str],
-                 on_error: Callable[[str], None]) -> None:
+                 on_error: Callable[[str], None], after: int | None = None,
+                 held: bytes = b"") -> None:
         self.session, self.cam, self.cfg = session, cam, cfg
         self.rec = cfg.recording
         self.counters = counters
         self.on_error = on_error
-        self.events = EventLog(session / "events.jsonl", cam)
-        self.queue: queue.Queue[tuple[protocol.Frame, int] | None] = queue.Queue(
-            maxsize=max(8, round(self.rec.queue_s * cfg.fps)))
+        self.events = EventLog(session / "events.jsonl", f"{cam}.enc")
         self._check = checksum_fn(self.rec.checksum)
-        # frames the queue had no room for: their table rows only (never their pixels, which a
-        # stalled disk would pile up in the camera process), at most MAX_LOST_ROWS
-        self._lost: list[tuple[protocol.Frame, int, str]] = []
-        self._lock = threading.Lock()
-        self._dups = 0
         self.failed: str | None = None
         self.recorded = 0
+        self.lost = 0
+        self.why: Counter[str] = Counter()  # this segment's losses by cause
         self.first: int | None = None
-        self.last: int | None = None
-        self._last_full_log = 0.0
+        self.last = after
+        self.shape: tuple[tuple[int, ...], str] | None = None
         folder = video_dir(session)
         folder.mkdir(parents=True, exist_ok=True)
-        #: the files' stem: the camera's name, or ``<cam>.<n>`` when a camera restarted in
-        #: the middle of a session (what it recorded before is never overwritten)
-        self.stem = cam
-        n = 1
-        while (folder / f"{self.stem}_frames.csv").exists():
-            self.stem = f"{cam}.{n}"
-            n += 1
-        self._table_file = (folder / f"{self.stem}_frames.csv").open("w", newline="")
-        self._table = csv.writer(self._table_file, lineterminator="\n")
-        self._table.writerow(COLUMNS)
-        self._table_file.flush()
+        self.stem = next_stem(session, cam)
+        self.table_path = folder / f"{self.stem}_frames.csv"
+        self._fd = os.open(self.table_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._pending = bytearray((",".join(COLUMNS) + "\n").encode())
+        self._flush()
+        self._pending += held  # an earlier segment's rows come after this table's header
         self._sink: Sink | None = None
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{cam}", daemon=True)
-        self._thread.start()
-        self.events.emit("record_start", cam=cam, codec=self.rec.codec)
+        self._last_loss_log = 0.0
+        self.events.emit("record_start", cam=cam, segment=self.stem, codec=self.rec.codec)
 
-    # ---------------------------------------------------------------- camera thread
-    def submit(self, msg: protocol.Frame, duplicates_total: int = 0) -> bool:
-        """Queue a published frame (never blocks). Returns False if it was lost (loud)."""
-        dups, self._dups = duplicates_total - self._dups, duplicates_total
-        try:
-            self.queue.put_nowait((msg, dups))
-            return True
-        except queue.Full:
-            pass
-        self.counters["rec_queue_full"] += 1
-        check = self._check(np.ascontiguousarray(msg.image).data.cast("B"))
-        stub = protocol.Frame(cam=msg.cam, frame_id=msg.frame_id, t_grab_ns=msg.t_grab_ns,
-                              pixel_format=msg.pixel_format, image=_NO_PIXELS,
-                              t_trigger_ns=msg.t_trigger_ns, t_exposure_ns=msg.t_exposure_ns,
-                              t_pub_ns=msg.t_pub_ns, dropped_before=msg.dropped_before,
-                              desync=msg.desync)
-        with self._lock:
-            if len(self._lost) < MAX_LOST_ROWS:
-                self._lost.append((stub, dups, check))
-            else:
-                self.counters["rec_lost_rows_dropped"] += 1
-        now = time.monotonic()
-        if now - self._last_full_log > 1.0:
-            self._last_full_log = now
-            text = (f"{self.cam}: recording queue full ({self.queue.maxsize} frames): frame "
-                    f"{msg.frame_id} NOT recorded ({self.counters['rec_queue_full']} so far)")
-            self.on_error(text)
-            self.events.emit("queue_full", cam=self.cam, frame_id=msg.frame_id,
-                             total=self.counters["rec_queue_full"])
-        return False
+    # ------------------------------------------------------------------ frames
+    def fits(self, image: np.ndarray) -> bool:
+        """Whether ``image`` can go into this segment's video (same shape and dtype as
+        the first; a camera restarted with another ROI starts a new segment)."""
+        return self.shape is None or image.size == 0 or \
+            self.shape == (image.shape, image.dtype.str)
 
-    def finish(self) -> None:
-        """Ask the writer to drain and close (returns at once; see :meth:`join`)."""
-        self.queue.put(None)
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait for the writer to finish; True if it did."""
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    # ---------------------------------------------------------------- writer thread
-    def _run(self) -> None:
-        leave_realtime()  # bulk encoding: never ahead of the camera loop
-        while True:
-            try:
-                item = self.queue.get(timeout=POLL_S)
-            except queue.Empty:
-                item = (None, 0)  # type: ignore[assignment]
-            self._write_lost()
-            if item is None:
-                break
-            if item[0] is not None:
-                self._write(*item)
-            self._flush()  # one write(2) per frame: the table never lags the flushed video
-        self._close()
-
-    def _write(self, msg: protocol.Frame, dups: int) -> None:
+    def frame(self, msg: protocol.Frame) -> bool:
+        """Record one published frame; ``msg.image`` holds its pixels (a view of the ring
+        slot, or an array; empty: the ring had reused the slot). Returns whether the frame
+        is in the video."""
+        self._backfill(msg.frame_id, msg.dropped_before)
         img = msg.image
-        index = ""
+        self.first = msg.frame_id if self.first is None else self.first
+        self.last = msg.frame_id if self.last is None else max(self.last, msg.frame_id)
+        if img.size == 0:
+            self._lost(msg.frame_id, "rec_lapped", "the camera's ring reused its slot before "
+                       "the encoder read it (the encoder fell a whole ring behind)")
+            self._row(msg, "", "")
+            return False
+        check = self._check(np.ascontiguousarray(img).data.cast("B"))
         if self.rec.codec == "none":  # frame table only (replayed videos: the source is the video)
             self.counters["rec_table_only"] += 1
-            self.first = msg.frame_id if self.first is None else self.first
-            self.last = msg.frame_id
-            self._row(msg, dups, "", self._check(np.ascontiguousarray(img).data.cast("B")))
-            return
+            self._row(msg, "", check)
+            return False
+        index = ""
         if self.failed is None:
             try:
                 if self._sink is None:
                     self._sink = open_sink(video_dir(self.session), self.stem, self.rec,
                                            self.cfg.fps, img)
-                self._sink.write(img, self.recorded)
-                index = str(self.recorded)
-                self.recorded += 1
+                    self.shape = (img.shape, img.dtype.str)
+                prepared = self._sink.prepare(img)  # the encoder's own copy
+                if shmring.intact(img):
+                    self._sink.put(prepared, self.recorded)
+                    index = str(self.recorded)
+                    self.recorded += 1
+                else:
+                    self._lost(msg.frame_id, "rec_lapped", "the camera's ring reused its slot "
+                               "while the encoder copied it")
+                    self._row(msg, "", "")
+                    return False
             except Exception as exc:  # OSError (ENOSPC, EIO) or FFmpeg errors: all loud
                 self._fail(f"{self.cam}: video writer failed at frame {msg.frame_id}: {exc}")
         if index == "":
-            self.counters["rec_lost"] += 1
+            self._lost(msg.frame_id, None, None)
         else:
             self.counters["rec_frames"] += 1
-        self.first = msg.frame_id if self.first is None else self.first
-        self.last = msg.frame_id
-        self._row(msg, dups, index, self._check(np.ascontiguousarray(img).data.cast("B")))
+        self._row(msg, index, check)
+        return index != ""
 
-    def _write_lost(self) -> None:
-        with self._lock:
-            lost, self._lost = self._lost, []
-        for msg, dups, check in lost:
-            self.counters["rec_lost"] += 1
-            self._row(msg, dups, "", check)
+    def _backfill(self, frame_id: int, dropped_before: int) -> None:
+        """Rows for the frames between the last one accounted for and ``frame_id`` that
+        the camera published (not its own drops) but this encoder never saw."""
+        if self.last is None:
+            return
+        gap = min(MAX_GAP_ROWS, frame_id - self.last - 1 - max(0, dropped_before))
+        if gap <= 0:
+            return
+        for fid in range(self.last + 1, self.last + 1 + gap):
+            self._append([fid, "", 0, *[""] * 9])
+        self.counters["rec_gap"] += gap
+        self.counters["rec_lost"] += gap
+        self.why["gap"] += gap
+        self.lost += gap
+        self._loud(f"{self.cam}: {gap} frame(s) {self.last + 1}…{self.last + gap} never "
+                   "reached the encoder: NOT recorded", "rec_gap", first=self.last + 1, n=gap)
 
-    def _row(self, msg: protocol.Frame, dups: int, index: str, check: str) -> None:
-        row = [msg.frame_id, index, int(index != ""), msg.t_trigger_ns, msg.t_exposure_ns,
-               msg.t_grab_ns, msg.t_pub_ns, time.time_ns(), msg.dropped_before, dups,
-               int(msg.desync), check]
-        try:
-            self._table.writerow(["" if v is None else v for v in row])
-        except OSError as exc:
-            self._fail(f"{self.cam}: frame table write failed: {exc}")
+    def _lost(self, frame_id: int, why: str | None, text: str | None) -> None:
+        self.counters["rec_lost"] += 1
+        self.lost += 1
+        self.why[why or "rec_errors"] += 1
+        if why is not None and text is not None:
+            self.counters[why] += 1
+            self._loud(f"{self.cam}: frame {frame_id} NOT recorded: {text} "
+                       f"({self.counters[why]} so far)", why, frame_id=frame_id)
+
+    def _loud(self, text: str, kind: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_loss_log > 1.0:  # at most once a second
+            self._last_loss_log = now
+            self.on_error(text)
+            self.events.emit(kind, cam=self.cam, total=self.counters[kind], **fields)
+
+    def _row(self, msg: protocol.Frame, index: str, check: str) -> None:
+        self._append([msg.frame_id, index, int(index != ""), msg.t_trigger_ns,
+                      msg.t_exposure_ns, msg.t_grab_ns, msg.t_pub_ns, time.time_ns(),
+                      msg.dropped_before, msg.duplicates_before, int(msg.desync), check])
+        self._flush()  # one write(2) per frame: the table never lags the flushed video
+
+    def _append(self, row: list[Any]) -> None:
+        if len(self._pending) > MAX_PENDING_BYTES:
+            self.counters["rec_rows_dropped"] += 1
+            return
+        self._pending += (",".join("" if v is None else str(v) for v in row) + "\n").encode()
 
     def _flush(self) -> None:
-        try:
-            self._table_file.flush()
-        except OSError as exc:
-            self._fail(f"{self.cam}: frame table flush failed: {exc}")
+        while self._pending:
+            try:
+                n = os.write(self._fd, self._pending)
+            except OSError as exc:  # kept: written once the disk takes it again
+                self._fail(f"{self.cam}: frame table {self.table_path} write failed: {exc}")
+                return
+            del self._pending[:n]
 
     def _fail(self, text: str) -> None:
         self.counters["rec_errors"] += 1
         if self.failed is None:
             self.failed = text
             self.on_error(text)
-            self.events.emit("writer_error", cam=self.cam, error=text)
+            self.events.emit("writer_error", cam=self.cam, segment=self.stem, error=text)
 
-    def _close(self) -> None:
+    # ------------------------------------------------------------------ end
+    def take_pending(self) -> bytes:
+        """Hand over the table bytes not written yet (to the next segment)."""
+        out, self._pending = bytes(self._pending), bytearray()
+        return out
+
+    def close(self) -> None:
+        """Finish the video, the table and the segment's summary (``<stem>.json``)."""
         if self._sink is not None:
             try:
                 self._sink.close()
-            except Exception as exc:  # same as _write: every failure is reported
+            except Exception as exc:  # same as frame(): every failure is reported
                 self._fail(f"{self.cam}: closing the video failed: {exc}")
-        try:
-            self._table_file.close()
-        except OSError as exc:
-            self._fail(f"{self.cam}: closing the frame table failed: {exc}")
+        self._flush()
+        os.close(self._fd)
         summary = {
-            "cam": self.cam, "codec": self.rec.codec, "checksum": self.rec.checksum,
+            "cam": self.cam, "segment": self.stem, "codec": self.rec.codec,
+            "checksum": self.rec.checksum,
             "video": None if self.rec.codec == "none" else
             video_path(video_dir(self.session), self.stem, self.rec.codec).name,
-            "frames_recorded": self.recorded, "frames_lost": self.counters["rec_lost"],
-            "queue_full": self.counters["rec_queue_full"], "first_frame_id": self.first,
-            "last_frame_id": self.last, "error": self.failed, "closed": True,
+            "frames_recorded": self.recorded, "frames_lost": self.lost,
+            "lapped": self.why["rec_lapped"], "gap": self.why["gap"],
+            "write_errors": self.why["rec_errors"],
+            "first_frame_id": self.first, "last_frame_id": self.last, "error": self.failed,
+            "unwritten_table_bytes": len(self._pending), "closed": True,
         }
         try:
-            (video_dir(self.session) / f"{self.stem}.json").write_text(json.dumps(summary, indent=2))
+            (video_dir(self.session) / f"{self.stem}.json").write_text(
+                json.dumps(summary, indent=2))
         except OSError as exc:
             log.error("%s: cannot write the writer summary: %s", self.cam, exc)
-        self.events.emit("record_stop", cam=self.cam, frames=self.recorded,
-                         lost=self.counters["rec_lost"], error=self.failed)
-
-
-class RecordHook:
-    """What the camera process holds: starts/stops a :class:`FrameRecorder`.
-
-    Recording starts at launch when ``ctx.args["record"]`` is ``{"session": dir, "frame": N}``,
-    or on a ``record`` control message from the supervisor (endpoint role ``record``).
-    """
-
-    def __init__(self, ctx: Any, cam: str) -> None:
-        self.ctx, self.cam = ctx, cam
-        self.rec: FrameRecorder | None = None
-        self.start_frame = 0
-        self.stop_frame: int | None = None
-        self._old: list[FrameRecorder] = []
-        ep = ctx.endpoints.get("record")
-        self.sub = ctx.socket(zmq.SUB, connect=ep, subscribe=RECORD_TOPIC) if ep else None
-        launch = ctx.args.get("record")
-        if launch:
-            self._start(Path(launch["session"]), launch.get("frame"))
-
-    def _start(self, session: Path, frame: int | None) -> None:
-        self._stop_now()
-        self.rec = FrameRecorder(session, self.cam, self.ctx.cfg, self.ctx.counters,
-                                 self.ctx.error)
-        self.start_frame = frame or 0
-        self.stop_frame = None
-
-    def _stop_now(self) -> None:
-        if self.rec is not None:
-            self.rec.finish()
-            self._old.append(self.rec)
-            self.rec = None
-
-    def poll(self) -> None:
-        """Take in control messages (cheap; call once per loop)."""
-        while self.sub is not None:
-            try:
-                parts = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            body = decode_record_control(parts)
-            if body is None:
-                self.ctx.counters["rejected_control"] += 1
-            elif body["cmd"] == "start":
-                self._start(Path(body["session"]), body["frame"])
-            elif body["frame"] is None:
-                self._stop_now()
-            else:
-                self.stop_frame = body["frame"]
-        if self.rec is not None:
-            self.ctx.rates["rec_queue"] = self.rec.queue.qsize()
-
-    @property
-    def recording(self) -> bool:
-        """Whether frames are being written now."""
-        return self.rec is not None
-
-    def submit(self, msg: protocol.Frame) -> None:
-        """Hand a just-published frame to the recorder (if recording covers it)."""
-        if self.rec is None or msg.frame_id < self.start_frame:
-            return
-        if self.stop_frame is not None and msg.frame_id > self.stop_frame:
-            self._stop_now()
-            return
-        self.rec.submit(msg, self.ctx.counters["duplicates"])
-
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Finish every recorder and wait for it (at process exit)."""
-        self._stop_now()
-        for r in self._old:
-            if not r.join(timeout_s):
-                self.ctx.error(f"{self.cam}: the video writer did not finish in {timeout_s:.0f} s")
-        self._old.clear()
+        self.events.emit("record_stop", cam=self.cam, segment=self.stem,
+                         frames=self.recorded, lost=self.lost, error=self.failed)

@@ -180,6 +180,19 @@ async def _serve(ctx: StageContext, hub: Any, sub: zmq.Socket[Any], lsock: socke
         await asyncio.gather(control, return_exceptions=True)
 
 
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): the web stack's imports and the page's
+    metadata (model keypoints, calibration) once."""
+    import uvicorn  # noqa: F401
+
+    import livepose.dashboard.access
+    import livepose.dashboard.app
+    import livepose.dashboard.control
+    import livepose.dashboard.state  # noqa: F401
+
+    meta_of(cfg, args.get("calibration"))
+
+
 def main(ctx: StageContext) -> None:
     """Dashboard process main."""
     from livepose.dashboard.access import allowed_hosts, new_token

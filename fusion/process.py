@@ -352,7 +352,6 @@ class Fuser:
             missing=list(msg.missing), desynced=list(msg.desynced),
         )
 
-
     def fuse_multi(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
         """Several animals (``fusion.multi``): the message's instances through the
         :class:`~livepose.fusion.multitrack.MultiTracker` → ``pose3d`` with individuals."""
@@ -383,6 +382,16 @@ class Fuser:
             incomplete=list(msg.incomplete), missing=list(msg.missing),
             desynced=list(msg.desynced),
         )
+
+
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): build a fuser of the run's calibration
+    and run its warm-up once, so numba's target and kernels are loaded when this process
+    becomes fusion."""
+    calib = args["calibration"]
+    fuser = Fuser(read_calibration(calib, cfg.camera_names), cfg,
+                  calibration_units(calib, cfg.calibration_units), model_noise_px(cfg))
+    fuser.warmup()
 
 
 def main(ctx: StageContext) -> None:

@@ -106,8 +106,9 @@ class _Worker:
             if self.manifest.two_stage else None
         self.engine: Engine  # single-stage models only
         if self.topdown is None:
-            self.engine = create_engine(engine_name(cfg.model, path), path, self.manifest,
-                                        cfg.model)
+            warm = _WARM.pop((str(path), len(self.cams)), None)  # built by prewarm()
+            self.engine = warm if warm is not None else create_engine(
+                engine_name(cfg.model, path), path, self.manifest, cfg.model)
         self.provider: str = self.engine.provider if self.topdown is None else \
             self.topdown.provider
         self.engine_label = "onnxruntime (two-stage)" if self.topdown is not None else \
@@ -416,6 +417,29 @@ class _Worker:
                 self._infer_ms.clear()
             self._rate_t, self._rate_n = now, c["inferred"]
         self.ctx.tick_health()
+
+
+#: engines a warm spare built and warmed up, by (model path, cameras), for :class:`_Worker`
+_WARM: dict[tuple[str, int], Engine] = {}
+
+
+def prewarm(cfg: Config, args: dict[str, Any]) -> None:
+    """In a warm spare (livepose/runtime/spares.py): load the model and run the warm-up
+    batches once; the engine is kept for the worker this process becomes."""
+    path, manifest = resolve_model(cfg.model)
+    n = len(cfg.camera_names)
+    if manifest.two_stage or cfg.realtime:
+        # realtime: ONNX Runtime's threads must be born after the worker enters SCHED_FIFO
+        # (they inherit it), so the engine is made by the worker itself
+        return
+    engine = create_engine(engine_name(cfg.model, path), path, manifest, cfg.model)
+    pre = Preprocessor(manifest.input, n)
+    pre.warm_up()
+    for _ in range(WARMUP_RUNS):
+        outs = engine.run(pre.batch(n))
+        check_output(outs, manifest, n)
+        decode_outputs(outs, manifest)
+    _WARM[(str(path), n)] = engine
 
 
 def main(ctx: StageContext) -> None:

@@ -272,6 +272,13 @@ function onStatus(s) {
   if (rec.available === false) rs.textContent = "recording control unavailable";
   else if (rec.available) rs.textContent = rec.recording ? `recording → ${rec.session}` : `not recording${rec.session ? ` (closing ${rec.session})` : ""}`;
   rs.classList.toggle("rec", !!rec.recording);
+  // video lost per camera (its encoder's counters: lapped by the ring, never seen, write errors)
+  const lost = Object.entries(rec.video || {}).filter(([, v]) => v.rec_lost || v.rec_errors || (rec.recording && v.state !== "running"));
+  if (rec.available && lost.length) {
+    rs.textContent += " · VIDEO LOST: " + lost.map(([cam, v]) => `${cam} ${v.rec_lost || 0}` +
+      ` (lapped ${v.rec_lapped || 0}, gap ${v.rec_gap || 0}, errors ${v.rec_errors || 0}${v.state !== "running" ? `, encoder ${v.state}` : ""})`).join(", ");
+  }
+  rs.classList.toggle("warn", lost.length > 0);
   const feed = $("feed");
   const seen = Number(feed.dataset.seq || 0);
   for (const e of s.feed.filter((e) => e.seq > seen)) {

@@ -213,7 +213,9 @@ def run_bench(seconds: float = 60.0, fps: float | None = None, codec: str = "ffv
         "framesets_fused": run["fused"], "trigger_s": round(run["trigger_s"], 2),
         "cpu_cores": {"total": round(sum(cpu.values()) / run["trigger_s"], 2),
                       "cameras": round(sum(v for k, v in cpu.items() if k in cfg.camera_names)
-                                       / run["trigger_s"], 2)},
+                                       / run["trigger_s"], 2),
+                "encoders": round(sum(v for k, v in cpu.items() if k.startswith("enc-"))
+                                  / run["trigger_s"], 2)},
         "disk_mb_s": round(video_mb / run["trigger_s"], 1),
         "sustainable_fps": {k: v["sustainable_fps"] for k, v in swept.items()},
     }

@@ -275,12 +275,19 @@ def _faults_bench() -> None:
     bench = bench_group()
 
     @bench.command("faults")
-    def bench_faults(json_path: JsonOpt = None) -> None:
+    def bench_faults(
+        json_path: JsonOpt = None,
+        fuzz_per_kind: Annotated[int, typer.Option(
+            "--fuzz-per-kind", min=0, help="malformed messages per socket kind afterwards "
+            "(0: no fuzzing)")] = 100_000,
+        fps: Annotated[float | None, typer.Option(
+            "--fps", min=1.0, help="trigger rate (default: the demo's 30)")] = None,
+    ) -> None:
         """Scripted faults on the sim rig, one at a time: recovery times, poses and recorded
-        frames lost outside each fault's window (duration + 2 s)."""
+        frames lost outside each fault's window (duration + 2 s); then the fuzzer."""
         from livepose.bench.faults import run as run_faults
 
-        res = run_faults(json_path)
+        res = run_faults(json_path, fuzz_per_kind, fps)
         Console().print_json(data={"summary": res["summary"], "faults": res["faults"]})
 
 

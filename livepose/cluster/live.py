@@ -66,6 +66,8 @@ def resources_for(name: str, cams: list[str], gpus_per_worker: float = 0.0
     """The custom resources and GPUs a stage asks for."""
     if name in cams:
         return {camera_resource(name): SHARE}, 0.0
+    if name.startswith("enc-") and name[4:] in cams:  # a camera's encoder reads its ring
+        return {camera_resource(name[4:]): SHARE}, 0.0
     if name == "trigger":
         return {camera_resource(cams[0]): SHARE}, 0.0
     if name.startswith("infer"):

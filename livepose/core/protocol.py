@@ -163,7 +163,8 @@ class Frame(Message):
     """One camera image.
 
     ``image`` is ``(H, W)`` for mono or ``(H, W, 3)`` for colour, uint8 or uint16.
-    ``dropped_before`` counts frame ids this camera missed since its previous frame.
+    ``dropped_before`` counts frame ids this camera missed since its previous frame,
+    ``duplicates_before`` repeated counters it dropped since then.
     ``match_error_ns`` is set when a free-running camera's ``frame_id`` came from matching
     its timestamp to the nearest trigger pulse (``t_trigger_ns``): frame time − pulse time;
     ``None`` when the frame was triggered by that pulse or numbered by the camera's counter.
@@ -187,6 +188,7 @@ class Frame(Message):
     t_exposure_ns: int | None = None
     t_pub_ns: int | None = None
     dropped_before: int = 0
+    duplicates_before: int = 0
     match_error_ns: int | None = None
     timing_residual_ns: int | None = None
     desync: bool = False

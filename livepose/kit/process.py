@@ -145,6 +145,7 @@ class StageContext:
     def ready(self, **info: Any) -> None:
         """Tell the supervisor this stage is ready (sockets open, models loaded)."""
         self.info.update(info)
+        self.info["t_ready_ns"] = time.time_ns()
         # everything allocated so far (modules, models, kernels) lives for the whole run:
         # move it out of the collector's view so later collections stay short
         gc.collect()
@@ -230,6 +231,7 @@ def child_entry(
     log_level: int = logging.WARNING,
     nice: int = 0,
     rt_priority: int = 0,
+    info: dict[str, Any] | None = None,
 ) -> None:
     """Entry point of every stage process (run under ``spawn``).
 
@@ -249,6 +251,7 @@ def child_entry(
     ctx = StageContext(name=name, cfg=from_dict(cfg), endpoints=endpoints, args=args,
                        parent_pid=os.getppid())
     ctx.info["sched"] = sched
+    ctx.info.update(info or {})  # e.g. a warm spare's warm-up times (runtime/spares.py)
 
     def _on_term(signum: int, frame: Any) -> None:
         ctx.request_stop()

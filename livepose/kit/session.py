@@ -54,6 +54,27 @@ def video_dir(session: Path) -> Path:
     return session / "video"
 
 
+def encoder_name(cam: str) -> str:
+    """The process name of a camera's video encoder (docs/recording.md)."""
+    return f"enc-{cam}"
+
+
+def segments(session: Path, cam: str) -> list[str]:
+    """The file stems of a camera's recorded segments, in order: ``cam``, then ``cam.1``,
+    ``cam.2``… (a restarted encoder, or one that recovered from a write error, continues
+    into a new video and frame table; nothing is overwritten). Only stems with a frame
+    table (``video/<stem>_frames.csv``) count."""
+    folder = video_dir(session)
+    out: list[tuple[int, str]] = []
+    for p in folder.glob(f"{cam}*_frames.csv"):
+        stem = p.name[: -len("_frames.csv")]
+        if stem == cam:
+            out.append((0, stem))
+        elif stem.startswith(cam + ".") and stem[len(cam) + 1 :].isdigit():
+            out.append((int(stem[len(cam) + 1 :]), stem))
+    return [s for _, s in sorted(out)]
+
+
 def pose2d_path(session: Path, cam: str) -> Path:
     """2D predictions of one camera."""
     return session / "pose2d" / f"{cam}.csv"

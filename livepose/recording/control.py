@@ -39,7 +39,9 @@ from livepose.kit.session import (
     EventLog,
     Session,
     create_session,
+    encoder_name,
     read_status,
+    segments,
     video_dir,
     write_status,
 )
@@ -61,8 +63,10 @@ class Supervised(Protocol):
 log = logging.getLogger(__name__)
 
 LEAD_S = 1.0
-WATCHED = ("dropped", "duplicates", "rec_queue_full", "rec_lost", "rec_errors", "late_pulses",
-           "incomplete", "device_lost")
+WATCHED = ("dropped", "duplicates", "rec_lost", "rec_lapped", "rec_gap", "rec_errors",
+           "late_pulses", "incomplete", "device_lost")
+#: what the status reply shows of each camera's encoder (its health counters)
+VIDEO_COUNTERS = ("rec_frames", "rec_lost", "rec_lapped", "rec_gap", "rec_errors")
 
 
 class Recording:
@@ -78,6 +82,7 @@ class Recording:
         self._seen: dict[tuple[str, str], int] = {}
         self._errors: dict[str, str | None] = {}
         self._pending: float | None = None  # deadline of a run-time stop's finalisation
+        self.first_frame = 0  # the session's first frame_id
         self.last: dict[str, Any] | None = None  # the status of the last session closed
 
     # ------------------------------------------------------------------ setup
@@ -94,7 +99,15 @@ class Recording:
             return None
         self._create(cfg.recording.name or cfg.name)
         assert self.session is not None
+        self.first_frame = 0
         return {"session": str(self.session.path), "frame": 0}
+
+    def current(self) -> dict[str, Any] | None:
+        """The ``record`` argument of a restarted encoder: the session being recorded
+        (``None``: none, or it is stopping)."""
+        if self.session is None or self._pending is not None:
+            return None
+        return {"session": str(self.session.path), "frame": self.first_frame}
 
     def _bind(self, kind: int, role: str, ep: str | None = None) -> zmq.Socket[Any]:
         s = self.sup.zctx.socket(kind)
@@ -123,6 +136,7 @@ class Recording:
         self._create(name)
         assert self.session is not None and self.pub is not None
         first = self._pulses() + math.ceil(self.sup.cfg.fps * LEAD_S)
+        self.first_frame = first
         self.pub.send_multipart(encode_record_control("start", self.session.path, first))
         return {"session": str(self.session.path), "first_frame": first}
 
@@ -201,13 +215,35 @@ class Recording:
         s = self.session
         return {"recording": s is not None and self._pending is None,
                 "session": str(s.path) if s else None, "processes": procs,
-                "codec": self.sup.cfg.recording.codec}
+                "codec": self.sup.cfg.recording.codec, "video": self.video()}
+
+    def video(self) -> dict[str, dict[str, Any]]:
+        """Per camera, what its encoder says (process state, frames recorded and lost —
+        lapped by the ring, never seen, write errors —, frames behind the camera, last
+        error): the dashboard shows it. Counters are the encoder process's (a restarted
+        encoder counts from 0 again)."""
+        out: dict[str, dict[str, Any]] = {}
+        for cam in self.sup.cfg.camera_names:
+            h = self.sup.health.get(encoder_name(cam))
+            if h is None:
+                out[cam] = {"state": "absent"}
+                continue
+            out[cam] = {"state": h.state, **{k: int(h.counters.get(k, 0)) for k in
+                                              VIDEO_COUNTERS},
+                        "behind": h.rates.get("rec_behind"), "error": h.last_error}
+        return out
 
     # ------------------------------------------------------------------ end
     def _closed(self) -> bool:
+        """Whether every camera's newest segment has its writer summary."""
         s = self.session
-        return s is not None and all(
-            (video_dir(s.path) / f"{c}.json").exists() for c in self.sup.cfg.camera_names)
+        if s is None:
+            return False
+        for c in self.sup.cfg.camera_names:
+            segs = segments(s.path, c)
+            if not segs or not (video_dir(s.path) / f"{segs[-1]}.json").exists():
+                return False
+        return True
 
     def finalize(self) -> dict[str, Any] | None:
         """Decide and write the session status (after the writers closed). Returns it."""
@@ -217,19 +253,23 @@ class Recording:
         state, reasons = "complete", []
         frames: dict[str, Any] = {}
         for cam in self.sup.cfg.camera_names:
-            try:
-                summ = json.loads((video_dir(s.path) / f"{cam}.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            segs = segments(s.path, cam) or [cam]
+            frames[cam], lost = 0, 0
+            for stem in segs:  # a restarted encoder's segments: <cam>.1, <cam>.2 …
+                try:
+                    summ = json.loads((video_dir(s.path) / f"{stem}.json").read_text())
+                except (OSError, json.JSONDecodeError):
+                    state = "incomplete" if state == "complete" else state
+                    reasons.append(f"{stem}: the video writer did not close")
+                    continue
+                frames[cam] += int(summ.get("frames_recorded") or 0)
+                lost += int(summ.get("frames_lost") or 0)
+                if summ.get("error"):
+                    state = "failed"
+                    reasons.append(str(summ["error"]))
+            if lost:
                 state = "incomplete" if state == "complete" else state
-                reasons.append(f"{cam}: the video writer did not close")
-                continue
-            frames[cam] = summ.get("frames_recorded")
-            if summ.get("error"):
-                state = "failed"
-                reasons.append(str(summ["error"]))
-            elif summ.get("frames_lost"):
-                state = "incomplete" if state == "complete" else state
-                reasons.append(f"{cam}: {summ['frames_lost']} frame(s) not recorded")
+                reasons.append(f"{cam}: {lost} frame(s) not recorded")
         if self.died:
             state = "incomplete" if state == "complete" else state
             reasons.append(f"process(es) died: {', '.join(self.died)}")

@@ -24,6 +24,7 @@ from livepose.kit.session import (
     pose2d_path,
     pose3d_path,
     read_status,
+    segments,
     video_dir,
     write_status,
 )
@@ -91,6 +92,29 @@ def remux(video: Path) -> None:
     tmp.replace(video)
 
 
+def _repair_segment(session: Path, cam: str, stem: str) -> dict[str, Any]:
+    """Repair one segment's frame table, video and summary (see :func:`repair`)."""
+    table = video_dir(session) / f"{stem}_frames.csv"
+    _trim_torn_tail(table)
+    rows = table.read_text().splitlines()[1:] if table.exists() else []
+    recorded = sum(1 for r in rows if r.split(",")[2:3] == ["1"])
+    video = _video_of(session, stem)
+    decoded = 0
+    if video is not None:
+        if video.suffix == ".mkv":
+            try:
+                remux(video)
+            except Exception as exc:  # a file too damaged to remux is still reported
+                log.warning("%s: not remuxed (%s)", video, exc)
+        decoded = count_frames(video)
+    summ = video_dir(session) / f"{stem}.json"
+    if not summ.exists():
+        summ.write_text(json.dumps({"cam": cam, "segment": stem, "frames_recorded": decoded,
+                                    "closed": False, "repaired": True}, indent=2))
+    return {"video": video.name if video else None, "frames_decodable": decoded,
+            "frames_in_table": recorded, "table_rows_not_in_video": max(0, recorded - decoded)}
+
+
 def repair(session: Path) -> dict[str, Any]:
     """Finalise a session a killed or failed run left behind.
 
@@ -101,7 +125,8 @@ def repair(session: Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        Per camera: frames decodable and frame-table rows marked recorded.
+        Per segment (``cam``, ``cam.1``…): frames decodable and frame-table rows marked
+        recorded.
     """
     from livepose.recording.recorder import session_units, write_trc_from_csv
 
@@ -109,26 +134,9 @@ def repair(session: Path) -> dict[str, Any]:
     cfg = session_config(session)
     report: dict[str, Any] = {}
     for cam in cfg.camera_names:
-        table = video_dir(session) / f"{cam}_frames.csv"
-        _trim_torn_tail(table)
-        rows = table.read_text().splitlines()[1:] if table.exists() else []
-        recorded = sum(1 for r in rows if r.split(",")[2:3] == ["1"])
-        video = _video_of(session, cam)
-        decoded = 0
-        if video is not None:
-            if video.suffix == ".mkv":
-                try:
-                    remux(video)
-                except Exception as exc:  # a file too damaged to remux is still reported
-                    log.warning("%s: not remuxed (%s)", video, exc)
-            decoded = count_frames(video)
-        report[cam] = {"video": video.name if video else None, "frames_decodable": decoded,
-                       "frames_in_table": recorded,
-                       "table_rows_not_in_video": max(0, recorded - decoded)}
-        summ = video_dir(session) / f"{cam}.json"
-        if not summ.exists():
-            summ.write_text(json.dumps({"cam": cam, "frames_recorded": decoded,
-                                        "closed": False, "repaired": True}, indent=2))
+        # every segment (a restarted encoder continues into <cam>.1, <cam>.2 …)
+        for stem in segments(session, cam) or [cam]:
+            report[stem] = _repair_segment(session, cam, stem)
     for p in [*sorted((session / "pose2d").glob("*.csv")), pose3d_path(session),
               pose3d_path(session).with_name("pose3d_var.csv")]:
         _trim_torn_tail(p)

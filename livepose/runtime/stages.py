@@ -8,10 +8,11 @@ heavy dependencies (ONNX Runtime, numba kernels, camera SDKs). The imports are p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from livepose.core.config import Config
+from livepose.core.config import Config, from_dict
 from livepose.kit.process import StageContext
 
 
@@ -32,6 +33,13 @@ def inference(ctx: StageContext) -> None:
 def camera(ctx: StageContext) -> None:
     """One camera process (:mod:`livepose.acquisition.camera`)."""
     from livepose.acquisition.camera import main
+
+    main(ctx)
+
+
+def encoder(ctx: StageContext) -> None:
+    """One camera's video encoder (:mod:`livepose.acquisition.encoder`)."""
+    from livepose.acquisition.encoder import main
 
     main(ctx)
 
@@ -62,6 +70,43 @@ def collector(ctx: StageContext) -> None:
     from livepose.calibrate.live import main
 
     main(ctx)
+
+
+def _warm_camera(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.acquisition.camera import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_inference(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.inference.worker import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_fusion(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.fusion.process import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_encoder(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.acquisition.encoder import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+def _warm_dashboard(cfg: dict[str, Any], args: dict[str, Any]) -> None:
+    from livepose.dashboard.process import prewarm
+
+    prewarm(from_dict(cfg), args)
+
+
+#: what a warm spare of each stage does before it is needed (livepose/runtime/spares.py)
+WARM: dict[Callable[[StageContext], None], Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    camera: _warm_camera, inference: _warm_inference, fusion: _warm_fusion,
+    encoder: _warm_encoder, dashboard: _warm_dashboard,
+}
 
 
 def prepare_acquisition(cfg: Config, run_dir: Path,

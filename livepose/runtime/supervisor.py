@@ -32,8 +32,11 @@ from livepose.core.control import encode_reshard
 from livepose.core.errors import UserError
 from livepose.kit.process import StageContext, child_entry
 from livepose.kit.realtime import PRIORITY
+from livepose.kit.session import encoder_name
 from livepose.recording.control import Recording
 from livepose.runtime import stages
+from livepose.runtime.address import dashboard_address
+from livepose.runtime.spares import FIRST_DELAY_S, Spares
 from livepose.transport import codec, security, shmring
 from livepose.transport import endpoints as eps
 
@@ -43,6 +46,7 @@ FUSION = stages.fusion
 INFER = stages.inference
 CAMERA = stages.camera
 TRIGGER = stages.trigger
+ENCODER = stages.encoder
 RECORDER = stages.recorder
 DASHBOARD = stages.dashboard
 COLLECTOR = stages.collector
@@ -87,8 +91,9 @@ def plan(
     ``collect`` (the collector's arguments, :mod:`livepose.calibrate.live`) makes a
     calibration run: the collector ``calib`` instead of fusion, workers and recorder.
 
-    ``record`` (``{"session", "frame"}``) makes the cameras and the recorder record from
-    launch; ``keypoints`` (names) adds the recorder process (see docs/recording.md).
+    ``record`` (``{"session", "frame"}``) makes the encoders (one per camera: the video and
+    frame table, docs/recording.md) and the recorder record from launch; ``keypoints``
+    (names) adds the recorder process (see docs/recording.md).
     ``dashboard`` (``{"host", "port", "token"}``) adds the web dashboard, a consumer only whose death
     does not stop the run (see docs/dashboard.md).
     """
@@ -105,10 +110,12 @@ def plan(
     if dashboard is not None:
         args = {"calibration": calibration, **dashboard}
         specs.append(ProcSpec("dashboard", DASHBOARD, args, optional=True))
-    specs += [
-        ProcSpec(c.name, CAMERA, {"camera": i, "record": record}, rt="camera")
-        for i, c in enumerate(cfg.cameras)
-    ]
+    # encoders before their cameras: subscribed when the first frame goes out; optional
+    # (restarted; past the limit the experiment goes on without that camera's video)
+    specs += [ProcSpec(encoder_name(c.name), ENCODER, {"camera": i, "record": record},
+                       optional=True) for i, c in enumerate(cfg.cameras)]
+    specs += [ProcSpec(c.name, CAMERA, {"camera": i}, rt="camera")
+              for i, c in enumerate(cfg.cameras)]
     specs.append(ProcSpec("trigger", TRIGGER, {"count": trigger_count}, rt="trigger"))
     return specs
 
@@ -189,6 +196,7 @@ class Supervisor:
         self.restarts: list[dict[str, Any]] = []
         self._restart_due: dict[str, tuple[float, dict[str, Any]]] = {}
         self._restart_times: dict[str, list[float]] = {}
+        self.spares: Spares | None = None  # warm processes for restarts (runtime/spares.py)
 
     @property
     def dashboard_login_url(self) -> str | None:
@@ -268,31 +276,34 @@ class Supervisor:
             if refused:
                 log.warning("realtime: true, but these processes run on the ordinary "
                             "scheduler: %s", refused)
+        if self.cfg.restart.enabled and self.cfg.restart.spares and self.launcher is None:
+            self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level)
+            for spec in self._specs:
+                if spec.name not in ("trigger", "recorder"):
+                    self.spares.want(spec.target, stages.WARM.get(spec.target), spec.args,
+                                     delay_s=FIRST_DELAY_S)
 
     def scheduling(self) -> dict[str, str]:
         """How each process is scheduled (``fifo:<priority>`` or ``other``), from its ready
         message."""
         return {n: str(h.info.get("sched", "?")) for n, h in self.health.items()}
 
-    def _spawn(self, spec: ProcSpec) -> None:
+    def _spawn(self, spec: ProcSpec, restart: bool = False) -> None:
         with self._poll_lock:  # a poll() in another thread iterates ``procs``
-            self._spawn_locked(spec)
+            self._spawn_locked(spec, restart)
 
-    def _spawn_locked(self, spec: ProcSpec) -> None:
-        args = (
-            spec.target,
-            spec.name,
-            to_dict(self.cfg),
-            self.endpoints,
-            spec.args,
-            self.log_level,
-            spec.nice,
-            PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0,
-        )
+    def _spawn_locked(self, spec: ProcSpec, restart: bool) -> None:
+        job = (spec.target, spec.name, to_dict(self.cfg), self.endpoints, spec.args,
+               self.log_level, spec.nice,
+               PRIORITY[spec.rt] if self.cfg.realtime and spec.rt else 0)
         if self.launcher is not None:  # on a cluster (livepose/cluster/live.py)
-            self.procs[spec.name] = self.launcher.process(spec.name, args)
+            self.procs[spec.name] = self.launcher.process(spec.name, job)
             return
-        p = self._mp.Process(target=child_entry, name=spec.name, args=args)
+        spare = self.spares.take(spec.target, job) if restart and self.spares else None
+        if spare is not None:  # warm: imports done (livepose/runtime/spares.py)
+            self.procs[spec.name] = spare
+            return
+        p = self._mp.Process(target=child_entry, name=spec.name, args=job)
         p.start()
         self.procs[spec.name] = p
 
@@ -348,6 +359,8 @@ class Supervisor:
         self.recording.poll()
         self._check_children()
         self._respawn_due()
+        if self.spares is not None and not self._stopping:
+            self.spares.tick()
 
     def _check_children(self) -> None:
         alive = [n for n in self.procs if n not in self.exited]
@@ -416,9 +429,13 @@ class Supervisor:
             elif name in self.cfg.camera_names:
                 spec = ProcSpec(spec.name, spec.target, {**spec.args, "restarted": True},
                                 spec.optional, spec.nice, spec.rt)
+            elif spec.target is ENCODER:  # goes on recording the session being recorded
+                spec = ProcSpec(spec.name, spec.target, {**spec.args, "restarted": True,
+                                "record": self.recording.current()},
+                                spec.optional, spec.nice, spec.rt)
             self.exited.pop(name, None)
             self.health.pop(name, None)
-            self._spawn(spec)
+            self._spawn(spec, restart=True)
             record["back_s"] = now
             record["restarted_after_s"] = round(now - record["died_s"], 3)
             self.restarts.append(record)
@@ -524,10 +541,13 @@ class Supervisor:
 
     def _stop(self, timeout_s: float) -> dict[str, int | None]:
         self._stopping = True
-        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras]
+        if self.spares is not None:
+            self.spares.close()
+        encoders = [encoder_name(c) for c in self.cfg.camera_names]
+        order = ["trigger", "dashboard"] + [c.name for c in self.cfg.cameras] + encoders
         order += [f"infer{k}" for k in range(self.cfg.model.workers)]
         order += ["fusion", "recorder", "calib"]
-        writers = {"recorder", *self.cfg.camera_names}  # may drain a queue: more time
+        writers = {"recorder", *encoders}  # may drain a queue: more time
         for name in order:
             if name in self.procs:
                 self._terminate(name, max(timeout_s, 60.0) if name in writers else timeout_s)
@@ -554,35 +574,6 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def dashboard_address(cfg: Config) -> dict[str, Any]:
-    """``{"host", "port"}`` of the dashboard; port 0 becomes a free port, and so does the
-    default port when it is taken (a port set explicitly — config or ``--port`` — is kept).
-
-    Raises
-    ------
-    UserError
-        An explicitly chosen port is taken — names it and the way out.
-    """
-    d = cfg.dashboard
-    host, port = d.host, d.port
-    explicit = "port" in d.model_fields_set and port != 0
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if explicit:
-                raise UserError(
-                    f"dashboard: cannot listen on {host}:{port} ({exc.strerror}; another "
-                    "livepose running?); use --port N, or --no-dashboard"
-                ) from None
-            log.warning("dashboard: port %d is taken (%s); using a free port", port, exc.strerror)
-            s.bind((host, 0))
-        port = s.getsockname()[1]
-    return {"host": host, "port": port}
 
 
 def check_config_runnable(cfg: Config) -> None:

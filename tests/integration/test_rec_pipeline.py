@@ -192,3 +192,60 @@ def test_kill_9_during_a_recording_leaves_a_readable_incomplete_session(
         if csv_path.exists():
             lines = [ln for ln in csv_path.read_text().splitlines() if ln]
             assert len({ln.count(",") for ln in lines[3:]}) <= 1, csv_path
+
+
+def test_kill_9_of_an_encoder_never_touches_its_camera(tmp_path: Path) -> None:
+    """``kill -9`` of camera 1's encoder in the middle of a recording (restarts on): the
+    camera process lives on and keeps publishing, the supervisor starts the encoder again
+    and it goes on in a new segment (``cam1.1``) — first with the frames its camera's ring
+    still holds; the encoder's death is in the events and the session status; everything
+    recorded before the kill decodes bit-exact against its table; every frame has exactly
+    one table row over the two segments."""
+    import csv
+    import signal
+
+    from livepose.kit.session import encoder_name, segments
+
+    cams = ["cam0", "cam1", "cam2"]
+    cfg = bench_config(tmp_path / "sessions", pool_model(tmp_path / "m", 96, 64, 4), FPS,
+                       "ffv1", len(cams), 96, 64)
+    cfg.recording.name = "enc"
+    victim = encoder_name("cam1")
+    with Supervisor(cfg) as sup:
+        sup.launch()
+        sup.start_trigger()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:
+            sup.poll(0.05)
+        cam_pid = sup.procs["cam1"].pid
+        frames_before = sup.counters("cam1").get("frames", 0)
+        pid = sup.procs[victim].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        while time.monotonic() - t_kill < 5.0:
+            sup.poll(0.05)
+        assert sup.procs["cam1"].pid == cam_pid and sup.procs["cam1"].is_alive()
+        assert sup.counters("cam1").get("frames", 0) >= frames_before + 3 * FPS
+        assert [r["name"] for r in sup.restarts] == [victim]
+        video = sup.recording.video()["cam1"]
+        assert video["state"] == "running" and video["rec_frames"] > 0, video
+        session = sup.recording.session
+        assert session is not None
+        path = session.path
+    status = read_status(path)
+    assert status["state"] == "incomplete" and victim in status["reason"], status
+    assert any(e["kind"] == "process_died" and e["proc"] == victim for e in read_events(path))
+    assert segments(path, "cam1") == ["cam1", "cam1.1"]
+    assert segments(path, "cam0") == ["cam0"]
+    ids: list[int] = []
+    for stem in ("cam1", "cam1.1"):
+        with (path / "video" / f"{stem}_frames.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        ids += [int(r["frame_id"]) for r in rows]
+        recorded = [r for r in rows if r["recorded"] == "1"]
+        decoded = list(iter_frames(path / "video" / f"{stem}.mkv"))
+        assert len(decoded) >= len(recorded) - 8  # a killed encoder's last few packets
+        for r, img in zip(recorded, decoded, strict=False):  # nothing recorded is corrupted
+            assert image_checksum(img) == r["checksum"]
+    assert ids == list(range(len(ids))) and len(ids) > 6 * FPS

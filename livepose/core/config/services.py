@@ -127,7 +127,9 @@ class RecordingConfig(_Model):
     lossless: bool = Field(False, description="h264: qp 0 (lossless), ignores crf")
     threads: int = Field(2, ge=1, le=16, description="encoder threads per camera")
     keyframe_s: float = Field(0.5, gt=0, le=10, description="keyframe interval (crash safety)")
-    queue_s: float = Field(2.0, gt=0, le=60, description="writer queue bound, seconds of frames")
+    queue_s: float = Field(2.0, gt=0, le=60, description="how far a camera's encoder may fall "
+                           "behind, seconds of frames: the camera's frame ring holds at least "
+                           "this much when recording from launch")
     checksum: Literal["xxh3", "crc32", "none"] = "xxh3"
     predictions: bool = Field(True, description="write 2D/3D predictions (recorder process)")
 
@@ -162,7 +164,8 @@ class DashboardConfig(_Model):
 
 class RestartConfig(_Model):
     """Stages that die come back (docs/architecture.md, "Restarts"): the supervisor starts a
-    dead camera, inference worker, fusion, recorder or dashboard again after a back-off that
+    dead camera, inference worker, fusion, video encoder or dashboard again (in a warm spare
+    process when ``spares``) after a back-off that
     doubles from ``backoff_s`` up to 1 s, at most ``max_restarts`` times per stage within
     ``window_s``; past that the old rules apply (a camera is lost, a worker's share taken
     over, fusion's death ends the run). The trigger clock is never restarted (its pulse
@@ -172,6 +175,8 @@ class RestartConfig(_Model):
     max_restarts: int = Field(5, ge=0, le=1000)
     window_s: float = Field(60.0, gt=0)
     backoff_s: float = Field(0.1, gt=0, le=1.0, description="first back-off; doubles to 1 s")
+    spares: bool = Field(True, description="keep one warm spare process per stage kind "
+                         "(imports done) that takes over a dead stage at once")
 
 
 class LimitsConfig(_Model):
