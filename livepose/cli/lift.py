@@ -49,6 +49,9 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
             "--azimuth", help="virtual cameras' azimuth range, degrees LO:HI")] = "0:360",
         views: Annotated[int, typer.Option("--views", min=0, max=64,
                                            help="virtual views per pose")] = 4,
+        aim: Annotated[float, typer.Option(
+            "--aim", min=0, max=60, help="virtual cameras look up to this many degrees "
+            "beside the subject (it appears off-centre, as in real views)")] = 0.0,
         height: Annotated[float | None, typer.Option(
             "--height", help="the root's plane height, mm (default: its median)")] = None,
         epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000)] = 12,
@@ -84,7 +87,7 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
                       for c in cams]
                 dist = (0.7 * min(d0), 1.3 * max(d0))
             aug = Augment(_range(elevation, "--elevation"), dist, _range(azimuth, "--azimuth"),
-                          views)
+                          views, aim)
             noise = session_noise(data, threshold)
             built = build_lifter(tr, held, names, r, cams, noise, aug,
                                  TrainConfig(width=width, blocks=blocks, epochs=epochs,

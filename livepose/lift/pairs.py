@@ -72,8 +72,8 @@ def measure_noise(pred: np.ndarray, proj: np.ndarray, threshold: float) -> Noise
 
 @dataclass(frozen=True)
 class Augment:
-    """Virtual cameras around the recorded ones: look-at cameras on a sphere around the
-    poses' centre.
+    """Virtual cameras around the recorded ones: cameras on a sphere around the poses'
+    centre, looking at it (or, with ``aim_deg``, up to that angle beside it).
 
     Attributes
     ----------
@@ -87,6 +87,9 @@ class Augment:
     distance_mm: tuple[float, float] = (360.0, 680.0)
     azimuth_deg: tuple[float, float] = (0.0, 360.0)
     views: int = 4
+    aim_deg: float = 0.0
+    """Each virtual camera looks up to this far (uniform cone) away from the poses' centre,
+    so the subject also appears off the image centre, as in a real rig's views."""
 
     def to_dict(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -110,7 +113,14 @@ def virtual_views(rng: np.random.Generator, n: int, aug: Augment,
     d = rng.uniform(*aug.distance_mm, n)
     c = target + d[:, None] * np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az),
                                         np.sin(el)], axis=1)
-    R = _look_at(c, np.broadcast_to(target, c.shape).copy())
+    aim = np.broadcast_to(target, c.shape).copy()
+    if aim_deg := aug.aim_deg:  # turn the line of sight off the centre
+        off = rng.standard_normal(c.shape)
+        off -= (off * (aim - c)).sum(axis=1, keepdims=True) * (aim - c) / d[:, None] ** 2
+        off /= np.linalg.norm(off, axis=1, keepdims=True)
+        ang = np.radians(aim_deg) * np.sqrt(rng.uniform(0.0, 1.0, n))
+        aim = aim + off * (d * np.tan(ang))[:, None]
+    R = _look_at(c, aim)
     return R, -np.einsum("nij,nj->ni", R, c)
 
 

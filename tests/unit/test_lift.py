@@ -167,3 +167,21 @@ def test_config_and_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "lifter.yaml").write_text("keypoints: [a, b]\nroots: [c]\nplane_height_mm: 1\n")
     with pytest.raises(LiftError, match="root 'c' is not one of its keypoints"):
         read_manifest(tmp_path)
+
+
+def test_virtual_cameras_look_at_the_centre_or_aim_beside_it() -> None:
+    from livepose.lift.pairs import Augment, virtual_views
+
+    centre = np.array([100.0, -50.0, 800.0])
+    for aim in (0.0, 15.0):
+        aug = Augment(elevation_deg=(0.0, 30.0), distance_mm=(2000.0, 4000.0), views=1,
+                      aim_deg=aim)
+        R, t = virtual_views(np.random.default_rng(3), 500, aug, centre)
+        pc = np.einsum("nij,j->ni", R, centre) + t  # the centre in each camera's frame
+        off = np.degrees(np.arctan2(np.linalg.norm(pc[:, :2], axis=1), pc[:, 2]))
+        assert (pc[:, 2] > 0).all()  # always in front
+        assert off.max() <= aim + 1e-6
+        if aim:
+            assert np.median(off) > aim / 3  # spread over the cone, not at its axis
+        # cameras stay level: the world's up axis projects straight up in every image
+        assert np.abs(R[:, 0, 2]).max() < 1e-9
