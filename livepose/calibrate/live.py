@@ -107,22 +107,9 @@ def grey(image: np.ndarray) -> np.ndarray:
 def solve_and_write(col: Collector, board: Board, out: Path, fisheye: bool = False,
                     k3: bool = False) -> dict[str, Any]:
     """Solve the collected views and write ``out`` (Anipose TOML) and its report."""
-    from livepose.calibrate.pipeline import solve_detections
-    from livepose.calibrate.report import write_report
-    from livepose.core.calibration import write_calibration
+    from livepose.calibrate.pipeline import solve_collected
 
-    det = col.detections()
-    if det.uv.shape[1] == 0:
-        raise UserError("; ".join(s.message or f"{s.name}: 0 boards detected"
-                                  for s in col.status if s.views == 0))
-    intr, res = solve_detections(det, board, fisheye=fisheye, k3=k3)
-    if res is None:
-        raise UserError("one camera: intrinsics only; a rig calibration needs two or more")
-    write_calibration(out, res.cameras, error=res.reproj_px, units=board.unit)
-    rep = write_report(out.with_name(out.stem + "_report.html"), det, res, intr, board)
-    return {"toml": str(out), "report": str(rep), "reproj_px": res.reproj_px,
-            "cameras": det.names, "views": [s.views for s in col.status],
-            "frame_sets": col.frames, "seconds": res.seconds}
+    return {**solve_collected(col, board, out, fisheye, k3), "frame_sets": col.frames}
 
 
 class _Collect:

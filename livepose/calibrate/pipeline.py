@@ -75,7 +75,6 @@ def collect_folder(folder: Path, board: Board, out: Path, targets: Any = None,
     frame-sets and at the end."""
     from livepose.calibrate.collect import Collector
     from livepose.calibrate.detect import camera_sources
-    from livepose.calibrate.report import write_report
 
     srcs = camera_sources(folder)
     names = list(srcs)
@@ -94,18 +93,28 @@ def collect_folder(folder: Path, board: Board, out: Path, targets: Any = None,
             break
         frame = [next(r, None) for r in readers]
     show(col.text())
+    return {**solve_collected(col, board, out, fisheye, k3), "frames_read": col.frames,
+            "enough": col.enough()}
+
+
+def solve_collected(col: Any, board: Board, out: Path, fisheye: bool = False,
+                    k3: bool = False) -> dict[str, Any]:
+    """Solve a :class:`~livepose.calibrate.collect.Collector`'s views (a folder played as a
+    collection, or the live rig's) and write ``out`` (Anipose TOML) and its report."""
+    from livepose.calibrate.report import write_report
+
     det = col.detections()
     if det.uv.shape[1] == 0:
         raise UserError("; ".join(s.message or f"{s.name}: 0 boards detected"
                                   for s in col.status if s.views == 0))
     intr, res = solve_detections(det, board, fisheye=fisheye, k3=k3)
     if res is None:
-        raise UserError("one camera: intrinsics only")
+        raise UserError("one camera: intrinsics only; a rig calibration needs two or more")
     write_calibration(out, res.cameras, error=res.reproj_px, units=board.unit)
     rep = write_report(out.with_name(out.stem + "_report.html"), det, res, intr, board)
     return {"toml": str(out), "report": str(rep), "reproj_px": res.reproj_px,
-            "cameras": names, "views": [s.views for s in col.status],
-            "frames_read": col.frames, "enough": col.enough(), "seconds": res.seconds}
+            "cameras": det.names, "views": [s.views for s in col.status],
+            "seconds": res.seconds}
 
 
 def _first_frame(folder: Path, name: str) -> list[np.ndarray]:
