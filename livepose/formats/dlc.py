@@ -17,7 +17,7 @@ finite. Multi-animal files (an ``individuals`` header row) are refused.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,15 +178,22 @@ def write_dlc_csv(
     names = list(keypoints)
     if pts.ndim != 3 or pts.shape[2] != 3 or pts.shape[1] != len(names):
         raise ValueError(f"points must have shape (T, {len(names)}, 3), got {pts.shape}")
-    T = pts.shape[0]
-    idx = list(range(T)) if index is None else list(index)
-    if len(idx) != T:
-        raise ValueError(f"index has {len(idx)} labels for {T} frames")
+    return write_table(path, header(names, scorer), index, pts.shape[0],
+                       lambda label, t: row(label, pts[t], len(names)))
+
+
+def write_table(path: str | Path, head: list[list[str]], index: Sequence[str | int] | None,
+                frames: int, row_of: Callable[[str | int, int], list[str]]) -> Path:
+    """Write a DeepLabCut-style CSV: the header rows, then ``row_of(label, t)`` for each of
+    ``frames`` rows (labels from ``index``, default ``0 … frames-1``)."""
+    idx = list(range(frames)) if index is None else list(index)
+    if len(idx) != frames:
+        raise ValueError(f"index has {len(idx)} labels for {frames} frames")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerows(header(names, scorer))
-        for t in range(T):
-            w.writerow(row(idx[t], pts[t], len(names)))
+        w.writerows(head)
+        for t in range(frames):
+            w.writerow(row_of(idx[t], t))
     return p

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from livepose.formats import FormatError
+from livepose.formats.dlc import write_table
 
 
 def write_dlc_multi_csv(path: str | Path, points: np.ndarray, individuals: Sequence[str],
@@ -47,18 +48,8 @@ def write_dlc_multi_csv(path: str | Path, points: np.ndarray, individuals: Seque
     if pts.ndim != 4 or pts.shape[1:] != (len(ind), len(kps), len(co)):
         raise ValueError(f"points must have shape (T, {len(ind)}, {len(kps)}, {len(co)}), "
                          f"got {pts.shape}")
-    T = pts.shape[0]
-    idx = list(range(T)) if index is None else list(index)
-    if len(idx) != T:
-        raise ValueError(f"index has {len(idx)} labels for {T} frames")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerows(multi_header(ind, kps, co, scorer))
-        for t in range(T):
-            w.writerow(multi_row(idx[t], pts[t]))
-    return p
+    return write_table(path, multi_header(ind, kps, co, scorer), index, pts.shape[0],
+                       lambda label, t: multi_row(label, pts[t]))
 
 
 def multi_header(individuals: Sequence[str], keypoints: Sequence[str],
