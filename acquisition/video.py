@@ -11,6 +11,13 @@ and published as fast as possible, numbered by index. ``loop``: after the last f
 video starts again (frame ``k`` shows index ``k mod n``); otherwise the camera reports the
 end (``end_of_video``) and delivers nothing more.
 
+A recorded livepose session (``path`` = the session folder, whose ``video/<cam>_frames.csv``
+exists) is replayed by its frame tables: pulse ``frame_id`` shows the frame recorded *as*
+``frame_id``, across every segment (a restarted encoder's ``<cam>.1.mkv``…), and a frame the
+recording lost (a ``recorded=0`` row, a gap between segments) is not delivered at all
+(counted ``not_recorded``; the camera process counts the gap as a drop), so the views stay
+in step however much each camera's recording lost.
+
 Pixel formats: ``gray`` → Mono8, ``gray16*`` → Mono16, ``yuv420``-family → RGB8 ``(H, W, 3)``,
 or Mono8 (the luma plane) when the first frame's chroma is flat (an h264 recording of mono
 frames) or ``color: mono``; everything else → RGB8.
@@ -29,6 +36,7 @@ import numpy as np
 
 from livepose.acquisition.base import Grab
 from livepose.core.errors import UserError
+from livepose.kit.session import RecordedSegment, recorded_segments, video_dir
 
 VIDEO_SUFFIXES = (".mkv", ".mp4", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
 
@@ -117,17 +125,56 @@ class VideoCamera:
         self._pending: tuple[int, int] | None = None
         self._last: np.ndarray | None = None
         self.ended = False
+        # a recorded session: its segments, and frame_id -> (segment, video index)
+        self._segs: list[RecordedSegment] = []
+        self._where: dict[int, tuple[int, int]] = {}
+        self._seg = 0
+        self.last_frame_id = -1
 
     def open(self) -> None:
-        """Find and open the video; read its first frame's format."""
+        """Find and open the video (a session's first segment); read its first frame's
+        format."""
         import av
 
-        self.file = find_video(Path(self.cc.path), self.name)
+        path = Path(self.cc.path)
+        if (video_dir(path) / f"{self.name}_frames.csv").is_file():
+            self._open_session(path)
+        else:
+            self.file = find_video(path, self.name)
         try:
             self._restart()
         except av.FFmpegError as exc:
             self.close()
             raise UserError(f"camera {self.name!r}: path: cannot decode {self.file} ({exc})") from None
+
+    def _open_session(self, session: Path) -> None:
+        """Index a recorded session's segments by frame id."""
+        self._segs = [s for s in recorded_segments(session, self.name)
+                      if s.video is not None and s.video.suffix == ".mkv" and len(s.frame_ids)]
+        if not self._segs:
+            raise UserError(f"camera {self.name!r}: path: the session {session} has no "
+                            f"replayable video (.mkv) of {self.name}")
+        for k, seg in enumerate(self._segs):
+            for i, fid in enumerate(seg.frame_ids.tolist()):
+                self._where.setdefault(int(fid), (k, i))
+        self.last_frame_id = max(self._where)
+        self.file = self._segs[0].video
+
+    def _session_frame(self, frame_id: int) -> np.ndarray | None:
+        """The frame recorded as ``frame_id`` (``None``: not recorded, or past the end)."""
+        if self.cc.loop:
+            frame_id %= self.last_frame_id + 1
+        at = self._where.get(frame_id)
+        if at is None:
+            if frame_id <= self.last_frame_id:
+                self.counters["not_recorded"] += 1
+            return None
+        seg, index = at
+        if seg != self._seg:  # the next (or an earlier) segment's file
+            self._seg = seg
+            self.file = self._segs[seg].video
+            self._restart()
+        return self._frame_at(index)
 
     def _restart(self) -> None:
         import av
@@ -190,9 +237,18 @@ class VideoCamera:
         return None
 
     def _next_frame(self) -> np.ndarray | None:
-        """Free run: the next frame, from the start again when looping."""
+        """Free run: the next frame (a session's next segment after the end of one), from
+        the start again when looping."""
         image = self._decode()
+        while image is None and self._segs and self._seg + 1 < len(self._segs):
+            self._seg += 1
+            self.file = self._segs[self._seg].video
+            self._restart()
+            image = self._decode()
         if image is None and self.cc.loop and self.frames_in_file:
+            if self._segs:
+                self._seg = 0
+                self.file = self._segs[0].video
             self._restart()
             image = self._decode()
         return image
@@ -205,12 +261,20 @@ class VideoCamera:
                 return None
             frame_id, t_trig = self._pending
             self._pending = None
-            image = self._frame_at(frame_id)
+            if self._segs:
+                image = self._session_frame(frame_id)
+                if image is None and frame_id <= self.last_frame_id:
+                    return None  # not recorded: a gap in the counter, not the end
+            else:
+                image = self._frame_at(frame_id)
             counter: int = frame_id
         else:
             t_trig = None
             image = self._next_frame()
             counter = self._count
+            if self._segs and image is not None:  # a session: numbered as recorded
+                ids = self._segs[self._seg].frame_ids
+                counter = int(ids[min(self._next_index - 1, len(ids) - 1)])
         if image is None:
             if not self.ended:
                 self.ended = True

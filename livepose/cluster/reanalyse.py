@@ -23,7 +23,6 @@ videos and the model by path).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -88,23 +87,23 @@ class SessionPlan:
     units: list[Unit] = field(default_factory=list)
 
 
-def _frame_table(session: Path, cam: str) -> np.ndarray:
-    """frame_id of each video index of the camera's recording (``recorded == 1`` rows)."""
-    from livepose.kit.session import video_dir
+def _segments(session: Path, cam: str) -> list[Any]:
+    """The camera's recorded segments with a video and at least one recorded frame
+    (:func:`livepose.kit.session.recorded_segments`: a restarted encoder's ``<cam>.1`` …
+    too)."""
+    from livepose.kit.session import recorded_segments, video_dir
 
-    p = video_dir(session) / f"{cam}_frames.csv"
-    if not p.is_file():
-        raise ReanalyseError(f"{p}: the session has no frame table for camera {cam!r}")
-    pairs = []
-    with p.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                if int(row["recorded"]) == 1:
-                    pairs.append((int(row["video_index"]), int(row["frame_id"])))
-            except (KeyError, TypeError, ValueError):
-                continue  # a torn last row (killed writer): `session repair` cuts it
-    pairs.sort()
-    return np.array([fid for _, fid in pairs], dtype=np.int64)
+    segs = recorded_segments(session, cam)
+    if not segs:
+        raise ReanalyseError(f"{video_dir(session)}: the session has no frame table for "
+                             f"camera {cam!r}")
+    return [s for s in segs if s.video is not None and len(s.frame_ids)]
+
+
+def _frame_table(session: Path, cam: str) -> np.ndarray:
+    """frame_id of each recorded frame of the camera, over its segments in order."""
+    ids = [s.frame_ids for s in _segments(session, cam)]
+    return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
 
 
 def plan_sessions(sessions: Sequence[str | Path]) -> list[SessionPlan]:
@@ -136,10 +135,10 @@ def plan_sessions(sessions: Sequence[str | Path]) -> list[SessionPlan]:
             raise ReanalyseError(f"{path}: the session has no calibration.toml")
         plan = SessionPlan(path, cfg)
         for cam in cfg.camera_names:
-            video = video_dir(path) / f"{cam}.mkv"
-            if not video.is_file():
-                raise ReanalyseError(f"{video}: camera {cam!r} has no .mkv video (codec raw "
-                                     "or none cannot be re-analysed)")
+            segs = _segments(path, cam)
+            if not segs or any(s.video.suffix != ".mkv" for s in segs):
+                raise ReanalyseError(f"{video_dir(path)}: camera {cam!r} has no .mkv video "
+                                     "(codec raw or none cannot be re-analysed)")
             plan.units.append(Unit(str(path), cam, len(_frame_table(path, cam))))
         plans.append(plan)
     return plans
@@ -196,29 +195,34 @@ class InferWorker:
     def run_unit(self, unit: Unit) -> UnitResult:
         """Keypoints of every recorded frame of the unit's video."""
         from livepose.acquisition.encoders import iter_frames
-        from livepose.kit.session import video_dir
 
         session = Path(unit.session)
+        segs = _segments(session, unit.cam)
         ids = _frame_table(session, unit.cam)
         J = len(self.keypoints)
         out = np.full((len(ids), J, 3), np.nan, dtype=np.float32)
-        n = k = 0
+        n = 0
         size = (0, 0)
-        for image in iter_frames(video_dir(session) / f"{unit.cam}.mkv"):
-            if k + n >= len(ids):
-                break  # frames the table does not name (a torn table): not attributable
-            size = (int(image.shape[1]), int(image.shape[0]))
-            self.pre.fill(n, image, "")
-            n += 1
-            if n == self.batch:
-                out[k:k + n] = self._run(n)
-                k, n = k + n, 0
+        rows: list[int] = []  # rows of ``out`` of the images in the batch
+        base = 0
+        for seg in segs:  # every segment: a restarted encoder continues in <cam>.1 …
+            k = 0
+            for image in iter_frames(seg.video):
+                if k >= len(seg.frame_ids):
+                    break  # frames the table does not name (a torn table): not attributable
+                size = (int(image.shape[1]), int(image.shape[0]))
+                self.pre.fill(n, image, "")
+                rows.append(base + k)
+                k, n = k + 1, n + 1
+                if n == self.batch:
+                    out[rows] = self._run(n)
+                    rows, n = [], 0
+            if k < len(seg.frame_ids):  # the video ends early (killed writer): NaN rows
+                log.warning("%s/%s: %d frames in the table are not in the video",
+                            session.name, seg.stem, len(seg.frame_ids) - k)
+            base += len(seg.frame_ids)
         if n:
-            out[k:k + n] = self._run(n)
-            k += n
-        if k < len(ids):  # the video ends early (killed writer): those frames stay NaN
-            log.warning("%s/%s: %d frames in the table are not in the video",
-                        session.name, unit.cam, len(ids) - k)
+            out[rows] = self._run(n)
         return UnitResult(unit, ids, out, size, os.getpid(), os.uname().nodename)
 
 

@@ -75,6 +75,63 @@ def segments(session: Path, cam: str) -> list[str]:
     return [s for _, s in sorted(out)]
 
 
+@dataclass(frozen=True)
+class RecordedSegment:
+    """One segment of a camera's recording, read from its frame table.
+
+    Attributes
+    ----------
+    stem
+        ``cam``, ``cam.1``…
+    video
+        Its video (``.mkv`` or ``.raw``), ``None`` when there is none.
+    frame_ids
+        ``(n,)`` int64: the frame id of each recorded frame, in video order (video index
+        ``i`` shows frame ``frame_ids[i]``).
+    t_trigger_ns
+        ``(m,)`` int64 and ``trigger_ids`` ``(m,)``: the trigger time of every row that has
+        one (recorded or not), by frame id.
+    """
+
+    stem: str
+    video: Path | None
+    frame_ids: Any
+    trigger_ids: Any
+    t_trigger_ns: Any
+
+
+def recorded_segments(session: Path, cam: str) -> list[RecordedSegment]:
+    """Every segment of a camera's recording, in order, with which frame each video index
+    holds — what replay, re-analysis and export read, so a restarted encoder's later
+    segments and the frames a lapped or stalled writer lost (``recorded=0`` rows) are
+    accounted for alike. A torn last row (a killed writer) is skipped."""
+    import csv
+
+    import numpy as np
+
+    out = []
+    for stem in segments(session, cam):
+        pairs: list[tuple[int, int]] = []
+        trig: list[tuple[int, int]] = []
+        with (video_dir(session) / f"{stem}_frames.csv").open(newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    fid = int(row["frame_id"])
+                    if row.get("t_trigger_ns"):
+                        trig.append((fid, int(row["t_trigger_ns"])))
+                    if int(row["recorded"]) == 1:
+                        pairs.append((int(row["video_index"]), fid))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        pairs.sort()
+        video = next((p for ext in ("mkv", "raw")
+                      if (p := video_dir(session) / f"{stem}.{ext}").exists()), None)
+        t = np.array(trig, dtype=np.int64).reshape(-1, 2)
+        out.append(RecordedSegment(stem, video, np.array([f for _, f in pairs], dtype=np.int64),
+                                   t[:, 0], t[:, 1]))
+    return out
+
+
 def pose2d_path(session: Path, cam: str) -> Path:
     """2D predictions of one camera."""
     return session / "pose2d" / f"{cam}.csv"

@@ -13,7 +13,7 @@ In processing module ``behavior``:
   rotation, translation, distortion from the session's calibration);
 - the skeleton (nodes and edges from the model's manifest) in ``Skeletons``.
 
-Timestamps are the frame tables' trigger times (``video/<cam>_frames.csv``, seconds from the
+Timestamps are the frame tables' trigger times (``video/<cam>_frames.csv`` of every segment, seconds from the
 first frame's), per frame id the earliest over the cameras; frames without a row are placed
 at ``frame_id / fps``. A session of replayed videos (``livepose track``) uses the videos'
 timeline, ``frame_id / fps`` (its trigger times are when the pipeline got to each frame). Subject and session fields come from the config's ``metadata``; unset
@@ -22,7 +22,6 @@ ones say so (``"unset (config metadata.subject_id)"``).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 from pathlib import Path
@@ -35,7 +34,7 @@ from livepose.core.errors import UserError
 from livepose.core.modelinfo import model_keypoints
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.formats.dlc import read_dlc_csv
-from livepose.kit.session import pose2d_path, pose3d_path, video_dir
+from livepose.kit.session import pose2d_path, pose3d_path, recorded_segments
 from livepose.recording.tools import session_config
 
 EXTRA = "nwb"
@@ -51,14 +50,9 @@ def frame_times(session: Path, cams: list[str], fps: float, n: int) -> np.ndarra
     over the cameras, relative to frame 0's), ``frame_id / fps`` where no table has one."""
     t = np.full(n, np.inf)
     for cam in cams:
-        p = video_dir(session) / f"{cam}_frames.csv"
-        if not p.is_file():
-            continue
-        with p.open() as f:
-            for row in csv.DictReader(f):
-                fid, trig = int(row["frame_id"]), row.get("t_trigger_ns") or ""
-                if 0 <= fid < n and trig:
-                    t[fid] = min(t[fid], int(trig) / 1e9)
+        for seg in recorded_segments(session, cam):  # every segment (<cam>.1 …)
+            ok = (seg.trigger_ids >= 0) & (seg.trigger_ids < n)
+            np.minimum.at(t, seg.trigger_ids[ok], seg.t_trigger_ns[ok] / 1e9)
     ids = np.arange(n)
     known = np.isfinite(t)
     if not known.any():

@@ -157,21 +157,24 @@ def replay_config(session: Path, fps: float | None = None) -> tuple[Config, int]
     Returns
     -------
     cfg, frames
-        The config (recording off) and the number of frames every camera has.
+        The config (recording off) and the number of pulses to replay (the last frame id
+        any camera recorded, + 1).
     """
-    from livepose.acquisition.encoders import iter_frames
+    from livepose.kit.session import recorded_segments
 
     cfg = session_config(session)
     data = cfg.model_dump(mode="json")
     cams = []
-    frames = None
+    frames = 0
     for cam in cfg.camera_names:
-        video = _video_of(session, cam)
-        if video is None or video.suffix != ".mkv":
+        segs = [s for s in recorded_segments(session, cam)
+                if s.video is not None and s.video.suffix == ".mkv" and len(s.frame_ids)]
+        if not segs:
             raise SessionError(f"{session}: camera {cam!r} has no replayable video (.mkv)")
-        n = sum(1 for _ in iter_frames(video))
-        frames = n if frames is None else min(frames, n)
-        cams.append({"backend": "video", "name": cam, "path": str(video)})
+        # the video backend replays the session by its frame tables: every segment, and a
+        # frame one camera's recording lost is a drop of that view, never a shift
+        frames = max(frames, max(int(s.frame_ids.max()) for s in segs) + 1)
+        cams.append({"backend": "video", "name": cam, "path": str(session)})
     data["cameras"] = cams
     data["calibration"] = str(session / "calibration.toml")
     data["recording"] = {**data["recording"], "enabled": False}

@@ -9,6 +9,17 @@ pipe. When a stage of that kind dies, the supervisor hands the spare the dead st
 ``child_entry`` arguments; the spare becomes that stage (its pid is the one the supervisor
 then trusts for health), and a new spare is started a little later for the next death.
 
+A spare warms up while the pipeline runs, so its imports compete with the stages for the
+CPU; on a small machine running near its capacity that burst alone makes the pipeline skip
+frame-sets. So a warming spare is *throttled* the way ``cpulimit`` does it: the supervisor
+stops it (``SIGSTOP``) and lets it go on (``SIGCONT``) in turn, so that it uses at most
+``restart.spare_cpu`` of one core (a 100 ms cycle) until it reports that it is warm. An
+unprivileged process cannot raise its priority back once it lowered it (``nice`` or
+``SCHED_IDLE``), and a spare must run as its stage would once it takes over, so stopping
+and continuing is the portable way. A stopped spare whose supervisor dies is continued and
+hung up by the kernel (an orphaned process group with a stopped member gets ``SIGHUP`` and
+``SIGCONT``), and a spare also exits when its pipe closes.
+
 A spare that is never used gets ``None`` (or loses its pipe when the supervisor dies) and
 exits. ``restart.spares: false`` turns them off.
 """
@@ -19,8 +30,10 @@ import contextlib
 import gc
 import logging
 import multiprocessing.connection
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +49,8 @@ REFILL_DELAY_S = 3.0
 #: the first spare starts this long after the run began (not during its first seconds,
 #: when a short run would pay for warm-ups it never uses)
 FIRST_DELAY_S = 20.0
+#: the throttle's cycle: a warming spare runs ``spare_cpu`` of it and is stopped the rest
+THROTTLE_PERIOD_S = 0.1
 
 
 def spare_entry(conn: multiprocessing.connection.Connection, warm: Warm | None,
@@ -82,12 +97,21 @@ class Spares:
         The run's config as a dict (what warm-ups read).
     log_level
         Logging level in the spares.
+    cpu_share
+        The share of one core a warming spare may use (``restart.spare_cpu``); 1: not
+        throttled.
     """
 
-    def __init__(self, mp_ctx: Any, cfg: dict[str, Any], log_level: int) -> None:
+    def __init__(self, mp_ctx: Any, cfg: dict[str, Any], log_level: int,
+                 cpu_share: float = 1.0) -> None:
         self.mp = mp_ctx
         self.cfg = cfg
         self.log_level = log_level
+        self.cpu_share = cpu_share
+        self._lock = threading.Lock()  # the throttle thread and the supervisor's calls
+        self._throttled: set[int] = set()  # pids of warming spares under the throttle
+        self._throttle: threading.Thread | None = None
+        self._closing = threading.Event()
         self.ready: dict[Callable[..., None], tuple[Any, Any]] = {}
         self._due: dict[Callable[..., None], float] = {}
         self._warm: dict[Callable[..., None], tuple[Warm | None, dict[str, Any]]] = {}
@@ -120,6 +144,7 @@ class Spares:
             p.start()
             theirs.close()
             self.ready[target] = (p, mine)
+            self._limit(p.pid)
         for target, (p, conn) in self.ready.items():
             if target not in self.warm:
                 with contextlib.suppress(EOFError, OSError):
@@ -127,6 +152,53 @@ class Spares:
                         self.warm.add(target)
                 if target not in self.warm and not p.is_alive():  # died warming up: the
                     self.warm.add(target)  # stage starts fresh (take() sees it); go on
+                if target in self.warm:
+                    self._release(p.pid)
+
+    # ------------------------------------------------------------------ the throttle
+
+    def _limit(self, pid: int | None) -> None:
+        """Put a warming spare under the throttle (no-op when not throttling)."""
+        if pid is None or self.cpu_share >= 1.0:
+            return
+        with self._lock:
+            self._throttled.add(pid)
+        if self._throttle is None:
+            self._throttle = threading.Thread(target=self._run_throttle, daemon=True,
+                                              name="spare-throttle")
+            self._throttle.start()
+
+    def _release(self, pid: int | None) -> None:
+        """Take a spare off the throttle and make sure it runs (before it gets a job)."""
+        with self._lock:
+            if pid in self._throttled:
+                self._throttled.discard(pid)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def _run_throttle(self) -> None:
+        on = THROTTLE_PERIOD_S * max(self.cpu_share, 0.01)
+        off = THROTTLE_PERIOD_S - on
+        while not self._closing.is_set():
+            with self._lock:
+                pids = list(self._throttled)
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGCONT)
+            if self._closing.wait(on):
+                break
+            with self._lock:  # only those still throttled: one released meanwhile runs
+                for pid in list(self._throttled):
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                    except OSError:  # gone
+                        self._throttled.discard(pid)
+            self._closing.wait(off)
+        with self._lock:
+            for pid in self._throttled:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+            self._throttled.clear()
 
     def all_warm(self) -> bool:
         """Whether every spare wanted is started and warmed up."""
@@ -140,6 +212,7 @@ class Spares:
         if entry is None:
             return None
         p, send = entry
+        self._release(p.pid)
         try:
             if not p.is_alive():
                 raise BrokenPipeError("spare died")
@@ -157,6 +230,11 @@ class Spares:
     def close(self) -> None:
         """Tell every unused spare to exit (and make sure it does)."""
         self._due.clear()
+        self._closing.set()
+        if self._throttle is not None:
+            self._throttle.join(1.0)
+        for p, _ in self.ready.values():
+            self._release(p.pid)
         for _p, send in self.ready.values():
             with contextlib.suppress(OSError):
                 send.send(None)

@@ -277,7 +277,8 @@ class Supervisor:
                 log.warning("realtime: true, but these processes run on the ordinary "
                             "scheduler: %s", refused)
         if self.cfg.restart.enabled and self.cfg.restart.spares and self.launcher is None:
-            self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level)
+            self.spares = Spares(self._mp, to_dict(self.cfg), self.log_level,
+                                 self.cfg.restart.spare_cpu)
             for spec in self._specs:
                 if spec.name not in ("trigger", "recorder"):
                     self.spares.want(spec.target, stages.WARM.get(spec.target), spec.args,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from session_files import frame_table, write_video
 
 from livepose.core.config import parse_config
 from livepose.core.errors import UserError
@@ -16,19 +17,6 @@ from livepose.core.errors import UserError
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV not installed")
 
 N = 7
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
-    import av
-
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("ffv1", rate=fps)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "gray"
-        for im in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(im, format="gray")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +139,45 @@ def test_yuv420_colour_video_is_rgb_and_grey_video_mono(tmp_path: Path, color: s
         assert cam.pixel_format == "Mono8" and img.ndim == 2
         assert np.abs(img.astype(int) - grey[..., 0]).max() <= 3
     cam.close()
+
+
+def test_a_recorded_session_replays_by_its_frame_tables_across_segments(
+        tmp_path: Path) -> None:
+    """A session whose encoder lost frame 3 (lapped) and was restarted (frame 4 lost, then
+    ``cam0.1``): pulse k shows the frame recorded as k from whichever segment holds it, a
+    lost frame is not delivered (``not_recorded``, not the end), and nothing shifts."""
+    from livepose.kit.session import recorded_segments
+
+    video = tmp_path / "video"
+    video.mkdir()
+    rng = np.random.default_rng(2)
+    frames = {k: rng.integers(0, 256, (24, 32), dtype=np.uint8) for k in (0, 1, 2, 5, 6)}
+    write_video(video / "cam0.mkv", [frames[k] for k in (0, 1, 2)])
+    frame_table(video / "cam0_frames.csv", [(0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 0, 0)])
+    write_video(video / "cam0.1.mkv", [frames[k] for k in (5, 6)])
+    frame_table(video / "cam0.1_frames.csv", [(4, 0, 0), (5, 0, 1), (6, 1, 1)])
+    segs = recorded_segments(tmp_path, "cam0")
+    assert [s.stem for s in segs] == ["cam0", "cam0.1"]
+    assert [s.frame_ids.tolist() for s in segs] == [[0, 1, 2], [5, 6]]
+    assert segs[1].trigger_ids.tolist() == [4, 5, 6]
+
+    from livepose.acquisition.base import make_backend
+
+    cfg = parse_config({"calibration": "x.toml", "cameras": [
+        {"backend": "video", "name": "cam0", "path": str(tmp_path)},
+        {"backend": "video", "name": "cam1", "path": str(tmp_path)}]})
+    cam = make_backend(cfg.cameras[0])
+    cam.open()
+    cam.arm()
+    try:
+        for k in range(7):
+            image = _at(cam, k)
+            if k in frames:
+                assert image is not None and np.array_equal(image, frames[k]), k
+            else:
+                assert image is None, k
+        assert cam.counters["not_recorded"] == 2 and not cam.ended
+        assert np.array_equal(_at(cam, 1), frames[1])  # back into the first segment
+        assert _at(cam, 7) is None and cam.ended
+    finally:
+        cam.close()

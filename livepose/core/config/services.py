@@ -177,6 +177,9 @@ class RestartConfig(_Model):
     backoff_s: float = Field(0.1, gt=0, le=1.0, description="first back-off; doubles to 1 s")
     spares: bool = Field(True, description="keep one warm spare process per stage kind "
                          "(imports done) that takes over a dead stage at once")
+    spare_cpu: float = Field(0.25, gt=0, le=1.0,
+                             description="share of one core a spare may use while it warms "
+                             "up during a run (stopped and continued in turn; 1: no limit)")
 
 
 class LimitsConfig(_Model):
