@@ -20,11 +20,15 @@ triggered after the fault uses every camera again (a pose already in flight does
 for faults that touch recording (a camera, an encoder, the disk) until
 the cameras concerned have recorded a frame again (``t_write_ns`` in their frame tables),
 and for a killed stage that is restarted until the new process said it was ready —
-whichever is latest. Over the whole run it counts the frame-sets whose pulse fell
-outside every window but were never fused (``poses_lost_outside_faults``) and the frames
+whichever is latest. Over the whole run it counts the frame-sets outside every window
+that were never fused (``poses_lost_outside_faults``) and the frames
 outside every window that no camera's frame table says were recorded
 (``recording_frames_lost_outside_faults``); ``crashes`` counts processes that died without
-being killed by the script. Each fault starts once the supervisor's warm spares
+being killed by the script. A frame-set is inside a window when its pose was *due* in it
+(its pulse + the median pulse-to-pose latency measured before the first fault): what a
+killed stage held in flight when it died belongs to its fault (the count by pulse time is
+reported too, ``poses_lost_outside_faults_by_pulse_time``; each fault's frame ids are
+``window_frames``). Each fault starts once the supervisor's warm spares
 (livepose/runtime/spares.py) are warm again — faults in a real experiment are minutes
 apart; the wait is reported (``spares_wait_s``), and so is each restarted stage's time to
 ready (``stage_ready_s``).
@@ -284,14 +288,26 @@ def run(json_path: str | Path | None, fuzz_per_kind: int = 100_000,
         status = sup.recording.last or {}
         period = 1.0 / cfg.fps
 
-        def inside(fid: int) -> bool:
-            t = t_first + fid * period
+        first_fault = min((a for a, _ in windows), default=float("inf"))
+        before = [f for f in triggered if t_first + f * period < first_fault - WINDOW_EXTRA_S]
+        # when a pose is due: its pulse + the pipeline's median latency before any fault. A
+        # fault at t0 takes the poses due after t0, including those still in flight then
+        # (pulsed a latency earlier): a killed worker loses the frames it holds
+        lat = [tr - (t_first + fid * period) for tr, fid, _ in poses
+               if t_first + fid * period < first_fault - WINDOW_EXTRA_S]
+        latency_s = float(np.median(lat)) if lat else 0.0
+        baseline = {"frame_sets": len(before), "not_fused": sum(f not in fused for f in before),
+                    "latency_ms_median": round(1e3 * latency_s, 1)}
+
+        def inside(fid: int, shift: float = latency_s) -> bool:
+            t = t_first + fid * period + shift
             return any(a <= t <= b for a, b in windows)
 
         outside = [f for f in triggered if not inside(f)]
-        first_fault = min((a for a, _ in windows), default=float("inf"))
-        before = [f for f in triggered if t_first + f * period < first_fault - WINDOW_EXTRA_S]
-        baseline = {"frame_sets": len(before), "not_fused": sum(f not in fused for f in before)}
+        for fault, (a, b) in zip(faults, windows, strict=True):  # the window's frame ids
+            fault["window_frames"] = [int(np.ceil((a - latency_s - t_first) / period)),
+                                      int((b - latency_s - t_first) // period)]
+        by_pulse = sum(1 for f in triggered if not inside(f, 0.0) and f not in fused)
         summaries = {stem: _summary(session, stem) for c in cfg.camera_names
                      for stem in segments(session, c)}
         lost_poses = [f for f in outside if f not in fused]
@@ -310,6 +326,7 @@ def run(json_path: str | Path | None, fuzz_per_kind: int = 100_000,
         "summary": {
             "recovery_s_max": None if any(r is None for r in rec) else max(rec),
             "poses_lost_outside_faults": len(lost_poses),
+            "poses_lost_outside_faults_by_pulse_time": by_pulse,
             "recording_frames_lost_outside_faults": sum(len(v) for v in rec_lost.values()),
             "crashes": len(crashed) + int(fz.get("crashes", 0)),
             "fuzz_messages_per_kind_min": fz.get("fuzz_messages_per_kind_min"),
