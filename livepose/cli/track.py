@@ -8,6 +8,11 @@ before it (``trigger.paced``), so every frame-set is processed. The session (fra
 none``: no video is written, the source videos are the video), and ``OUT/pose3d.csv``
 (Anipose 3D, ``fnum`` = video frame index, the calibration's units) and
 ``OUT/pose2d/<cam>.csv`` are copied out of it.
+
+``--individuals N|free`` tracks several people or animals (``fusion.multi``,
+docs/multi-animal.md): ``OUT/pose3d_individuals.csv`` (DeepLabCut's multi-animal layout, one
+column group per id) besides; ``--config FILE`` merges config sections over the generated
+config (e.g. ``configs/track_people_multi.yaml``: the gates for people).
 """
 
 from __future__ import annotations
@@ -27,20 +32,57 @@ from livepose.core.errors import UserError
 PACED_DEADLINE_S = 5.0
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` section by section (mappings recursively)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+#: what ``--config`` may not set: the track command makes these from its arguments
+TRACK_OWNS = ("cameras", "calibration", "recording", "fps", "name")
+
+
 def video_config(
     video_dir: Path, calibration: Path, model: str, out: Path, paced: bool,
     frames: int | None = None, fps: float | None = None, name: str = "track",
+    individuals: str | None = None, extra: Path | None = None,
 ) -> tuple[Config, int]:
     """The run config for a folder of videos, and the number of frame-sets to trigger.
+
+    ``individuals``: ``"free"`` or a number turns on several individuals
+    (``fusion.multi``, docs/multi-animal.md); ``extra``: a YAML file whose sections (any
+    but :data:`TRACK_OWNS`) are merged over the generated config (``fusion.multi`` gates,
+    the model's settings …).
 
     Raises
     ------
     UserError
-        Missing folder, calibration, or a camera without its video.
+        Missing folder, calibration, or a camera without its video; a bad ``individuals``
+        or ``extra``.
     """
+    from livepose.core.config import ConfigError
+    from livepose.core.yamlfile import read_yaml
+
+    over: dict[str, Any] = {}
+    if extra is not None:
+        over = read_yaml(extra, ConfigError, "config file (--config)") or {}
+        if not isinstance(over, dict):
+            raise UserError(f"{extra}: --config must be a mapping of config sections")
+        owned = sorted(set(over) & set(TRACK_OWNS))
+        if owned:
+            raise UserError(f"{extra}: --config cannot set {', '.join(owned)} (track makes "
+                            "them from its arguments)")
+    if individuals is not None:
+        n = individuals.strip().lower()
+        if n != "free" and not (n.isdigit() and int(n) >= 1):
+            raise UserError(f"--individuals: {individuals!r}: a number ≥ 1, or 'free'")
+        over = _merge(over, {"fusion": {"multi": {
+            "enabled": True, "individuals": None if n == "free" else int(n)}}})
     from livepose.acquisition.video import find_video, probe_rate
     from livepose.core.calibration import read_calibration
-    from livepose.core.config import Config
 
     if not video_dir.is_dir():
         raise UserError(f"{video_dir}: no such folder of videos")
@@ -57,7 +99,7 @@ def video_config(
         name = next(f"{name}-{k}" if k > 1 else name for k in range(1, 10_000)
                     if (f"{name}-{k}" if k > 1 else name) not in taken)
     count = n_frames if frames is None else min(frames, n_frames)
-    cfg = Config.model_validate({
+    data = {
         "name": name, "fps": rate, "calibration": str(calibration.resolve()),
         "cameras": [{"name": n, "backend": "video", "path": str(video_dir.resolve())}
                     for n in names],
@@ -70,7 +112,10 @@ def video_config(
         "recording": {"enabled": True, "dir": str(out.resolve()), "name": name,
                       "codec": "none"},
         "dashboard": {"enabled": False},
-    })
+    }
+    from livepose.core.config import parse_config
+
+    cfg = parse_config(_merge(data, over), source=str(extra) if extra else "<track>")
     return cfg, count
 
 
@@ -147,11 +192,18 @@ def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typ
         providers: Annotated[str, typer.Option(
             "--providers", help="ONNX Runtime providers, comma-separated, or 'auto'")
         ] = "CPUExecutionProvider",
+        individuals: Annotated[str | None, typer.Option(
+            "--individuals", help="several people/animals: their number, or 'free' "
+            "(fusion.multi; OUT/pose3d_individuals.csv)")] = None,
+        config: Annotated[Path | None, typer.Option(
+            "--config", help="YAML of config sections merged over track's (e.g. "
+            "fusion.multi gates; not cameras, calibration, recording, fps, name)")] = None,
         no_live: Annotated[bool, typer.Option("--no-live", help="no live terminal view")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log INFO")] = False,
     ) -> None:
         """Track the videos of VIDEO_DIR with the live pipeline: OUT/pose3d.csv (Anipose 3D,
-        fnum = video frame index, calibration units), OUT/pose2d/<cam>.csv and a session."""
+        fnum = video frame index, calibration units), OUT/pose2d/<cam>.csv and a session;
+        with --individuals, OUT/pose3d_individuals.csv (DeepLabCut multi-animal layout)."""
         import logging
 
         from livepose.cli.demo import run_pipeline
@@ -159,7 +211,8 @@ def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typ
 
         try:
             out.mkdir(parents=True, exist_ok=True)
-            cfg, count = video_config(video_dir, calibration, model, out, paced, frames, fps)
+            cfg, count = video_config(video_dir, calibration, model, out, paced, frames, fps,
+                                      individuals=individuals, extra=config)
             cfg.model.workers = workers
             cfg.model.intra_op_threads = threads
             cfg.model.providers = "auto" if providers == "auto" else \
