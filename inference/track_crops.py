@@ -19,7 +19,8 @@ Per frame-set, for each view:
    threshold`` opened and dilated as the blob detector does, 8-connected components; a
    component that holds projected keypoints of this individual only is its own, one that
    holds another individual's only is that one's, one with both (two animals touching) or
-   none is split pixel by pixel by the nearest projected keypoint. Pixels of the other
+   none is split pixel by pixel by the nearest projected keypoint (both: another individual
+   has 40 % of its keypoints there, the blob detector's rule for a merged blob). Pixels of the other
    individuals (grown by ``mask_margin_px``) are replaced by the background — the model sees
    one animal on an empty floor, as in the blob route. A crop whose own pixels are fewer
    than ``min_area_px`` (the animal hidden or gone in this view) is not run.
@@ -58,7 +59,7 @@ def crops_supported(engine: Engine) -> bool:
 
 @nb.njit(cache=True, nogil=True)
 def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float,
-                   r_open: int, r_join: int, kp: np.ndarray, other: np.ndarray,
+                   r_open: int, r_join: int, kp: np.ndarray, owner: np.ndarray, me: int,
                    margin: int, out: np.ndarray, own: np.ndarray) -> tuple[int, bool]:
     """One track crop (module docstring, step 1).
 
@@ -68,8 +69,8 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
         ``(h, w)`` the frame's crop (uint8), the background (float64, uint8) there.
     kp
         ``(K, 2)`` projected keypoints in crop pixels (finite), every individual's.
-    other
-        ``(K,)`` bool: the keypoint is another individual's.
+    owner, me
+        ``(K,)`` int64: whose each keypoint is (``0..T-1``); this crop's individual.
     out, own
         ``(h, w)`` uint8 image for the model, bool pixels of this individual (written).
 
@@ -85,10 +86,14 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
     labels = np.empty((h, w), np.int32)
     _diff_open_nb(sub, bgf, thr, r_open, r_join, core, tmp, fg)
     n = label_nb(fg, labels)
-    n_own = np.zeros(n + 1, np.int64)
-    n_oth = np.zeros(n + 1, np.int64)
     K = kp.shape[0]
+    T = 0
     for k in range(K):
+        T = max(T, owner[k] + 1)
+    counts = np.zeros((n + 1, T), np.int64)
+    total = np.zeros(T, np.int64)
+    for k in range(K):
+        total[owner[k]] += 1
         x = int(np.floor(kp[k, 0] + 0.5))
         y = int(np.floor(kp[k, 1] + 0.5))
         lab = 0
@@ -100,32 +105,43 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
             if lab > 0:
                 break
         if lab > 0:
-            if other[k]:
-                n_oth[lab] += 1
+            counts[lab, owner[k]] += 1
+    # per component: this individual's keypoints on it, and whether another individual
+    # holds 40 % of its keypoints there (the blob detector's merged rule; a stray tail tip
+    # of another does not make a component shared)
+    n_own = np.zeros(n + 1, np.int64)
+    n_oth = np.zeros(n + 1, np.int64)
+    big = np.zeros(n + 1, np.bool_)
+    for lab in range(1, n + 1):
+        for t in range(T):
+            if t == me:
+                n_own[lab] = counts[lab, t]
             else:
-                n_own[lab] += 1
+                n_oth[lab] += counts[lab, t]
+                if counts[lab, t] >= 0.4 * total[t] and counts[lab, t] > 0:
+                    big[lab] = True
     theirs = np.zeros((h, w), np.bool_)
     count = 0
     shared = False
     for lab in range(1, n + 1):
-        if n_own[lab] > 0 and n_oth[lab] > 0:
+        if n_own[lab] > 0 and big[lab]:
             shared = True
     for y in range(h):
         for x in range(w):
             lab = labels[y, x]
             mine = False
             if lab > 0:
-                if n_own[lab] > 0 and n_oth[lab] == 0:
+                if n_own[lab] > 0 and not big[lab]:
                     mine = True
                 elif n_oth[lab] > 0 and n_own[lab] == 0:
                     mine = False
-                else:  # both or neither: the nearest projected keypoint decides
+                else:  # two animals, or nobody's: the nearest projected keypoint decides
                     best = np.inf
                     for k in range(K):
                         d = (kp[k, 0] - x) ** 2 + (kp[k, 1] - y) ** 2
                         if d < best:
                             best = d
-                            mine = not other[k]
+                            mine = owner[k] == me
                 if not mine:
                     theirs[y, x] = True
             own[y, x] = mine
@@ -216,7 +232,7 @@ class TrackCrops:
         """Compile (or load) the kernels for the types of a frame's slices."""
         z = np.zeros((10, 10), np.uint8)
         _track_mask_nb(z[1:9, 1:9], np.zeros((10, 10))[1:9, 1:9], z[1:9, 1:9], 28.0, 1, 2,
-                       np.zeros((1, 2)), np.zeros(1, np.bool_), 4, np.empty((8, 8), np.uint8),
+                       np.zeros((1, 2)), np.zeros(1, np.int64), 0, 4, np.empty((8, 8), np.uint8),
                        np.empty((8, 8), np.bool_))
         _on_mask_nb(np.zeros((8, 8), np.bool_), np.zeros((1, 3), np.float32), 0.0, 0.0, 6, 1.0)
 
@@ -292,14 +308,13 @@ class TrackCrops:
             x0, y0, w, h = place_crop(exp[t][fin[t]], (fw, fh), (self.size, self.size),
                                       self.margin)
             kp = flat[okf] - (x0, y0)
-            other = owner[okf] != t
             sub = frame[y0:y0 + h, x0:x0 + w]
             out = np.empty((h, w), np.uint8)
             own = np.empty((h, w), np.bool_)
             n_own, shared = _track_mask_nb(
                 sub, det.background[y0:y0 + h, x0:x0 + w], det.bg8[y0:y0 + h, x0:x0 + w],
-                det.threshold, det.open_px, det.join_px, np.ascontiguousarray(kp), other,
-                det.mask_margin_px, out, own)
+                det.threshold, det.open_px, det.join_px, np.ascontiguousarray(kp), owner[okf],
+                int(t), det.mask_margin_px, out, own)
             if n_own < self.min_area_px:
                 self.counters["hidden"] += 1
                 continue

@@ -104,11 +104,11 @@ def test_other_animals_are_replaced_by_the_background(scene) -> None:  # type: i
     h, w = min(160, frame.shape[0] - y0), min(200, frame.shape[1] - x0)
     sub = frame[y0:y0 + h, x0:x0 + w]
     kp = np.concatenate([truth[c][a], truth[c][b]]) - (x0, y0)
-    other = np.repeat([False, True], len(truth[c][a]))
+    owner = np.repeat(np.array([0, 1], np.int64), len(truth[c][a]))
     out, own = np.empty((h, w), np.uint8), np.empty((h, w), np.bool_)
     n_own, _shared = _track_mask_nb(sub, det.background[y0:y0 + h, x0:x0 + w],
                                     det.bg8[y0:y0 + h, x0:x0 + w], det.threshold, det.open_px,
-                                    det.join_px, kp, other, det.mask_margin_px, out, own)
+                                    det.join_px, kp, owner, 0, det.mask_margin_px, out, own)
     assert n_own >= 100
     theirs = np.round(truth[c][b, [5, 6]] - (x0, y0)).astype(int)  # b's spine and hip
     bg = det.bg8[y0:y0 + h, x0:x0 + w]
