@@ -4,9 +4,9 @@ in one batched model call; full-frame blob detection only to (re)acquire.
 
 Why: the masked full-frame route (:class:`~livepose.inference.instances.MaskedInstances`)
 runs the model once per animal per view on the *whole* frame (12 full-frame calls per
-frame-set for 3 animals × 4 cameras); a crop of ``size`` × ``size`` frame pixels (128 by
-default, native resolution: what the bundled model was trained on) costs a fifth of a
-320×256 frame. A fully convolutional model takes any input size when its ONNX input has
+frame-set for 3 animals × 4 cameras); a crop of ``size`` × ``size`` frame pixels (96 by
+default, native resolution; the bundled model was trained on 128 × 128 crops and is as
+accurate on 96 × 96 ones, docs/multi-animal.md) costs a ninth of a 320×256 frame. A fully convolutional model takes any input size when its ONNX input has
 dynamic height and width (the bundled one does); a model with a fixed input keeps the
 full-frame route (:func:`crops_supported`).
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from livepose.inference.blobs import BlobDetector, _diff_open_nb, _square, label_nb
+from livepose.inference.blobs import BlobDetector, label_nb
 from livepose.inference.crops import place_crop
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import Engine
@@ -55,6 +55,36 @@ def crops_supported(engine: Engine) -> bool:
     if shape is None or len(shape) != 4:
         return False
     return all(not (isinstance(d, int) and d > 0) for d in shape[2:4])
+
+
+@nb.njit(cache=True, nogil=True)
+def _box_nb(src: np.ndarray, r: int, erode: bool, out: np.ndarray) -> None:
+    """``out`` = ``src`` ``(h, w)`` bool eroded (or dilated) by a ``2r + 1`` square, with
+    running sums along rows then columns; the same result as the blob detector's
+    ``_square`` (erosion is False where the square leaves the image)."""
+    h, w = src.shape
+    full = 2 * r + 1
+    tmp = np.empty((h, w), np.bool_)
+    for y in range(h):
+        c = 0
+        for x in range(min(r, w)):
+            c += src[y, x]
+        for x in range(w):
+            if x + r < w:
+                c += src[y, x + r]
+            if x - r - 1 >= 0:
+                c -= src[y, x - r - 1]
+            tmp[y, x] = c == full if erode else c > 0
+    for x in range(w):
+        c = 0
+        for y in range(min(r, h)):
+            c += tmp[y, x]
+        for y in range(h):
+            if y + r < h:
+                c += tmp[y + r, x]
+            if y - r - 1 >= 0:
+                c -= tmp[y - r - 1, x]
+            out[y, x] = c == full if erode else c > 0
 
 
 @nb.njit(cache=True, nogil=True)
@@ -84,7 +114,14 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
     tmp = np.empty((h, w), np.bool_)
     fg = np.empty((h, w), np.bool_)
     labels = np.empty((h, w), np.int32)
-    _diff_open_nb(sub, bgf, thr, r_open, r_join, core, tmp, fg)
+    for y in range(h):  # the blob detector's foreground: |frame - bg| > thr, opened, dilated
+        for x in range(w):
+            core[y, x] = abs(float(sub[y, x]) - bgf[y, x]) > thr
+    if r_open > 0:
+        _box_nb(core, r_open, True, tmp)
+        _box_nb(tmp, r_open + r_join, False, fg)
+    else:
+        _box_nb(core, r_join, False, fg)
     n = label_nb(fg, labels)
     K = kp.shape[0]
     T = 0
@@ -121,6 +158,7 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
                 if counts[lab, t] >= 0.4 * total[t] and counts[lab, t] > 0:
                     big[lab] = True
     theirs = np.zeros((h, w), np.bool_)
+    n_theirs = 0
     count = 0
     shared = False
     for lab in range(1, n + 1):
@@ -137,18 +175,25 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
                     mine = False
                 else:  # two animals, or nobody's: the nearest projected keypoint decides
                     best = np.inf
+                    anyone = n_own[lab] == 0 and n_oth[lab] == 0
                     for k in range(K):
+                        if not (anyone or owner[k] == me or counts[lab, owner[k]] > 0):
+                            continue  # only the individuals on this component
                         d = (kp[k, 0] - x) ** 2 + (kp[k, 1] - y) ** 2
                         if d < best:
                             best = d
                             mine = owner[k] == me
                 if not mine:
                     theirs[y, x] = True
+                    n_theirs += 1
             own[y, x] = mine
             count += mine
+    if n_theirs == 0:
+        out[:, :] = sub
+        return count, shared
     grown = np.empty((h, w), np.bool_)
     if margin > 0:
-        _square(theirs, margin, False, grown)
+        _box_nb(theirs, margin, False, grown)
     else:
         grown[:, :] = theirs
     for y in range(h):
@@ -203,7 +248,7 @@ class TrackCrops:
     """
 
     def __init__(self, engine: Engine, manifest: Manifest, detectors: list[BlobDetector],
-                 individuals: int | None = None, size: int = 128, margin: float = 8.0,
+                 individuals: int | None = None, size: int = 96, margin: float = 8.0,
                  min_keypoints: int = 4, reacquire_every: int = 15, max_crops: int = 6,
                  min_area_px: int = 100, tol_px: int = 6) -> None:
         self.engine = engine

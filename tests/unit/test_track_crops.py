@@ -128,3 +128,19 @@ def test_live_skips_takes_the_newest_frame_set() -> None:
     slow[0] = 3.5 * P  # busy until 3.5 periods: sets 1 and 2 skipped, 3 taken
     assert live_skips(slow, P) == 2
     assert live_skips(np.full(90, 2.5 * P), P) > 50
+
+
+def test_running_sum_morphology_equals_the_blob_detectors() -> None:
+    from livepose.inference.blobs import _square
+    from livepose.inference.track_crops import _box_nb
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = rng.integers(1, 30, 2)
+        src = rng.random((h, w)) < rng.random()
+        for r in (1, 3, 4):
+            for erode in (True, False):
+                a, b = np.empty((h, w), bool), np.empty((h, w), bool)
+                _square(src, r, erode, a)
+                _box_nb(src, r, erode, b)
+                np.testing.assert_array_equal(a, b)

@@ -278,7 +278,10 @@ class MultiConfig(_Model):
         "are known, one 3D-guided crop per individual per view (docs/multi-animal.md); "
         "false: the masked full frame per blob"
     )
-    crop_px: int = Field(128, ge=32, le=1024, description="crop side (frame pixels)")
+    crop_px: int = Field(
+        96, ge=32, le=1024, description="crop side (frame pixels); a crop grows (and is "
+        "resampled to this) where the projected animal needs more"
+    )
     reacquire_every: int = Field(
         15, ge=1, description="crops: full-frame blob detection (new animals, lost tracks) "
         "at least one frame-set in this many"
