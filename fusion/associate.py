@@ -140,6 +140,79 @@ def cluster_costs_nb(D: np.ndarray, label: np.ndarray, keep: np.ndarray) -> np.n
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def _cams_nb(start: np.ndarray) -> np.ndarray:
+    """The camera of each instance ``(M,)`` from the first instance of each view."""
+    cam = np.empty(start[-1], dtype=np.int64)
+    for c in range(start.shape[0] - 1):
+        cam[start[c]:start[c + 1]] = c
+    return cam
+
+
+@nb.njit(cache=True, nogil=True)
+def _distances_nb(pts: np.ndarray, cam: np.ndarray, K: np.ndarray, dist: np.ndarray,
+                  fisheye: np.ndarray, E: np.ndarray, f: np.ndarray, thr: float, min_kp: int,
+                  trunc: float) -> np.ndarray:
+    """Undistortion and :func:`pair_distances_nb` in one call: ``(M, M)`` distances."""
+    xn = np.empty((pts.shape[0], pts.shape[1], 2))
+    _undistort_all_nb(pts, cam, K, dist, fisheye, xn)
+    return pair_distances_nb(pts, xn, cam, E, f, thr, min_kp, trunc)
+
+
+@nb.njit(cache=True, nogil=True)
+def _associate_nb(pts: np.ndarray, start: np.ndarray, K: np.ndarray,
+                  dist: np.ndarray, fisheye: np.ndarray, E: np.ndarray, f: np.ndarray,
+                  thr: float, min_kp: int, trunc: float, max_cost: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A frame-set's association in one call (module docstring): ``start`` ``(C + 1,)`` the
+    first instance of each view in ``pts`` ``(M, J, 3)``.
+
+    Returns the clusters of two or more views: points ``(K, C, J, 3)`` float32 (NaN where a
+    camera has no member), mean internal distance ``(K,)``; per instance its kept
+    cluster's index (-1: none) and its camera, ``(M,)`` each.
+    """
+    C = start.shape[0] - 1
+    M, J = pts.shape[0], pts.shape[1]
+    order = np.arange(C)  # views with the most instances first (a stable sort)
+    for a in range(1, C):
+        c = order[a]
+        b = a
+        while b > 0 and start[order[b - 1] + 1] - start[order[b - 1]] < start[c + 1] - start[c]:
+            order[b] = order[b - 1]
+            b -= 1
+        order[b] = c
+    cam = _cams_nb(start)
+    D = _distances_nb(pts, cam, K, dist, fisheye, E, f, thr, min_kp, trunc)
+    label = cluster_nb(D, start, order, max_cost)
+    ncl = 0
+    for i in range(M):
+        ncl = max(ncl, label[i] + 1)
+    sizes = np.zeros(ncl, dtype=np.int64)
+    for i in range(M):
+        sizes[label[i]] += 1
+    kept = np.full(ncl, -1, dtype=np.int64)
+    nk = 0
+    for lab in range(ncl):
+        if sizes[lab] >= 2:
+            kept[lab] = nk
+            nk += 1
+    keep = np.empty(nk, dtype=np.int64)
+    for lab in range(ncl):
+        if kept[lab] >= 0:
+            keep[kept[lab]] = lab
+    Jo = J if M else 0
+    out = np.full((nk, C, Jo, 3), np.nan, dtype=np.float32)
+    kidx = np.full(M, -1, dtype=np.int64)
+    for i in range(M):
+        k = kept[label[i]]
+        kidx[i] = k
+        if k >= 0:
+            for j in range(J):
+                for d in range(3):
+                    out[k, cam[i], j, d] = pts[i, j, d]
+    return out, cluster_costs_nb(D, label, keep), kidx, cam
+
+
 def essential_matrices(cameras: CameraGroup) -> np.ndarray:
     """``(C, C, 3, 3)``: ``E[a, b]`` maps camera ``a``'s normalised point to its epipolar
     line in camera ``b`` (``x_bᵀ E x_a = 0``)."""
@@ -167,15 +240,28 @@ class Association:
     points
         ``(K, C, J, 3)`` float32: per cluster, the member instances' keypoints in their
         camera's row, NaN for cameras without a member.
-    members
-        Per cluster, ``(camera, instance)`` pairs.
     cost
         ``(K,)`` mean pairwise epipolar distance (px) inside each cluster.
+    cluster, cam, index
+        Per instance (all views' instances stacked, ``(M,)`` int64 each): its cluster
+        (``-1``: none), its camera and its index in that camera's view.
     """
 
     points: np.ndarray
-    members: list[list[tuple[int, int]]]
     cost: np.ndarray
+    cluster: np.ndarray
+    cam: np.ndarray
+    index: np.ndarray
+
+    @property
+    def members(self) -> list[list[tuple[int, int]]]:
+        """Per cluster, its ``(camera, instance)`` pairs."""
+        out: list[list[tuple[int, int]]] = [[] for _ in range(len(self.cost))]
+        for k, c, i in zip(self.cluster.tolist(), self.cam.tolist(), self.index.tolist(),
+                           strict=True):
+            if k >= 0:
+                out[k].append((c, i))
+        return out
 
 
 class Associator:
@@ -202,18 +288,25 @@ class Associator:
         self.epipolar_px = float(epipolar_px)
         self.min_keypoints = int(min_keypoints)
 
-    def distances(self, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All instances stacked ``(M, J, 3)``, their camera ``(M,)`` and the ``(M, M)``
-        distances."""
+    def _stack(self, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """All instances stacked ``(M, J, 3)`` float64 and the first instance of each view
+        ``(C + 1,)``."""
+        n = [len(v) for v in views]
         J = next((v.shape[1] for v in views if v.ndim == 3 and v.shape[0]), 0)
         pts = (np.ascontiguousarray(np.concatenate([v for v in views if len(v)]),
                                     dtype=np.float64)
                if J else np.zeros((0, 0, 3)))
-        cam = np.concatenate([np.full(len(v), c, dtype=np.int64) for c, v in enumerate(views)])
-        xn = np.empty((pts.shape[0], pts.shape[1], 2))
-        _undistort_all_nb(pts, cam, self.K, self.dist, self.fisheye, xn)
-        D = pair_distances_nb(pts, xn, cam, self.E, self.f, self.thr, self.min_keypoints,
-                              3.0 * self.epipolar_px)
+        start = np.zeros(len(views) + 1, dtype=np.int64)
+        np.cumsum(n, out=start[1:])
+        return pts, start
+
+    def distances(self, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All instances stacked ``(M, J, 3)``, their camera ``(M,)`` and the ``(M, M)``
+        distances."""
+        pts, start = self._stack(views)
+        cam = _cams_nb(start)
+        D = _distances_nb(pts, cam, self.K, self.dist, self.fisheye, self.E, self.f, self.thr,
+                          self.min_keypoints, 3.0 * self.epipolar_px)
         return pts, cam, D
 
     def __call__(self, views: list[np.ndarray]) -> Association:
@@ -231,19 +324,8 @@ class Associator:
         """
         if len(views) != self.C:
             raise ValueError(f"need {self.C} views, got {len(views)}")
-        pts, cam, D = self.distances(views)
-        start = np.concatenate([[0], np.cumsum([len(v) for v in views])]).astype(np.int64)
-        order = np.argsort([-len(v) for v in views], kind="stable").astype(np.int64)
-        label = cluster_nb(D, start, order, self.epipolar_px)
-        sizes = np.bincount(label, minlength=1) if len(label) else np.zeros(0, np.int64)
-        keep = np.flatnonzero(sizes >= 2)
-        J = pts.shape[1] if len(label) else 0
-        out = np.full((len(keep), self.C, J, 3), np.nan, dtype=np.float32)
-        local = np.arange(len(label)) - start[cam]
-        members = []
-        for k, lab in enumerate(keep):
-            cl = np.flatnonzero(label == lab)
-            members.append(list(zip(cam[cl].tolist(), local[cl].tolist(), strict=True)))
-            out[k, cam[cl]] = pts[cl]
-        costs = cluster_costs_nb(D, label, keep.astype(np.int64))
-        return Association(out, members, costs)
+        pts, start = self._stack(views)
+        out, cost, kidx, cam = _associate_nb(
+            pts, start, self.K, self.dist, self.fisheye, self.E, self.f, self.thr,
+            self.min_keypoints, 3.0 * self.epipolar_px, self.epipolar_px)
+        return Association(out, cost, kidx, cam, np.arange(len(cam)) - start[cam])

@@ -47,6 +47,7 @@ from livepose.core.protocol import MEASURED, MISSING, PREDICTED
 from livepose.fusion.assign import assign_nb
 from livepose.fusion.associate import Association, Associator
 from livepose.fusion.ekf import FilterOutput, KeypointEKF
+from livepose.fusion.ekf_model_nb import ekf_predict_nb
 
 log = logging.getLogger("livepose.fusion")
 
@@ -131,6 +132,23 @@ def _predict_nb(pxyz: np.ndarray, pvar: np.ndarray, slots: np.ndarray, last: np.
 
 
 @nb.njit(cache=True, nogil=True)
+def _predictions_nb(state: np.ndarray, cov: np.ndarray, initialised: np.ndarray, order: int,
+                    lead: float, q: float, slots: np.ndarray, last: np.ndarray,
+                    gap: np.ndarray, J: int, g0: float, vmax: float, hold_after: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The EKF's prediction ``lead`` s ahead (state unchanged) and :func:`_predict_nb`, in
+    one call: per track ``(T, J, 3)`` and ``(T,)``."""
+    n = state.shape[0]
+    pxyz, pvar = np.empty((n, 3)), np.empty((n, 3))
+    ekf_predict_nb(state, cov, initialised, order, lead, q, pxyz, pvar)
+    T = slots.shape[0]
+    pred, gate = np.empty((T, J, 3)), np.empty(T)
+    _predict_nb(pxyz.reshape(n // J, J, 3), pvar.reshape(n // J, J, 3), slots, last, gap, g0,
+                vmax, hold_after, pred, gate)
+    return pred, gate
+
+
+@nb.njit(cache=True, nogil=True)
 def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
     """``(T, K)`` median keypoint distance between predictions and clusters / gate."""
     T, K, J = pred.shape[0], tri.shape[0], pred.shape[1]
@@ -148,6 +166,118 @@ def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray
             if n >= 3:
                 out[i, k] = np.median(d[:n]) / gate[i]
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _match_nb(cost: np.ndarray, gate: np.ndarray, confirmed: np.ndarray, slots: np.ndarray,
+              cl_pts: np.ndarray, tri: np.ndarray, free: np.ndarray, g0: float, J: int,
+              pts: np.ndarray, initialised: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matching and the EKF's views (module docstring, steps 2–4) in one call.
+
+    Confirmed tracks are matched to the clusters first (Hungarian, rejection at 1), the
+    tentative ones to the clusters left; ``pts`` ``(C, S·J, 3)`` gets each matched track's
+    cluster in its slot's block (NaN elsewhere). A cluster left over with a finite
+    triangulation, not within ``g0`` of a track, takes the lowest of the ``free`` slots
+    (sorted), whose keypoints are marked uninitialised in ``initialised``.
+
+    Returns each track's cluster ``(T,)`` (-1: none), and the new tracks' slots and clusters.
+    """
+    T, K = cost.shape
+    match = np.full(T, -1, dtype=np.int64)
+    used = np.zeros(K, dtype=np.bool_)
+    rows = np.empty(T, dtype=np.int64)
+    cols = np.empty(K, dtype=np.int64)
+    for p in range(2):
+        want = p == 0  # confirmed tracks first, tentative ones after
+        nr = 0
+        for i in range(T):
+            if confirmed[i] == want:
+                rows[nr] = i
+                nr += 1
+        nc = 0
+        for k in range(K):
+            if not used[k]:
+                cols[nc] = k
+                nc += 1
+        if nr == 0 or nc == 0:
+            continue
+        sub = np.empty((nr, nc))
+        for r in range(nr):
+            for c in range(nc):
+                sub[r, c] = cost[rows[r], cols[c]]
+        col = assign_nb(sub, 1.0)
+        for r in range(nr):
+            if col[r] >= 0:
+                match[rows[r]] = cols[col[r]]
+                used[cols[col[r]]] = True
+    pts[:] = np.nan
+    C = pts.shape[0]
+    for i in range(T):
+        if match[i] >= 0:
+            b = slots[i] * J
+            for c in range(C):
+                for j in range(J):
+                    for d in range(3):
+                        pts[c, b + j, d] = cl_pts[match[i], c, j, d]
+    new_slot = np.empty(K, dtype=np.int64)
+    new_k = np.empty(K, dtype=np.int64)
+    n = 0
+    for k in range(K):
+        if used[k]:
+            continue
+        if n >= free.shape[0]:
+            continue
+        fin = False
+        for j in range(J):
+            for d in range(3):
+                if np.isfinite(tri[k, j, d]):
+                    fin = True
+        if not fin:
+            continue
+        near = False
+        for i in range(T):
+            if cost[i, k] * gate[i] < g0:
+                near = True  # a split of an individual already tracked, not a new one
+        if near:
+            continue
+        s = free[n]
+        b = s * J
+        initialised[b:b + J] = False
+        for c in range(C):
+            for j in range(J):
+                for d in range(3):
+                    pts[c, b + j, d] = cl_pts[k, c, j, d]
+        new_slot[n] = s
+        new_k[n] = k
+        n += 1
+    return match, new_slot[:n], new_k[:n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _output_nb(xyz: np.ndarray, var: np.ndarray, views: np.ndarray, reproj: np.ndarray,
+               slots: np.ndarray, J: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The EKF's rows ``(S·J, …)`` of the tracks in ``slots`` ``(N,)``: ``xyz``, ``var``
+    ``(N, J, 3)``, ``status``, ``views``, ``reproj`` ``(N, J)`` (new arrays)."""
+    N = slots.shape[0]
+    ox = np.empty((N, J, 3))
+    ov = np.empty((N, J, 3))
+    st = np.empty((N, J), dtype=np.uint8)
+    vw = np.empty((N, J), dtype=np.uint16)
+    rp = np.empty((N, J), dtype=np.float32)
+    for n in range(N):
+        for j in range(J):
+            r = slots[n] * J + j
+            fin = True
+            for d in range(3):
+                ox[n, j, d] = xyz[r, d]
+                ov[n, j, d] = var[r, d]
+                fin = fin and np.isfinite(xyz[r, d])
+            vw[n, j] = views[r]
+            rp[n, j] = reproj[r]
+            st[n, j] = MEASURED if views[r] > 0 else (PREDICTED if fin else MISSING)
+    return ox, ov, st, vw, rp
 
 
 def pose3d_fields(ind: Individuals, J: int) -> dict[str, Any]:
@@ -252,17 +382,15 @@ class MultiTracker:
 
     def _predictions(self, dt: float, now: float) -> tuple[np.ndarray, np.ndarray]:
         """Per track: predicted ``(T, J, 3)`` and its gate ``(T,)`` (calibration units)."""
-        pxyz, pvar = self.ekf.predict_ahead(dt)
         T = len(self.tracks)
-        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
+        e = self.ekf
         last = (np.stack([t.last_xyz for t in self.tracks]) if T else
                 np.zeros((0, self.J, 3)))
-        gap = np.array([now - t.last_seen_s for t in self.tracks])
-        pred, gate = np.empty((T, self.J, 3)), np.empty(T)
-        _predict_nb(pxyz.reshape(self.S, self.J, 3), pvar.reshape(self.S, self.J, 3), slots,
-                    last, gap, self.cfg.gate_mm * self.scale, MAX_SPEED_MM_S * self.scale,
-                    HOLD_AFTER_S, pred, gate)
-        return pred, gate
+        return _predictions_nb(
+            e.state, e.cov, e.initialised, e.order, float(dt), e.q,
+            np.array([t.slot for t in self.tracks], dtype=np.int64), last,
+            np.array([now - t.last_seen_s for t in self.tracks], dtype=np.float64), self.J,
+            self.cfg.gate_mm * self.scale, MAX_SPEED_MM_S * self.scale, HOLD_AFTER_S)
 
     @staticmethod
     def _costs(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray:
@@ -288,7 +416,7 @@ class MultiTracker:
         dt = 0.0 if self.t is None else max(float(t_s) - self.t, 0.0)
         self.t = float(t_s)
         assoc = self.assoc(views)
-        K = len(assoc.members)
+        K = len(assoc.cost)
         self.counters["clusters"] += K
         J, C = self.J, self.C
         if K:
@@ -298,35 +426,14 @@ class MultiTracker:
             tri = np.zeros((0, J, 3))
         pred, gate = self._predictions(dt, self.t)
         cost = self._costs(pred, gate, tri)
-        match = np.full(len(self.tracks), -1, dtype=np.int64)
-        used = np.zeros(K, dtype=bool)
-        for confirmed in (True, False):  # confirmed tracks first, tentative ones after
-            rows = [i for i, tr in enumerate(self.tracks) if tr.confirmed == confirmed]
-            cols = np.flatnonzero(~used)
-            if not rows or not len(cols):
-                continue
-            col = assign_nb(np.ascontiguousarray(cost[np.ix_(np.asarray(rows, np.int64), cols)]),
-                            1.0)
-            for r, c in zip(rows, col, strict=True):
-                if c >= 0:
-                    match[r] = cols[c]
-                    used[cols[c]] = True
+        free = np.array(self.free_slots, dtype=np.int64)
+        match, new_slot, new_k = _match_nb(
+            cost, gate, np.array([t.confirmed for t in self.tracks], dtype=np.bool_),
+            np.array([t.slot for t in self.tracks], dtype=np.int64), assoc.points, tri, free,
+            0.5 * self.cfg.gate_mm * self.scale, J, self._pts, self.ekf.initialised)
+        del self.free_slots[:len(new_slot)]
+        new = list(zip(new_slot.tolist(), new_k.tolist(), strict=True))
         pts = self._pts
-        pts.fill(np.nan)
-        for i, tr in enumerate(self.tracks):
-            if match[i] >= 0:
-                pts[:, tr.slot * J:(tr.slot + 1) * J] = assoc.points[match[i]]
-        new: list[tuple[int, int]] = []
-        g0 = 0.5 * self.cfg.gate_mm * self.scale
-        for k in np.flatnonzero(~used):
-            if not self.free_slots or not np.isfinite(tri[k]).any():
-                continue
-            if len(self.tracks) and np.any(cost[:, k] * gate < g0):
-                continue  # a split of an individual already tracked, not a new one
-            slot = self.free_slots.pop(0)
-            self.ekf.initialised[slot * J:(slot + 1) * J] = False
-            pts[:, slot * J:(slot + 1) * J] = assoc.points[k]
-            new.append((slot, int(k)))
         out = self.ekf.step(pts, dt)
         xyz = out.xyz.reshape(self.S, J, 3)
         self._update(match, new, xyz, tri)
@@ -408,21 +515,9 @@ class MultiTracker:
     def _output(self, out: FilterOutput, assoc: Association) -> Individuals:
         J = self.J
         conf = sorted((t for t in self.tracks if t.confirmed), key=lambda t: t.id or 0)
-        n = len(conf)
-        xyz = np.full((n, J, 3), np.nan)
-        var = np.full((n, J, 3), np.nan)
-        status = np.zeros((n, J), dtype=np.uint8)
-        views = np.zeros((n, J), dtype=np.uint16)
-        reproj = np.full((n, J), np.nan, dtype=np.float32)
-        if n:
-            rows = (np.array([t.slot for t in conf])[:, None] * J + np.arange(J)).ravel()
-            xyz = out.xyz[rows].reshape(n, J, 3)
-            var = out.var[rows].reshape(n, J, 3)
-            views = out.views[rows].reshape(n, J)
-            reproj = out.reproj[rows].reshape(n, J)
-            fin = np.isfinite(xyz).all(axis=-1)
-            status = np.where(views > 0, MEASURED, np.where(fin, PREDICTED, MISSING)).astype(
-                np.uint8)
+        slots = np.array([t.slot for t in conf], dtype=np.int64)
+        xyz, var, status, views, reproj = _output_nb(out.xyz, out.var, out.views, out.reproj,
+                                                     slots, J)
         ids = np.array([t.id for t in conf], dtype=np.int32)
         return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters))
 
@@ -436,9 +531,16 @@ class MultiTracker:
         return np.stack(live) if live else np.zeros((0, self.J, 3))
 
     def warmup(self) -> None:
-        """Compile (or load) the kernels: association, assignment, EKF."""
+        """Compile (or load) the kernels: association, assignment, matching, output, EKF."""
         self.ekf.warmup()
         self.ekf.tri.warmup(self.J)
         probe = np.full((1, self.J, 3), np.nan, dtype=np.float32)
         self.assoc([probe] * self.C)
         assign_nb(np.zeros((2, 2)), 1.0)
+        J = self.J
+        _match_nb(np.zeros((1, 1)), np.ones(1), np.ones(1, np.bool_), np.zeros(1, np.int64),
+                  np.full((1, self.C, J, 3), np.nan, np.float32), np.full((1, J, 3), np.nan),
+                  np.arange(self.S, dtype=np.int64), 1.0, J, self._pts.copy(),
+                  np.zeros(self.S * J, np.bool_))
+        _output_nb(np.zeros((J, 3)), np.zeros((J, 3)), np.zeros(J, np.uint16),
+                   np.zeros(J, np.float32), np.zeros(1, np.int64), J)

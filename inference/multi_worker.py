@@ -6,7 +6,11 @@ every view of a frame-set into one ``kp2d`` message (``inst_points``, ``inst_cam
   background is learnt live: each camera's per-pixel median over
   ``fusion.multi.background_frames`` frames taken one frame-set in
   ``background_every``; until then the worker sends no instances. The blobs are split and
-  joined with fusion's individuals (``pose3d.ind_xyz``) projected into the views.
+  joined with fusion's individuals (``pose3d.ind_xyz``) projected into the views. With
+  ``fusion.multi.crops`` and a model that takes any input size (the bundled one), the
+  individuals' 3D-guided crops take over once fusion knows them
+  (:class:`~livepose.inference.track_crops.TrackCrops`: one crop per individual per view,
+  full-frame blob detection only to re-acquire).
 - A two-stage model: every detection (:class:`~livepose.inference.topdown_multi.MultiTopDown`).
 """
 
@@ -25,6 +29,7 @@ from livepose.inference.blobs import BlobDetector
 from livepose.inference.engine import Engine
 from livepose.inference.instances import MaskedInstances
 from livepose.inference.manifest import Manifest
+from livepose.inference.track_crops import TrackCrops, crops_supported
 
 
 class MultiInstances:
@@ -56,6 +61,7 @@ class MultiInstances:
         self.known: np.ndarray | None = None  # fusion's individuals (N, J, 3)
         self.topdown: Any = None
         self.instances: MaskedInstances | None = None
+        self.crops: TrackCrops | None = None
         self.detectors = [BlobDetector() for _ in cams]
         self._bg: list[list[np.ndarray]] = [[] for _ in cams]
         if manifest.two_stage:
@@ -64,7 +70,11 @@ class MultiInstances:
             self.topdown = MultiTopDown(model_path, manifest, cfg.model, len(cams))
         else:
             assert engine is not None
-            self.instances = MaskedInstances(engine, manifest, self.detectors)
+            if m.crops and crops_supported(engine):
+                self.crops = TrackCrops(engine, manifest, self.detectors, m.individuals,
+                                        size=m.crop_px, reacquire_every=m.reacquire_every)
+            else:
+                self.instances = MaskedInstances(engine, manifest, self.detectors)
 
     @property
     def learnt(self) -> bool:
@@ -114,13 +124,16 @@ class MultiInstances:
             if not self.learnt:
                 self._learn(images)
                 return empty
-            assert self.instances is not None
             filled: list[np.ndarray] = []
             for img, d in zip(images, self.detectors, strict=True):
                 bg = d.bg8
                 assert bg is not None  # learnt
                 filled.append(img if img is not None else bg)
-            views = [v.points for v in self.instances(filled, self._expected())]
+            if self.crops is not None:
+                views = self.crops(filled, self._expected())
+            else:
+                assert self.instances is not None
+                views = [v.points for v in self.instances(filled, self._expected())]
             views = [v if images[c] is not None else v[:0] for c, v in enumerate(views)]
         n = [len(v) for v in views]
         if not sum(n):

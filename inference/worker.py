@@ -313,6 +313,9 @@ class _Worker:
             keep = ~np.isin(cams, bad)
             pts, cams = pts[keep], cams[keep]
         self.ctx.counters["instances"] += len(cams)
+        if self.multi.crops is not None:  # totals (counters is a Counter)
+            for key, val in self.multi.crops.counters.items():
+                self.ctx.counters[f"multi/{key}"] = val
         msg = self._kp2d(popped, np.full((len(frames), len(self.manifest.keypoints), 3),
                                          np.nan, np.float32), t0)
         msg.inst_points, msg.inst_cams = pts, cams

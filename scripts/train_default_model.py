@@ -7,7 +7,8 @@ A developer step, not run by the tests. Reproducible given ``--seed``::
 renders a training set (the default rig's four cameras plus randomised camera placements,
 optics, lighting, floor and brightness; random animal seeds and times), trains a small
 heatmap CNN on 128×128 crops with torch on the CPU, exports ONNX (input ``image``
-``N×1×256×320`` normalised mono, output ``heatmaps`` ``N×J×64×80`` in [0, 1]), checks ONNX
+``N×1×H×W`` normalised mono, 256×320 in the manifest, any size accepted; output
+``heatmaps`` ``N×J×H/4×W/4`` in [0, 1]), checks ONNX
 Runtime against torch, evaluates on held-out renders of the default rig (2D error after
 :func:`livepose.inference.decode.decode_heatmaps`, and 3D error after triangulating the four
 views) and writes ``model.onnx`` and ``manifest.yaml``.
@@ -268,7 +269,9 @@ def train(
 
 
 def export_onnx(model, path: Path, width: int, height: int) -> None:  # type: ignore[no-untyped-def]
-    """Export ``clamp(model(image), 0, 1)`` to ONNX (opset 17, dynamic batch)."""
+    """Export ``clamp(model(image), 0, 1)`` to ONNX (opset 17, dynamic batch, height and
+    width: the network is fully convolutional, and the several-animals worker runs it on
+    crops, ``inference/track_crops.py``)."""
     import torch
 
     class Clamped(torch.nn.Module):
@@ -288,7 +291,8 @@ def export_onnx(model, path: Path, width: int, height: int) -> None:  # type: ig
         str(path),
         input_names=["image"],
         output_names=["heatmaps"],
-        dynamic_axes={"image": {0: "batch"}, "heatmaps": {0: "batch"}},
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},  # any size: crops
+                      "heatmaps": {0: "batch", 2: "height_out", 3: "width_out"}},
         opset_version=17,
         dynamo=False,
     )

@@ -5,10 +5,13 @@ Scenario: the demo rig (4 cameras, 320×256, 30 fps) with ``sim.animals`` rodent
 
 - the herd rendered by the sim renderer (acquisition's), ground truth per identity;
 - per camera a :class:`~livepose.inference.blobs.BlobDetector` (background = median of 25
-  frames spread over the run), every blob of every view through the bundled single-animal
-  model in one batched call (:class:`~livepose.inference.instances.MaskedInstances`), blobs
-  that hold two tracked individuals dropped (the tracks of the previous frame-set,
-  projected: fusion's output reaches the worker one frame-set later in a live run);
+  frames spread over the run); the worker's instances as a live run makes them
+  (``route="crops"``, the default: :class:`~livepose.inference.track_crops.TrackCrops`, one
+  3D-guided crop per individual per view once the individuals are known, blob detection on
+  the full frame only to re-acquire; ``route="full"``: every blob of every view masked on the
+  full frame, :class:`~livepose.inference.instances.MaskedInstances`), all in one batched
+  model call; the individuals are the previous frame-set's (fusion's output reaches the
+  worker one frame-set later in a live run);
 - :class:`~livepose.fusion.multitrack.MultiTracker` (association + tracking + the EKF),
   ``fusion.multi.individuals`` = the number of animals.
 
@@ -31,13 +34,18 @@ Metrics:
 - ``cost_us``: association + tracking per frame-set (``MultiTracker.step``) in the run,
   median / p99; ``cost_us_isolated``: the same alone (:func:`tracking_cost`: the herd's true
   keypoints projected with noise, no renderer or model competing for the cores);
-- ``pipeline_ms``: detector + model + tracking per frame-set, and ``over_budget``: the
-  frame-sets that took longer than a frame period (a live run at the demo rate would have
-  skipped them).
+- ``pipeline_ms``: instances (crops or blobs, model) + tracking + projecting the individuals
+  into the views, per frame-set (every frame-set is processed; a live run's worker would
+  not run the tracking, fusion's process does, so this is an upper bound); ``rate``: its
+  median over the frame period (``ratio_to_period`` ≤ 1: the demo rate is kept);
+  ``over_budget``: frame-sets that took longer than a frame period; ``skipped``: the
+  frame-sets a live worker would have skipped (:func:`live_skips`: it takes the newest
+  frame-set when it is free, as the worker does).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +109,21 @@ def count_swaps(ids: np.ndarray, hold: int = 1) -> int:
     return swaps
 
 
+def live_skips(pipe_s: np.ndarray, period_s: float) -> int:
+    """Frame-sets a live worker would skip: frame-set ``i`` arrives at ``i · period_s``; a
+    free worker takes the newest one that has arrived and is busy for its ``pipe_s[i]``;
+    the ones that arrived meanwhile, but the newest, are skipped (as
+    ``inference/worker.py``'s ``skipped``)."""
+    T = len(pipe_s)
+    i, free, skipped = 0, 0.0, 0
+    while i < T:
+        free = max(free, i * period_s) + float(pipe_s[i])
+        nxt = max(i + 1, int(np.floor(free / period_s + 1e-9)))
+        skipped += min(nxt, T) - i - 1
+        i = nxt
+    return skipped
+
+
 def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[str, float]:
     """Association + tracking alone (``MultiTracker.step``) on the herd's true keypoints
     projected into the 4 sim cameras with 1 px noise and 10 % of the instances dropped:
@@ -153,7 +176,7 @@ def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[st
 
 
 def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
-        match_mm: float = 20.0, cost_frames: int = 900,
+        match_mm: float = 20.0, cost_frames: int = 900, route: str = "crops",
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; write the JSON to ``json_path`` when given and return it."""
     from livepose.acquisition.sim.animal import Rodent
@@ -168,6 +191,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     from livepose.inference.instances import MaskedInstances
     from livepose.inference.manifest import resolve_model
     from livepose.inference.preprocess import Preprocessor
+    from livepose.inference.track_crops import TrackCrops, crops_supported
 
     say = progress or (lambda _m: None)
     t_start = time.perf_counter()
@@ -188,6 +212,13 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     for r, det in zip(renderers, detectors, strict=True):
         det.learn([r.render(*herd.body(t), 10_000 + k)
                    for k, t in enumerate(np.linspace(0.0, duration_s, 25))])
+    if route not in ("crops", "full"):
+        raise ValueError(f"route must be 'crops' or 'full', got {route!r}")
+    m = cfg.fusion.multi
+    crops = TrackCrops(engine, manifest, detectors, m.individuals, size=m.crop_px,
+                       reacquire_every=m.reacquire_every) if route == "crops" else None
+    if crops is not None and not crops_supported(engine):
+        raise ValueError(f"{manifest.name}: fixed input size, no crops (route='full')")
     instances = MaskedInstances(engine, manifest, detectors)
     tracker = MultiTracker(rig, J, cfg.fusion, fps, pixel_noise_px=noise)
     tracker.warmup()
@@ -224,17 +255,21 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         occl[t] = hidden_keypoints(parts, centres).sum(axis=-1) >= 3
         # multi-animal path
         t0 = time.perf_counter()
-        views = instances(frames, expected)
+        if crops is not None:
+            pts_v = crops(frames, expected)
+        else:
+            views = instances(frames, expected)
+            pts_v = [v.points for v in views]
+            dropped += sum(v.dropped for v in views)
         t1 = time.perf_counter()
-        ind = tracker.step([v.points for v in views], ts)
+        ind = tracker.step(pts_v, ts)
         t2 = time.perf_counter()
-        cost_us[t] = 1e6 * (t2 - t1)
-        pipe_ms[t] = 1e3 * (t2 - t0)
-        dropped += sum(v.dropped for v in views)
-        n_instances += sum(len(v.points) for v in views)
-        known = tracker.expected()
+        known = tracker.expected()  # the worker projects fusion's individuals: timed too
         expected = ([rig[c].project(known.reshape(-1, 3)).reshape(len(known), J, 2)
                      for c in range(C)] if len(known) else None)
+        cost_us[t] = 1e6 * (t2 - t1)
+        pipe_ms[t] = 1e3 * (time.perf_counter() - t0)
+        n_instances += sum(len(p) for p in pts_v)
         for i, x in zip(ind.ids, ind.xyz, strict=True):
             if 0 <= i < N:
                 out3d[t, i] = x
@@ -278,9 +313,17 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         "coverage_pct": float(100.0 * np.mean(ids >= 0)),
         "cost_us": {"median": float(np.median(cost_us)), "p99": float(np.percentile(cost_us, 99))},
         "cost_us_isolated": tracking_cost(cost_frames, animals=N),
+        "route": route,
         "pipeline_ms": {"median": float(np.median(pipe_ms)),
+                        "p90": float(np.percentile(pipe_ms, 90)),
                         "p99": float(np.percentile(pipe_ms, 99))},
+        "rate": {"period_ms": 1e3 / fps,
+                 "ratio_to_period": float(np.median(pipe_ms) * fps / 1e3),
+                 "frame_sets_per_s": float(1e3 / np.median(pipe_ms))},
         "over_budget": int(np.sum(pipe_ms > 1e3 / fps)),
+        "skipped": live_skips(pipe_ms / 1e3, 1.0 / fps),
+        "crops": dict(crops.counters) if crops is not None else None,
+        "load_average": list(os.getloadavg()),
         "instances": n_instances, "merged_blobs_dropped": dropped,
         "tracker": tracker.counters, "id_log": len(tracker.id_log),
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -205,6 +205,12 @@ def _multi_bench() -> None:
         calibration: Annotated[Path | None, typer.Option(
             "--calibration", help="--real: the rig's calibration TOML")] = None,
         frames: Annotated[int, typer.Option("--frames", min=2, help="--real: frame-sets")] = 100,
+        route: Annotated[str, typer.Option(
+            "--route", help="sim: the worker's instances: crops (3D-guided crops once the "
+            "individuals are known, as live) or full (every blob masked on the full "
+            "frame)")] = "crops",
+        cost_frames: Annotated[int, typer.Option(
+            "--cost-frames", min=40, help="sim: frame-sets of the isolated cost timing")] = 900,
     ) -> None:
         """Several animals: 3 rodents, 4 sim cameras — identity swaps, encounters,
         occlusions, per-animal 3D error vs the single-animal demo, association + tracking
@@ -225,8 +231,11 @@ def _multi_bench() -> None:
             return
         from livepose.bench.multi import run as run_multi
 
-        res = run_multi(json_path, duration_s=duration, animals=animals,
-                        progress=lambda m: err.print(m, highlight=False))
+        if route not in ("crops", "full"):
+            _fail(f"--route must be crops or full, got {route!r}")
+            return
+        res = run_multi(json_path, duration_s=duration, animals=animals, route=route,
+                        cost_frames=cost_frames, progress=lambda m: err.print(m, highlight=False))
         Console().print_json(data={k: v for k, v in res.items()
                                    if k not in ("scenario", "tracker")})
 

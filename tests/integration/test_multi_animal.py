@@ -5,6 +5,7 @@ with the bundled BlazePose; skipped when the footage is absent)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,8 @@ def test_real_footage_two_people_per_view_associated(tmp_path: Path) -> None:
 
 def test_live_pipeline_two_animals_as_individuals() -> None:
     """Real processes: sim cameras rendering two rodents, the worker's blobs + model per
-    blob (background learnt live), fusion's tracker → pose3d with two individuals."""
+    blob (background learnt live), then its 3D-guided crops once fusion's individuals reach
+    it, fusion's tracker → pose3d with two individuals."""
     from livepose.closedloop.client import PoseClient
     from livepose.core.config import load_default_config
     from livepose.runtime.supervisor import Supervisor
@@ -115,7 +117,13 @@ def test_live_pipeline_two_animals_as_individuals() -> None:
                     break
         finally:
             client.close()
+        deadline = time.monotonic() + 10.0  # the worker's 3D-guided crops took over
+        while (sup.counters("infer0").get("multi/track_crops", 0) == 0
+               and time.monotonic() < deadline):
+            sup.poll(0.1)
+        counters = sup.counters("infer0")
     assert len(both) >= 10, "two individuals never tracked together"
+    assert counters.get("multi/track_crops", 0) > 0, counters
     last = both[-1]
     assert sorted(i.id for i in last.individuals) == [0, 1]
     a, b = (i.xyz for i in last.individuals)

@@ -273,6 +273,19 @@ class MultiConfig(_Model):
     background_every: int = Field(
         10, ge=1, description="… one frame-set in this many (the animals move in between)"
     )
+    crops: bool = Field(
+        True, description="single-stage model with a dynamic input size: once individuals "
+        "are known, one 3D-guided crop per individual per view (docs/multi-animal.md); "
+        "false: the masked full frame per blob"
+    )
+    crop_px: int = Field(
+        96, ge=32, le=1024, description="crop side (frame pixels); a crop grows (and is "
+        "resampled to this) where the projected animal needs more"
+    )
+    reacquire_every: int = Field(
+        15, ge=1, description="crops: full-frame blob detection (new animals, lost tracks) "
+        "at least one frame-set in this many"
+    )
 
 
 class FusionConfig(_Model):
