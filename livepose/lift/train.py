@@ -33,6 +33,8 @@ class TrainConfig:
     width: int = 512
     blocks: int = 2
     dropout: float = 0.1
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (0: Adam, LiftPose3D's)."""
     epochs: int = 12
     batch: int = 256
     lr: float = 1e-3
@@ -106,7 +108,8 @@ def fit(train: Pairs, cfg: TrainConfig, progress: Callable[[str], None] | None =
     net = _net(torch, x.shape[1], y.shape[1], cfg, stats)
     X, Y, W = (torch.from_numpy(a) for a in (x, y, w))
     Yn = (Y - net.out_mean) / net.out_std
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = (torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+           if cfg.weight_decay > 0 else torch.optim.Adam(net.parameters(), lr=cfg.lr))
     steps = cfg.epochs * max(1, len(train) // cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(cfg.seed)
