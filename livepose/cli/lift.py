@@ -54,15 +54,17 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
             "beside the subject (it appears off-centre, as in real views)")] = 0.0,
         height: Annotated[float | None, typer.Option(
             "--height", help="the root's plane height, mm (default: its median)")] = None,
-        epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000)] = 12,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000)] = 30,
         width: Annotated[int, typer.Option("--width", min=16, max=4096)] = 512,
         blocks: Annotated[int, typer.Option("--blocks", min=0, max=16)] = 2,
         threshold: Annotated[float, typer.Option(
             "--likelihood-threshold", min=0, max=1, help="2D below this is missing")] = 0.3,
         seed: Annotated[int, typer.Option("--seed")] = 0,
-        dropout: Annotated[float, typer.Option("--dropout", min=0, max=0.9)] = 0.1,
+        dropout: Annotated[float, typer.Option("--dropout", min=0, max=0.9)] = 0.0,
         weight_decay: Annotated[float, typer.Option(
             "--weight-decay", min=0, max=1, help="AdamW weight decay (0: Adam)")] = 0.0,
+        loss: Annotated[str, typer.Option(
+            "--loss", help="l1 or mse (LiftPose3D's)")] = "l1",
         noise: Annotated[str, typer.Option(
             "--noise", help="2D error in training: empirical (the measured residuals "
             "resampled) or gaussian (robust sigma + drops)")] = "empirical",
@@ -85,6 +87,8 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
         try:
             if noise not in ("empirical", "gaussian"):
                 raise UserError(f"--noise: empirical or gaussian, got {noise!r}")
+            if loss not in ("mse", "l1"):
+                raise UserError(f"--loss: mse or l1, got {loss!r}")
             data = [read_session(s) for s in sessions]
             names = data[0].keypoints
             if any(d.keypoints != names for d in data):
@@ -119,7 +123,7 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
                                  nm if noise == "empirical" else nm.gaussian(), aug,
                                  TrainConfig(width=width, blocks=blocks, epochs=epochs,
                                              seed=seed, dropout=dropout,
-                                             weight_decay=weight_decay),
+                                             weight_decay=weight_decay, loss=loss),
                                  out, height, threshold,
                                  {"sessions": [str(s) for s in sessions], "noise_model": noise},
                                  progress=lambda m: err.print(m, highlight=False),

@@ -145,7 +145,7 @@ def build_lifter(train_poses: np.ndarray, held_poses: np.ndarray, keypoints: lis
         "augmentation": aug.to_dict(),
         "noise": noise.to_dict(keypoints),
         "network": {"width": cfg.width, "blocks": cfg.blocks, "dropout": cfg.dropout,
-                    "weight_decay": cfg.weight_decay, "epochs": cfg.epochs,
+                    "weight_decay": cfg.weight_decay, "loss": cfg.loss, "epochs": cfg.epochs,
                     "train_seconds": round(trained.seconds, 1)},
         "temporal": tp.to_dict(),
         "recorded_cameras": [c.name for c in cameras],
