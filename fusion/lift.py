@@ -10,7 +10,10 @@ live use, so the two cannot drift apart:
   away gives the same input;
 - a visibility mask per keypoint (missing keypoints are zeros);
 - the world's up axis in camera coordinates ``R[:, 2]`` and the root's ray ``(x, y)``: the
-  view's elevation and where the animal is in the image, which the 2D alone cannot tell.
+  view's elevation and where the animal is in the image, which the 2D alone cannot tell;
+- with ``history: K`` in the manifest, the same per-frame part (2D and visibility) of the
+  ``K`` *previous* frames ``history_step_s`` apart (causal: no future frame; a frame that
+  was dropped or had no root is zeros), newest first (:func:`stack_history`).
 
 Placement: the root's ray is intersected with the horizontal plane ``z = height`` (an arena
 floor, the root's usual height above it), or the root is a known world point (a head-fixed
@@ -67,6 +70,10 @@ class LiftSpec:
     plane_height_mm: float
     likelihood_threshold: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)
+    history: int = 0
+    """Previous frames in the input (0: single frame, LiftPose3D's)."""
+    history_step_s: float = 0.0
+    """Time between those frames (s)."""
 
     @property
     def root_index(self) -> int:
@@ -74,7 +81,11 @@ class LiftSpec:
 
     @property
     def n_features(self) -> int:
-        return 3 * len(self.keypoints) + 5
+        return 3 * len(self.keypoints) * (1 + self.history) + 5
+
+    def step_frames(self, fps: float) -> int:
+        """The history's step in frames at ``fps`` (at least 1)."""
+        return max(1, round(self.history_step_s * float(fps)))
 
 
 def write_manifest(folder: Path, spec: LiftSpec) -> Path:
@@ -83,8 +94,11 @@ def write_manifest(folder: Path, spec: LiftSpec) -> Path:
            "roots": [spec.root], "units": "mm", "scale_mm": SCALE_MM,
            "plane_height_mm": float(spec.plane_height_mm),
            "likelihood_threshold": float(spec.likelihood_threshold),
+           "history": int(spec.history), "history_step_s": float(spec.history_step_s),
            "features": "root-relative undistorted xy times root depth / scale_mm (2J), "
-                       "visibility (J), world up in camera (3), root ray xy (2)", **spec.extra}
+                       "visibility (J), world up in camera (3), root ray xy (2); then the "
+                       "same 2J + J of each of `history` previous frames, newest first",
+           **spec.extra}
     p = Path(folder) / MANIFEST
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p
@@ -109,9 +123,17 @@ def read_manifest(folder: str | Path) -> LiftSpec:
         raise LiftError(f"lifter: {m}: root {root!r} is not one of its keypoints")
     if float(doc.get("scale_mm", SCALE_MM)) != SCALE_MM:
         raise LiftError(f"lifter: {m}: scale_mm {doc['scale_mm']} is not {SCALE_MM}")
-    known = {"keypoints", "roots", "plane_height_mm", "likelihood_threshold"}
+    try:
+        hist, step = int(doc.get("history", 0)), float(doc.get("history_step_s", 0.0))
+    except (TypeError, ValueError):
+        raise LiftError(f"lifter: {m}: history must be an integer, history_step_s a "
+                        "number") from None
+    if hist < 0 or (hist > 0 and not step > 0):
+        raise LiftError(f"lifter: {m}: history must be >= 0 and history_step_s > 0 with it")
+    known = {"keypoints", "roots", "plane_height_mm", "likelihood_threshold", "history",
+             "history_step_s"}
     return LiftSpec(kps, root, height, float(doc.get("likelihood_threshold", 0.3)),
-                    {k: v for k, v in doc.items() if k not in known})
+                    {k: v for k, v in doc.items() if k not in known}, hist, step)
 
 
 def plane_depth(cam: CameraModel, root_xy: np.ndarray, height: float) -> np.ndarray:
@@ -160,13 +182,58 @@ def features(xy: np.ndarray, valid: np.ndarray, depth: np.ndarray, up: np.ndarra
     np.ndarray
         ``(N, 3J + 5)`` float32.
     """
-    n, J = valid.shape
-    rxy = xy[:, root, :]
-    rel = (xy - rxy[:, None, :]) * (depth / SCALE_MM)[:, None, None]
-    rel = np.where(valid[:, :, None], rel, 0.0)
+    n = valid.shape[0]
     up = np.broadcast_to(np.asarray(up, float), (n, 3))
-    out = np.concatenate([rel.reshape(n, 2 * J), valid.astype(float), up, rxy], axis=1)
+    out = np.concatenate([frame_rows(xy, valid, depth, root), up, xy[:, root, :]], axis=1)
     return np.nan_to_num(out).astype(np.float32)
+
+
+def frame_rows(xy: np.ndarray, valid: np.ndarray, depth: np.ndarray, root: int) -> np.ndarray:
+    """The per-frame part of the input (also what a history frame contributes).
+
+    Parameters are as :func:`features`'s. Returns ``(N, 3J)`` float32: the root-relative
+    2D times depth / :data:`SCALE_MM` ``(2J)``, then the visibility ``(J)``; zeros where
+    not ``valid``.
+    """
+    n, J = valid.shape
+    rel = (xy - xy[:, root : root + 1, :]) * (depth / SCALE_MM)[:, None, None]
+    rel = np.where(valid[:, :, None], rel, 0.0)
+    out = np.concatenate([rel.reshape(n, 2 * J), valid.astype(float)], axis=1)
+    return np.nan_to_num(out).astype(np.float32)
+
+
+def stack_history(rows: np.ndarray, frame_ids: np.ndarray, history: int,
+                  step: int) -> np.ndarray:
+    """Each frame's previous frames' rows, newest first (causal).
+
+    Parameters
+    ----------
+    rows
+        ``(N, R)`` per-frame rows (:func:`frame_rows`; zeros for a frame without a root).
+    frame_ids
+        ``(N,)`` the frames' ids (any order; gaps are dropped frames).
+    history, step
+        ``K`` previous frames, ``step`` frame ids apart.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, K·R)``: frame ``f − k·step``'s row for ``k = 1..K``; zeros where that frame
+        is not among ``frame_ids`` (dropped, or before the first).
+    """
+    n, width = rows.shape
+    out = np.zeros((n, history, width), np.float32)
+    if n == 0 or history == 0:
+        return out.reshape(n, 0)
+    fid = np.asarray(frame_ids, np.int64)
+    order = np.argsort(fid, kind="stable")
+    sf = fid[order]
+    for k in range(1, history + 1):
+        want = fid - k * step
+        pos = np.clip(np.searchsorted(sf, want), 0, n - 1)
+        hit = sf[pos] == want
+        out[hit, k - 1] = rows[order[pos[hit]]]
+    return out.reshape(n, history * width)
 
 
 @dataclass(slots=True)
@@ -182,11 +249,14 @@ class Lifted:
         ``(N, J, 3)`` root-relative positions in the camera's frame (mm).
     seen
         ``(N, J)`` bool: the keypoint's own 2D was used.
+    rows
+        ``(N, 3J)`` each frame's own input part (a later frame's history).
     """
 
     xyz: np.ndarray
     rel: np.ndarray
     seen: np.ndarray
+    rows: np.ndarray
 
 
 class Lifter:
@@ -228,8 +298,9 @@ class Lifter:
         return np.asarray(out[0], np.float64).reshape(feats.shape[0], -1, 3)
 
     def prepare(self, points: np.ndarray, cam: CameraModel, height: float | None = None,
-                point: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                point: np.ndarray | None = None, frame_ids: np.ndarray | None = None,
+                step: int = 1, past: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The lifter's inputs for one camera's 2D keypoints.
 
         Parameters
@@ -244,12 +315,20 @@ class Lifter:
         point
             ``point`` placement: the root's fixed world position ``(3,)`` (overrides
             ``height``).
+        frame_ids, step
+            A lifter with history: the rows' frame ids (default ``0..N-1``: consecutive)
+            and the history's step in frames (:meth:`LiftSpec.step_frames`); each row's
+            history comes from the earlier rows (:func:`stack_history`).
+        past
+            ``(N, K·3J)`` the history instead (the live path keeps it across calls).
 
         Returns
         -------
-        feats, ok, root_c, seen
+        feats, ok, root_c, seen, rows
             ``(M, F)`` features of the ``M`` rows where ``ok`` ``(N,)`` (root seen, depth
-            found); ``(N, 3)`` the root in camera coordinates; ``(N, J)`` keypoints seen.
+            found); ``(N, 3)`` the root in camera coordinates; ``(N, J)`` keypoints seen;
+            ``(N, 3J)`` each frame's own part of the input (:func:`frame_rows`, zeros where
+            not ``ok``), which later frames use as history.
         """
         pts = np.asarray(points, np.float64)
         J = len(self.spec.keypoints)
@@ -269,20 +348,33 @@ class Lifter:
             depth = plane_depth(cam, xy[:, r], h)
             root_c = np.concatenate([xy[:, r], np.ones((n, 1))], axis=1) * depth[:, None]
         ok = seen[:, r] & np.isfinite(depth)
-        feats = features(xy[ok], seen[ok], depth[ok], cam.R[:, 2], r)
-        return feats, ok, root_c, seen & ok[:, None]
+        seen &= ok[:, None]
+        rows = frame_rows(xy, seen, np.where(ok, depth, 0.0), r)
+        feats = np.concatenate([rows[ok], np.broadcast_to(cam.R[:, 2], (int(ok.sum()), 3)),
+                                xy[ok, r]], axis=1).astype(np.float32)
+        K = self.spec.history
+        if K:
+            if past is None:
+                fids = np.arange(n) if frame_ids is None else np.asarray(frame_ids)
+                past = stack_history(rows, fids, K, step)
+            elif past.shape != (n, K * 3 * J):
+                raise LiftError(f"lifter: history must have shape ({n}, {K * 3 * J})")
+            feats = np.concatenate([feats, past[ok]], axis=1)
+        return feats, ok, root_c, seen, rows
 
     def lift(self, points: np.ndarray, cam: CameraModel, height: float | None = None,
-             point: np.ndarray | None = None) -> Lifted:
+             point: np.ndarray | None = None, frame_ids: np.ndarray | None = None,
+             step: int = 1, past: np.ndarray | None = None) -> Lifted:
         """Lift one camera's 2D keypoints and place them in the world (arguments as
         :meth:`prepare`)."""
-        feats, ok, root_c, seen = self.prepare(points, cam, height, point)
+        feats, ok, root_c, seen, rows = self.prepare(points, cam, height, point, frame_ids,
+                                                     step, past)
         n, J = seen.shape
         rel = np.full((n, J, 3), np.nan)
         if ok.any():
             rel[ok] = self.run(feats)
         xyz = (root_c[:, None, :] + rel - cam.tvec) @ cam.R  # camera → world: Rᵀ(p − t)
-        return Lifted(xyz=xyz, rel=rel, seen=seen)
+        return Lifted(xyz=xyz, rel=rel, seen=seen, rows=rows)
 
 
 class LiftFusion:
@@ -329,6 +421,23 @@ class LiftFusion:
         self.kf = (KeypointKalman(J, cfg.fusion.kalman, self.fps, 1.0 / self.s)
                    if cfg.fusion.filter != "none" and cfg.fusion.kalman.enabled else None)
         self.last_fid: int | None = None
+        self.step_frames = self.lifter.spec.step_frames(self.fps)
+        self.history: dict[int, np.ndarray] = {}
+        """Frame id → that frame's input rows, for a lifter with history (the last
+        ``history · step`` frames)."""
+
+    def _past(self, frame_id: int) -> np.ndarray | None:
+        """``(1, K·3J)`` the previous frames' rows (zeros for frames not received)."""
+        K = self.lifter.spec.history
+        if not K:
+            return None
+        width = 3 * len(self.lifter.spec.keypoints)
+        out = np.zeros((1, K * width), np.float32)
+        for k in range(1, K + 1):
+            row = self.history.get(frame_id - k * self.step_frames)
+            if row is not None:
+                out[0, (k - 1) * width : k * width] = row
+        return out
 
     def step(self, points: np.ndarray, frame_id: int) -> dict[str, Any]:
         """Lift camera ``cam_index``'s row of ``points`` ``(C, J, 3)``; returns the fields
@@ -339,7 +448,16 @@ class LiftFusion:
         p = points[self.cam_index]
         if p.shape != (J, 3):
             raise LiftError(f"lifter: {J} keypoints expected, kp2d has {p.shape[0]}")
-        lifted = self.lifter.lift(p[None], self.cam, self.height, self.point)
+        if self.last_fid is not None and frame_id < self.last_fid - self.fps:
+            self.history.clear()  # the source restarted
+        lifted = self.lifter.lift(p[None], self.cam, self.height, self.point,
+                                  past=self._past(frame_id))
+        if self.lifter.spec.history:
+            self.history[frame_id] = lifted.rows[0]
+            span = self.lifter.spec.history * self.step_frames
+            newest = max(self.history)
+            for f in [f for f in self.history if f < newest - span]:
+                del self.history[f]
         xyz_mm, seen = lifted.xyz[0], lifted.seen[0]
         var = np.where(seen, self.var_mm2, 4.0 * self.var_mm2)[:, None] * np.ones(3)
         raw = xyz_mm / self.s

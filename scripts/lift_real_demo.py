@@ -56,9 +56,11 @@ def _errors(lifter: Lifter, s: SessionData, ci: int, r: int, frames: slice,
     e_rel = e_rel[mask & np.isfinite(e_rel)]
     e_root = np.linalg.norm(lifted.xyz[:, r] - te[:, r], axis=1)
     e_root = e_root[np.isfinite(e_root)]
-    feats, ok, _, _ = lifter.prepare(p2, cam)
-    mu, sd = train.x.mean(axis=0), np.maximum(train.x.std(axis=0), 1e-3)
-    d = (((feats - mu) / sd)[:, None, :] - ((train.x - mu) / sd)[None]) ** 2
+    feats, ok, *_ = lifter.prepare(p2, cam)
+    f0 = 3 * len(s.keypoints) + 5  # the current frame's features (the NN is per frame)
+    x = train.x[:, :f0]
+    mu, sd = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-3)
+    d = (((feats[:, :f0] - mu) / sd)[:, None, :] - ((x - mu) / sd)[None]) ** 2
     nn = np.full_like(lifted.rel, np.nan)
     nn[ok] = train.y[np.argmin(d.sum(axis=2), axis=1)].reshape(-1, len(s.keypoints), 3)
     e_nn = np.linalg.norm(nn - rel_true, axis=2)

@@ -54,30 +54,60 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
             "beside the subject (it appears off-centre, as in real views)")] = 0.0,
         height: Annotated[float | None, typer.Option(
             "--height", help="the root's plane height, mm (default: its median)")] = None,
-        epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000)] = 12,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000)] = 30,
         width: Annotated[int, typer.Option("--width", min=16, max=4096)] = 512,
         blocks: Annotated[int, typer.Option("--blocks", min=0, max=16)] = 2,
         threshold: Annotated[float, typer.Option(
             "--likelihood-threshold", min=0, max=1, help="2D below this is missing")] = 0.3,
         seed: Annotated[int, typer.Option("--seed")] = 0,
+        dropout: Annotated[float, typer.Option("--dropout", min=0, max=0.9)] = 0.0,
+        weight_decay: Annotated[float, typer.Option(
+            "--weight-decay", min=0, max=1, help="AdamW weight decay (0: Adam)")] = 0.0,
+        loss: Annotated[str, typer.Option(
+            "--loss", help="l1 or mse (LiftPose3D's)")] = "l1",
+        noise: Annotated[str, typer.Option(
+            "--noise", help="2D error in training: empirical (the measured residuals "
+            "resampled) or gaussian (robust sigma + drops)")] = "empirical",
+        history: Annotated[int, typer.Option(
+            "--history", min=0, max=16, help="previous frames in the input (causal)")] = 0,
+        history_step: Annotated[float, typer.Option(
+            "--history-step", min=0.001, max=1.0, help="seconds between them")] = 0.02,
+        fps: Annotated[float | None, typer.Option(
+            "--fps", help="the sessions' frame rate (default: their config.yaml)")] = None,
     ) -> None:
         """Train a LiftPose3D-style lifter on sessions' measured 3D (recorded and virtual
         cameras, the 2D model's own error), export ONNX + manifest, print the errors."""
         import numpy as np
 
-        from livepose.lift.build import build_lifter, session_noise, split
+        from livepose.lift.build import Temporal, build_lifter, session_noise, split
         from livepose.lift.pairs import Augment
         from livepose.lift.sessions import read_session
         from livepose.lift.train import TrainConfig
 
         try:
+            if noise not in ("empirical", "gaussian"):
+                raise UserError(f"--noise: empirical or gaussian, got {noise!r}")
+            if loss not in ("mse", "l1"):
+                raise UserError(f"--loss: mse or l1, got {loss!r}")
             data = [read_session(s) for s in sessions]
             names = data[0].keypoints
             if any(d.keypoints != names for d in data):
                 raise UserError("lift train: the sessions' keypoints differ")
+            temporal = None
+            if history:
+                rate = fps or (data[0].fps if all(d.fps == data[0].fps for d in data) else None)
+                if not rate:
+                    raise UserError("--history: the sessions' frame rate is unknown or differs; "
+                                    "give --fps")
+                data = [d.on_grid() for d in data]
+                step = max(1, round(history_step * rate))
+                temporal = Temporal(history, step, rate)
             poses = [split(d.poses) for d in data]
-            tr = np.concatenate([p[0] for p in poses])
-            held = np.concatenate([p[1] for p in poses])
+            # sessions never share a history window: a gap of NaN rows between them
+            gap = np.full((history * (temporal.step if temporal else 1), *data[0].poses.shape[1:]),
+                          np.nan)
+            tr = np.concatenate([x for p in poses for x in (p[0], gap)])
+            held = np.concatenate([x for p in poses for x in (p[1], gap)])
             r = root or names[int(np.argmax(np.isfinite(tr).all(axis=2).sum(axis=0)))]
             cams = data[0].cameras
             if distance:
@@ -88,13 +118,16 @@ def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
                 dist = (0.7 * min(d0), 1.3 * max(d0))
             aug = Augment(_range(elevation, "--elevation"), dist, _range(azimuth, "--azimuth"),
                           views, aim)
-            noise = session_noise(data, threshold)
-            built = build_lifter(tr, held, names, r, cams, noise, aug,
+            nm = session_noise(data, threshold)
+            built = build_lifter(tr, held, names, r, cams,
+                                 nm if noise == "empirical" else nm.gaussian(), aug,
                                  TrainConfig(width=width, blocks=blocks, epochs=epochs,
-                                             seed=seed),
+                                             seed=seed, dropout=dropout,
+                                             weight_decay=weight_decay, loss=loss),
                                  out, height, threshold,
-                                 {"sessions": [str(s) for s in sessions]},
-                                 progress=lambda m: err.print(m, highlight=False))
+                                 {"sessions": [str(s) for s in sessions], "noise_model": noise},
+                                 progress=lambda m: err.print(m, highlight=False),
+                                 temporal=temporal)
         except UserError as exc:
             fail(str(exc))
         rep = built.report

@@ -31,6 +31,40 @@ class Built:
     folder: Path
 
 
+@dataclass(frozen=True)
+class Temporal:
+    """A causal window of previous frames in the lifter's input.
+
+    Attributes
+    ----------
+    history
+        Previous frames (0: single frame).
+    step
+        Rows (frames of the training sequence) between them.
+    fps
+        The training sequence's frame rate (the manifest stores ``step / fps`` seconds,
+        which the live path converts to its own frames).
+    every
+        Only every ``every``-th row is a pair's current frame.
+    frame_drop
+        Probability that a history frame is missing in training (dropped frames).
+    """
+
+    history: int = 0
+    step: int = 1
+    fps: float = 100.0
+    every: int = 1
+    frame_drop: float = 0.0
+
+    @property
+    def step_s(self) -> float:
+        return self.step / self.fps if self.history else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "step_s": self.step_s, "every": self.every,
+                "frame_drop": self.frame_drop}
+
+
 def _stats(e: np.ndarray) -> dict[str, float]:
     if e.size == 0:
         return {"median_mm": float("nan"), "mean_mm": float("nan"), "p95_mm": float("nan")}
@@ -59,7 +93,8 @@ def build_lifter(train_poses: np.ndarray, held_poses: np.ndarray, keypoints: lis
                  root: str, cameras: list[CameraModel], noise: NoiseModel, aug: Augment,
                  cfg: TrainConfig, out: Path, height: float | None = None,
                  threshold: float = 0.3, extra: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> Built:
+                 progress: Callable[[str], None] | None = None,
+                 temporal: Temporal | None = None) -> Built:
     """Train, evaluate and export a lifter.
 
     Parameters
@@ -80,6 +115,9 @@ def build_lifter(train_poses: np.ndarray, held_poses: np.ndarray, keypoints: lis
         Folder for ``lifter.onnx`` + ``lifter.yaml``.
     height
         Plane height of the root; default: the median height of the training roots.
+    temporal
+        Previous frames in the input (default none: single frame); the poses' rows must
+        then be consecutive frames at ``temporal.fps``.
     """
     if root not in keypoints:
         raise UserError(f"lift train: root {root!r} is not a keypoint ({', '.join(keypoints)})")
@@ -90,8 +128,10 @@ def build_lifter(train_poses: np.ndarray, held_poses: np.ndarray, keypoints: lis
         height = float(np.nanmedian(train_poses[:, r, 2]))
     focal = float(np.median([c.matrix[0, 0] for c in cameras])) if cameras else 500.0
     rng = np.random.default_rng(cfg.seed)
-    train = make_pairs(train_poses, r, height, noise, focal, rng, aug, cameras)
-    held = make_pairs(held_poses, r, height, noise, focal, rng, aug, cameras)
+    tp = temporal or Temporal()
+    train, held = (make_pairs(p, r, height, noise, focal, rng, aug, cameras, tp.history,
+                              tp.step, tp.every, tp.frame_drop)
+                   for p in (train_poses, held_poses))
     if progress is not None:
         progress(f"{len(train)} training pairs, {len(held)} held-out pairs")
     trained = fit(train, cfg, progress)
@@ -105,11 +145,14 @@ def build_lifter(train_poses: np.ndarray, held_poses: np.ndarray, keypoints: lis
         "augmentation": aug.to_dict(),
         "noise": noise.to_dict(keypoints),
         "network": {"width": cfg.width, "blocks": cfg.blocks, "dropout": cfg.dropout,
-                    "epochs": cfg.epochs, "train_seconds": round(trained.seconds, 1)},
+                    "weight_decay": cfg.weight_decay, "loss": cfg.loss, "epochs": cfg.epochs,
+                    "train_seconds": round(trained.seconds, 1)},
+        "temporal": tp.to_dict(),
         "recorded_cameras": [c.name for c in cameras],
         **(extra or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     export(trained.net, out, train.x)
-    write_manifest(out, LiftSpec(keypoints, root, height, threshold, report))
+    write_manifest(out, LiftSpec(keypoints, root, height, threshold, report, tp.history,
+                                 tp.step_s))
     return Built(report=report, train=train, held=held, folder=out)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.camera import CameraModel
@@ -38,12 +39,34 @@ class SessionData:
     pose2d
         ``(T, C, J, 3)`` the recorded 2D (``x, y, confidence``; NaN where none), rows aligned
         with ``poses`` by frame id.
+    frame_ids
+        ``(T,)`` the rows' frame ids (``None``: consecutive).
+    fps
+        The session's frame rate (its ``config.yaml``; ``None`` if unknown).
     """
 
     poses: np.ndarray
     keypoints: list[str]
     cameras: list[CameraModel]
     pose2d: np.ndarray
+    frame_ids: np.ndarray | None = None
+    fps: float | None = None
+
+    def on_grid(self) -> SessionData:
+        """The same session with one row per frame id from the first to the last (NaN rows
+        for frame ids without a pose), so that consecutive rows are consecutive frames."""
+        if self.frame_ids is None or len(self.frame_ids) == 0:
+            return self
+        f = np.asarray(self.frame_ids, np.int64)
+        n = int(f.max() - f.min()) + 1
+        if n > 10 * len(f) + 1000:
+            raise UserError(f"lift train: frame ids span {n} frames for {len(f)} poses")
+        poses = np.full((n, *self.poses.shape[1:]), np.nan)
+        pose2d = np.full((n, *self.pose2d.shape[1:]), np.nan)
+        poses[f - f.min()] = self.poses
+        pose2d[f - f.min()] = self.pose2d
+        return SessionData(poses, self.keypoints, self.cameras, pose2d,
+                           np.arange(f.min(), f.max() + 1), self.fps)
 
 
 def read_status(path: Path, keypoints: list[str], n: int) -> np.ndarray:
@@ -102,8 +125,15 @@ def read_session(folder: str | Path) -> SessionData:
                 t = k if k < T else None
             if t is not None:
                 pose2d[t, c] = d.points[k]
+    fps = None
+    try:
+        doc = yaml.safe_load((p / "config.yaml").read_text())
+        fps = float(doc["fps"]) if isinstance(doc, dict) and doc.get("fps") else None
+    except (OSError, yaml.YAMLError, TypeError, ValueError):
+        pass
     return SessionData(poses=poses, keypoints=list(table.keypoints),
-                       cameras=[_scaled(c, s) for c in group], pose2d=pose2d)
+                       cameras=[_scaled(c, s) for c in group], pose2d=pose2d,
+                       frame_ids=np.asarray(table.fnum, np.int64), fps=fps)
 
 
 def project_all(cameras: list[CameraModel], poses: np.ndarray) -> np.ndarray:

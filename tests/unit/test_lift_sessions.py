@@ -103,3 +103,41 @@ def test_lift_train_cli(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["lift", "train", str(folder), "--out", str(out),
                                    "--elevation", "70:20"])
     assert bad.exit_code == 2 and "LO must be <= HI" in bad.output
+
+
+def test_on_grid_puts_rows_at_their_frame_ids(tmp_path: Path) -> None:
+    """For a lifter with history, consecutive rows must be consecutive frames: a session's
+    missing frame ids become NaN rows."""
+    folder, _ = _session(tmp_path)
+    d = read_session(folder)
+    assert d.frame_ids is not None and d.frame_ids[0] == 100 and d.fps is None
+    keep = np.r_[0:50, 53:T]  # frames 150-152 never reached pose3d.csv
+    gapped = type(d)(d.poses[keep], d.keypoints, d.cameras, d.pose2d[keep], d.frame_ids[keep])
+    g = gapped.on_grid()
+    assert g.poses.shape[0] == T and np.isnan(g.poses[50:53]).all()
+    assert np.array_equal(g.poses[60], d.poses[60], equal_nan=True)
+    assert np.array_equal(g.frame_ids, np.arange(100, 100 + T))
+
+
+def test_lift_train_cli_with_history(tmp_path: Path) -> None:
+    """``--history``: previous frames in the input, their step in the manifest in seconds
+    (the live path converts it to its own frames); the frame rate must be known."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from livepose.cli.app import app
+    from livepose.fusion.lift import Lifter
+
+    folder, _ = _session(tmp_path / "s")
+    out = tmp_path / "lifter"
+    args = ["lift", "train", str(folder), "--out", str(out), "--root", "spine_mid",
+            "--epochs", "1", "--width", "32", "--views", "1", "--history", "2",
+            "--history-step", "0.04"]
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "give --fps" in bad.output
+    r = CliRunner().invoke(app, [*args, "--fps", "25", "--noise", "gaussian"])
+    assert r.exit_code == 0, r.output
+    lifter = Lifter(out)
+    assert lifter.spec.history == 2 and lifter.spec.history_step_s == pytest.approx(0.04)
+    assert lifter.spec.step_frames(100.0) == 4
+    assert lifter.spec.extra["noise_model"] == "gaussian"
