@@ -9,7 +9,9 @@ Per frame-set (instances per view in, individuals out):
    the median over keypoints of the 3D distance between the track's prediction to this
    frame-set and the cluster's triangulation, divided by the track's gate
    ``gate_mm + 3 σ`` (σ: the prediction's median standard deviation, so a track that
-   coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Confirmed
+   coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Within the
+   gate a body-size cue is added (:mod:`livepose.fusion.appearance`, weight
+   ``size_weight``): a cluster of another size than the track's individual costs more. Confirmed
    tracks are matched first (Hungarian method, :func:`~livepose.fusion.assign.assign_nb`),
    tentative ones to the clusters left.
 3. **Filters.** Every track is a block of ``J`` keypoints in *one* :class:`KeypointEKF` of
@@ -44,6 +46,7 @@ import numpy as np
 from livepose.core.camera import CameraGroup
 from livepose.core.config import FusionConfig
 from livepose.core.protocol import MEASURED, MISSING, PREDICTED
+from livepose.fusion.appearance import SizeCue
 from livepose.fusion.assign import assign_nb
 from livepose.fusion.associate import Association, Associator
 from livepose.fusion.ekf import FilterOutput, KeypointEKF
@@ -207,6 +210,7 @@ class MultiTracker:
                                length_scale=length_scale, pixel_noise_px=pixel_noise_px)
         self.assoc = Associator(cameras, cfg.likelihood_threshold, m.epipolar_px,
                                 m.min_keypoints)
+        self.size = SizeCue(self.S, self.J, m.size_weight, length_scale)
         self.tracks: list[Track] = []
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
@@ -298,6 +302,11 @@ class MultiTracker:
             tri = np.zeros((0, J, 3))
         pred, gate = self._predictions(dt, self.t)
         cost = self._costs(pred, gate, tri)
+        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
+        both, limit = cost, 1.0
+        if self.size.weight > 0:  # the size cue (fusion/appearance.py) within the gate
+            both = np.where(cost <= 1.0, cost + self.size.costs(slots, tri), np.inf)
+            limit = 1.0 + self.size.weight
         match = np.full(len(self.tracks), -1, dtype=np.int64)
         used = np.zeros(K, dtype=bool)
         for confirmed in (True, False):  # confirmed tracks first, tentative ones after
@@ -305,12 +314,15 @@ class MultiTracker:
             cols = np.flatnonzero(~used)
             if not rows or not len(cols):
                 continue
-            col = assign_nb(np.ascontiguousarray(cost[np.ix_(np.asarray(rows, np.int64), cols)]),
-                            1.0)
+            col = assign_nb(np.ascontiguousarray(both[np.ix_(np.asarray(rows, np.int64), cols)]),
+                            limit)
             for r, c in zip(rows, col, strict=True):
                 if c >= 0:
                     match[r] = cols[c]
                     used[cols[c]] = True
+        if self.size.weight > 0 and len(self.tracks):
+            with np.errstate(all="ignore"):
+                self.size.learn(slots, match, np.nanmedian(pred, axis=1))
         pts = self._pts
         pts.fill(np.nan)
         for i, tr in enumerate(self.tracks):
@@ -325,6 +337,7 @@ class MultiTracker:
                 continue  # a split of an individual already tracked, not a new one
             slot = self.free_slots.pop(0)
             self.ekf.initialised[slot * J:(slot + 1) * J] = False
+            self.size.reset(slot)
             pts[:, slot * J:(slot + 1) * J] = assoc.points[k]
             new.append((slot, int(k)))
         out = self.ekf.step(pts, dt)
@@ -442,3 +455,4 @@ class MultiTracker:
         probe = np.full((1, self.J, 3), np.nan, dtype=np.float32)
         self.assoc([probe] * self.C)
         assign_nb(np.zeros((2, 2)), 1.0)
+        self.size.warmup()
