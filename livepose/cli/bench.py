@@ -205,6 +205,14 @@ def _multi_bench() -> None:
         calibration: Annotated[Path | None, typer.Option(
             "--calibration", help="--real: the rig's calibration TOML")] = None,
         frames: Annotated[int, typer.Option("--frames", min=2, help="--real: frame-sets")] = 100,
+        avoid: Annotated[bool, typer.Option(
+            "--avoid/--no-avoid", help="sim.avoid: animals steer around each other")] = True,
+        size_spread: Annotated[float | None, typer.Option(
+            "--size-spread", min=0.0, max=0.3, help="sim.size_spread (default 0.06)")] = None,
+        size_weight: Annotated[float | None, typer.Option(
+            "--size-weight", min=0.0, help="fusion.multi.size_weight (0: no size cue)")] = None,
+        cost_frames: Annotated[int, typer.Option(
+            "--cost-frames", min=0, help="frame-sets of the isolated cost run (0: skip)")] = 900,
     ) -> None:
         """Several animals: 3 rodents, 4 sim cameras — identity swaps, encounters,
         occlusions, per-animal 3D error vs the single-animal demo, association + tracking
@@ -226,7 +234,9 @@ def _multi_bench() -> None:
         from livepose.bench.multi import run as run_multi
 
         res = run_multi(json_path, duration_s=duration, animals=animals,
-                        progress=lambda m: err.print(m, highlight=False))
+                        progress=lambda m: err.print(m, highlight=False), avoid=avoid,
+                        size_spread=size_spread, size_weight=size_weight,
+                        cost_frames=cost_frames)
         Console().print_json(data={k: v for k, v in res.items()
                                    if k not in ("scenario", "tracker")})
 
