@@ -10,19 +10,20 @@ animal:
    :data:`BODY_LAGS`, :data:`BODY_R`) within :data:`LOOK_MM` ahead and closer sideways than
    the two half-widths plus :data:`MARGIN_MM` are in its way. The one that asks for the
    steepest turn sets the avoiding heading: away from it, on the side chosen once per
-   meeting (the shorter way round; head-on both keep to their right, so they pass). With
+   meeting (the shorter way round; head-on both keep to their right, so they pass; one
+   whose side is the wall gives way instead: it creeps while the other passes). With
    nothing in the way, the head aims at its own path :data:`PURSUIT_MM` ahead (it cuts the
    tightest corners and, after a detour, drifts back onto the path).
 2. **Turn** towards that heading no faster than a turn radius of :data:`TURN_MM`, and
    **slow down** while a body is on a collision course (to :data:`CREEP` × the own speed at
    contact). The speed is the animal's own speed profile (:class:`Rodent`) times that.
 3. **No overlap.** A step that would press the head (half-width :data:`HEAD_R`) more than
-   :data:`SQUEEZE_MM` into another body (bodies are soft), or beyond :data:`WALL_MM` inside
-   the arena, is not taken: the animal creeps on turning as hard as it can (its side, else
-   the other), or waits; wedged for :data:`WAIT_STEPS` (three animals in a knot), it backs
+   :data:`SQUEEZE_MM` into another body (bodies are soft) is not taken (a step beyond
+   :data:`WALL_MM` inside the wall slides along the wall): the animal creeps on turning as
+   hard as it can (its side, else the other), or waits; wedged for :data:`WAIT_STEPS` (three animals in a knot), it backs
    up along its own trail for :data:`BACK_STEPS` and then tries the other side. A knot that
-   does not come undone within :data:`JAM_STEPS` is cut: one animal goes through the others
-   for a second (``counters["through"]``).
+   does not come undone within :data:`JAM_STEPS` (10 s) is cut: one animal goes through the
+   others for a second (``counters["through"]``).
 
 Everything is a deterministic function of the herd's seed, tabulated from ``t = 0`` as far
 as asked.
@@ -50,7 +51,7 @@ TURN_MM = 10.0
 """Smallest turn radius of the head."""
 MAX_TURN = 0.9
 """Largest heading change (rad) an obstacle asks for at once."""
-MARGIN_MM = 4.0
+MARGIN_MM = 1.0
 """Clearance kept between two bodies when passing."""
 SQUEEZE_MM = 3.0
 """Bodies are soft: a head may press this far into another body."""
@@ -61,11 +62,13 @@ CREEP = 0.25
 WAIT_STEPS = 36
 """Wedged this many steps in a row (0.3 s), an animal backs up …"""
 BACK_STEPS = 60
-"""… for this many steps, at the creeping speed."""
-JAM_STEPS = 120
-"""An animal blocked or backing up this many steps (1 s) without gaining 20 mm of new
-ground (a knot of animals that backing up did not undo) goes through the others for :data:`GHOST_STEPS` (counted as
-``through``; the one place where bodies still overlap)."""
+"""… for this many steps, at :data:`BACK_SPEED` × its own speed."""
+BACK_SPEED = 0.5
+JAM_STEPS = 1200
+"""An animal blocked or backing up this many steps (10 s) without gaining 20 mm of new
+ground (a knot of animals that backing up did not undo: a last resort, none in the
+benchmark's minute) goes through the others for :data:`GHOST_STEPS` (counted as
+``through``; the one place where bodies would overlap)."""
 GHOST_STEPS = 120
 TRAIL_BEHIND_MM = 400.0
 """The trail starts this far behind the head at t = 0 (the body and tail lie on it)."""
@@ -114,6 +117,7 @@ class Steering:
             self.theta[i] = np.arctan2(d[-1, 1], d[-1, 0])
             self.sigma[i] = s0
             self._publish(i)
+        self.history: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in animals]
         self.side = np.zeros((N, N))  # side chosen to pass animal j (per meeting)
         self.wait = np.zeros(N, dtype=np.int64)
         self.back = np.zeros(N, dtype=np.int64)
@@ -128,27 +132,32 @@ class Steering:
         n = int(self._tn[i])
         self.animals[i].set_trail(self._ts[i][:n], self._txy[i][:n])
 
-    def _append(self, i: int, s: float, p: np.ndarray) -> None:
+    def _append(self, i: int, s: float, p: np.ndarray, k: int) -> None:
+        """The head of ``i`` is at ``p``, trail arc ``s``, after step ``k``."""
         n = int(self._tn[i])
-        if s <= self._ts[i][n - 1] + 1e-6:
-            self._txy[i][n - 1] = p
-        else:
-            if n == len(self._ts[i]):
-                self._ts[i] = np.concatenate([self._ts[i], np.empty(n)])
-                self._txy[i] = np.concatenate([self._txy[i], np.empty((n, 2))])
-            self._ts[i][n], self._txy[i][n] = s, p
-            self._tn[i] = n + 1
+        ts = self._ts[i]
+        if s <= ts[n - 1] + 1e-9:
+            if s >= ts[n - 1] - 1e-9:
+                return  # did not move
+            # it backed up and goes forward again: the trail ahead of it is rewritten, so
+            # keep the old one for the steps before (any t gives the same pose)
+            self.history[i].append((k, ts[:n].copy(), self._txy[i][:n].copy()))
+            n = max(int(np.searchsorted(ts[:n], s, side="left")), 1)
+        if n == len(ts):
+            self._ts[i] = np.concatenate([ts, np.empty(n)])
+            self._txy[i] = np.concatenate([self._txy[i], np.empty((n, 2))])
+        self._ts[i][n], self._txy[i][n] = s, p
+        self._tn[i] = n + 1
         self._publish(i)
 
-    def _truncate(self, i: int, s: float) -> np.ndarray:
-        """Back up animal ``i``'s head to trail arc ``s``; its point there ``(2,)``."""
+    def trail_at(self, i: int, k: float) -> tuple[np.ndarray, np.ndarray]:
+        """Animal ``i``'s trail (arcs ``(K,)``, points ``(K, 2)``) as it was at grid step
+        ``k``."""
+        for k_end, ts, txy in self.history[i]:
+            if k < k_end:
+                return ts, txy
         n = int(self._tn[i])
-        ts, txy = self._ts[i][:n], self._txy[i][:n]
-        p = np.array([np.interp(s, ts, txy[:, 0]), np.interp(s, ts, txy[:, 1])])
-        m = max(int(np.searchsorted(ts, s, side="left")), 1)
-        self._tn[i] = m
-        self._append(i, s, p)
-        return p
+        return self._ts[i][:n], self._txy[i][:n]
 
     @staticmethod
     def _own_path(a: Rodent, s: float) -> tuple[np.ndarray, float]:
@@ -171,11 +180,14 @@ class Steering:
         return out
 
     def _free(self, i: int, p: np.ndarray, pen0: float, bodies: list[np.ndarray]) -> bool:
-        """Whether the head of ``i`` may step to ``p`` (no deeper into a body, inside)."""
-        if float(np.hypot(*p)) > self.r_wall and float(np.hypot(*p)) > float(
-                np.hypot(*bodies[i][0])):
-            return False
+        """Whether the head of ``i`` may step to ``p`` (no deeper into a body)."""
         return self._overlap(i, p, bodies) <= max(pen0, SQUEEZE_MM)
+
+    def _wall(self, p: np.ndarray) -> np.ndarray:
+        """``p`` slid back along the radius to :data:`WALL_MM` inside the wall (a head
+        that runs into the wall slides along it)."""
+        r = float(np.hypot(*p))
+        return p * (self.r_wall / r) if r > self.r_wall else p
 
     def _look(self, i: int, bodies: list[np.ndarray]) -> tuple[float | None, float]:
         """Animal ``i``'s avoiding heading change (``None``: nothing in the way) and speed
@@ -207,6 +219,10 @@ class Steering:
                     side = -1.0  # head-on: both keep to their right
                 self.side[i, j] = side
             side = self.side[i, j]
+            r_head = float(np.hypot(*head))
+            if r_head > self.r_wall - 25.0 and side * float(left @ head) > 0.3 * r_head:
+                rate = min(rate, CREEP)  # that side is the wall: give way, the other passes
+                continue
             need = width + side * lat  # sideways travel still needed on that side
             room = np.maximum(along - 0.5 * width, 4.0)
             u = np.where(ahead, need / room, 0.0)
@@ -230,6 +246,8 @@ class Steering:
         if k0 >= K:
             return
         N = len(self.animals)
+        for i in range(N):
+            self._publish(i)  # the current trails (a pose of the past may have set others)
         tau = np.concatenate([self.tau, np.zeros((N, K - k0))], axis=1)
         arc = np.concatenate([self.arc, np.zeros((N, K - k0))], axis=1)
         for k in range(k0, K):
@@ -254,14 +272,13 @@ class Steering:
         pen0 = self._overlap(i, head, bodies)
         if self.back[i] > 0:  # backing up along the own trail
             self.back[i] -= 1
-            tb = t0 - CREEP * GRID_S
+            tb = t0 - BACK_SPEED * GRID_S
             sb = s0 - (a.arc(t0) - a.arc(tb))
             n = int(self._tn[i])
             p = np.array([np.interp(sb, self._ts[i][:n], self._txy[i][:n, 0]),
                           np.interp(sb, self._ts[i][:n], self._txy[i][:n, 1])])
             if sb < s0 and self._overlap(i, p, bodies) <= max(pen0, SQUEEZE_MM):
-                self._truncate(i, sb)
-                tau[i, k], arc[i, k] = tb, sb
+                tau[i, k], arc[i, k] = tb, sb  # the trail ahead stays until it goes forward
                 d = p - bodies[i][1]
                 self.theta[i] = float(np.arctan2(d[1], d[0]))
                 self.counters["backed"] += 1
@@ -276,15 +293,19 @@ class Steering:
         ds = a.arc(t1) - a.arc(t0)
         dth = float(np.clip(_wrap(want - th), -ds / TURN_MM, ds / TURN_MM))
         for tt, step, new in self._moves(a, t0, t1, ds, th, dth, turn):
-            p = head + step * np.array([np.cos(new - 0.5 * (new - th)),
-                                        np.sin(new - 0.5 * (new - th))])
+            p = self._wall(head + step * np.array([np.cos(new - 0.5 * (new - th)),
+                                                   np.sin(new - 0.5 * (new - th))]))
             if self._free(i, p, pen0, bodies):
                 self.wait[i] = 0
-                self._append(i, s0 + step, p)
+                self._append(i, s0 + step, p, k)
                 tau[i, k], arc[i, k] = tt, s0 + step
-                self.theta[i] = _wrap(new)
+                v = p - head
+                heading = new
+                if np.hypot(*v) > 1e-6 and np.hypot(*p) >= self.r_wall - 1e-6:
+                    heading = float(np.arctan2(v[1], v[0]))  # along the wall
+                self.theta[i] = _wrap(heading)
                 if tt != t1:
-                    self.side[i][self.side[i] != 0] = np.sign(new - th)
+                    self.side[i][self.side[i] != 0] = np.sign(heading - th)
                 if s0 + step > self.mark[i] + 20.0:  # new ground: not in a knot
                     self.mark[i], self.jam[i] = s0 + step, 0
                 return
@@ -329,10 +350,13 @@ class Steering:
         return out
 
     def at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Clocks ``τ_i(t)`` and head arcs ``(N,)`` at ``t`` (tabulated as needed)."""
+        """Clocks ``τ_i(t)`` and head arcs ``(N,)`` at ``t`` (tabulated as needed); the
+        animals' trails are set as they were then."""
         self.extend(t)
         x = max(float(t), 0.0) / GRID_S
         k = min(int(x), self.tau.shape[1] - 2)
         w = x - k
+        for i, a in enumerate(self.animals):
+            a.set_trail(*self.trail_at(i, x))
         return ((1.0 - w) * self.tau[:, k] + w * self.tau[:, k + 1],
                 (1.0 - w) * self.arc[:, k] + w * self.arc[:, k + 1])
