@@ -273,8 +273,9 @@ class MultiConfig(_Model):
         "(smallest / largest principal extent) is a picture, never born"
     )
     size_weight: float = Field(
-        0.5, ge=0.0, description="tracking: weight of the body-size cue in the (track, "
-        "cluster) matching cost (3D keypoint distances learnt while a track is alone); 0: off"
+        0.0, ge=0.0, description="tracking: weight of the body-size cue in the (track, "
+        "cluster) matching cost (3D keypoint distances learnt while a track is alone); 0: "
+        "off (it did not help on the sim benchmark: docs/benchmarks.md)"
     )
     background_frames: int = Field(
         25, ge=3, description="live, single-animal model: the worker learns each camera's "
