@@ -70,6 +70,9 @@ ground (a knot of animals that backing up did not undo: a last resort, none in t
 benchmark's minute) goes through the others for :data:`GHOST_STEPS` (counted as
 ``through``; the one place where bodies would overlap)."""
 GHOST_STEPS = 120
+FAR_MM = 260.0
+"""Heads farther apart than this cannot touch within a step or see each other's bodies
+ahead (a body is ~170 mm with its tail, the look-ahead ~100 mm): such pairs are skipped."""
 TRAIL_BEHIND_MM = 400.0
 """The trail starts this far behind the head at t = 0 (the body and tail lie on it)."""
 
@@ -263,13 +266,15 @@ class Steering:
         t0, s0 = float(tau[i, k - 1]), float(arc[i, k - 1])
         tau[i, k], arc[i, k] = t0, s0
         head = bodies[i][0]
+        alone = all(float(np.hypot(*(bodies[j][0] - head))) > FAR_MM
+                    for j in range(len(bodies)) if j != i)
         if self.ghost[i] > 0:  # a knot that did not come undone: it goes through
             self.ghost[i] -= 1
             bodies = [bodies[i] if j == i else bodies[j] + 1e6 for j in range(len(bodies))]
         elif self.jam[i] > JAM_STEPS and not self.ghost.any():
             self.jam[i], self.ghost[i] = 0, GHOST_STEPS
             self.counters["through"] += 1
-        pen0 = self._overlap(i, head, bodies)
+        pen0 = -np.inf if alone else self._overlap(i, head, bodies)
         if self.back[i] > 0:  # backing up along the own trail
             self.back[i] -= 1
             tb = t0 - BACK_SPEED * GRID_S
@@ -285,7 +290,11 @@ class Steering:
                 self.jam[i] += 1
                 return
             self.back[i] = 0
-        turn, rate = self._look(i, bodies)
+        if alone:  # nobody within reach: nothing in the way (the same as looking)
+            self.side[i] = 0.0
+            turn, rate = None, 1.0
+        else:
+            turn, rate = self._look(i, bodies)
         th = self.theta[i]
         # avoiding, or back to (or along) the own path
         want = th + turn if turn is not None else self._pursue(i, a, head, th)
@@ -295,7 +304,7 @@ class Steering:
         for tt, step, new in self._moves(a, t0, t1, ds, th, dth, turn):
             p = self._wall(head + step * np.array([np.cos(new - 0.5 * (new - th)),
                                                    np.sin(new - 0.5 * (new - th))]))
-            if self._free(i, p, pen0, bodies):
+            if alone or self._free(i, p, pen0, bodies):
                 self.wait[i] = 0
                 self._append(i, s0 + step, p, k)
                 tau[i, k], arc[i, k] = tt, s0 + step
