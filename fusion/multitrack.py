@@ -10,8 +10,9 @@ Per frame-set (instances per view in, individuals out):
    frame-set and the cluster's triangulation, divided by the track's gate
    ``gate_mm + 3 σ`` (σ: the prediction's median standard deviation, so a track that
    coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Within the
-   gate a body-size cue is added (:mod:`livepose.fusion.appearance`, weight
-   ``size_weight``): a cluster of another size than the track's individual costs more. Confirmed
+   gate a body-size cue can be added (:mod:`livepose.fusion.appearance`, weight
+   ``size_weight``, off by default): a cluster of another size than the track's individual
+   costs more. Confirmed
    tracks are matched first (Hungarian method, :func:`~livepose.fusion.assign.assign_nb`),
    tentative ones to the clusters left.
 3. **Filters.** Every track is a block of ``J`` keypoints in *one* :class:`KeypointEKF` of
@@ -302,9 +303,9 @@ class MultiTracker:
             tri = np.zeros((0, J, 3))
         pred, gate = self._predictions(dt, self.t)
         cost = self._costs(pred, gate, tri)
-        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
         both, limit = cost, 1.0
         if self.size.weight > 0:  # the size cue (fusion/appearance.py) within the gate
+            slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
             both = np.where(cost <= 1.0, cost + self.size.costs(slots, tri), np.inf)
             limit = 1.0 + self.size.weight
         match = np.full(len(self.tracks), -1, dtype=np.int64)

@@ -87,3 +87,32 @@ def test_ids_command_round_trip_and_bad_input() -> None:
         ids_request({"cmd": "swap_ids", "a": 0, "b": -1})
     with pytest.raises(ValueError, match="same id"):
         ids_request({"cmd": "swap_ids", "a": 1, "b": 1})
+
+
+def test_tracker_with_the_size_cue_keeps_identities() -> None:
+    from livepose.acquisition.sim.rig import make_rig
+    from livepose.bench.multi import count_swaps
+    from livepose.core.config import FusionConfig, SimConfig
+    from livepose.fusion.multitrack import MultiTracker
+
+    rig = make_rig(SimConfig(), [f"cam{i}" for i in range(4)])
+    cfg = FusionConfig()
+    cfg.multi.enabled, cfg.multi.individuals, cfg.multi.size_weight = True, 2, 0.5
+    tr = MultiTracker(rig, 14, cfg, 30.0)
+    herd = Herd(2, 3, 200.0, 120.0, size_spread=0.08)
+    rng = np.random.default_rng(1)
+    T = 90
+    ids = np.full((T, 2), -1)
+    for t in range(T):
+        kp = herd.keypoints(t / 30)
+        views = []
+        for cam in rig:
+            uv = cam.project(kp.reshape(-1, 3)).reshape(2, 14, 2) + rng.normal(0, 1.0, (2, 14, 2))
+            views.append(np.concatenate([uv, np.full((2, 14, 1), 0.9)], -1).astype(np.float32))
+        ind = tr.step(views, t / 30)
+        for i, x in zip(ind.ids, ind.xyz, strict=True):
+            d = np.nanmedian(np.linalg.norm(kp - x[None], axis=-1), axis=1)
+            if d.min() < 20:
+                ids[t, int(np.argmin(d))] = i
+    assert count_swaps(ids) == 0 and np.mean(ids[30:] >= 0) > 0.95
+    assert (tr.size.frames[[t.slot for t in tr.tracks]] > 30).all()  # signatures learnt
