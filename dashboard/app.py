@@ -160,6 +160,39 @@ def create_app(hub: Hub) -> ASGIApp:
                        f"{reply.get('error') or reply.get('session') or 'ok'}")
         return JSONResponse(reply, status_code=200 if ok else 409)
 
+    async def ids(request: Request) -> Response:
+        """Fix identities (several animals): ``{"action": "swap", "a": 0, "b": 1}`` or
+        ``{"action": "set", "current": 2, "new": 0}`` → the supervisor's control socket →
+        fusion (logged there, and an event of the session being recorded)."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send Content-Type: application/json"},
+                                status_code=415)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        action = body.get("action") if isinstance(body, dict) else None
+        if action not in ("swap", "set"):
+            return JSONResponse({"error": 'send {"action": "swap", "a": ID, "b": ID} or '
+                                 '{"action": "set", "current": ID, "new": ID}'}, status_code=400)
+        assert isinstance(body, dict)
+        keys = ("a", "b") if action == "swap" else ("current", "new")
+        cmd: dict[str, Any] = {"cmd": "swap_ids" if action == "swap" else "set_id",
+                               **{k: body.get(k) for k in keys}}
+        if hub.control is None:
+            return JSONResponse({"error": "control is not available in this run"},
+                                status_code=503)
+        try:
+            reply = await asyncio.to_thread(hub.control, cmd)
+        except Exception as exc:  # ControlUnavailable, or a zmq error: report, never crash
+            hub.state.note("error", f"ids {action}: {exc}")
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        ok = reply.get("ok", "error" not in reply)
+        what = " ".join(str(body.get(k)) for k in keys)
+        hub.state.note("info" if ok else "error",
+                       f"ids {action} {what}: {reply.get('error') or 'sent'}")
+        return JSONResponse(reply, status_code=200 if ok else 409)
+
     async def ws_endpoint(ws: WebSocket) -> None:
         if len(hub.clients) >= MAX_CLIENTS:
             await ws.close(code=1013)
@@ -191,7 +224,7 @@ def create_app(hub: Hub) -> ASGIApp:
             hub.log_limited("404", "unknown route %s %s", request.method, request.url.path)
             return JSONResponse({"error": f"unknown route {request.url.path}",
                                  "routes": ["/", "/api/status", "/api/meta", "/api/record",
-                                            "/metrics", "/ws"]}, status_code=404)
+                                            "/api/ids", "/metrics", "/ws"]}, status_code=404)
         detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
         return JSONResponse({"error": detail}, status_code=code)
 
@@ -204,6 +237,7 @@ def create_app(hub: Hub) -> ASGIApp:
         Route("/api/status", status),
         Route("/api/meta", meta),
         Route("/api/record", record, methods=["POST"]),
+        Route("/api/ids", ids, methods=["POST"]),
         Route("/metrics", metrics),
         WebSocketRoute("/ws", ws_endpoint),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -9,7 +9,10 @@ Per frame-set (instances per view in, individuals out):
    the median over keypoints of the 3D distance between the track's prediction to this
    frame-set and the cluster's triangulation, divided by the track's gate
    ``gate_mm + 3 σ`` (σ: the prediction's median standard deviation, so a track that
-   coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Confirmed
+   coasted, and grew uncertain, reaches farther); pairs above 1 are not made. Within the
+   gate a body-size cue can be added (:mod:`livepose.fusion.appearance`, weight
+   ``size_weight``, off by default): a cluster of another size than the track's individual
+   costs more. Confirmed
    tracks are matched first (Hungarian method, :func:`~livepose.fusion.assign.assign_nb`),
    tentative ones to the clusters left.
 3. **Filters.** Every track is a block of ``J`` keypoints in *one* :class:`KeypointEKF` of
@@ -44,6 +47,7 @@ import numpy as np
 from livepose.core.camera import CameraGroup
 from livepose.core.config import FusionConfig
 from livepose.core.protocol import MEASURED, MISSING, PREDICTED
+from livepose.fusion.appearance import SizeCue
 from livepose.fusion.assign import assign_nb
 from livepose.fusion.associate import Association, Associator
 from livepose.fusion.ekf import FilterOutput, KeypointEKF
@@ -169,13 +173,17 @@ def _costs_nb(pred: np.ndarray, gate: np.ndarray, tri: np.ndarray) -> np.ndarray
 
 
 @nb.njit(cache=True, nogil=True)
-def _match_nb(cost: np.ndarray, gate: np.ndarray, confirmed: np.ndarray, slots: np.ndarray,
+def _match_nb(cost: np.ndarray, both: np.ndarray, limit: float, gate: np.ndarray,
+              confirmed: np.ndarray, slots: np.ndarray,
               cl_pts: np.ndarray, tri: np.ndarray, free: np.ndarray, g0: float, J: int,
               pts: np.ndarray, initialised: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Matching and the EKF's views (module docstring, steps 2–4) in one call.
 
-    Confirmed tracks are matched to the clusters first (Hungarian, rejection at 1), the
+    ``both``: the cost the matching uses (``cost``, plus the size cue's term within the
+    gate), rejected above ``limit``; ``cost`` (the gate-scaled 3D distance) decides which
+    leftover clusters are near a track.
+    Confirmed tracks are matched to the clusters first (Hungarian, rejection at ``limit``), the
     tentative ones to the clusters left; ``pts`` ``(C, S·J, 3)`` gets each matched track's
     cluster in its slot's block (NaN elsewhere). A cluster left over with a finite
     triangulation, not within ``g0`` of a track, takes the lowest of the ``free`` slots
@@ -205,8 +213,8 @@ def _match_nb(cost: np.ndarray, gate: np.ndarray, confirmed: np.ndarray, slots: 
         sub = np.empty((nr, nc))
         for r in range(nr):
             for c in range(nc):
-                sub[r, c] = cost[rows[r], cols[c]]
-        col = assign_nb(sub, 1.0)
+                sub[r, c] = both[rows[r], cols[c]]
+        col = assign_nb(sub, limit)
         for r in range(nr):
             if col[r] >= 0:
                 match[rows[r]] = cols[col[r]]
@@ -337,6 +345,7 @@ class MultiTracker:
                                length_scale=length_scale, pixel_noise_px=pixel_noise_px)
         self.assoc = Associator(cameras, cfg.likelihood_threshold, m.epipolar_px,
                                 m.min_keypoints)
+        self.size = SizeCue(self.S, self.J, m.size_weight, length_scale)
         self.tracks: list[Track] = []
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
@@ -426,12 +435,23 @@ class MultiTracker:
             tri = np.zeros((0, J, 3))
         pred, gate = self._predictions(dt, self.t)
         cost = self._costs(pred, gate, tri)
+        both, limit = cost, 1.0
+        slots = np.array([t.slot for t in self.tracks], dtype=np.int64)
+        if self.size.weight > 0:  # the size cue (fusion/appearance.py) within the gate
+            both = np.where(cost <= 1.0, cost + self.size.costs(slots, tri), np.inf)
+            limit = 1.0 + self.size.weight
         free = np.array(self.free_slots, dtype=np.int64)
         match, new_slot, new_k = _match_nb(
-            cost, gate, np.array([t.confirmed for t in self.tracks], dtype=np.bool_),
-            np.array([t.slot for t in self.tracks], dtype=np.int64), assoc.points, tri, free,
+            cost, np.ascontiguousarray(both, dtype=np.float64), limit, gate,
+            np.array([t.confirmed for t in self.tracks], dtype=np.bool_),
+            slots, assoc.points, tri, free,
             0.5 * self.cfg.gate_mm * self.scale, J, self._pts, self.ekf.initialised)
+        if self.size.weight > 0 and len(self.tracks):
+            with np.errstate(all="ignore"):
+                self.size.learn(slots, match, np.nanmedian(pred, axis=1))
         del self.free_slots[:len(new_slot)]
+        for slot in new_slot.tolist():
+            self.size.reset(slot)
         new = list(zip(new_slot.tolist(), new_k.tolist(), strict=True))
         pts = self._pts
         out = self.ekf.step(pts, dt)
@@ -538,9 +558,11 @@ class MultiTracker:
         self.assoc([probe] * self.C)
         assign_nb(np.zeros((2, 2)), 1.0)
         J = self.J
-        _match_nb(np.zeros((1, 1)), np.ones(1), np.ones(1, np.bool_), np.zeros(1, np.int64),
+        z = np.zeros((1, 1))
+        _match_nb(z, z, 1.0, np.ones(1), np.ones(1, np.bool_), np.zeros(1, np.int64),
                   np.full((1, self.C, J, 3), np.nan, np.float32), np.full((1, J, 3), np.nan),
                   np.arange(self.S, dtype=np.int64), 1.0, J, self._pts.copy(),
                   np.zeros(self.S * J, np.bool_))
         _output_nb(np.zeros((J, 3)), np.zeros((J, 3)), np.zeros(J, np.uint16),
                    np.zeros(J, np.float32), np.zeros(1, np.int64), J)
+        self.size.warmup()

@@ -25,10 +25,12 @@ from livepose.core import protocol
 from livepose.core.calibration import CalibrationError, calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
+from livepose.core.control import IDS_TOPIC
 from livepose.core.geometry import Geometry, fit_geometry
 from livepose.core.modelinfo import model_noise_px
 from livepose.fusion.drift import DriftEvent, DriftMonitor
 from livepose.fusion.ekf import KeypointEKF
+from livepose.fusion.idfix import drain_id_commands
 from livepose.fusion.kalman import KeypointKalman
 from livepose.fusion.pulses import PulseTimes
 from livepose.kit.process import StageContext
@@ -413,6 +415,12 @@ def main(ctx: StageContext) -> None:
     fuser.warmup()
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
+    ids_ep = ctx.endpoints.get("record") if cfg.fusion.multi.enabled else None
+    ctl = ctx.socket(zmq.SUB, connect=ids_ep, subscribe=IDS_TOPIC) if ids_ep else None
+    if ctl is not None:  # a user's fixes of identities (the supervisor's control PUB)
+        poller.register(ctl, zmq.POLLIN)
+        ctx.counters["id_fixes"] += 0
+        ctx.counters["id_rejected"] += 0
     for key in ("received", "fused", "late", "rejected", "gated", "dropped"):
         ctx.counters[key] += 0
     ctx.ready(cameras=fuser.names, filter=fuser.filter, model=cfg.fusion.kalman.model,
@@ -438,6 +446,8 @@ def main(ctx: StageContext) -> None:
             rate_t0, rate_n0 = now, fuser.counters["fused"]
         if not poller.poll(POLL_MS):
             continue
+        if ctl is not None:
+            drain_id_commands(ctx, fuser.tracker, ctl, report)
         batch: list[tuple[int, protocol.Kp2d]] = []
         while len(batch) < MAX_BATCH:
             try:

@@ -142,9 +142,18 @@ class Rodent:
         The animal stays inside this radius (with a margin).
     speed_mm_s
         Median running speed.
+    scale
+        Body size: every length of the body (spheres, keypoint offsets, stride) times this;
+        the path and the speed are unchanged (real animals of one cage differ by a few %).
     """
 
-    def __init__(self, seed: int, arena_radius_mm: float, speed_mm_s: float) -> None:
+    def __init__(self, seed: int, arena_radius_mm: float, speed_mm_s: float,
+                 scale: float = 1.0) -> None:
+        if not 0.5 <= scale <= 2.0:
+            raise ValueError(f"Rodent scale must be in 0.5..2.0, got {scale}")
+        self.scale = float(scale)
+        # a trail that replaces the path (set by a herd that avoids collisions)
+        self._trail: tuple[np.ndarray, np.ndarray] | None = None
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 31337])
         self.arena_radius_mm = float(arena_radius_mm)
         self.speed_mm_s = float(speed_mm_s)
@@ -210,17 +219,38 @@ class Rodent:
         n, frac = divmod(float(t), PERIOD_S)
         return self._s0 + n * self._s_period + float(np.interp(frac, self._t_grid, self._s_grid))
 
+    def set_trail(self, s: np.ndarray, xy: np.ndarray) -> None:
+        """Follow a trail instead of the path: points ``xy`` ``(K, 2)`` at arc lengths ``s``
+        ``(K,)`` (increasing, ~uniform; interpolated, held beyond the ends). The body is
+        laid along it exactly as along the path (a herd that avoids collisions steers the
+        head and records where it went); give the head's arc to :meth:`pose`."""
+        self._trail = (s, xy)
+
     def _path(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Path points ``(..., 2)`` and unit tangents ``(..., 2)`` at arc lengths ``s``."""
+        """Path (or trail) points ``(..., 2)`` and unit tangents ``(..., 2)`` at arc lengths
+        ``s``."""
         s = np.asarray(s, dtype=np.float64)
         h = 3.0
-        q = np.stack([s - h, s, s + h]) % self._curve_len
-        x = np.interp(q, self._curve_s, self._curve[:, 0])
-        y = np.interp(q, self._curve_s, self._curve[:, 1])
+        sa = np.stack([s - h, s, s + h])
+        if self._trail is not None:
+            ts, txy = self._trail
+            x = np.interp(sa, ts, txy[:, 0])
+            y = np.interp(sa, ts, txy[:, 1])
+        else:
+            q = sa % self._curve_len
+            x = np.interp(q, self._curve_s, self._curve[:, 0])
+            y = np.interp(q, self._curve_s, self._curve[:, 1])
         p = np.stack([x[1], y[1]], axis=-1)
         d = np.stack([x[2] - x[0], y[2] - y[0]], axis=-1)
         d /= np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-9)
         return p, d
+
+    def _vpath(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The path in body units (arc ``u`` = world arc / scale, points / scale): a body of
+        unit size built on it and scaled by ``scale`` is the animal of this size."""
+        k = self.scale
+        p, d = self._path(np.asarray(u, dtype=np.float64) * k)
+        return (p / k if k != 1.0 else p), d
 
     # ------------------------------------------------------------------ pose
 
@@ -232,7 +262,7 @@ class Rodent:
 
         def neutral(cycle: float) -> np.ndarray:
             sm = (cycle + 0.5 * _DUTY - offset - self._gait0) * _STRIDE_MM - lag
-            p, d = self._path(np.array(sm))
+            p, d = self._vpath(np.array(sm))
             return np.array([p[0] - lateral * d[1], p[1] + lateral * d[0], 0.0])
 
         a = neutral(k)
@@ -245,9 +275,12 @@ class Rodent:
         out[2] = _LIFT_MM * np.sin(np.pi * w)
         return out
 
-    def _build(self, t: float) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Spheres ``(S, 4)``, albedo ``(S,)`` and the keypoint rows (``KEYPOINTS`` order)."""
-        s = self.arc(t)
+    def _build(self, t: float, s_head: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Spheres ``(S, 4)``, albedo ``(S,)`` and the keypoint rows (``KEYPOINTS`` order);
+        ``s_head``: the head's arc on the trail (default: :meth:`arc`)."""
+        k = self.scale
+        s = (self.arc(t) if s_head is None else s_head) / k  # body units (:meth:`_vpath`)
         sp: list[list[float]] = []
         alb: list[float] = []
         names: dict[str, int] = {}
@@ -259,10 +292,10 @@ class Rodent:
             alb.append(a)
 
         lags = _SPINE[:, 0]
-        p, _ = self._path(s - lags)
+        p, _ = self._vpath(s - lags)
         spine = np.column_stack([p, _SPINE[:, 2]])
         # head: from the neck towards the head reference point, with yaw and pitch noise
-        p0, _ = self._path(np.array(s))
+        p0, _ = self._vpath(np.array(s))
         fwd = p0 - p[0]
         fwd /= max(float(np.linalg.norm(fwd)), 1e-9)
         yaw = 0.35 * _noise(self._yaw_bank, t)
@@ -306,7 +339,7 @@ class Rodent:
             (-14.0, 70.0, 0.0, 60.0, -8.5, "right_hindpaw"),
         ):
             paw = self._paw(s, lag, lat, off)
-            pj, dj = self._path(np.array(s - jlag))
+            pj, dj = self._vpath(np.array(s - jlag))
             joint = np.array([pj[0] - jlat * dj[1], pj[1] + jlat * dj[0], 9.0])
             hind = lag > 50
             paw[2] += 3.0 if hind else 2.5
@@ -320,7 +353,7 @@ class Rodent:
             add(paw, 3.0 if hind else 2.6, ALBEDO_PAW, nm)
         # tail: along the path with a travelling lateral wave, resting towards the floor
         tl = np.linspace(0.0, _TAIL_LEN, _NTAIL)
-        pt, dt = self._path(s - _TAIL_BASE_LAG - tl)
+        pt, dt = self._vpath(s - _TAIL_BASE_LAG - tl)
         f = tl / _TAIL_LEN
         wave = (
             7.0 * f**1.5 * np.sin(2 * np.pi * (1.2 * f - 0.7 * t) + 3 * _noise(self._tail_bank, t))
@@ -351,6 +384,8 @@ class Rodent:
             spheres[front, 0] += (nf - df) * fwd_b[0]
             spheres[front, 1] += (nf - df) * fwd_b[1]
             spheres[front, 2] = pivot[2] + nz
+        if k != 1.0:
+            spheres *= k
         spheres[:, 2] = np.maximum(spheres[:, 2], spheres[:, 3] * 0.9)
         return spheres, np.asarray(alb), [names[k] for k in KEYPOINTS]
 
@@ -378,9 +413,11 @@ class Rodent:
         spheres, _, idx = self._build(t)
         return np.ascontiguousarray(spheres[idx, :3])
 
-    def pose(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Spheres ``(S, 4)``, albedo ``(S,)`` and keypoints ``(J, 3)`` in one evaluation."""
-        spheres, albedo, idx = self._build(t)
+    def pose(self, t: float, s_head: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Spheres ``(S, 4)``, albedo ``(S,)`` and keypoints ``(J, 3)`` in one evaluation
+        (``s_head``: the head's arc on a trail, :meth:`set_trail`)."""
+        spheres, albedo, idx = self._build(t, s_head)
         return spheres, albedo, np.ascontiguousarray(spheres[idx, :3])
 
     @property

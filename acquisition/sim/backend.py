@@ -46,7 +46,8 @@ def make_animal(cfg: Config) -> Rodent | Herd:
     ``sim.animals`` > 1."""
     s = cfg.sim
     if s.animals > 1:
-        return Herd(s.animals, s.seed, s.arena_diameter_mm / 2, s.speed_mm_s)
+        return Herd(s.animals, s.seed, s.arena_diameter_mm / 2, s.speed_mm_s, avoid=s.avoid,
+                    size_spread=s.size_spread)
     return Rodent(seed=s.seed, arena_radius_mm=s.arena_diameter_mm / 2, speed_mm_s=s.speed_mm_s)
 
 

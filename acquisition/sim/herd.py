@@ -7,19 +7,25 @@ the arena at its own speed profile. Their paths cross, so they meet, pass close 
 each other from cameras; the renderer is depth-buffered, so who hides whom in each view is
 exact.
 
-**Yielding** (``yield_mm`` > 0; off by default: with it, animals on similar laps queue up
-nose to tail for seconds). Animal ``i`` runs on its own clock ``τ_i(t)``: it slows down and
-stops while its head is within ``yield_mm`` of the body of an animal of lower index (animal 0
-never yields), and goes on when the way is clear. Heads do not run into bodies from behind or the
-side that way; an animal of higher priority can still run into a waiting one's body (the
-bodies then overlap for a moment, which real animals' would not). The clocks are tabulated
-from ``t = 0`` on a fine grid as far as asked, so any ``t`` gives the same pose.
+**Avoidance** (``avoid``, on by default). Real rodents do not pass through each other: each
+animal steers around the others' bodies, slows down briefly, and drifts back onto its own
+path (:mod:`livepose.acquisition.sim.avoid`); the bodies follow their heads' trails. The
+animals still meet, pass close (well within one body length) and hide each other from
+cameras — their bodies only do not overlap (a head may press :data:`~.avoid.SQUEEZE_MM`
+into another body). Without avoidance (``avoid=False``, the earlier herd) the bodies can
+overlap for a moment while two animals pass through each other.
+
+**Sizes** (``size_spread``): animal ``i > 0`` has a body scale drawn from its seed in
+``1 ± size_spread`` (:class:`Rodent`'s ``scale``); animal 0 keeps scale 1 (the
+single-animal rig's animal). 0: all alike.
 
 Ground truth for a benchmark:
 
 - :meth:`Herd.pose` gives every animal's keypoints ``(N, J, 3)`` in identity order;
 - :func:`hidden_keypoints` says which keypoints of which animal are hidden behind another
   animal's body in a camera (ray–sphere tests against the other animals' spheres);
+- :func:`body_overlap` says how deep two bodies overlap (none with avoidance, but for
+  squeezing and the rare knot an animal goes through);
 - :func:`count_onsets` turns a per-frame boolean into events (rising edges, with a minimum
   gap so a flickering contact counts once).
 """
@@ -29,9 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from livepose.acquisition.sim.animal import KEYPOINTS, Rodent
-
-_GRID_S = 1.0 / 240.0  # time step of the yielding clocks
-_BODY_LAGS = np.array([0.0, 22.0, 36.0, 50.0, 63.0, 75.0, 92.0])  # arc lags of body points
+from livepose.acquisition.sim.avoid import Steering
 
 SEED_STRIDE = 7919
 """Animal ``i`` has seed ``seed + SEED_STRIDE · i``."""
@@ -51,56 +55,37 @@ class Herd:
     seed, arena_radius_mm, speed_mm_s
         As for :class:`Rodent`; animal ``i`` uses ``seed + SEED_STRIDE · i`` and a speed
         within ±15 % of ``speed_mm_s`` (drawn from its seed).
-    yield_mm
-        Yielding distance (module docstring); 0: animals never wait.
+    avoid
+        Animals steer around each other's bodies (module docstring); ``False``: they pass
+        through each other.
+    size_spread
+        Body scale of animals ``i > 0`` drawn in ``1 ± size_spread`` (0 to 0.3).
     """
 
     def __init__(self, n: int, seed: int, arena_radius_mm: float, speed_mm_s: float,
-                 yield_mm: float = 0.0) -> None:
-        self.yield_mm = float(yield_mm)
+                 avoid: bool = True, size_spread: float = 0.0) -> None:
         if n < 1:
             raise ValueError(f"a herd needs at least one animal, got {n}")
+        if not 0.0 <= size_spread <= 0.3:
+            raise ValueError(f"sim size_spread must be in 0..0.3, got {size_spread}")
         self.animals: list[Rodent] = []
         for i in range(int(n)):
             s = int(seed) + SEED_STRIDE * i
             f = 1.0 if i == 0 else float(np.random.default_rng([s & 0xFFFFFFFF, 5]).uniform(
                 0.85, 1.15))
+            k = 1.0 if i == 0 else 1.0 + size_spread * float(
+                np.random.default_rng([s & 0xFFFFFFFF, 11]).uniform(-1.0, 1.0))
             self.animals.append(Rodent(seed=s, arena_radius_mm=arena_radius_mm,
-                                       speed_mm_s=speed_mm_s * f))
-        self._tau = np.zeros((len(self.animals), 1))  # clocks on the grid, (N, K)
-
-    def _extend(self, t: float) -> None:
-        """Tabulate the clocks up to ``t`` (module docstring: yielding)."""
-        K = int(np.ceil(t / _GRID_S)) + 2
-        k0 = self._tau.shape[1]
-        if k0 >= K:
-            return
-        N = len(self.animals)
-        tau = np.concatenate([self._tau, np.zeros((N, K - k0))], axis=1)
-        for k in range(k0, K):
-            prev = tau[:, k - 1]
-            heads, bodies = [], []
-            for a, tt in zip(self.animals, prev, strict=True):
-                s = a.arc(float(tt))
-                p, _ = a._path(s - _BODY_LAGS)
-                heads.append(p[0])
-                bodies.append(p)
-            for i in range(N):
-                rate = 1.0
-                for j in range(i):
-                    d = float(np.min(np.linalg.norm(bodies[j] - heads[i], axis=1)))
-                    x = min(max((d - self.yield_mm) / 30.0, 0.0), 1.0)
-                    rate = min(rate, x * x * (3.0 - 2.0 * x))
-                tau[i, k] = prev[i] + rate * _GRID_S
-        self._tau = tau
+                                       speed_mm_s=speed_mm_s * f, scale=k))
+        self.scales = np.array([a.scale for a in self.animals])
+        self.steering = (Steering(self.animals, arena_radius_mm) if avoid and n > 1
+                         else None)
 
     def clocks(self, t: float) -> np.ndarray:
-        """Each animal's own time ``τ_i(t)`` ``(N,)`` (``τ_0 = t``)."""
-        if self.yield_mm <= 0:
+        """Each animal's own time ``τ_i(t)`` ``(N,)`` (``τ_i = t`` without avoidance)."""
+        if self.steering is None:
             return np.full(len(self.animals), float(t))
-        self._extend(t)
-        g = np.arange(self._tau.shape[1]) * _GRID_S
-        return np.array([np.interp(t, g, row) for row in self._tau])
+        return self.steering.at(t)[0]
 
     def __len__(self) -> int:
         return len(self.animals)
@@ -112,7 +97,11 @@ class Herd:
 
     def parts(self, t: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per animal: spheres ``(S_i, 4)``, albedo ``(S_i,)``, keypoints ``(J, 3)``."""
-        return [a.pose(float(tt)) for a, tt in zip(self.animals, self.clocks(t), strict=True)]
+        if self.steering is None:
+            return [a.pose(float(t)) for a in self.animals]
+        tau, arc = self.steering.at(t)
+        return [a.pose(float(tt), float(s)) for a, tt, s in
+                zip(self.animals, tau, arc, strict=True)]
 
     def pose(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All animals at ``t``: spheres ``(S, 4)`` and albedo ``(S,)`` concatenated (for the
@@ -169,6 +158,27 @@ def hidden_keypoints(
                 d2 = np.sum(oc**2, axis=2) - tca**2
                 hit = (d2 < sph[None, :, 3] ** 2) & (tca > 0) & (tca < L[:, None] - 2.0)
                 out[c, a] |= hit.any(axis=1)
+    return out
+
+
+def body_overlap(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 min_radius_mm: float = 6.0) -> float:
+    """How deep (mm) two animals' bodies overlap at one instant: the largest
+    ``r_a + r_b − distance`` over pairs of spheres of different animals with radius ≥
+    ``min_radius_mm`` (head, spine, hips: not the thin legs and tail); ≤ 0: apart.
+
+    Parameters
+    ----------
+    parts
+        :meth:`Herd.parts` of one instant.
+    """
+    out = -np.inf
+    big = [p[0][p[0][:, 3] >= min_radius_mm] for p in parts]
+    for a in range(len(big)):
+        for b in range(a + 1, len(big)):
+            A, B = big[a], big[b]
+            d = np.linalg.norm(A[:, None, :3] - B[None, :, :3], axis=-1)
+            out = max(out, float(np.max(A[:, None, 3] + B[None, :, 3] - d)))
     return out
 
 

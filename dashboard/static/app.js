@@ -185,8 +185,9 @@ function individual(id) {  // the meshes of one track id, made on first sight
 
 function onPose(msg) {
   probe.poses += 1;
-  if (!view3d.scene) return;
   const inds = msg.individuals || [];
+  if (inds.length > 1) $("ids-form").hidden = false;  // several animals: offer the swap
+  if (!view3d.scene) return;
   const seen = new Set(inds.map((i) => i.id));
   for (const [id, g] of Object.entries(view3d.individuals || {})) {
     if (!seen.has(Number(id))) {
@@ -368,6 +369,21 @@ async function record(action, name) {
 }
 $("record-form").addEventListener("submit", (ev) => { ev.preventDefault(); record("start", $("session-name").value); });
 $("record-stop").addEventListener("click", () => record("stop"));
+
+// ------------------------------------------------------------------ identities (several animals)
+async function swapIds(a, b) {
+  const r = await fetch(`/api/ids${q}`, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ action: "swap", a, b }),
+  });
+  const body = await r.json().catch(() => ({}));
+  $("ids-status").textContent = r.ok ? `swapped ${a} ⇄ ${b}` : `error: ${body.error || r.status}`;
+  probe.lastIds = { status: r.status, body };
+}
+$("ids-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  swapIds(Number($("ids-a").value), Number($("ids-b").value));
+});
 
 // ------------------------------------------------------------------ websocket
 function connect() {

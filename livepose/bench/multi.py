@@ -24,8 +24,11 @@ Metrics:
   (Hungarian on the median keypoint error, ≤ ``match_mm`` = 20 mm); a swap is counted when
   a true animal's matched track id differs from the id it last held and the new id then
   holds for 0.5 s; ``id_switches_raw`` counts every change (MOT's IDSW), including the
-  flickers while two animals' bodies overlap (the sim's animals can pass through each
-  other, so two tracks can be within 20 mm of both for a few frame-sets);
+  flickers while two animals are within 20 mm of both tracks;
+- the herd (``sim.avoid``, ``sim.size_spread``): animals steer around each other
+  (:mod:`livepose.acquisition.sim.avoid`); ``herd`` reports their body scales, the
+  steering's counters (``through``: knots cut by letting one animal through) and the frames
+  where two bodies overlap by more than 5 mm (:func:`~livepose.acquisition.sim.herd.body_overlap`);
 - ``close_encounters``: events (onsets, 0.5 s apart) of two animals' spine midpoints nearer
   than one body length (100 mm); ``occlusions``: events of an animal with ≥ 3 keypoints
   hidden behind another animal's body in a camera (ray–sphere tests), per camera;
@@ -57,12 +60,21 @@ from livepose.bench.results import write_json
 from livepose.core.config import Config, SimCameraConfig
 
 
-def config(animals: int = 3, n_cams: int = 4, fps: float = 30.0, seed: int = 0) -> Config:
-    """The benchmark's config: the demo rig with ``animals`` rodents, ``fusion.multi`` on."""
+def config(animals: int = 3, n_cams: int = 4, fps: float = 30.0, seed: int = 0,
+           avoid: bool = True, size_spread: float | None = None,
+           size_weight: float | None = None) -> Config:
+    """The benchmark's config: the demo rig with ``animals`` rodents, ``fusion.multi`` on
+    (``sim.avoid``, ``sim.size_spread`` and ``fusion.multi.size_weight`` as given, else the
+    defaults)."""
     cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(n_cams)],
                  fps=fps)
     cfg.sim.seed = seed
     cfg.sim.animals = animals
+    cfg.sim.avoid = avoid
+    if size_spread is not None:
+        cfg.sim.size_spread = size_spread
+    if size_weight is not None:
+        cfg.fusion.multi.size_weight = size_weight
     cfg.fusion.multi.enabled = True
     cfg.fusion.multi.individuals = animals
     cfg.model.intra_op_threads = 1
@@ -85,10 +97,12 @@ def _match(xyz: np.ndarray, truth: np.ndarray, match_mm: float) -> np.ndarray:
     return col
 
 
-def count_swaps(ids: np.ndarray, hold: int = 1) -> int:
+def count_swaps(ids: np.ndarray, hold: int = 1, events: list[tuple[int, int]] | None = None
+                ) -> int:
     """Swaps in ``(T, N)`` per-frame track ids of each true animal (-1: unmatched): a change
     of a true animal's id against the id it last held, counted when the new id then holds
-    for ``hold`` frame-sets in a row (``hold=1``: every change, MOT's IDSW)."""
+    for ``hold`` frame-sets in a row (``hold=1``: every change, MOT's IDSW). ``events``, if
+    given, gets ``(frame, animal)`` of each."""
     swaps = 0
     for a in range(ids.shape[1]):
         col = ids[:, a]
@@ -104,6 +118,8 @@ def count_swaps(ids: np.ndarray, hold: int = 1) -> int:
             if run >= hold or i + run == T:
                 if last >= 0 and v != last:
                     swaps += 1
+                    if events is not None:
+                        events.append((i, a))
                 last = v
             i += run
     return swaps
@@ -135,7 +151,8 @@ def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[st
 
     cfg = config(animals)
     rig = make_rig(cfg.sim, cfg.camera_names)
-    herd = Herd(animals, seed, cfg.sim.arena_diameter_mm / 2, cfg.sim.speed_mm_s)
+    herd = Herd(animals, seed, cfg.sim.arena_diameter_mm / 2, cfg.sim.speed_mm_s,
+                avoid=cfg.sim.avoid, size_spread=cfg.sim.size_spread)
     rng = np.random.default_rng(seed)
     views = []
     for t in range(frames):
@@ -177,10 +194,17 @@ def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[st
 
 def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         match_mm: float = 20.0, cost_frames: int = 900, route: str = "crops",
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, avoid: bool = True,
+        size_spread: float | None = None, size_weight: float | None = None) -> dict[str, Any]:
     """Run the benchmark; write the JSON to ``json_path`` when given and return it."""
     from livepose.acquisition.sim.animal import Rodent
-    from livepose.acquisition.sim.herd import BODY_LENGTH_MM, Herd, count_onsets, hidden_keypoints
+    from livepose.acquisition.sim.herd import (
+        BODY_LENGTH_MM,
+        Herd,
+        body_overlap,
+        count_onsets,
+        hidden_keypoints,
+    )
     from livepose.acquisition.sim.render import SimRenderer
     from livepose.acquisition.sim.rig import make_rig
     from livepose.fusion.multitrack import MultiTracker
@@ -195,14 +219,15 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
 
     say = progress or (lambda _m: None)
     t_start = time.perf_counter()
-    cfg = config(animals)
+    cfg = config(animals, avoid=avoid, size_spread=size_spread, size_weight=size_weight)
     fps = cfg.fps
     T = round(duration_s * fps)
     rig = make_rig(cfg.sim, cfg.camera_names)
     C = len(rig)
     radius = cfg.sim.arena_diameter_mm / 2
     renderers = [SimRenderer(cam, cfg.sim, radius) for cam in rig]
-    herd = Herd(animals, cfg.sim.seed, radius, cfg.sim.speed_mm_s)
+    herd = Herd(animals, cfg.sim.seed, radius, cfg.sim.speed_mm_s, avoid=cfg.sim.avoid,
+                size_spread=cfg.sim.size_spread)
     single = Rodent(cfg.sim.seed, radius, cfg.sim.speed_mm_s)  # = the herd's animal 0
     path, manifest = resolve_model(cfg.model)
     engine = create_engine(engine_name(cfg.model, path), path, manifest, cfg.model)
@@ -235,6 +260,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     ids = np.full((T, N), -1, dtype=np.int64)
     close = np.zeros((T, N * (N - 1) // 2), dtype=bool)
     occl = np.zeros((T, C, N), dtype=bool)
+    overlap = np.zeros(T)  # deepest overlap of two bodies (mm)
     cost_us = np.empty(T)
     pipe_ms = np.empty(T)
     dropped = 0
@@ -253,6 +279,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         close[t] = [np.linalg.norm(mid[a] - mid[b]) < BODY_LENGTH_MM
                     for a in range(N) for b in range(a + 1, N)]
         occl[t] = hidden_keypoints(parts, centres).sum(axis=-1) >= 3
+        overlap[t] = body_overlap(parts)
         # multi-animal path
         t0 = time.perf_counter()
         if crops is not None:
@@ -292,7 +319,11 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     e1 = np.concatenate(err1)
     e, e1 = e[np.isfinite(e)], e1[np.isfinite(e1)]
     gap = round(0.5 * fps)
-    swaps = count_swaps(ids, hold=round(0.5 * fps))
+    events: list[tuple[int, int]] = []
+    swaps = count_swaps(ids, hold=round(0.5 * fps), events=events)
+    mids = truth[:, :, 5, :2]  # what was going on at each swap: the nearest other animal
+    near = [min(float(np.linalg.norm(mids[f, a] - mids[f, b])) for b in range(N) if b != a)
+            for f, a in events] if N > 1 else []
     animal_s = N * T / fps
     res = {
         "benchmark": "multi",
@@ -303,6 +334,9 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         "animal_seconds": animal_s,
         "swaps_per_10min": swaps / animal_s * 600.0,
         "id_switches_raw": count_swaps(ids),
+        "swap_events": [{"t_s": round(f / fps, 2), "animal": a, "nearest_mm": round(d, 1),
+                         "overlap_mm": round(float(overlap[max(f - 15, 0):f + 1].max()), 1)}
+                        for (f, a), d in zip(events, near, strict=True)],
         "close_encounters": int(sum(count_onsets(close[:, k], gap)
                                     for k in range(close.shape[1]))),
         "occlusions": int(sum(count_onsets(occl[:, c, a], gap)
@@ -312,8 +346,12 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         "single_animal_error_mm_median": float(np.median(e1)) if e1.size else None,
         "coverage_pct": float(100.0 * np.mean(ids >= 0)),
         "cost_us": {"median": float(np.median(cost_us)), "p99": float(np.percentile(cost_us, 99))},
-        "cost_us_isolated": tracking_cost(cost_frames, animals=N),
+        "cost_us_isolated": tracking_cost(cost_frames, animals=N) if cost_frames else None,
         "route": route,
+        "herd": {"avoid": cfg.sim.avoid, "scales": [round(float(k), 4) for k in herd.scales],
+                 **(herd.steering.counters if herd.steering is not None else {}),
+                 "body_overlap_frames": int(np.sum(overlap > 5.0)),
+                 "body_overlap_max_mm": float(overlap.max()) if T else 0.0},
         "pipeline_ms": {"median": float(np.median(pipe_ms)),
                         "p90": float(np.percentile(pipe_ms, 90)),
                         "p99": float(np.percentile(pipe_ms, 99))},

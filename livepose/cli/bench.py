@@ -209,8 +209,15 @@ def _multi_bench() -> None:
             "--route", help="sim: the worker's instances: crops (3D-guided crops once the "
             "individuals are known, as live) or full (every blob masked on the full "
             "frame)")] = "crops",
+        avoid: Annotated[bool, typer.Option(
+            "--avoid/--no-avoid", help="sim.avoid: animals steer around each other")] = True,
+        size_spread: Annotated[float | None, typer.Option(
+            "--size-spread", min=0.0, max=0.3, help="sim.size_spread (default 0.06)")] = None,
+        size_weight: Annotated[float | None, typer.Option(
+            "--size-weight", min=0.0, help="fusion.multi.size_weight (0: no size cue)")] = None,
         cost_frames: Annotated[int, typer.Option(
-            "--cost-frames", min=40, help="sim: frame-sets of the isolated cost timing")] = 900,
+            "--cost-frames", min=0, help="sim: frame-sets of the isolated cost timing "
+            "(0: skip)")] = 900,
     ) -> None:
         """Several animals: 3 rodents, 4 sim cameras — identity swaps, encounters,
         occlusions, per-animal 3D error vs the single-animal demo, association + tracking
@@ -235,7 +242,8 @@ def _multi_bench() -> None:
             _fail(f"--route must be crops or full, got {route!r}")
             return
         res = run_multi(json_path, duration_s=duration, animals=animals, route=route,
-                        cost_frames=cost_frames, progress=lambda m: err.print(m, highlight=False))
+                        cost_frames=cost_frames, progress=lambda m: err.print(m, highlight=False),
+                        avoid=avoid, size_spread=size_spread, size_weight=size_weight)
         Console().print_json(data={k: v for k, v in res.items()
                                    if k not in ("scenario", "tracker")})
 

@@ -6,6 +6,9 @@ decoders return ``None`` for anything malformed (counted by the receiver), never
 - ``record`` (supervisor → cameras, recorder): start/stop recording at a frame.
 - ``workers`` (supervisor → inference workers): a *reshard* after a worker died.
 - ``camctl`` (a closed-loop client → cameras): pulse a camera's output line.
+- ``ids`` (supervisor → fusion): a user's fix of the individuals' identities — swap two
+  ids, or give an individual another id (docs/multi-animal.md); the supervisor publishes it
+  on its ``record`` PUB when the ``control`` socket gets ``swap_ids`` / ``set_id``.
 
 Reshard: ``model.workers: K`` workers share the frame-sets by ``frame_id % K == k``. When
 worker ``d`` dies and others survive, the supervisor publishes a reshard on its control PUB
@@ -27,6 +30,7 @@ import msgpack
 RECORD_TOPIC = b"record"
 WORKERS_TOPIC = b"workers"
 CAMERA_CONTROL_TOPIC = b"camctl"
+IDS_TOPIC = b"ids"
 
 
 # --------------------------------------------------------------------------- record
@@ -108,3 +112,49 @@ def decode_camera_command(parts: list[bytes]) -> dict[str, Any] | None:
           and type(body.get("width_us")) is int and body["width_us"] > 0
           and type(body.get("t_ns")) is int)
     return body if ok else None
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def encode_ids_command(cmd: str, a: int, b: int) -> list[bytes]:
+    """Fix identities (supervisor → fusion): ``swap`` ids ``a`` and ``b``, or ``set``
+    individual ``a``'s id to ``b`` (swapping with its holder)."""
+    body = {"v": 1, "cmd": cmd, "a": int(a), "b": int(b), "t_ns": time.time_ns()}
+    return [IDS_TOPIC, msgpack.packb(body, use_bin_type=True)]
+
+
+def decode_ids_command(parts: list[Any]) -> dict[str, Any] | None:
+    """Inverse of :func:`encode_ids_command`; ``None`` for anything malformed."""
+    if len(parts) != 2 or bytes(parts[0]) != IDS_TOPIC:
+        return None
+    try:
+        body = msgpack.unpackb(bytes(parts[1]), raw=False)
+    except Exception:  # msgpack raises several unrelated types; a bad message is dropped
+        return None
+    ok = (isinstance(body, dict) and body.get("v") == 1 and body.get("cmd") in ("swap", "set")
+          and type(body.get("a")) is int and type(body.get("b")) is int
+          and body["a"] >= 0 and body["b"] >= 0)
+    return body if ok else None
+
+
+def ids_request(req: dict[str, Any]) -> tuple[str, int, int]:
+    """A control request ``{"cmd": "swap_ids", "a", "b"}`` or ``{"cmd": "set_id",
+    "current", "new"}`` as ``(cmd, a, b)`` for :func:`encode_ids_command`.
+
+    Raises
+    ------
+    ValueError
+        A missing or bad field (named), one line.
+    """
+    cmd = req.get("cmd")
+    keys = ("a", "b") if cmd == "swap_ids" else ("current", "new")
+    vals = []
+    for k in keys:
+        v = req.get(k)
+        if type(v) is not int or v < 0:
+            raise ValueError(f"{cmd}: {k} must be an individual id (an int >= 0), got {v!r}")
+        vals.append(v)
+    if cmd == "swap_ids" and vals[0] == vals[1]:
+        raise ValueError(f"swap_ids: a and b are the same id ({vals[0]})")
+    return ("swap" if cmd == "swap_ids" else "set"), vals[0], vals[1]

@@ -10,6 +10,8 @@ The supervisor binds two sockets for it (before any stage starts):
     {"cmd": "record_start", "name": "trial1"}   -> {"ok": true, "session": DIR, "first_frame": N}
     {"cmd": "record_stop"}                      -> {"ok": true, "session": DIR, "last_frame": N}
     {"cmd": "event", "kind": "laser_on", …}     -> {"ok": true}   (closed-loop events)
+    {"cmd": "swap_ids", "a": 0, "b": 1}          -> {"ok": true, "sent": …}  (several animals)
+    {"cmd": "set_id", "current": 2, "new": 0}    -> {"ok": true, "sent": …}
 
   A failed request answers ``{"ok": false, "error": "…"}``.
 
@@ -33,7 +35,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.core.config import Config
-from livepose.core.control import encode_record_control
+from livepose.core.control import encode_ids_command, encode_record_control, ids_request
 from livepose.core.modelinfo import model_keypoints
 from livepose.kit.session import (
     EventLog,
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 
 LEAD_S = 1.0
 WATCHED = ("dropped", "duplicates", "rec_lost", "rec_lapped", "rec_gap", "rec_errors",
-           "late_pulses", "incomplete", "device_lost")
+           "late_pulses", "incomplete", "device_lost", "id_fixes", "id_rejected")
 #: what the status reply shows of each camera's encoder (its health counters)
 VIDEO_COUNTERS = ("rec_frames", "rec_lost", "rec_lapped", "rec_gap", "rec_errors")
 
@@ -198,6 +200,8 @@ class Recording:
                 return {"ok": True, **self.start(str(req.get("name") or self.sup.cfg.name))}
             if cmd == "record_stop":
                 return {"ok": True, **self.stop()}
+            if cmd in ("swap_ids", "set_id"):
+                return {"ok": True, **self.fix_ids(req)}
             if cmd == "event":
                 if self.session is None:
                     raise RuntimeError("not recording")
@@ -205,9 +209,24 @@ class Recording:
                 self.session.events.emit(str(req.get("kind") or "event"), via="control", **fields)
                 return {"ok": True}
             raise ValueError(f"unknown cmd {cmd!r}; allowed: status, record_start, "
-                             "record_stop, event")
+                             "record_stop, event, swap_ids, set_id")
         except Exception as exc:  # every failure is the requester's answer, never a crash
             return {"ok": False, "error": str(exc)}
+
+    def fix_ids(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A user's fix of identities: published to fusion on ``record`` (topic ``ids``),
+        logged, and an event of the session being recorded. Fusion applies it to its
+        tracker and counts it (health ``id_fixes``; an id it does not hold: ``id_rejected``
+        and its last error)."""
+        cmd, a, b = ids_request(req)
+        if not self.sup.cfg.fusion.multi.enabled:
+            raise RuntimeError("identities need fusion.multi.enabled (several animals)")
+        assert self.pub is not None
+        self.pub.send_multipart(encode_ids_command(cmd, a, b))
+        log.info("individuals: %s %d %d requested (control)", cmd, a, b)
+        if self.session is not None:
+            self.session.events.emit(f"ids_{cmd}", via="control", a=a, b=b)
+        return {"sent": {"cmd": cmd, "a": a, "b": b}}
 
     def status(self) -> dict[str, Any]:
         """What ``{"cmd": "status"}`` answers."""

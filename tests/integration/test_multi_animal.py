@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def test_blobs_one_per_animal_and_split_when_merged() -> None:
     sim = SimConfig()
     rig = make_rig(sim, ["cam0"])
-    herd = Herd(3, 0, 200.0, 120.0)
+    herd = Herd(3, 0, 200.0, 120.0, avoid=False)  # the scene this test was built on
     r = SimRenderer(rig[0], sim, 200.0)
     det = BlobDetector()
     det.learn([r.render(*herd.body(t), k) for k, t in enumerate(np.linspace(0, 20, 25))])
@@ -92,9 +92,14 @@ def test_real_footage_two_people_per_view_associated(tmp_path: Path) -> None:
 def test_live_pipeline_two_animals_as_individuals() -> None:
     """Real processes: sim cameras rendering two rodents, the worker's blobs + model per
     blob (background learnt live), then its 3D-guided crops once fusion's individuals reach
-    it, fusion's tracker → pose3d with two individuals."""
+    it, fusion's tracker → pose3d with two individuals; then a user swaps their ids through
+    the supervisor's control socket (the dashboard's path)."""
+    import itertools
+    import threading
+
     from livepose.closedloop.client import PoseClient
     from livepose.core.config import load_default_config
+    from livepose.dashboard.control import request
     from livepose.runtime.supervisor import Supervisor
 
     cfg = load_default_config()
@@ -107,23 +112,65 @@ def test_live_pipeline_two_animals_as_individuals() -> None:
         client = PoseClient(sup.endpoints["pose3d"], latest_only=False, context=sup.zctx,
                             timeout_s=60)
         sup.start_trigger()
-        both = []
+        both, after = [], []
+        replies: dict[str, dict] = {}  # type: ignore[type-arg]
+
+        def ask(key: str, body: dict) -> None:  # type: ignore[type-arg]
+            replies[key] = request(sup.zctx, sup.endpoints["control"], body, timeout_s=10.0)
+
+        asks = [threading.Thread(target=ask, args=a) for a in (
+            ("swap", {"cmd": "swap_ids", "a": 0, "b": 1}),
+            ("bad", {"cmd": "swap_ids", "a": 0, "b": "x"}),
+            ("absent", {"cmd": "set_id", "current": 5, "new": 0}))]
+        swap_at = None
         try:
             for pose in client:
-                sup.poll(0)
-                if len(pose.individuals) == 2:
+                sup.poll(0)  # serves the control requests too
+                if swap_at is None and len(pose.individuals) == 2:
                     both.append(pose)
-                if len(both) >= 10 or pose.frame_id > 600:
+                    if len(both) >= 10:
+                        swap_at = pose.frame_id
+                        for th in asks:
+                            th.start()
+                elif swap_at is not None and len(pose.individuals) == 2:
+                    after.append(pose)
+                    if all(not th.is_alive() for th in asks) and pose.frame_id > swap_at + 15:
+                        break
+                if pose.frame_id > 900:
+                    break
+            for _ in range(50):  # fusion's health (1 s period) reports the counters
+                sup.poll(0.05)
+                c = sup.health["fusion"].counters
+                if c.get("id_fixes", 0) + c.get("id_rejected", 0) >= 2:
                     break
         finally:
             client.close()
+            for th in asks:
+                if th.is_alive():
+                    th.join(15)
         deadline = time.monotonic() + 10.0  # the worker's 3D-guided crops took over
         while (sup.counters("infer0").get("multi/track_crops", 0) == 0
                and time.monotonic() < deadline):
             sup.poll(0.1)
-        counters = sup.counters("infer0")
+        crop_counters = sup.counters("infer0")
+        counters = dict(sup.health["fusion"].counters)
     assert len(both) >= 10, "two individuals never tracked together"
-    assert counters.get("multi/track_crops", 0) > 0, counters
+    assert crop_counters.get("multi/track_crops", 0) > 0, crop_counters
+    assert replies["swap"]["ok"] and replies["absent"]["ok"]  # sent on to fusion
+    assert not replies["bad"]["ok"] and "b must be an individual id" in replies["bad"]["error"]
+    assert counters["id_fixes"] == 1 and counters["id_rejected"] == 1  # id 5: not held
+    # the swap: once, between two poses, the animal of id 0 clearly became id 1 (clearly:
+    # twice as near; animals that meet while frame-sets are skipped are not counted)
+    seq = [both[-1], *after]
+    flips, info = 0, []
+    for p, q in itertools.pairwise(seq):
+        a = {i.id: np.nanmedian(i.xyz, axis=0) for i in p.individuals}
+        b = {i.id: np.nanmedian(i.xyz, axis=0) for i in q.individuals}
+        flips += bool(2 * np.linalg.norm(b[1] - a[0]) < np.linalg.norm(b[0] - a[0]))
+        info.append((q.frame_id, round(float(np.linalg.norm(b[0] - a[0]))),
+                     round(float(np.linalg.norm(b[1] - a[0]))),
+                     round(float(np.linalg.norm(b[1] - b[0])))))
+    assert flips == 1, f"{flips} id flips in {len(seq)} poses around the swap: {info}"
     last = both[-1]
     assert sorted(i.id for i in last.individuals) == [0, 1]
     a, b = (i.xyz for i in last.individuals)

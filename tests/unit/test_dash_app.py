@@ -257,3 +257,16 @@ def test_dash_state_calibration_status_and_drift_banner_data() -> None:
     assert s["drift"][0] == {"camera": "cam1", "shift_px": 6.2, "angle_deg": 0.48,
                              "frame_id": 300}
     json.dumps(s)
+
+
+def test_dash_swap_ids_api() -> None:
+    ctl = FakeControl()
+    c, _ = _client(control=ctl)
+    assert c.post("/api/ids", json={"action": "swap", "a": 0, "b": 2}).status_code == 200
+    assert c.post("/api/ids", json={"action": "set", "current": 1, "new": 0}).status_code == 200
+    assert ctl.calls == [{"cmd": "swap_ids", "a": 0, "b": 2},
+                         {"cmd": "set_id", "current": 1, "new": 0}]
+    assert c.post("/api/ids", json={"action": "rename"}).status_code == 400
+    assert c.post("/api/ids", content=b"{}").status_code == 415  # not JSON
+    c3, _ = _client(control=None)
+    assert c3.post("/api/ids", json={"action": "swap", "a": 0, "b": 1}).status_code == 503

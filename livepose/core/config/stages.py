@@ -58,6 +58,12 @@ class SimConfig(_Model):
         1, ge=1, le=8, description="rodents in the arena (each its own path; ground-truth "
         "identities in order); more than 1 needs fusion.multi for 3D per individual"
     )
+    avoid: bool = Field(
+        True, description="several animals: they steer around each other's bodies (real "
+        "rodents do not pass through each other); false: they can pass through each other")
+    size_spread: float = Field(
+        0.06, ge=0.0, le=0.3, description="several animals: body scale of animals 1.. drawn "
+        "in 1 ± this (animal 0: 1), as cage-mates differ by a few percent")
     scene: Literal["animal", "board"] = Field(
         "animal", description="what the sim cameras see: the rodent, or a calibration board")
     board: SimBoardConfig = SimBoardConfig()
@@ -265,6 +271,11 @@ class MultiConfig(_Model):
     min_depth_ratio: float = Field(
         0.0, ge=0, le=1, description="a tentative track whose keypoints are this flat "
         "(smallest / largest principal extent) is a picture, never born"
+    )
+    size_weight: float = Field(
+        0.0, ge=0.0, description="tracking: weight of the body-size cue in the (track, "
+        "cluster) matching cost (3D keypoint distances learnt while a track is alone); 0: "
+        "off (it did not help on the sim benchmark: docs/benchmarks.md)"
     )
     background_frames: int = Field(
         25, ge=3, description="live, single-animal model: the worker learns each camera's "
