@@ -346,6 +346,7 @@ class MultiTracker:
         self.assoc = Associator(cameras, cfg.likelihood_threshold, m.epipolar_px,
                                 m.min_keypoints)
         self.size = SizeCue(self.S, self.J, m.size_weight, length_scale)
+        self._drift: tuple[np.ndarray, np.ndarray] | None = None
         self.tracks: list[Track] = []
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
@@ -456,8 +457,25 @@ class MultiTracker:
         pts = self._pts
         out = self.ekf.step(pts, dt)
         xyz = out.xyz.reshape(self.S, J, 3)
+        self._drift = None
+        best = -1
+        for i, tr in enumerate(self.tracks):  # calibration drift: the best-seen individual,
+            k = int(match[i])  # triangulated (with consensus) as a single animal's views are
+            if tr.confirmed and k >= 0:
+                seen = int(np.isfinite(assoc.points[k, :, :, 0]).any(axis=1).sum())
+                if seen > best:
+                    best = seen
+                    self._drift = (assoc.points[k],
+                                   out.raw.xyz[tr.slot * J:(tr.slot + 1) * J])
         self._update(match, new, xyz, tri)
         return self._output(out, assoc)
+
+    def drift_sample(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """What the calibration drift monitor (:mod:`livepose.fusion.drift`) reads from the
+        last frame-set: the confirmed individual seen by the most views — its instances
+        ``(C, J, 3)`` (NaN: no instance in that view) and their triangulation ``(J, 3)`` —
+        or ``None`` (no confirmed individual matched)."""
+        return self._drift
 
     def _update(self, match: np.ndarray, new: list[tuple[int, int]], xyz: np.ndarray,
                 tri: np.ndarray) -> None:

@@ -374,6 +374,8 @@ class Fuser:
         rows = self._order(msg.cams)[cams.astype(np.int64)]  # calibration row of each
         views = [np.ascontiguousarray(pts[rows == c]) for c in range(len(self.names))]
         ind = self.tracker.step(views, msg.frame_id / self.fps)
+        sample = self.tracker.drift_sample()  # calibration drift: one individual's views
+        self._drift_in = None if sample is None else (msg.frame_id, *sample)
         self.counters["fused"] += 1
         return protocol.Pose3d(
             frame_id=msg.frame_id, **pose3d_fields(ind, J), units=self.units,

@@ -311,3 +311,43 @@ def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type
                         inst_cams=np.array([0, 9], np.uint8))
     with pytest.raises(FusionInputError, match="instances"):
         fuser.fuse(bad, 0)
+
+
+def test_calibration_drift_is_watched_in_multi_mode() -> None:
+    """``fusion.multi``: the drift monitor reads the best-seen confirmed individual's views;
+    camera 3 of a 1280×1024 rig (tests/unit/test_drift.py's) turned by 0.5° after 4 s (two
+    animals, their instances as a worker sends them) is named once, within 2 s; the same
+    frames without the turn raise nothing."""
+    from livepose.bench.drift import turned
+    from livepose.core import protocol
+    from livepose.core.camera import CameraGroup
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser
+
+    rig = make_rig(SimConfig(width=1280, height=1024, seed=3), [f"cam{i}" for i in range(4)])
+
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
+    cfg.fusion.multi.enabled = True
+    cfg.fusion.multi.individuals = 2
+    cams = [f"cam{i}" for i in range(4)]
+    moved = CameraGroup([turned(c, 0.5) if i == 3 else c for i, c in enumerate(rig)])
+    herd = Herd(2, 0, 200.0, 120.0)
+    for turn in (True, False):
+        fuser = Fuser(rig, cfg)
+        rng = np.random.default_rng(3)
+        events = []
+        for f in range(round(8 * FPS)):
+            truth = moved if turn and f >= 4 * FPS else rig
+            views, _ = _views(truth, herd.keypoints(f / FPS), rng)
+            msg = protocol.Kp2d(frame_id=f, cams=cams, model="m",
+                                points=np.full((4, 14, 3), np.nan, np.float32),
+                                inst_points=np.concatenate(views),
+                                inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
+                                                    [len(v) for v in views]))
+            fuser.fuse(msg, 0)
+            events += fuser.check_drift()
+        if turn:
+            assert [e.camera for e in events] == ["cam3"], events
+            assert 4.0 <= events[0].frame_id / FPS <= 6.0
+        else:
+            assert events == []
