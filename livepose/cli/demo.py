@@ -280,8 +280,10 @@ def run_pipeline(
             with live_view if live else contextlib.nullcontext(live_view) as lv:
                 last = 0.0
                 while not stop.flag and (duration_s is None or time.monotonic() - t0 < duration_s):
-                    if pulses is not None and len(mon.triggered) >= pulses:
-                        break
+                    if pulses is not None and (len(mon.triggered) >= pulses or (
+                            sup.health.get("trigger") is not None
+                            and sup.health["trigger"].state == "done")):
+                        break  # every pulse sent (the monitor may have joined after pulse 0)
                     mon.poll(20)
                     sup.poll(0)
                     now = time.monotonic()
