@@ -42,7 +42,7 @@ from livepose.transport import codec, shmring
 def hello_topic(cam: str) -> bytes:
     """The subscription by which a software-triggered camera tells the trigger clock that
     it is connected (the clock waits for every camera's before pulse 0)."""
-    return b"trigger\x00" + cam.encode()
+    return protocol.clock_hello(cam)
 
 
 def software_triggered(cam_cfg: object) -> bool:

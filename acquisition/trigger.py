@@ -17,6 +17,7 @@ longer than :data:`PACE_TIMEOUT_S` goes out anyway (counted ``pace_timeouts``).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ import zmq
 
 from livepose.core import protocol
 from livepose.kit.process import StageContext
+
+log = logging.getLogger(__name__)
 
 SPIN_S = 0.0008
 PACE_TIMEOUT_S = 10.0
@@ -86,14 +89,20 @@ def _wait_for_cameras(ctx: StageContext, pub: zmq.Socket[Any], timeout_s: float 
     waiting = {
         b"\x01" + hello_topic(c.name): c.name for c in ctx.cfg.cameras if clock_subscriber(c)
     }
+    others = {b"\x01" + hello_topic(n): n for n in ctx.args.get("hellos") or []}
+    waiting.update(others)  # the run's monitor (Supervisor.start_trigger's subscribers)
     deadline = time.monotonic() + timeout_s
     while waiting and time.monotonic() < deadline and not ctx.stopping:
         if pub.poll(50):
             waiting.pop(pub.recv(), None)
         ctx.tick_health()
-    if waiting:
+    cams = sorted(n for t, n in waiting.items() if t not in others)
+    if cams:
         ctx.error(f"cameras not subscribed to the trigger after {timeout_s:g} s: "
-                  f"{', '.join(sorted(waiting.values()))}")
+                  f"{', '.join(cams)}")
+    elif waiting:
+        log.warning("subscribers %s did not say hello to the trigger within %g s: they may "
+                    "miss the first pulses", sorted(waiting.values()), timeout_s)
 
 
 def _sleep_until(t_ns: int, ctx: StageContext) -> None:

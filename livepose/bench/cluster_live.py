@@ -40,7 +40,7 @@ def run_live(cfg: Config, seconds: float, launcher: Any = None,
     with Supervisor(cfg, launcher=launcher) as sup:
         sup.launch()
         mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
-        sup.start_trigger()
+        sup.start_trigger(subscribers=[mon.hello])
         t0 = time.monotonic()
         t_kill: float | None = None
         old_pid: int | None = None

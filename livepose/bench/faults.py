@@ -211,7 +211,7 @@ def run(json_path: str | Path | None, fuzz_per_kind: int = 100_000,
         with Supervisor(cfg, dashboard=True) as sup:
             sup.launch()
             mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
-            sup.start_trigger()
+            sup.start_trigger(subscribers=[mon.hello])
             t_start = time.time()
 
             def run_for(seconds: float) -> None:

@@ -157,7 +157,7 @@ def run_condition(frames: int, fps: float, dashboard: bool, clients: int,
             viewers = ctx.Process(target=_viewers_main, args=(url, clients, vstop, vq))
             viewers.start()
         mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
-        sup.start_trigger()
+        sup.start_trigger(subscribers=[mon.hello])
         t0 = time.monotonic()
         deadline = t0 + frames / fps + 30
         while time.monotonic() < deadline:

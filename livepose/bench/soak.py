@@ -115,7 +115,7 @@ def run(hours: float, json_path: str | Path | None, interval_s: float = 60.0,
     with Supervisor(cfg) as sup:
         sup.launch()
         mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
-        sup.start_trigger()
+        sup.start_trigger(subscribers=[mon.hello])
         t0 = time.monotonic()
         next_sample = t0
         try:

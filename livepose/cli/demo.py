@@ -268,7 +268,7 @@ def run_pipeline(
                       faulty_views=sum(1 << i for i in offsets))
         if cfg.realtime:  # this process is the demo's pose consumer (children are started)
             enter_realtime(PRIORITY["client"])
-        sup.start_trigger()
+        sup.start_trigger(subscribers=[mon.hello])
         console.print(
             f"running (ready in {time.monotonic() - t_start:.1f} s); pose3d on "
             f"{sup.endpoints['pose3d']}, control on {sup.endpoints.get('control')}, camera "

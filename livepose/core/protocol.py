@@ -404,6 +404,13 @@ class Health(Message):
 # --------------------------------------------------------------------------- encoding
 
 
+def clock_hello(name: str) -> bytes:
+    """The subscription by which a subscriber of the trigger clock (a software-triggered
+    camera, a run's monitor) tells the clock that it is connected: the clock's XPUB waits
+    for the expected ones before pulse 0 (ZeroMQ's slow joiner)."""
+    return b"trigger\x00" + name.encode()
+
+
 def encode(msg: Message, shared: dict[str, SharedRef] | None = None) -> list[Buffer]:
     """Encode a message into multipart frames ``[topic, header, *buffers]``.
 

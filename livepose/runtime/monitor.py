@@ -8,6 +8,7 @@ up exactly once as *fused*, *skipped* or *incomplete* (a camera's frame missing)
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any
 
@@ -46,7 +47,10 @@ class Monitor:
         self.sub = zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
-        for t in (b"trigger", b"truth", b"pose3d"):
+        #: this monitor's hello name for the trigger clock (``Supervisor.start_trigger``'s
+        #: ``subscribers``): pulse 0 waits until its subscription reached the clock
+        self.hello = f"@monitor-{os.getpid()}-{id(self):x}"
+        for t in (b"trigger", b"truth", b"pose3d", protocol.clock_hello(self.hello)):
             self.sub.setsockopt(zmq.SUBSCRIBE, t)
         security.connect(self.sub, endpoints["trigger"], keys)
         security.connect(self.sub, endpoints["pose3d"], keys)

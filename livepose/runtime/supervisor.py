@@ -19,7 +19,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,9 +264,15 @@ class Supervisor:
             self._spawn(spec)
         self.wait_state([s.name for s in self._specs[:-1]], "ready", ready_timeout_s)
 
-    def start_trigger(self, ready_timeout_s: float = 120.0) -> None:
-        """Start the trigger clock (after every other stage is ready)."""
+    def start_trigger(self, ready_timeout_s: float = 120.0,
+                      subscribers: Sequence[str] = ()) -> None:
+        """Start the trigger clock (after every other stage is ready).
+
+        ``subscribers``: the hello names of other subscribers to the clock (a
+        :class:`~livepose.runtime.monitor.Monitor`'s ``hello``) that pulse 0 waits for, as it
+        waits for every camera's — so they see every pulse (ZeroMQ's slow joiner)."""
         time.sleep(0.2)  # let subscriptions settle (ZeroMQ's slow joiner)
+        self._specs[-1].args["hellos"] = list(subscribers)
         self._spawn(self._specs[-1])
         self.wait_state(["trigger"], "ready", ready_timeout_s)
         if self.cfg.realtime:

@@ -157,7 +157,7 @@ def test_data_plane_outlives_the_head(cluster: dict[str, Any], tmp_path: Path) -
         with Supervisor(cfg, launcher=launcher) as sup:
             sup.launch()
             mon = Monitor(sup.endpoints, sup.zctx, sup.keys)
-            sup.start_trigger()
+            sup.start_trigger(subscribers=[mon.hello])
             t0 = time.monotonic()
             t_kill = fused_at_kill = None
             while time.monotonic() - t0 < 6.0:

@@ -51,7 +51,7 @@ def test_dash_stage_survives_bad_clients_and_its_death_does_not_stop_the_run() -
         sup.launch()
         mon = Monitor(sup.endpoints, sup.zctx)
         try:
-            sup.start_trigger()
+            sup.start_trigger(subscribers=[mon.hello])
             url, token = sup.dashboard_url, sup.dashboard_token
             assert url is not None and url.startswith("http://127.0.0.1:") and token
             assert sup.dashboard_login_url == f"{url}?token={token}"
