@@ -101,6 +101,11 @@ class Individuals:
         ``(N, J)`` float32 reprojection error (px) in those views.
     association
         The frame-set's clusters (for diagnostics).
+    points2d
+        ``(N, C, J, 3)`` float32: each individual's 2D instance in each camera (x, y
+        distorted px, confidence) that this frame-set's measurement used, NaN in a camera
+        without one — the identities of the 2D instances, for DeepLabCut's multi-animal 2D
+        layout.
     """
 
     ids: np.ndarray
@@ -111,6 +116,7 @@ class Individuals:
     reproj: np.ndarray
     association: Association | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    points2d: np.ndarray | None = None
 
 
 @nb.njit(cache=True, nogil=True)
@@ -299,9 +305,10 @@ def pose3d_fields(ind: Individuals, J: int) -> dict[str, Any]:
         one = {"xyz": np.full((J, 3), np.nan), "variance": np.full((J, 3), np.nan),
                "reproj": np.full(J, np.nan, np.float32), "views": np.zeros(J, np.uint16),
                "status": np.full(J, MISSING, np.uint8)}
+    extra = {} if ind.points2d is None else {"ind_points2d": ind.points2d.astype(np.float32)}
     return {**one, "ind_ids": ind.ids.astype(np.int32), "ind_xyz": ind.xyz,
             "ind_variance": ind.var, "ind_status": ind.status, "ind_views": ind.views,
-            "ind_reproj": ind.reproj.astype(np.float32)}
+            "ind_reproj": ind.reproj.astype(np.float32), **extra}
 
 
 def _flatness(xyz: np.ndarray) -> float:
@@ -557,7 +564,10 @@ class MultiTracker:
         xyz, var, status, views, reproj = _output_nb(out.xyz, out.var, out.views, out.reproj,
                                                      slots, J)
         ids = np.array([t.id for t in conf], dtype=np.int32)
-        return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters))
+        blocks = self._pts.reshape(self.C, self.S, J, 3)  # each slot's matched instances
+        points2d = np.ascontiguousarray(blocks[:, slots].transpose(1, 0, 2, 3))
+        return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters),
+                           points2d)
 
     def expected(self, max_age_s: float = 0.5) -> np.ndarray:
         """The confirmed tracks' last positions ``(T, J, 3)``, those seen within

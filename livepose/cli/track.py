@@ -153,9 +153,10 @@ def collect(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     for f in sorted(path.glob("pose3d*")):
         shutil.copy2(f, out / f.name)
         written[f.name] = str(out / f.name)
-    if (path / "pose2d").is_dir():
-        shutil.copytree(path / "pose2d", out / "pose2d", dirs_exist_ok=True)
-        written["pose2d"] = str(out / "pose2d")
+    for sub in ("pose2d", "pose2d_individuals"):  # the latter: several individuals
+        if (path / sub).is_dir():
+            shutil.copytree(path / sub, out / sub, dirs_exist_ok=True)
+            written[sub] = str(out / sub)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return written
 

@@ -321,7 +321,9 @@ class Pose3d(Message):
     ``units``: the length unit of ``xyz`` (the calibration's). Several individuals
     (``fusion.multi``): ``ind_ids`` int32 ``(N,)`` track ids, ``ind_xyz``/``ind_variance``
     float64 ``(N, J, 3)``, ``ind_status`` uint8, ``ind_views`` uint16 and ``ind_reproj``
-    float32 ``(N, J)``; ``xyz`` etc. then hold the individual of the lowest id (all NaN
+    float32 ``(N, J)``, optional ``ind_points2d`` float32 ``(N, C, J, 3)`` (each
+    individual's 2D instance per camera of ``cams`` that was measured, NaN without one);
+    ``xyz`` etc. then hold the individual of the lowest id (all NaN
     without one), so a single-animal client reads one animal as before.
     ``skipped``/``incomplete``/
     ``missing``/``desynced`` are carried from the kp2d message so one subscriber can account
@@ -344,6 +346,7 @@ class Pose3d(Message):
         "ind_status": ArraySpec((_U8,), (2,), required=False),
         "ind_views": ArraySpec((_U16,), (2,), required=False),
         "ind_reproj": ArraySpec((_F32,), (2,), required=False),
+        "ind_points2d": ArraySpec((_F32,), (4,), required=False),
     }
     frame_id: int
     xyz: np.ndarray
@@ -360,6 +363,7 @@ class Pose3d(Message):
     ind_status: np.ndarray | None = None
     ind_views: np.ndarray | None = None
     ind_reproj: np.ndarray | None = None
+    ind_points2d: np.ndarray | None = None
     late: bool = False
     lifted: bool = False
     units: str = "mm"

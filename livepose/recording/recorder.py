@@ -6,7 +6,9 @@ process leaves files that parse) to
 
 - ``pose2d/<cam>.csv``: DeepLabCut / Lightning Pose layout (:mod:`livepose.formats.dlc`),
 - ``pose3d.csv`` + ``pose3d_var.csv``: Anipose 3D layout (:mod:`livepose.formats.anipose3d`),
-- with ``fusion.multi``: ``pose3d_individuals.csv``, every individual's 3D in DeepLabCut's
+- with ``fusion.multi``: ``pose2d_individuals/<cam>.csv`` (each individual's 2D instance
+  per camera, by the id fusion gave it) and ``pose3d_individuals.csv``, every individual's
+  3D in DeepLabCut's
   multi-animal layout (:mod:`livepose.formats.dlc_multi`; column group ``id<k>`` = track id
   ``k``, ids up to ``individuals`` or ``max_tracks``),
 
@@ -79,21 +81,26 @@ class _Rows:
         self.f.close()
 
 
-class Individuals3dRows(_Rows):
-    """Rows of ``pose3d_individuals.csv``: several animals' 3D in DeepLabCut's multi-animal
-    layout (:mod:`livepose.formats.dlc_multi`), one column group per track id."""
+class IndividualsRows(_Rows):
+    """Rows of several animals' poses in DeepLabCut's multi-animal layout
+    (:mod:`livepose.formats.dlc_multi`), one column group per track id:
+    ``pose3d_individuals.csv`` (``x, y, z``) or, per camera,
+    ``pose2d_individuals/<cam>.csv`` (``x, y, likelihood``: each individual's 2D instance
+    that fusion measured it with)."""
 
-    def __init__(self, path: Path, keypoints: list[str], n: int, first: int) -> None:
+    def __init__(self, path: Path, keypoints: list[str], n: int, first: int,
+                 coords: tuple[str, str, str] = ("x", "y", "z")) -> None:
         self.J, self.N = len(keypoints), n
+        path.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(path, dlc_multi.multi_header([f"id{i}" for i in range(n)], keypoints,
-                                                      ("x", "y", "z")), first)
+                                                      coords), first)
         self.dropped = 0  # individuals whose id is past the columns (free mode)
 
     def empty(self, frame_id: int) -> list[str]:
         return dlc_multi.multi_row(frame_id, np.full((self.N, self.J, 3), np.nan))
 
     def add(self, frame_id: int, ids: np.ndarray, xyz: np.ndarray) -> None:
-        """``ids`` ``(M,)`` track ids and their ``xyz`` ``(M, J, 3)``."""
+        """``ids`` ``(M,)`` track ids and their points ``xyz`` ``(M, J, 3)``."""
         out = np.full((self.N, self.J, 3), np.nan)
         for i, x in zip(ids, xyz, strict=False):
             if 0 <= int(i) < self.N and x.shape == (self.J, 3):
@@ -179,9 +186,14 @@ class PredictionWriter:
         self.d3 = Anipose3dRows(p3, keypoints, first)
         self.var = VarRows(anipose3d.var_path(p3), keypoints, first)
         self.status = StatusRows(anipose3d.status_path(p3), keypoints, first)
-        #: several animals (``fusion.multi``): ``pose3d_individuals.csv``, ids 0..n-1
-        self.ind = Individuals3dRows(session / "pose3d_individuals.csv", keypoints,
-                                     individuals, first) if individuals else None
+        #: several animals (``fusion.multi``): ``pose3d_individuals.csv``, ids 0..n-1, and
+        #: ``pose2d_individuals/<cam>.csv``: the 2D instances by the id fusion gave them
+        self.ind = IndividualsRows(session / "pose3d_individuals.csv", keypoints,
+                                   individuals, first) if individuals else None
+        self.ind2d = {c: IndividualsRows(session / "pose2d_individuals" / f"{c}.csv",
+                                         keypoints, individuals, first,
+                                         ("x", "y", "likelihood"))
+                      for c in cams} if individuals else {}
         self.conf: dict[int, np.ndarray] = {}  # frame_id -> (C, J) confidence
         self.last: int | None = None
         self._flushed = time.monotonic()
@@ -211,7 +223,13 @@ class PredictionWriter:
         self.var.add(msg.frame_id, np.asarray(msg.variance))
         self.status.add(msg.frame_id, np.asarray(msg.status), views, msg.late)
         if self.ind is not None and msg.ind_ids is not None and msg.ind_xyz is not None:
-            self.ind.add(msg.frame_id, np.asarray(msg.ind_ids), np.asarray(msg.ind_xyz))
+            ids = np.asarray(msg.ind_ids)
+            self.ind.add(msg.frame_id, ids, np.asarray(msg.ind_xyz))
+            p2 = msg.ind_points2d
+            if p2 is not None and p2.shape[:2] == (len(ids), len(msg.cams)):
+                for i, c in enumerate(msg.cams):
+                    if c in self.ind2d:
+                        self.ind2d[c].add(msg.frame_id, ids, np.asarray(p2[:, i], np.float64))
         self._seen(msg.frame_id)
 
     def _seen(self, frame_id: int) -> None:
@@ -227,7 +245,7 @@ class PredictionWriter:
 
     def _all(self) -> list[_Rows]:
         return [*self.d2.values(), self.d3, self.var, self.status,
-                *([self.ind] if self.ind is not None else [])]
+                *([self.ind] if self.ind is not None else []), *self.ind2d.values()]
 
     def close(self, fps: float, units: str = "mm") -> None:
         """Write out held rows, close the files and write the TRC."""

@@ -75,3 +75,10 @@ def test_two_people_get_two_stable_ids(tmp_path: Path) -> None:
     apart = np.linalg.norm(roots[0][1][both - roots[0][0]:] - roots[1][1][both - roots[1][0]:],
                            axis=-1)
     assert apart.min() > 300, apart.min()  # two different people, not one tracked twice
+    # their 2D instances per camera, by the same ids (DeepLabCut's multi-animal 2D layout)
+    for cam in ("cam01", "cam02", "cam03", "cam04"):
+        p2, inds2, kps2, co2 = read_dlc_multi_csv(out / "pose2d_individuals" / f"{cam}.csv")
+        assert inds2 == inds and kps2 == kps and co2 == ["x", "y", "likelihood"]
+        seen = np.isfinite(p2[..., 0]).any(-1)  # (T, N): an instance of that id in the view
+        assert not seen[:, [k for k in range(len(inds)) if k not in ids]].any()
+        assert all(seen[:, k].any() for k in ids), cam

@@ -264,14 +264,28 @@ def test_recorder_writes_individuals_in_the_multi_animal_layout(tmp_path) -> Non
     from livepose.recording.recorder import PredictionWriter
 
     J, kps = 14, [f"k{j}" for j in range(14)]
-    w = PredictionWriter(tmp_path, ["cam0"], kps, first=10, individuals=3)
+    w = PredictionWriter(tmp_path, ["cam0", "cam1"], kps, first=10, individuals=3)
     for fid in (10, 11, 13):  # 12 skipped: an empty row
         xyz = np.stack([np.full((J, 3), fid * 1.0), np.full((J, 3), -fid * 1.0)])
+        p2 = np.full((2, 2, J, 3), np.nan, np.float32)  # (N, C, J, 3)
+        p2[0, 1] = [fid, 100 + fid, 0.8]  # id 2 seen by cam1 only
+        p2[1, :] = [-fid, 200 + fid, 0.9]  # id 0 by both
         ind = Individuals(np.array([2, 0], np.int32), xyz, np.ones((2, J, 3)),
                           np.ones((2, J), np.uint8), np.ones((2, J), np.uint16),
-                          np.zeros((2, J), np.float32))
-        w.on_pose3d(protocol.Pose3d(frame_id=fid, **pose3d_fields(ind, J)))
+                          np.zeros((2, J), np.float32), points2d=p2)
+        w.on_pose3d(protocol.Pose3d(frame_id=fid, cams=["cam0", "cam1"],
+                                    **pose3d_fields(ind, J)))
     w.close(30.0)
+    for cam in ("cam0", "cam1"):  # the 2D instances by the ids fusion gave them
+        p, who, names2, co2 = read_dlc_multi_csv(tmp_path / "pose2d_individuals" / f"{cam}.csv")
+        assert who == ["id0", "id1", "id2"] and names2 == kps
+        assert co2 == ["x", "y", "likelihood"] and p.shape == (4, 3, J, 3)
+        assert p[3, 0, 0].tolist() == [-13.0, 213.0, pytest.approx(0.9)]
+        assert np.isnan(p[2]).all() and np.isnan(p[:, 1]).all()
+        if cam == "cam0":
+            assert np.isnan(p[:, 2]).all()  # id 2 had no instance in cam0
+        else:
+            assert p[1, 2, 5].tolist() == [11.0, 111.0, pytest.approx(0.8)]
     pts, ind_names, names, co = read_dlc_multi_csv(tmp_path / "pose3d_individuals.csv")
     assert ind_names == ["id0", "id1", "id2"] and names == kps and co == ["x", "y", "z"]
     assert pts.shape == (4, 3, J, 3)
@@ -305,6 +319,13 @@ def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type
     err = [np.nanmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp])
            for x in pose.ind_xyz]  # type: ignore[union-attr]
     assert max(err) < 3.0
+    # each individual's 2D instances: one of the instances sent, in the fusion's camera order
+    p2 = pose.ind_points2d
+    assert p2 is not None and p2.shape == (2, 4, 14, 3)
+    sent = views[::-1]  # the views were sent reversed, with the camera names
+    for n in range(2):
+        for c in range(4):
+            assert any(np.allclose(p2[n, c], inst, equal_nan=True) for inst in sent[c])
     bad = protocol.Kp2d(frame_id=9, cams=cams, model="m",
                         points=np.full((4, 14, 3), np.nan, np.float32),
                         inst_points=np.zeros((2, 14, 3), np.float32),
