@@ -92,34 +92,38 @@ def label_nb(mask: np.ndarray, labels: np.ndarray) -> int:
 
 
 @nb.njit(cache=True, nogil=True)
-def _square(src: np.ndarray, r: int, erode: bool, out: np.ndarray) -> None:
-    """``out`` = ``src`` eroded (or dilated) by a square of radius ``r`` (separable)."""
+def square_nb(src: np.ndarray, r: int, erode: bool, out: np.ndarray) -> None:
+    """``out`` = ``src`` ``(h, w)`` bool eroded (or dilated) by a ``2r + 1`` square, with
+    running sums along rows then columns (erosion is False where the square leaves the
+    image). Shared by the blob detector and the 3D-guided crops
+    (:mod:`livepose.inference.track_crops`)."""
     h, w = src.shape
-    tmp = np.empty_like(src)
+    full = 2 * r + 1
+    tmp = np.empty((h, w), np.bool_)
     for y in range(h):
+        c = 0
+        for x in range(min(r, w)):
+            c += src[y, x]
         for x in range(w):
-            v = erode
-            for xx in range(max(x - r, 0), min(x + r + 1, w)):
-                if src[y, xx] != erode:
-                    v = not erode
-                    break
-            if erode and (x - r < 0 or x + r >= w):
-                v = False
-            tmp[y, x] = v
-    for y in range(h):
-        for x in range(w):
-            v = erode
-            for yy in range(max(y - r, 0), min(y + r + 1, h)):
-                if tmp[yy, x] != erode:
-                    v = not erode
-                    break
-            if erode and (y - r < 0 or y + r >= h):
-                v = False
-            out[y, x] = v
+            if x + r < w:
+                c += src[y, x + r]
+            if x - r - 1 >= 0:
+                c -= src[y, x - r - 1]
+            tmp[y, x] = c == full if erode else c > 0
+    for x in range(w):
+        c = 0
+        for y in range(min(r, h)):
+            c += tmp[y, x]
+        for y in range(h):
+            if y + r < h:
+                c += tmp[y + r, x]
+            if y - r - 1 >= 0:
+                c -= tmp[y - r - 1, x]
+            out[y, x] = c == full if erode else c > 0
 
 
 @nb.njit(cache=True, nogil=True)
-def _diff_open_nb(frame: np.ndarray, bg: np.ndarray, thr: float, r_open: int, r_join: int,
+def diff_open_nb(frame: np.ndarray, bg: np.ndarray, thr: float, r_open: int, r_join: int,
                   core: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
     """``core`` = |frame - bg| > thr; ``out`` = ``core`` opened by a square of radius
     ``r_open`` (thin tails and legs cut off: they would bridge two animals' blobs), then
@@ -129,10 +133,10 @@ def _diff_open_nb(frame: np.ndarray, bg: np.ndarray, thr: float, r_open: int, r_
         for x in range(w):
             core[y, x] = abs(float(frame[y, x]) - bg[y, x]) > thr
     if r_open > 0:
-        _square(core, r_open, True, tmp)
-        _square(tmp, r_open + r_join, False, out)
+        square_nb(core, r_open, True, tmp)
+        square_nb(tmp, r_open + r_join, False, out)
     else:
-        _square(core, r_join, False, out)
+        square_nb(core, r_join, False, out)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -251,7 +255,7 @@ class BlobDetector:
             self._core = np.zeros((h, w), dtype=np.bool_)
             self._mask = np.zeros((h, w), dtype=np.bool_)
             self._tmp = np.zeros((h, w), dtype=np.bool_)
-        _diff_open_nb(frame, self.background, self.threshold, self.open_px, self.join_px,
+        diff_open_nb(frame, self.background, self.threshold, self.open_px, self.join_px,
                       self._core, self._tmp, self._mask)
         n = label_nb(self._mask, self.labels)
         st = _blob_stats_nb(self.labels, self._core, n)

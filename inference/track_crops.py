@@ -41,7 +41,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from livepose.inference.blobs import BlobDetector, label_nb
+from livepose.inference.blobs import BlobDetector, diff_open_nb, label_nb, square_nb
 from livepose.inference.crops import place_crop
 from livepose.inference.decode import decode_outputs
 from livepose.inference.engine import Engine
@@ -55,36 +55,6 @@ def crops_supported(engine: Engine) -> bool:
     if shape is None or len(shape) != 4:
         return False
     return all(not (isinstance(d, int) and d > 0) for d in shape[2:4])
-
-
-@nb.njit(cache=True, nogil=True)
-def _box_nb(src: np.ndarray, r: int, erode: bool, out: np.ndarray) -> None:
-    """``out`` = ``src`` ``(h, w)`` bool eroded (or dilated) by a ``2r + 1`` square, with
-    running sums along rows then columns; the same result as the blob detector's
-    ``_square`` (erosion is False where the square leaves the image)."""
-    h, w = src.shape
-    full = 2 * r + 1
-    tmp = np.empty((h, w), np.bool_)
-    for y in range(h):
-        c = 0
-        for x in range(min(r, w)):
-            c += src[y, x]
-        for x in range(w):
-            if x + r < w:
-                c += src[y, x + r]
-            if x - r - 1 >= 0:
-                c -= src[y, x - r - 1]
-            tmp[y, x] = c == full if erode else c > 0
-    for x in range(w):
-        c = 0
-        for y in range(min(r, h)):
-            c += tmp[y, x]
-        for y in range(h):
-            if y + r < h:
-                c += tmp[y + r, x]
-            if y - r - 1 >= 0:
-                c -= tmp[y - r - 1, x]
-            out[y, x] = c == full if erode else c > 0
 
 
 @nb.njit(cache=True, nogil=True)
@@ -114,14 +84,7 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
     tmp = np.empty((h, w), np.bool_)
     fg = np.empty((h, w), np.bool_)
     labels = np.empty((h, w), np.int32)
-    for y in range(h):  # the blob detector's foreground: |frame - bg| > thr, opened, dilated
-        for x in range(w):
-            core[y, x] = abs(float(sub[y, x]) - bgf[y, x]) > thr
-    if r_open > 0:
-        _box_nb(core, r_open, True, tmp)
-        _box_nb(tmp, r_open + r_join, False, fg)
-    else:
-        _box_nb(core, r_join, False, fg)
+    diff_open_nb(sub, bgf, thr, r_open, r_join, core, tmp, fg)  # the blob detector's
     n = label_nb(fg, labels)
     K = kp.shape[0]
     T = 0
@@ -193,7 +156,7 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
         return count, shared
     grown = np.empty((h, w), np.bool_)
     if margin > 0:
-        _box_nb(theirs, margin, False, grown)
+        square_nb(theirs, margin, False, grown)
     else:
         grown[:, :] = theirs
     for y in range(h):

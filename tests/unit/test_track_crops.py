@@ -130,9 +130,21 @@ def test_live_skips_takes_the_newest_frame_set() -> None:
     assert live_skips(np.full(90, 2.5 * P), P) > 50
 
 
+def _square(src: np.ndarray, r: int, erode: bool, out: np.ndarray) -> None:
+    """Reference: ``src`` eroded (or dilated) by a square of radius ``r``, pixel by pixel
+    (erosion is False where the square leaves the image)."""
+    h, w = src.shape
+    pad = np.pad(src, r, constant_values=False)
+    for y in range(h):
+        for x in range(w):
+            win = pad[y:y + 2 * r + 1, x:x + 2 * r + 1]
+            out[y, x] = win.all() if erode else win.any()
+
+
 def test_running_sum_morphology_equals_the_blob_detectors() -> None:
-    from livepose.inference.blobs import _square
-    from livepose.inference.track_crops import _box_nb
+    """The blob detector's and the crops' opening (``square_nb``, running sums) against a
+    pixel-by-pixel reference."""
+    from livepose.inference.blobs import square_nb as _box_nb
 
     rng = np.random.default_rng(0)
     for _ in range(50):
