@@ -127,71 +127,75 @@ def create_app(hub: Hub) -> ASGIApp:
         return Response(render(hub.registry),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def record(request: Request) -> Response:
+    async def json_body(request: Request) -> tuple[dict[str, Any] | None, Response | None]:
+        """The POSTed JSON object, or the error response (415: not JSON — which also keeps
+        other web sites from posting here, as a JSON POST needs CORS approval)."""
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            # also keeps other web sites from posting here (a JSON POST needs CORS approval)
-            return JSONResponse({"error": "send Content-Type: application/json"},
-                                status_code=415)
+            return None, JSONResponse({"error": "send Content-Type: application/json"},
+                                      status_code=415)
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
-        action = body.get("action") if isinstance(body, dict) else None
-        if action not in ("start", "stop", "status"):
+        return (body if isinstance(body, dict) else None), None
+
+    async def forward(cmd: dict[str, Any], label: str, unavailable: str
+                      ) -> tuple[dict[str, Any] | None, Response]:
+        """Send ``cmd`` to the supervisor's control socket; its reply (``None`` when it could
+        not be sent) and the response carrying it (409 for a refusal, 503: no control)."""
+        if hub.control is None:
+            return None, JSONResponse({"error": unavailable}, status_code=503)
+        try:
+            reply = await asyncio.to_thread(hub.control, cmd)
+        except Exception as exc:  # ControlUnavailable, or a zmq error: report, never crash
+            hub.state.note("error", f"{label}: {exc}")
+            return None, JSONResponse({"error": str(exc)}, status_code=503)
+        ok = reply.get("ok", "error" not in reply)
+        return reply, JSONResponse(reply, status_code=200 if ok else 409)
+
+    async def record(request: Request) -> Response:
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
+        action = body.get("action") if body is not None else None
+        if body is None or action not in ("start", "stop", "status"):
             return JSONResponse({"error": 'send {"action": "start", "name": …}, '
                                  '{"action": "stop"} or {"action": "status"}'}, status_code=400)
-        assert isinstance(body, dict)
         cmd: dict[str, Any] = {"cmd": f"record_{action}" if action != "status" else "status"}
         if action == "start":
             name = body.get("name")
             if not isinstance(name, str) or not name.strip():
                 return JSONResponse({"error": "a session name is required"}, status_code=400)
             cmd["name"] = name.strip()
-        if hub.control is None:
-            return JSONResponse({"error": "recording control is not available in this run"},
-                                status_code=503)
-        try:
-            reply = await asyncio.to_thread(hub.control, cmd)
-        except Exception as exc:  # ControlUnavailable, or a zmq error: report, never crash
-            hub.state.note("error", f"record {action}: {exc}")
-            return JSONResponse({"error": str(exc)}, status_code=503)
-        ok = reply.get("ok", "error" not in reply)
-        hub.state.note("info" if ok else "error", f"record {action}: "
-                       f"{reply.get('error') or reply.get('session') or 'ok'}")
-        return JSONResponse(reply, status_code=200 if ok else 409)
+        reply, resp = await forward(cmd, f"record {action}",
+                                    "recording control is not available in this run")
+        if reply is not None:
+            ok = reply.get("ok", "error" not in reply)
+            hub.state.note("info" if ok else "error", f"record {action}: "
+                           f"{reply.get('error') or reply.get('session') or 'ok'}")
+        return resp
 
     async def ids(request: Request) -> Response:
         """Fix identities (several animals): ``{"action": "swap", "a": 0, "b": 1}`` or
         ``{"action": "set", "current": 2, "new": 0}`` → the supervisor's control socket →
         fusion (logged there, and an event of the session being recorded)."""
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return JSONResponse({"error": "send Content-Type: application/json"},
-                                status_code=415)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        action = body.get("action") if isinstance(body, dict) else None
-        if action not in ("swap", "set"):
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
+        action = body.get("action") if body is not None else None
+        if body is None or action not in ("swap", "set"):
             return JSONResponse({"error": 'send {"action": "swap", "a": ID, "b": ID} or '
                                  '{"action": "set", "current": ID, "new": ID}'}, status_code=400)
-        assert isinstance(body, dict)
         keys = ("a", "b") if action == "swap" else ("current", "new")
         cmd: dict[str, Any] = {"cmd": "swap_ids" if action == "swap" else "set_id",
                                **{k: body.get(k) for k in keys}}
-        if hub.control is None:
-            return JSONResponse({"error": "control is not available in this run"},
-                                status_code=503)
-        try:
-            reply = await asyncio.to_thread(hub.control, cmd)
-        except Exception as exc:  # ControlUnavailable, or a zmq error: report, never crash
-            hub.state.note("error", f"ids {action}: {exc}")
-            return JSONResponse({"error": str(exc)}, status_code=503)
-        ok = reply.get("ok", "error" not in reply)
-        what = " ".join(str(body.get(k)) for k in keys)
-        hub.state.note("info" if ok else "error",
-                       f"ids {action} {what}: {reply.get('error') or 'sent'}")
-        return JSONResponse(reply, status_code=200 if ok else 409)
+        reply, resp = await forward(cmd, f"ids {action}", "control is not available in this run")
+        if reply is not None:
+            ok = reply.get("ok", "error" not in reply)
+            what = " ".join(str(body.get(k)) for k in keys)
+            hub.state.note("info" if ok else "error",
+                           f"ids {action} {what}: {reply.get('error') or 'sent'}")
+        return resp
 
     async def ws_endpoint(ws: WebSocket) -> None:
         if len(hub.clients) >= MAX_CLIENTS:
