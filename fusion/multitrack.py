@@ -4,7 +4,10 @@ Per frame-set (instances per view in, individuals out):
 
 1. **Association** across views (:mod:`livepose.fusion.associate`): clusters of instances
    that are one individual; each cluster is triangulated (all clusters in one call of the
-   fusion kernel).
+   fusion kernel). Instances the worker made *for* a confirmed individual (its 3D-guided
+   crops: ``owners``, ``kp2d.inst_owner``) skip it: they are that individual's cluster, even
+   from a single view (the EKF's gate still checks every keypoint against the prediction);
+   epipolar association groups the others (new animals, re-acquisition).
 2. **Matching** of the live tracks to the clusters: the cost of a (track, cluster) pair is
    the median over keypoints of the 3D distance between the track's prediction to this
    frame-set and the cluster's triangulation, divided by the track's gate
@@ -21,7 +24,10 @@ Per frame-set (instances per view in, individuals out):
    gating, consensus and per-keypoint status exactly as a single animal does. A track
    unmatched for more than :data:`HOLD_AFTER_S` (or whose EKF has lost every keypoint) is
    looked for at its last position, with a gate that grows at :data:`MAX_SPEED_MM_S`, so
-   it can be found again after an occlusion.
+   it can be found again after an occlusion. A keypoint without an accepted view for more
+   than :data:`HOLD_AFTER_S` stops (its velocity is zeroed): an animal hidden behind
+   another is looked for where it was seen, and its crop placed there, rather than
+   extrapolated off (tracks of animals in contact used to run 100–300 mm away).
 4. **Life.** A cluster left unmatched starts a *tentative* track (not near another track).
    A tentative track is confirmed, and given an id, after ``confirm_frames`` frame-sets
    matched in a row — and only if it moved ``min_motion_mm`` since it was first seen (a
@@ -353,7 +359,8 @@ class MultiTracker:
         self.assoc = Associator(cameras, cfg.likelihood_threshold, m.epipolar_px,
                                 m.min_keypoints)
         self.size = SizeCue(self.S, self.J, m.size_weight, length_scale)
-        self._drift: tuple[np.ndarray, np.ndarray] | None = None
+        self._drift_in: tuple[np.ndarray, np.ndarray, np.ndarray,
+                              list[tuple[bool, int]]] | None = None
         self.tracks: list[Track] = []
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
@@ -414,7 +421,41 @@ class MultiTracker:
         """``(T, K)`` median keypoint distance / gate (inf with < 3 shared keypoints)."""
         return _costs_nb(pred, gate, np.ascontiguousarray(tri, dtype=np.float64))
 
-    def step(self, views: list[np.ndarray], t_s: float) -> Individuals:
+    def _owned(self, views: list[np.ndarray], owners: list[np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Split off the instances made for a confirmed individual (a 3D-guided crop's
+        owner id): per such individual one cluster ``(K₀, C, J, 3)`` of its instances (the
+        first per view), the track index of each ``(K₀,)``, and the other instances per
+        view (module docstring, step 1)."""
+        C, J = self.C, self.J
+        none = np.zeros((0, C, J, 3), np.float32), np.zeros(0, np.int64)
+        if owners is None:
+            return *none, views
+        row = {t.id: i for i, t in enumerate(self.tracks) if t.confirmed}
+        picks: list[tuple[int, int, int]] = []  # track row, view, instance
+        taken: set[tuple[int, int]] = set()
+        for c, own in enumerate(owners):
+            for m, oid in enumerate(np.asarray(own).tolist()):
+                i = row.get(oid, -1)
+                if i >= 0 and (i, c) not in taken:
+                    taken.add((i, c))
+                    picks.append((i, c, m))
+        if not picks:
+            return *none, views
+        tracks = sorted({i for i, _c, _m in picks})
+        k_of = {i: k for k, i in enumerate(tracks)}
+        out = np.full((len(tracks), C, J, 3), np.nan, np.float32)
+        gone: list[list[int]] = [[] for _ in range(C)]
+        for i, c, m in picks:
+            out[k_of[i], c] = views[c][m]
+            gone[c].append(m)
+        rest = [v if not g else v[:0] if len(g) == len(v) else
+                v[np.isin(np.arange(len(v)), g, invert=True)]
+                for v, g in zip(views, gone, strict=True)]
+        return out, np.array(tracks, dtype=np.int64), rest
+
+    def step(self, views: list[np.ndarray], t_s: float,
+             owners: list[np.ndarray] | None = None) -> Individuals:
         """One frame-set.
 
         Parameters
@@ -424,6 +465,11 @@ class MultiTracker:
             confidence), camera order.
         t_s
             The frame-set's time, seconds (increasing).
+        owners
+            Optional, per view ``(K_c,)`` int: the individual id each instance was made for
+            (a 3D-guided crop's), -1 for none. Such instances are that individual's
+            measurement without association (the EKF's gate still checks every keypoint);
+            the others are associated across views and matched as usual.
 
         Returns
         -------
@@ -432,15 +478,21 @@ class MultiTracker:
         """
         dt = 0.0 if self.t is None else max(float(t_s) - self.t, 0.0)
         self.t = float(t_s)
+        own_pts, own_track, views = self._owned(views, owners)
         assoc = self.assoc(views)
-        K = len(assoc.cost)
-        self.counters["clusters"] += K
+        K0 = len(own_track)
+        cl_pts = assoc.points if len(assoc.cost) else np.zeros((0, self.C, self.J, 3),
+                                                               np.float32)
+        if K0:
+            cl_pts = np.concatenate([own_pts, cl_pts.astype(np.float32, copy=False)])
+        K = len(cl_pts)
+        self.counters["clusters"] += len(assoc.cost)
         J, C = self.J, self.C
-        if K:
-            flat = np.ascontiguousarray(assoc.points.transpose(1, 0, 2, 3).reshape(C, K * J, 3))
-            tri = self.ekf.tri.triangulate(flat).xyz.reshape(K, J, 3)
-        else:
-            tri = np.zeros((0, J, 3))
+        tri = np.full((K, J, 3), np.nan)  # owned clusters: not needed (matched already)
+        if K > K0:
+            K1 = K - K0
+            flat = np.ascontiguousarray(cl_pts[K0:].transpose(1, 0, 2, 3).reshape(C, K1 * J, 3))
+            tri[K0:] = self.ekf.tri.triangulate(flat).xyz.reshape(K1, J, 3)
         pred, gate = self._predictions(dt, self.t)
         cost = self._costs(pred, gate, tri)
         both, limit = cost, 1.0
@@ -448,11 +500,16 @@ class MultiTracker:
         if self.size.weight > 0:  # the size cue (fusion/appearance.py) within the gate
             both = np.where(cost <= 1.0, cost + self.size.costs(slots, tri), np.inf)
             limit = 1.0 + self.size.weight
+        if K0:  # an owned cluster is its individual's, and that individual takes no other
+            both = both.copy()
+            both[own_track, :] = np.inf
+            both[:, :K0] = np.inf
+            both[own_track, np.arange(K0)] = 0.0
         free = np.array(self.free_slots, dtype=np.int64)
         match, new_slot, new_k = _match_nb(
             cost, np.ascontiguousarray(both, dtype=np.float64), limit, gate,
             np.array([t.confirmed for t in self.tracks], dtype=np.bool_),
-            slots, assoc.points, tri, free,
+            slots, np.ascontiguousarray(cl_pts, dtype=np.float32), tri, free,
             0.5 * self.cfg.gate_mm * self.scale, J, self._pts, self.ekf.initialised)
         if self.size.weight > 0 and len(self.tracks):
             with np.errstate(all="ignore"):
@@ -463,26 +520,32 @@ class MultiTracker:
         new = list(zip(new_slot.tolist(), new_k.tolist(), strict=True))
         pts = self._pts
         out = self.ekf.step(pts, dt)
+        coast = self.ekf.since > HOLD_AFTER_S  # an unseen keypoint waits where it was seen
+        self.ekf.state[coast, 3:] = 0.0
         xyz = out.xyz.reshape(self.S, J, 3)
-        self._drift = None
-        best = -1
-        for i, tr in enumerate(self.tracks):  # calibration drift: the best-seen individual,
-            k = int(match[i])  # triangulated (with consensus) as a single animal's views are
-            if tr.confirmed and k >= 0:
-                seen = int(np.isfinite(assoc.points[k, :, :, 0]).any(axis=1).sum())
-                if seen > best:
-                    best = seen
-                    self._drift = (assoc.points[k],
-                                   out.raw.xyz[tr.slot * J:(tr.slot + 1) * J])
+        self._drift_in = (match, cl_pts, out.raw.xyz, [(t.confirmed, t.slot)
+                                                        for t in self.tracks])
         self._update(match, new, xyz, tri)
         return self._output(out, assoc)
 
     def drift_sample(self) -> tuple[np.ndarray, np.ndarray] | None:
         """What the calibration drift monitor (:mod:`livepose.fusion.drift`) reads from the
         last frame-set: the confirmed individual seen by the most views — its instances
-        ``(C, J, 3)`` (NaN: no instance in that view) and their triangulation ``(J, 3)`` —
-        or ``None`` (no confirmed individual matched)."""
-        return self._drift
+        ``(C, J, 3)`` (NaN: no instance in that view) and their triangulation ``(J, 3)`` (the
+        EKF's, with consensus, as a single animal's views are) — or ``None`` (no confirmed
+        individual matched)."""
+        if self._drift_in is None:
+            return None
+        match, cl_pts, raw, tracks = self._drift_in
+        J = self.J
+        best, out = -1, None
+        for i, (confirmed, slot) in enumerate(tracks):
+            k = int(match[i])
+            if confirmed and k >= 0:
+                seen = int(np.isfinite(cl_pts[k, :, :, 0]).any(axis=1).sum())
+                if seen > best:
+                    best, out = seen, (cl_pts[k], raw[slot * J:(slot + 1) * J])
+        return out
 
     def _update(self, match: np.ndarray, new: list[tuple[int, int]], xyz: np.ndarray,
                 tri: np.ndarray) -> None:
@@ -573,10 +636,16 @@ class MultiTracker:
         """The confirmed tracks' last positions ``(T, J, 3)``, those seen within
         ``max_age_s``: what the detector needs to tell a blob of two individuals from one (a
         tentative duplicate or a long-lost track would make it drop good blobs)."""
+        return self.expected_ids(max_age_s)[1]
+
+    def expected_ids(self, max_age_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`expected` with the tracks' ids ``(T,)`` (the crops' owners)."""
         now = self.t or 0.0
-        live = [t.last_xyz for t in self.tracks
-                if t.confirmed and now - t.last_seen_s <= max_age_s]
-        return np.stack(live) if live else np.zeros((0, self.J, 3))
+        live = [t for t in self.tracks if t.confirmed and now - t.last_seen_s <= max_age_s]
+        if not live:
+            return np.zeros(0, np.int64), np.zeros((0, self.J, 3))
+        return (np.array([t.id for t in live], np.int64),
+                np.stack([t.last_xyz for t in live]))
 
     def warmup(self) -> None:
         """Compile (or load) the kernels: association, assignment, matching, output, EKF."""

@@ -373,7 +373,12 @@ class Fuser:
             self.tracker.warmup()
         rows = self._order(msg.cams)[cams.astype(np.int64)]  # calibration row of each
         views = [np.ascontiguousarray(pts[rows == c]) for c in range(len(self.names))]
-        ind = self.tracker.step(views, msg.frame_id / self.fps)
+        own = msg.inst_owner
+        if own is not None and own.shape != cams.shape:
+            raise FusionInputError(f"kp2d inst_owner {own.shape} does not match the "
+                                   f"{len(cams)} instances")
+        owners = None if own is None else [own[rows == c] for c in range(len(self.names))]
+        ind = self.tracker.step(views, msg.frame_id / self.fps, owners)
         sample = self.tracker.drift_sample()  # calibration drift: one individual's views
         self._drift_in = None if sample is None else (msg.frame_id, *sample)
         self.counters["fused"] += 1

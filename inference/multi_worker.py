@@ -22,14 +22,21 @@ from typing import Any
 import numpy as np
 
 from livepose.core import protocol
-from livepose.core.calibration import read_calibration
+from livepose.core.calibration import calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.inference.blobs import BlobDetector
 from livepose.inference.engine import Engine
 from livepose.inference.instances import MaskedInstances
 from livepose.inference.manifest import Manifest
-from livepose.inference.track_crops import TrackCrops, crops_supported
+from livepose.inference.track_crops import (
+    TrackCrops,
+    crop_engine,
+    crops_supported,
+    project_individuals,
+)
+
+MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
 class MultiInstances:
@@ -59,6 +66,11 @@ class MultiInstances:
         self.group: CameraGroup | None = read_calibration(calibration, cams) \
             if calibration else None
         self.known: np.ndarray | None = None  # fusion's individuals (N, J, 3)
+        self.ids: np.ndarray | None = None  # and their ids (N,)
+        self.last_owner: np.ndarray = np.zeros(0, np.int32)  # the last call's instances'
+        units = (calibration_units(calibration, cfg.calibration_units) if calibration
+                 else "mm")
+        self.body_radius = m.body_radius_mm / MM_PER_UNIT.get(units, 1.0)
         self.topdown: Any = None
         self.instances: MaskedInstances | None = None
         self.crops: TrackCrops | None = None
@@ -71,7 +83,8 @@ class MultiInstances:
         else:
             assert engine is not None
             if m.crops and crops_supported(engine):
-                self.crops = TrackCrops(engine, manifest, self.detectors, m.individuals,
+                c_engine, c_manifest = crop_engine(cfg, engine, manifest)
+                self.crops = TrackCrops(c_engine, c_manifest, self.detectors, m.individuals,
                                         size=m.crop_px, reacquire_every=m.reacquire_every)
             else:
                 self.instances = MaskedInstances(engine, manifest, self.detectors)
@@ -85,20 +98,18 @@ class MultiInstances:
         """Take fusion's individuals from a ``pose3d`` message."""
         if msg.ind_xyz is not None:
             self.known = np.array(msg.ind_xyz, dtype=np.float64)
+            self.ids = (np.array(msg.ind_ids, dtype=np.int64) if msg.ind_ids is not None
+                        and len(msg.ind_ids) == len(self.known)
+                        else np.full(len(self.known), -1, np.int64))
 
-    def _expected(self) -> list[np.ndarray | None] | None:
+    def _expected(self) -> tuple[list[np.ndarray | None] | None,
+                                 list[np.ndarray | None] | None]:
+        """Fusion's individuals in every view: projected keypoints and their depths and
+        body radii (:func:`~livepose.inference.track_crops.project_individuals`)."""
         k = self.known
         if self.group is None or k is None or not len(k):
-            return None
-        flat = k.reshape(-1, 3)
-        ok = np.isfinite(flat).all(axis=1)
-        out: list[np.ndarray | None] = []
-        for cam in self.group.cameras:
-            uv = np.full((len(flat), 2), np.nan)
-            if ok.any():
-                uv[ok] = cam.project(flat[ok])
-            out.append(uv.reshape(len(k), self.J, 2))
-        return out
+            return None, None
+        return project_individuals(self.group.cameras, k, self.body_radius)
 
     def _learn(self, images: list[np.ndarray | None]) -> None:
         if self.seen % self.every == 0:
@@ -129,16 +140,25 @@ class MultiInstances:
                 bg = d.bg8
                 assert bg is not None  # learnt
                 filled.append(img if img is not None else bg)
+            expected, depths = self._expected()
             if self.crops is not None:
-                views = self.crops(filled, self._expected())
+                views = self.crops(filled, expected, depths)
+                ids = self.ids if self.ids is not None else np.zeros(0, np.int64)
+                owner = [np.where(o >= 0, ids[np.clip(o, 0, max(len(ids) - 1, 0))], -1)
+                         if len(ids) else np.full(len(o), -1) for o in self.crops.last_owner]
             else:
                 assert self.instances is not None
-                views = [v.points for v in self.instances(filled, self._expected())]
+                views = [v.points for v in self.instances(filled, expected)]
+                owner = [np.full(len(v), -1) for v in views]
             views = [v if images[c] is not None else v[:0] for c, v in enumerate(views)]
+            owner = [o[:len(v)] for o, v in zip(owner, views, strict=True)]
         n = [len(v) for v in views]
         if not sum(n):
+            self.last_owner = np.zeros(0, np.int32)
             return empty
         pts = np.ascontiguousarray(np.concatenate([v for v in views if len(v)]),
                                    dtype=np.float32)
         cams = np.repeat(np.arange(len(views), dtype=np.uint8), n)
+        self.last_owner = (np.concatenate(owner).astype(np.int32) if self.topdown is None
+                           else np.full(len(pts), -1, np.int32))
         return pts, cams

@@ -41,6 +41,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from livepose.core.camera import CameraModel
+from livepose.core.config import Config
 from livepose.inference.blobs import BlobDetector, diff_open_nb, label_nb, square_nb
 from livepose.inference.crops import place_crop
 from livepose.inference.decode import decode_outputs
@@ -58,9 +60,44 @@ def crops_supported(engine: Engine) -> bool:
 
 
 @nb.njit(cache=True, nogil=True)
+def _capsule_owner_nb(x: float, y: float, kpa: np.ndarray, za: np.ndarray, ra: np.ndarray,
+                      bones: np.ndarray, allowed: np.ndarray) -> int:
+    """The individual whose body holds pixel ``(x, y)`` (module docstring, step 1): among
+    the ``allowed`` individuals' capsules (each bone of ``bones`` ``(B, 2)``, radius ``ra``
+    px and depth ``za`` interpolated along it; ``kpa`` ``(T, J, 2)`` crop px), the one
+    nearest the camera that contains the pixel, else the one whose surface is nearest; -1
+    when no bone is known."""
+    best_z, in_owner = np.inf, -1
+    best_s, s_owner = np.inf, -1
+    for t in range(kpa.shape[0]):
+        if not allowed[t]:
+            continue
+        for b in range(bones.shape[0]):
+            i, j = bones[b, 0], bones[b, 1]
+            ax, ay, bx, by = kpa[t, i, 0], kpa[t, i, 1], kpa[t, j, 0], kpa[t, j, 1]
+            if not (np.isfinite(ax) and np.isfinite(ay) and np.isfinite(bx)
+                    and np.isfinite(by) and np.isfinite(ra[t, i]) and np.isfinite(ra[t, j])):
+                continue
+            dx, dy = bx - ax, by - ay
+            L2 = dx * dx + dy * dy
+            u = 0.0
+            if L2 > 0.0:
+                u = min(max(((x - ax) * dx + (y - ay) * dy) / L2, 0.0), 1.0)
+            px, py = ax + u * dx, ay + u * dy
+            s = np.sqrt((x - px) ** 2 + (y - py) ** 2) - (ra[t, i] + u * (ra[t, j] - ra[t, i]))
+            z = za[t, i] + u * (za[t, j] - za[t, i])
+            if s <= 0.0 and z < best_z:
+                best_z, in_owner = z, t
+            if s < best_s:
+                best_s, s_owner = s, t
+    return in_owner if in_owner >= 0 else s_owner
+
+
+@nb.njit(cache=True, nogil=True)
 def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float,
                    r_open: int, r_join: int, kp: np.ndarray, owner: np.ndarray, me: int,
-                   margin: int, out: np.ndarray, own: np.ndarray) -> tuple[int, bool]:
+                   margin: int, out: np.ndarray, own: np.ndarray, kpa: np.ndarray,
+                   za: np.ndarray, ra: np.ndarray, bones: np.ndarray) -> tuple[int, bool]:
     """One track crop (module docstring, step 1).
 
     Parameters
@@ -73,6 +110,11 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
         ``(K,)`` int64: whose each keypoint is (``0..T-1``); this crop's individual.
     out, own
         ``(h, w)`` uint8 image for the model, bool pixels of this individual (written).
+    kpa, za, ra, bones
+        Every individual's projected keypoints ``(T, J, 2)`` (crop px, NaN: unknown), their
+        depths and body radii (px) ``(T, J)``, and the skeleton's bones ``(B, 2)``: the
+        pixels of a component two animals share go to the body that holds them
+        (:func:`_capsule_owner_nb`); no bones: to the nearest projected keypoint.
 
     Returns
     -------
@@ -121,6 +163,7 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
                 if counts[lab, t] >= 0.4 * total[t] and counts[lab, t] > 0:
                     big[lab] = True
     theirs = np.zeros((h, w), np.bool_)
+    allowed = np.zeros(max(T, kpa.shape[0]), np.bool_)
     n_theirs = 0
     count = 0
     shared = False
@@ -136,16 +179,24 @@ def _track_mask_nb(sub: np.ndarray, bgf: np.ndarray, bg8: np.ndarray, thr: float
                     mine = True
                 elif n_oth[lab] > 0 and n_own[lab] == 0:
                     mine = False
-                else:  # two animals, or nobody's: the nearest projected keypoint decides
-                    best = np.inf
+                else:  # two animals, or nobody's: the bodies (or keypoints) decide
                     anyone = n_own[lab] == 0 and n_oth[lab] == 0
-                    for k in range(K):
-                        if not (anyone or owner[k] == me or counts[lab, owner[k]] > 0):
-                            continue  # only the individuals on this component
-                        d = (kp[k, 0] - x) ** 2 + (kp[k, 1] - y) ** 2
-                        if d < best:
-                            best = d
-                            mine = owner[k] == me
+                    for t in range(T):  # only the individuals on this component
+                        allowed[t] = anyone or t == me or counts[lab, t] > 0
+                    who = -1
+                    if bones.shape[0] > 0:
+                        who = _capsule_owner_nb(x + 0.0, y + 0.0, kpa, za, ra, bones, allowed)
+                    if who >= 0:
+                        mine = who == me
+                    else:
+                        best = np.inf
+                        for k in range(K):
+                            if not allowed[owner[k]]:
+                                continue
+                            d = (kp[k, 0] - x) ** 2 + (kp[k, 1] - y) ** 2
+                            if d < best:
+                                best = d
+                                mine = owner[k] == me
                 if not mine:
                     theirs[y, x] = True
                     n_theirs += 1
@@ -183,6 +234,72 @@ def _on_mask_nb(mask: np.ndarray, pts: np.ndarray, x0: float, y0: float, tol: in
                     if 0 <= xx < w and 0 <= yy < h and mask[yy, xx]:
                         on = True
         pts[j, 2] = pts[j, 2] * conf_scale if on else 0.0
+
+
+def crop_model_path(cfg: Config) -> str | None:
+    """``fusion.multi.crop_model`` resolved: the crop model's ``model.path``, or ``None``
+    for the main model (``'auto'``: the bundled ``default-crops`` with the bundled
+    ``default``)."""
+    name = cfg.fusion.multi.crop_model
+    if name == "auto":
+        return "default-crops" if cfg.model.path == "default" else None
+    return None if name == "main" else name
+
+
+def crop_engine(cfg: Config, engine: Engine, manifest: Manifest) -> tuple[Engine, Manifest]:
+    """The engine and manifest for the crops (:func:`crop_model_path`); the main ones when
+    the crops use the main model.
+
+    Raises
+    ------
+    ModelError
+        The crop model's keypoints differ from the main model's, or it takes a fixed input
+        size.
+    """
+    from livepose.inference.engine import create_engine, engine_name
+    from livepose.inference.manifest import ModelError, resolve_model
+
+    name = crop_model_path(cfg)
+    if name is None:
+        return engine, manifest
+    mc = cfg.model.model_copy(update={"path": name, "manifest": None})
+    path, man = resolve_model(mc)
+    if list(man.keypoints) != list(manifest.keypoints):
+        raise ModelError(f"fusion.multi.crop_model {name}: keypoints {man.keypoints} differ "
+                         f"from model.path's {manifest.keypoints}")
+    eng = create_engine(engine_name(mc, path), path, man, mc)
+    if not crops_supported(eng):
+        raise ModelError(f"fusion.multi.crop_model {name}: a fixed input size; crops need "
+                         "dynamic height and width")
+    return eng, man
+
+
+def project_individuals(cameras: list[CameraModel], xyz: np.ndarray, body_radius: float
+                        ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """The individuals ``xyz`` ``(T, J, 3)`` in every view, for :class:`TrackCrops`: per
+    camera the projected keypoints ``(T, J, 2)`` (distorted px) and each keypoint's depth
+    and body radius in px ``(T, J, 2)`` (``f_x · body_radius / depth``; calibration units);
+    NaN where a keypoint is unknown or behind the camera. ``([], [])`` without
+    individuals."""
+    if not len(xyz):
+        return [None] * len(cameras), [None] * len(cameras)
+    T, J = xyz.shape[:2]
+    flat = np.ascontiguousarray(xyz, dtype=np.float64).reshape(-1, 3)
+    ok = np.isfinite(flat).all(axis=1)
+    uvs: list[np.ndarray | None] = []
+    deps: list[np.ndarray | None] = []
+    for cam in cameras:
+        z = flat @ cam.R[2] + float(cam.tvec[2])
+        good = ok & (z > 0)
+        uv = np.full((len(flat), 2), np.nan)
+        if good.any():
+            uv[good] = cam.project(flat[good])
+        dep = np.full((len(flat), 2), np.nan)
+        dep[good, 0] = z[good]
+        dep[good, 1] = cam.matrix[0, 0] * body_radius / z[good]
+        uvs.append(uv.reshape(T, J, 2))
+        deps.append(dep.reshape(T, J, 2))
+    return uvs, deps
 
 
 class TrackCrops:
@@ -226,12 +343,16 @@ class TrackCrops:
         self.min_area_px = int(min_area_px)
         self.tol_px = int(tol_px)
         self.J = len(manifest.keypoints)
+        index = {k: i for i, k in enumerate(manifest.keypoints)}
+        self.bones = np.array([(index[a], index[b]) for a, b in manifest.skeleton],
+                              dtype=np.int64).reshape(-1, 2)
         spec = manifest.input.model_copy(update={"width": self.size, "height": self.size,
                                                  "resize": "letterbox"})
         self.pre = Preprocessor(spec, len(detectors) * self.max_crops)
         self.pre.warm_up()
         self.count = 0
         self.pending = False
+        self.last_owner: list[np.ndarray] = []  # per view: each instance's crop owner
         self.counters = {"track_crops": 0, "blob_crops": 0, "detections": 0, "hidden": 0,
                          "shared": 0}
         self._warm()
@@ -239,9 +360,12 @@ class TrackCrops:
     def _warm(self) -> None:
         """Compile (or load) the kernels for the types of a frame's slices."""
         z = np.zeros((10, 10), np.uint8)
-        _track_mask_nb(z[1:9, 1:9], np.zeros((10, 10))[1:9, 1:9], z[1:9, 1:9], 28.0, 1, 2,
-                       np.zeros((1, 2)), np.zeros(1, np.int64), 0, 4, np.empty((8, 8), np.uint8),
-                       np.empty((8, 8), np.bool_))
+        for bones in (self.bones, np.zeros((0, 2), np.int64)):
+            _track_mask_nb(z[1:9, 1:9], np.zeros((10, 10))[1:9, 1:9], z[1:9, 1:9], 28.0, 1,
+                           2, np.zeros((1, 2)), np.zeros(1, np.int64), 0, 4,
+                           np.empty((8, 8), np.uint8), np.empty((8, 8), np.bool_),
+                           np.zeros((1, self.J, 2)), np.ones((1, self.J)),
+                           np.ones((1, self.J)), bones)
         _on_mask_nb(np.zeros((8, 8), np.bool_), np.zeros((1, 3), np.float32), 0.0, 0.0, 6, 1.0)
 
     def detecting(self, n_known: int) -> bool:
@@ -249,8 +373,8 @@ class TrackCrops:
         return (n_known == 0 or self.pending or self.count % self.every == 0
                 or (self.individuals is not None and n_known < self.individuals))
 
-    def __call__(self, frames: list[np.ndarray], expected: list[np.ndarray | None] | None
-                 ) -> list[np.ndarray]:
+    def __call__(self, frames: list[np.ndarray], expected: list[np.ndarray | None] | None,
+                 depths: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """Instances of one frame-set.
 
         Parameters
@@ -260,6 +384,10 @@ class TrackCrops:
         expected
             Per view the individuals' projected keypoints ``(T, J, 2)`` (NaN: unknown), or
             ``None`` (no individuals; a view's ``None``: none there).
+        depths
+            Per view ``(T, J, 2)``: each projected keypoint's depth and body radius (px)
+            (:func:`project_individuals`); without them, overlapping animals' pixels go to
+            the nearest projected keypoint.
 
         Returns
         -------
@@ -272,38 +400,42 @@ class TrackCrops:
         if detect:
             self.counters["detections"] += 1
             self.pending = False
-        slots: list[tuple[int, int, int, np.ndarray, float]] = []  # view, x0, y0, own, scale
+        slots: list[tuple[int, int, int, np.ndarray, float, int]] = []  # view, x0, y0, own, scale, owner
         for c, (frame, det) in enumerate(zip(frames, self.detectors, strict=True)):
             exp = None if expected is None else expected[c]
             k0 = len(slots)
             if exp is not None and len(exp):
-                self._track_crops(c, frame, det, exp, slots)
+                dep = None if depths is None else depths[c]
+                self._track_crops(c, frame, det, exp, dep, slots)
             if detect:
                 self._blob_crops(c, frame, det, exp, slots, self.max_crops - (len(slots) - k0))
         views = [np.empty((0, self.J, 3), np.float32) for _ in frames]
+        self.last_owner = [np.array([s[5] for s in slots if s[0] == c], np.int64)
+                           for c in range(len(frames))]
         if not slots:
             return views
         n = len(slots)
         pts = self.pre.to_frame_pixels(decode_outputs(self.engine.run(self.pre.batch(n)),
                                                       self.manifest))
         pts = pts.astype(np.float32, copy=False)
-        for i, (_c, x0, y0, own, scale) in enumerate(slots):
+        for i, (_c, x0, y0, own, scale, _o) in enumerate(slots):
             pts[i, :, 0] += x0
             pts[i, :, 1] += y0
             _on_mask_nb(own, pts[i], float(x0), float(y0), self.tol_px, scale)
         cams = np.array([s[0] for s in slots])
         return [pts[cams == c] for c in range(len(frames))]
 
-    def _fill(self, slots: list[tuple[int, int, int, np.ndarray, float]], c: int,
+    def _fill(self, slots: list[tuple[int, int, int, np.ndarray, float, int]], c: int,
               img: np.ndarray, box: tuple[int, int, int, int], own: np.ndarray,
-              scale: float) -> None:
+              scale: float, owner: int) -> None:
         x0, y0, w, h = box
         self.pre.fill(len(slots), img, "Mono8", None if (w, h) == (self.size, self.size)
                       else (0, 0, w, h))
-        slots.append((c, x0, y0, own, scale))
+        slots.append((c, x0, y0, own, scale, owner))
 
     def _track_crops(self, c: int, frame: np.ndarray, det: BlobDetector, exp: np.ndarray,
-                     slots: list[tuple[int, int, int, np.ndarray, float]]) -> None:
+                     dep: np.ndarray | None,
+                     slots: list[tuple[int, int, int, np.ndarray, float, int]]) -> None:
         assert det.background is not None and det.bg8 is not None
         fh, fw = frame.shape
         T = exp.shape[0]
@@ -312,6 +444,11 @@ class TrackCrops:
         flat = exp.reshape(-1, 2)
         okf = fin.reshape(-1)
         owner = np.repeat(np.arange(T), self.J)
+        if dep is None:
+            za = ra = np.full((T, self.J), np.nan)
+            bones = self.bones[:0]
+        else:
+            za, ra, bones = dep[..., 0], dep[..., 1], self.bones
         for t in np.flatnonzero(fin.sum(axis=1) >= self.min_keypoints)[: self.max_crops]:
             x0, y0, w, h = place_crop(exp[t][fin[t]], (fw, fh), (self.size, self.size),
                                       self.margin)
@@ -322,16 +459,19 @@ class TrackCrops:
             n_own, shared = _track_mask_nb(
                 sub, det.background[y0:y0 + h, x0:x0 + w], det.bg8[y0:y0 + h, x0:x0 + w],
                 det.threshold, det.open_px, det.join_px, np.ascontiguousarray(kp), owner[okf],
-                int(t), det.mask_margin_px, out, own)
+                int(t), det.mask_margin_px, out, own,
+                np.ascontiguousarray(exp - (x0, y0), dtype=np.float64),
+                np.ascontiguousarray(za, dtype=np.float64),
+                np.ascontiguousarray(ra, dtype=np.float64), bones)
             if n_own < self.min_area_px:
                 self.counters["hidden"] += 1
                 continue
             self.counters["track_crops"] += 1
             self.counters["shared"] += shared
-            self._fill(slots, c, out, (x0, y0, w, h), own, 0.5 if shared else 1.0)
+            self._fill(slots, c, out, (x0, y0, w, h), own, 0.5 if shared else 1.0, int(t))
 
     def _blob_crops(self, c: int, frame: np.ndarray, det: BlobDetector,
-                    exp: np.ndarray | None, slots: list[tuple[int, int, int, np.ndarray, float]],
+                    exp: np.ndarray | None, slots: list[tuple[int, int, int, np.ndarray, float, int]],
                     room: int) -> None:
         fh, fw = frame.shape
         blobs = det.detect(frame, exp)
@@ -349,4 +489,4 @@ class TrackCrops:
             own = det.labels[y0:y0 + h, x0:x0 + w] == b.label
             self.counters["blob_crops"] += 1
             self._fill(slots, c, np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w]), box, own,
-                       1.0)
+                       1.0, -1)

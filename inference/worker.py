@@ -301,17 +301,21 @@ class _Worker:
         frames = [None if f is None else (f.image, f.pixel_format) for f in popped.frames]
         try:
             pts, cams = self.multi(frames)
+            owner = self.multi.last_owner
             self.failures = 0
         except Exception as exc:  # a failed model call must not end the run at once
             self._failed_call(exc, popped.frame_id, len(frames))
             pts, cams = np.zeros((0, len(self.manifest.keypoints), 3), np.float32), \
                 np.zeros(0, np.uint8)
+            owner = np.zeros(0, np.int32)
+        if len(owner) != len(cams):
+            owner = np.full(len(cams), -1, np.int32)
         bad = [i for i, f in enumerate(popped.frames) if f is not None
                and not shmring.intact(f.image)]
         if bad:
             self.ctx.counters["shm_overrun"] += len(bad)
             keep = ~np.isin(cams, bad)
-            pts, cams = pts[keep], cams[keep]
+            pts, cams, owner = pts[keep], cams[keep], owner[keep]
         self.ctx.counters["instances"] += len(cams)
         if self.multi.crops is not None:  # totals (counters is a Counter)
             for key, val in self.multi.crops.counters.items():
@@ -319,6 +323,9 @@ class _Worker:
         msg = self._kp2d(popped, np.full((len(frames), len(self.manifest.keypoints), 3),
                                          np.nan, np.float32), t0)
         msg.inst_points, msg.inst_cams = pts, cams
+        if (owner >= 0).any():  # the crops' individuals: fusion skips their association
+            msg.inst_owner = np.ascontiguousarray(owner, dtype=np.int32)
+            self.ctx.counters["instances_owned"] += int((owner >= 0).sum())
         return msg
 
     def infer_topdown(self, popped: Popped) -> np.ndarray:

@@ -62,10 +62,11 @@ from livepose.core.config import Config, SimCameraConfig
 
 def config(animals: int = 3, n_cams: int = 4, fps: float = 30.0, seed: int = 0,
            avoid: bool = True, size_spread: float | None = None,
-           size_weight: float | None = None) -> Config:
+           size_weight: float | None = None, crop_model: str | None = None,
+           body_radius_mm: float | None = None) -> Config:
     """The benchmark's config: the demo rig with ``animals`` rodents, ``fusion.multi`` on
-    (``sim.avoid``, ``sim.size_spread`` and ``fusion.multi.size_weight`` as given, else the
-    defaults)."""
+    (``sim.avoid``, ``sim.size_spread``, ``fusion.multi.size_weight``, ``crop_model`` and
+    ``body_radius_mm`` as given, else the defaults)."""
     cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(n_cams)],
                  fps=fps)
     cfg.sim.seed = seed
@@ -75,6 +76,10 @@ def config(animals: int = 3, n_cams: int = 4, fps: float = 30.0, seed: int = 0,
         cfg.sim.size_spread = size_spread
     if size_weight is not None:
         cfg.fusion.multi.size_weight = size_weight
+    if crop_model is not None:
+        cfg.fusion.multi.crop_model = crop_model
+    if body_radius_mm is not None:
+        cfg.fusion.multi.body_radius_mm = body_radius_mm
     cfg.fusion.multi.enabled = True
     cfg.fusion.multi.individuals = animals
     cfg.model.intra_op_threads = 1
@@ -140,11 +145,15 @@ def live_skips(pipe_s: np.ndarray, period_s: float) -> int:
     return skipped
 
 
-def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[str, float]:
+def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[str, Any]:
     """Association + tracking alone (``MultiTracker.step``) on the herd's true keypoints
     projected into the 4 sim cameras with 1 px noise and 10 % of the instances dropped:
-    median and p99 µs per frame-set (no renderer, no model), and the single-animal fusion
-    (``Fuser.step``, 4 cameras × J) timed alternately on the same views as the reference."""
+    median and p99 µs per frame-set (no renderer, no model). Two paths: every instance
+    associated across views (``median``, ``p99``: blobs, two-stage detections), and the
+    crops' path (``owned``: each instance carries its individual's id, as the worker's
+    3D-guided crops do once the individuals are known). The single-animal fusion
+    (``Fuser.step``, 4 cameras × J) is timed alternately on the same views as the
+    reference."""
     from livepose.acquisition.sim.herd import Herd
     from livepose.acquisition.sim.rig import make_rig
     from livepose.fusion.multitrack import MultiTracker
@@ -154,39 +163,54 @@ def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[st
     herd = Herd(animals, seed, cfg.sim.arena_diameter_mm / 2, cfg.sim.speed_mm_s,
                 avoid=cfg.sim.avoid, size_spread=cfg.sim.size_spread)
     rng = np.random.default_rng(seed)
-    views = []
+    views, whos = [], []
     for t in range(frames):
         kp = herd.keypoints(t / cfg.fps)
         J = kp.shape[1]
-        per = []
+        per, who = [], []
         for cam in rig:
             uv = cam.project(kp.reshape(-1, 3)).reshape(animals, J, 2)
             pts = np.concatenate([uv + rng.normal(0, 1.0, uv.shape),
                                   np.full((animals, J, 1), 0.9)], axis=-1)
             keep = rng.permutation(animals)[: animals - int(rng.random() < 0.3)]
             per.append(np.ascontiguousarray(pts[keep], dtype=np.float32))
+            who.append(keep)
         views.append(per)
+        whos.append(who)
     from livepose.fusion.process import Fuser
 
     tracker = MultiTracker(rig, views[0][0].shape[1], cfg.fusion, cfg.fps)
     tracker.warmup()
+    owned = MultiTracker(rig, views[0][0].shape[1], cfg.fusion, cfg.fps)
+    owned.warmup()
     single = Fuser(rig, cfg)  # reference: the single-animal fusion of animal 0, same views
     single.warmup()
-    us = np.empty(frames)
-    ref = np.empty(frames)
-    for t, v in enumerate(views):  # alternated, so both see the same load
+    us, us_own, ref = np.empty(frames), np.empty(frames), np.empty(frames)
+    id_of = np.full(animals, -1, np.int64)  # each animal's id in ``owned`` once it has one
+    for t, v in enumerate(views):  # alternated, so all see the same load
         one = np.full((len(rig), v[0].shape[1], 3), np.nan, dtype=np.float32)
         for c, inst in enumerate(v):
             if len(inst):
                 one[c] = inst[0]
+        owners = [id_of[w] for w in whos[t]]
         t0 = time.perf_counter()
         tracker.step(v, t / cfg.fps)
         t1 = time.perf_counter()
-        single.step(one, t)
+        ind = owned.step(v, t / cfg.fps, owners)
         t2 = time.perf_counter()
-        us[t], ref[t] = 1e6 * (t1 - t0), 1e6 * (t2 - t1)
-    us, ref = us[min(30, frames // 2):], ref[min(30, frames // 2):]  # tracks born
+        single.step(one, t)
+        t3 = time.perf_counter()
+        us[t], us_own[t], ref[t] = 1e6 * (t1 - t0), 1e6 * (t2 - t1), 1e6 * (t3 - t2)
+        if (id_of < 0).any() and len(ind.ids):  # who is who (the crops' owners)
+            kp = herd.keypoints(t / cfg.fps)
+            for i, x in zip(ind.ids.tolist(), ind.xyz, strict=True):
+                d = np.nanmedian(np.linalg.norm(kp - x[None], axis=-1), axis=1)
+                id_of[int(np.argmin(d))] = i
+    skip = min(30, frames // 2)  # tracks born
+    us, us_own, ref = us[skip:], us_own[skip:], ref[skip:]
     return {"median": float(np.median(us)), "p99": float(np.percentile(us, 99)),
+            "owned": {"median": float(np.median(us_own)),
+                      "p99": float(np.percentile(us_own, 99))},
             "single_animal_fusion_median": float(np.median(ref)),
             "ratio_to_single": float(np.median(us) / np.median(ref)),
             "frames": float(len(us))}
@@ -195,8 +219,11 @@ def tracking_cost(frames: int = 900, animals: int = 3, seed: int = 0) -> dict[st
 def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         match_mm: float = 20.0, cost_frames: int = 900, route: str = "crops",
         progress: Callable[[str], None] | None = None, avoid: bool = True,
-        size_spread: float | None = None, size_weight: float | None = None) -> dict[str, Any]:
-    """Run the benchmark; write the JSON to ``json_path`` when given and return it."""
+        size_spread: float | None = None, size_weight: float | None = None, seed: int = 0,
+        crop_model: str | None = None, body_radius_mm: float | None = None,
+        owners: bool = True) -> dict[str, Any]:
+    """Run the benchmark; write the JSON to ``json_path`` when given and return it.
+    ``owners=False``: the crops' instances are associated like any others (ablation)."""
     from livepose.acquisition.sim.animal import Rodent
     from livepose.acquisition.sim.herd import (
         BODY_LENGTH_MM,
@@ -215,11 +242,18 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     from livepose.inference.instances import MaskedInstances
     from livepose.inference.manifest import resolve_model
     from livepose.inference.preprocess import Preprocessor
-    from livepose.inference.track_crops import TrackCrops, crops_supported
+    from livepose.inference.track_crops import (
+        TrackCrops,
+        crop_engine,
+        crops_supported,
+        project_individuals,
+    )
 
     say = progress or (lambda _m: None)
+    use_owners = owners
     t_start = time.perf_counter()
-    cfg = config(animals, avoid=avoid, size_spread=size_spread, size_weight=size_weight)
+    cfg = config(animals, seed=seed, avoid=avoid, size_spread=size_spread,
+                 size_weight=size_weight, crop_model=crop_model, body_radius_mm=body_radius_mm)
     fps = cfg.fps
     T = round(duration_s * fps)
     rig = make_rig(cfg.sim, cfg.camera_names)
@@ -240,10 +274,12 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     if route not in ("crops", "full"):
         raise ValueError(f"route must be 'crops' or 'full', got {route!r}")
     m = cfg.fusion.multi
-    crops = TrackCrops(engine, manifest, detectors, m.individuals, size=m.crop_px,
-                       reacquire_every=m.reacquire_every) if route == "crops" else None
-    if crops is not None and not crops_supported(engine):
+    if route == "crops" and not crops_supported(engine):
         raise ValueError(f"{manifest.name}: fixed input size, no crops (route='full')")
+    c_engine, c_manifest = crop_engine(cfg, engine, manifest) if route == "crops" else (
+        engine, manifest)
+    crops = TrackCrops(c_engine, c_manifest, detectors, m.individuals, size=m.crop_px,
+                       reacquire_every=m.reacquire_every) if route == "crops" else None
     instances = MaskedInstances(engine, manifest, detectors)
     tracker = MultiTracker(rig, J, cfg.fusion, fps, pixel_noise_px=noise)
     tracker.warmup()
@@ -266,6 +302,8 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
     dropped = 0
     n_instances = 0
     expected: list[np.ndarray | None] | None = None
+    depths: list[np.ndarray | None] | None = None
+    known_ids = np.zeros(0, np.int64)
     say(f"setup {time.perf_counter() - t_start:.1f} s; {T} frame-sets, {N} animals, {C} cameras")
     for t in range(T):
         ts = t / fps
@@ -282,18 +320,23 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         overlap[t] = body_overlap(parts)
         # multi-animal path
         t0 = time.perf_counter()
+        owner_ids: list[np.ndarray] | None = None
         if crops is not None:
-            pts_v = crops(frames, expected)
+            pts_v = crops(frames, expected, depths)
+            owner_ids = [np.where(o >= 0, known_ids[np.clip(o, 0, max(len(known_ids) - 1, 0))],
+                               -1) if len(known_ids) else np.full(len(o), -1)
+                      for o in crops.last_owner]
         else:
             views = instances(frames, expected)
             pts_v = [v.points for v in views]
             dropped += sum(v.dropped for v in views)
         t1 = time.perf_counter()
-        ind = tracker.step(pts_v, ts)
+        ind = tracker.step(pts_v, ts, owner_ids if use_owners else None)
         t2 = time.perf_counter()
-        known = tracker.expected()  # the worker projects fusion's individuals: timed too
-        expected = ([rig[c].project(known.reshape(-1, 3)).reshape(len(known), J, 2)
-                     for c in range(C)] if len(known) else None)
+        # the worker projects fusion's individuals (with depths and body radii): timed too
+        known_ids, known = tracker.expected_ids()
+        expected, depths = (project_individuals(list(rig.cameras), known, m.body_radius_mm)
+                            if len(known) else (None, None))
         cost_us[t] = 1e6 * (t2 - t1)
         pipe_ms[t] = 1e3 * (time.perf_counter() - t0)
         n_instances += sum(len(p) for p in pts_v)
@@ -329,7 +372,8 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         "benchmark": "multi",
         "scenario": {"animals": N, "cameras": C, "duration_s": duration_s, "fps": fps,
                      "frame_sets": T, "keypoints": J, "match_mm": match_mm,
-                     "model": manifest.name, "multi": cfg.fusion.multi.model_dump(mode="json")},
+                     "model": manifest.name, "crop_model": c_manifest.name,
+                     "seed": seed, "owners": use_owners, "multi": cfg.fusion.multi.model_dump(mode="json")},
         "id_swaps": swaps,
         "animal_seconds": animal_s,
         "swaps_per_10min": swaps / animal_s * 600.0,

@@ -218,6 +218,15 @@ def _multi_bench() -> None:
         cost_frames: Annotated[int, typer.Option(
             "--cost-frames", min=0, help="sim: frame-sets of the isolated cost timing "
             "(0: skip)")] = 900,
+        seed: Annotated[int, typer.Option("--seed", help="sim.seed (the herd)")] = 0,
+        crop_model: Annotated[str | None, typer.Option(
+            "--crop-model", help="fusion.multi.crop_model (auto, main, or a model)")] = None,
+        body_radius: Annotated[float | None, typer.Option(
+            "--body-radius", min=0.0, help="fusion.multi.body_radius_mm (0: the nearest "
+            "keypoint splits overlapping animals)")] = None,
+        owners: Annotated[bool, typer.Option(
+            "--owners/--no-owners", help="the crops' instances skip association (as "
+            "live)")] = True,
     ) -> None:
         """Several animals: 3 rodents, 4 sim cameras — identity swaps, encounters,
         occlusions, per-animal 3D error vs the single-animal demo, association + tracking
@@ -243,7 +252,9 @@ def _multi_bench() -> None:
             return
         res = run_multi(json_path, duration_s=duration, animals=animals, route=route,
                         cost_frames=cost_frames, progress=lambda m: err.print(m, highlight=False),
-                        avoid=avoid, size_spread=size_spread, size_weight=size_weight)
+                        avoid=avoid, size_spread=size_spread, size_weight=size_weight,
+                        seed=seed, crop_model=crop_model, body_radius_mm=body_radius,
+                        owners=owners)
         Console().print_json(data={k: v for k, v in res.items()
                                    if k not in ("scenario", "tracker")})
 

@@ -14,7 +14,7 @@ from livepose.core.config import Config
 log = logging.getLogger(__name__)
 
 #: ``model.path`` values naming a model bundled in ``livepose.inference`` (``models/<name>``).
-BUNDLED_MODELS = ("default", "blazepose")
+BUNDLED_MODELS = ("default", "blazepose", "default-crops")
 
 
 def manifest_path(cfg: Config) -> Path:

@@ -274,7 +274,8 @@ class Kp2d(Message):
 
     Several animals (``fusion.multi``, protocol 3): ``inst_points`` float32 ``(M, J, 3)``
     every instance of every view, ``inst_cams`` uint8 ``(M,)`` the index in ``cams`` of each
-    (``points`` is then NaN).
+    (``points`` is then NaN), optionally ``inst_owner`` int32 ``(M,)``: the individual id an
+    instance was made for (a 3D-guided crop's, from ``pose3d.ind_ids``), -1 for none.
     """
 
     KIND: ClassVar[str] = "kp2d"
@@ -282,6 +283,7 @@ class Kp2d(Message):
         "points": ArraySpec((_F32,), (3,)),
         "inst_points": ArraySpec((_F32,), (3,), required=False),
         "inst_cams": ArraySpec((_U8,), (1,), required=False),
+        "inst_owner": ArraySpec((_I32,), (1,), required=False),
     }
     frame_id: int
     cams: list[str]
@@ -289,6 +291,7 @@ class Kp2d(Message):
     points: np.ndarray
     inst_points: np.ndarray | None = None
     inst_cams: np.ndarray | None = None
+    inst_owner: np.ndarray | None = None
     t_trigger_ns: int | None = None
     t_grab_ns: list[int] = field(default_factory=list)
     t_set_ns: int = 0

@@ -156,6 +156,7 @@ def test_live_pipeline_two_animals_as_individuals() -> None:
         counters = dict(sup.health["fusion"].counters)
     assert len(both) >= 10, "two individuals never tracked together"
     assert crop_counters.get("multi/track_crops", 0) > 0, crop_counters
+    assert crop_counters.get("instances_owned", 0) > 0, crop_counters  # fusion's ids on them
     assert replies["swap"]["ok"] and replies["absent"]["ok"]  # sent on to fusion
     assert not replies["bad"]["ok"] and "b must be an individual id" in replies["bad"]["error"]
     assert counters["id_fixes"] == 1 and counters["id_rejected"] == 1  # id 5: not held

@@ -372,3 +372,93 @@ def test_calibration_drift_is_watched_in_multi_mode() -> None:
             assert 4.0 <= events[0].frame_id / FPS <= 6.0
         else:
             assert events == []
+
+
+def test_unseen_keypoints_wait_where_they_were_seen(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(1, 3, 200.0, 150.0)
+    cfg = FusionConfig()
+    cfg.multi.enabled = True
+    cfg.multi.individuals = 1
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    rng = np.random.default_rng(0)
+    T = int(2 * FPS)
+    for t in range(T):  # tracked while it runs
+        tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    last = herd.keypoints((T - 1) / FPS)[0]
+    empty = [np.zeros((0, 14, 3), np.float32)] * 4
+    for t in range(T, T + 12):  # 0.4 s unseen: no instance anywhere
+        ind = tr.step(empty, t / FPS)
+    assert list(ind.ids) == [0]
+    moved = np.linalg.norm(herd.keypoints((T + 11) / FPS)[0] - last, axis=1)
+    assert np.median(moved) > 45  # the animal went on (mm) …
+    off = np.linalg.norm(ind.xyz[0] - last, axis=1)
+    # … its track coasts for HOLD_AFTER_S (0.1 s), then waits where it was last seen
+    assert np.nanmedian(off) < 25 and np.nanmax(off) < 40
+
+
+def test_owned_instances_measure_their_individual_in_one_view(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(2, 0, 200.0, 120.0)
+    results = {}
+    for use_owners in (False, True):
+        cfg = FusionConfig()
+        cfg.multi.enabled = True
+        cfg.multi.individuals = 2
+        tr = MultiTracker(rig, 14, cfg, FPS)
+        rng = np.random.default_rng(1)
+        T = int(1.5 * FPS)
+        for t in range(T):
+            tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+        ids = {}  # which id is which animal
+        ind = tr.step(_views(rig, herd.keypoints(T / FPS), rng)[0], T / FPS)
+        kp = herd.keypoints(T / FPS)
+        for i, x in zip(ind.ids.tolist(), ind.xyz, strict=True):
+            ids[int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))] = i
+        assert sorted(ids) == [0, 1]
+        measured, err = [], []
+        for t in range(T + 1, T + 16):  # each animal seen by one camera only (cam a)
+            kp = herd.keypoints(t / FPS)
+            views, who = _views(rig, kp, rng)
+            one = [v[w == c] if c < 2 else v[:0]
+                   for c, (v, w) in enumerate(zip(views, who, strict=True))]
+            owners = [np.full(len(v), ids.get(c, -1), np.int64) for c, v in enumerate(one)]
+            ind = tr.step(one, t / FPS, owners if use_owners else None)
+            for a in range(2):
+                n = list(ind.ids).index(ids[a])
+                measured.append(bool((ind.views[n] & (1 << a)).any()))
+                err.append(np.nanmedian(np.linalg.norm(ind.xyz[n] - kp[a], axis=1)))
+        results[use_owners] = (np.mean(measured), np.median(err))
+    assert results[False][0] == 0.0  # one view: no cluster, no measurement
+    assert results[True][0] > 0.9  # owned: measured from its single view
+    # one view fixes two directions of three: half a second later, half the error (mm)
+    assert results[True][1] < 0.6 * results[False][1]
+
+
+def test_fusion_process_reads_instance_owners(rig) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.core.config import Config, SimCameraConfig
+    from livepose.fusion.process import Fuser, FusionInputError
+
+    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
+    cfg.fusion.multi.enabled = True
+    cfg.fusion.multi.individuals = 2
+    fuser = Fuser(rig, cfg)
+    herd = Herd(2, 0, 200.0, 120.0)
+    rng = np.random.default_rng(0)
+    cams = [f"cam{i}" for i in range(4)]
+    for t in range(12):
+        views, who = _views(rig, herd.keypoints(t / FPS), rng)
+        owner = np.concatenate(who).astype(np.int32) if t >= 8 else None  # ids 0, 1 = animals
+        msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
+                            points=np.full((4, 14, 3), np.nan, np.float32),
+                            inst_points=np.concatenate(views),
+                            inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
+                                                [len(v) for v in views]), inst_owner=owner)
+        pose = fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)  # type: ignore[arg-type]
+    assert pose.ind_ids is not None and sorted(pose.ind_ids.tolist()) == [0, 1]
+    bad = protocol.Kp2d(frame_id=13, cams=cams, model="m",
+                        points=np.full((4, 14, 3), np.nan, np.float32),
+                        inst_points=np.zeros((2, 14, 3), np.float32),
+                        inst_cams=np.array([0, 1], np.uint8),
+                        inst_owner=np.zeros(3, np.int32))
+    with pytest.raises(FusionInputError, match="inst_owner"):
+        fuser.fuse(bad, 0)

@@ -16,7 +16,13 @@ from livepose.core.config import SimConfig
 from livepose.inference.blobs import BlobDetector
 from livepose.inference.engine import create_engine, engine_name
 from livepose.inference.manifest import resolve_model
-from livepose.inference.track_crops import TrackCrops, _track_mask_nb, crops_supported
+from livepose.inference.track_crops import (
+    TrackCrops,
+    _capsule_owner_nb,
+    _track_mask_nb,
+    crops_supported,
+    project_individuals,
+)
 
 T_CLOSE = 13.0  # s: two of the herd's animals ~37 mm apart (spine midpoints), side by side
 
@@ -106,9 +112,11 @@ def test_other_animals_are_replaced_by_the_background(scene) -> None:  # type: i
     kp = np.concatenate([truth[c][a], truth[c][b]]) - (x0, y0)
     owner = np.repeat(np.array([0, 1], np.int64), len(truth[c][a]))
     out, own = np.empty((h, w), np.uint8), np.empty((h, w), np.bool_)
+    none = np.full((2, kp.shape[0] // 2), np.nan)  # no depths: the nearest keypoint splits
     n_own, _shared = _track_mask_nb(sub, det.background[y0:y0 + h, x0:x0 + w],
                                     det.bg8[y0:y0 + h, x0:x0 + w], det.threshold, det.open_px,
-                                    det.join_px, kp, owner, 0, det.mask_margin_px, out, own)
+                                    det.join_px, kp, owner, 0, det.mask_margin_px, out, own,
+                                    kp.reshape(2, -1, 2), none, none, np.zeros((0, 2), np.int64))
     assert n_own >= 100
     theirs = np.round(truth[c][b, [5, 6]] - (x0, y0)).astype(int)  # b's spine and hip
     bg = det.bg8[y0:y0 + h, x0:x0 + w]
@@ -117,6 +125,38 @@ def test_other_animals_are_replaced_by_the_background(scene) -> None:  # type: i
     mine = np.round(truth[c][a, [5, 6]] - (x0, y0)).astype(int)
     for x, y in mine:
         assert own[y, x] and out[y, x] == sub[y, x]
+
+
+def test_overlapping_bodies_go_to_the_one_nearer_the_camera() -> None:
+    kpa = np.array([[[0.0, 10.0], [40.0, 10.0]],     # individual 0: a bone along y = 10
+                    [[20.0, 0.0], [20.0, 40.0]]])    # individual 1: a bone along x = 20
+    rad = np.full((2, 2), 6.0)
+    bones = np.array([[0, 1]], np.int64)
+    both = np.ones(2, np.bool_)
+    near0 = np.array([[100.0, 100.0], [200.0, 200.0]])  # 0 nearer the camera
+    assert _capsule_owner_nb(20.0, 10.0, kpa, near0, rad, bones, both) == 0  # in both
+    assert _capsule_owner_nb(20.0, 10.0, kpa, near0[::-1].copy(), rad, bones, both) == 1
+    assert _capsule_owner_nb(20.0, 30.0, kpa, near0, rad, bones, both) == 1  # in 1 only
+    assert _capsule_owner_nb(38.0, 22.0, kpa, near0, rad, bones, both) == 0  # nearest surface
+    assert _capsule_owner_nb(20.0, 10.0, kpa, near0, rad, bones,
+                             np.array([False, True])) == 1  # only the allowed
+    assert _capsule_owner_nb(20.0, 10.0, kpa, near0, rad, bones[:0], both) == -1  # no bones
+
+
+def test_crops_with_depths_match_truth(scene) -> None:  # type: ignore[no-untyped-def]
+    rig, herd, rends, dets, engine, manifest = scene
+    crops = TrackCrops(engine, manifest, dets, individuals=3, reacquire_every=1000)
+    crops.count = 1
+    frames = [r.render(*herd.body(T_CLOSE), 7) for r in rends]
+    uv, dep = project_individuals(list(rig.cameras), herd.keypoints(T_CLOSE), 12.0)
+    truth = _truth(rig, herd, T_CLOSE)
+    for c in range(len(rig)):  # the projections are the cameras'; depths and radii plausible
+        assert np.allclose(uv[c], truth[c])
+        assert np.all((dep[c][..., 0] > 300) & (dep[c][..., 1] > 2) & (dep[c][..., 1] < 20))
+    views = crops(frames, uv, dep)
+    assert [len(o) for o in crops.last_owner] == [len(v) for v in views]
+    err = _errors(views, truth)
+    assert np.isfinite(err).sum() >= 10 and np.median(err[np.isfinite(err)]) < 2.5  # px
 
 
 def test_live_skips_takes_the_newest_frame_set() -> None:

@@ -293,6 +293,18 @@ class MultiConfig(_Model):
         96, ge=32, le=1024, description="crop side (frame pixels); a crop grows (and is "
         "resampled to this) where the projected animal needs more"
     )
+    crop_model: str = Field(
+        "auto", description="crops: the model run on the 3D-guided crops, in model.path's "
+        "syntax (a bundled name, a folder or a model file) — a model trained on crops with "
+        "neighbouring animals; 'auto': the bundled default-crops when model.path is "
+        "'default', else the main model; 'main': the main model"
+    )
+    body_radius_mm: float = Field(
+        0.0, ge=0.0, le=500.0, description="crops: half-width of an animal's body (mm); "
+        "> 0: where two animals overlap in a view, a pixel inside both bodies (capsules of "
+        "this radius along the skeleton's bones) goes to the one nearer the camera; 0: to "
+        "the nearest projected keypoint (docs/multi-animal.md compares them)"
+    )
     reacquire_every: int = Field(
         15, ge=1, description="crops: full-frame blob detection (new animals, lost tracks) "
         "at least one frame-set in this many"
