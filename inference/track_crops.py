@@ -278,11 +278,13 @@ def project_individuals(cameras: list[CameraModel], xyz: np.ndarray, body_radius
                         ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
     """The individuals ``xyz`` ``(T, J, 3)`` in every view, for :class:`TrackCrops`: per
     camera the projected keypoints ``(T, J, 2)`` (distorted px) and each keypoint's depth
-    and body radius in px ``(T, J, 2)`` (``f_x · body_radius / depth``; calibration units);
-    NaN where a keypoint is unknown or behind the camera. ``([], [])`` without
-    individuals."""
+    and body radius in px ``(T, J, 2)`` (``f_x · body_radius / depth``; calibration units),
+    ``None`` per camera when ``body_radius`` is 0; NaN where a keypoint is unknown or behind
+    the camera. ``None`` per camera without individuals."""
     if not len(xyz):
         return [None] * len(cameras), [None] * len(cameras)
+    if not body_radius > 0:  # no bodies: the nearest projected keypoint splits
+        return project_individuals(cameras, xyz, 1.0)[0], [None] * len(cameras)
     T, J = xyz.shape[:2]
     flat = np.ascontiguousarray(xyz, dtype=np.float64).reshape(-1, 3)
     ok = np.isfinite(flat).all(axis=1)
@@ -352,6 +354,7 @@ class TrackCrops:
         self.pre.warm_up()
         self.count = 0
         self.pending = False
+        self.shared_scale = 0.5  # confidence of a crop whose animal shared a component
         self.last_owner: list[np.ndarray] = []  # per view: each instance's crop owner
         self.counters = {"track_crops": 0, "blob_crops": 0, "detections": 0, "hidden": 0,
                          "shared": 0}
@@ -468,7 +471,8 @@ class TrackCrops:
                 continue
             self.counters["track_crops"] += 1
             self.counters["shared"] += shared
-            self._fill(slots, c, out, (x0, y0, w, h), own, 0.5 if shared else 1.0, int(t))
+            self._fill(slots, c, out, (x0, y0, w, h), own, self.shared_scale if shared else 1.0,
+                       int(t))
 
     def _blob_crops(self, c: int, frame: np.ndarray, det: BlobDetector,
                     exp: np.ndarray | None, slots: list[tuple[int, int, int, np.ndarray, float, int]],
