@@ -74,3 +74,21 @@ def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
     cfg = load_config(p)
     assert cfg.calibration == tmp_path / "calib.toml"
     assert cfg.model.path == str(tmp_path / "m.onnx")
+
+
+def test_bundled_full_configs_validate() -> None:
+    """Every config in configs/ that describes a whole run (it has cameras) loads."""
+    from pathlib import Path
+
+    import yaml
+
+    from livepose.core.config import load_config
+
+    root = Path(__file__).parents[2] / "configs"
+    full = [p for p in sorted(root.glob("*.yaml")) if "cameras" in (yaml.safe_load(
+        p.read_text()) or {})]
+    assert {p.name for p in full} >= {"demo.yaml", "demo_multi.yaml"}
+    cfgs = {p.name: load_config(p) for p in full}
+    multi = cfgs["demo_multi.yaml"]
+    assert multi.sim.animals == 3 and multi.fusion.multi.enabled
+    assert multi.fusion.multi.individuals == 3
