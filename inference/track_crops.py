@@ -263,7 +263,10 @@ def crop_engine(cfg: Config, engine: Engine, manifest: Manifest) -> tuple[Engine
     if name is None:
         return engine, manifest
     mc = cfg.model.model_copy(update={"path": name, "manifest": None})
-    path, man = resolve_model(mc)
+    try:
+        path, man = resolve_model(mc)
+    except ModelError as exc:
+        raise ModelError(f"fusion.multi.crop_model {name!r}: {exc}") from None
     if list(man.keypoints) != list(manifest.keypoints):
         raise ModelError(f"fusion.multi.crop_model {name}: keypoints {man.keypoints} differ "
                          f"from model.path's {manifest.keypoints}")

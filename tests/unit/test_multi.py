@@ -293,27 +293,40 @@ def test_recorder_writes_individuals_in_the_multi_animal_layout(tmp_path) -> Non
     assert np.isnan(pts[0, 1]).all() and np.isnan(pts[2]).all()  # id1 absent; frame 12
 
 
-def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type: ignore[no-untyped-def]
-    from livepose.core import protocol
+def _multi_fuser(rig):  # type: ignore[no-untyped-def]
+    """Live fusion in multi mode (2 individuals), a 2-animal herd and a seeded generator."""
     from livepose.core.config import Config, SimCameraConfig
-    from livepose.fusion.process import Fuser, FusionInputError
+    from livepose.fusion.process import Fuser
 
     cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
     cfg.fusion.multi.enabled = True
     cfg.fusion.multi.individuals = 2
-    fuser = Fuser(rig, cfg)
-    herd = Herd(2, 0, 200.0, 120.0)
-    rng = np.random.default_rng(0)
+    return Fuser(rig, cfg), Herd(2, 0, 200.0, 120.0), np.random.default_rng(0)
+
+
+def _fuse_instances(fuser, t: int, cams: list[str], views: list[np.ndarray],  # type: ignore[no-untyped-def]
+                    owner: np.ndarray | None = None):
+    """One kp2d of instances through the wire format and fusion."""
+    from livepose.core import protocol
+
+    msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
+                        points=np.full((4, 14, 3), np.nan, np.float32),
+                        inst_points=np.concatenate(views),
+                        inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
+                                            [len(v) for v in views]), inst_owner=owner)
+    return fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)
+
+
+def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type: ignore[no-untyped-def]
+    from livepose.core import protocol
+    from livepose.fusion.process import FusionInputError
+
+    fuser, herd, rng = _multi_fuser(rig)
     cams = [f"cam{i}" for i in range(4)][::-1]  # the worker's order may differ
     for t in range(8):
         views, _ = _views(rig, herd.keypoints(t / FPS), rng)
         views = views[::-1]
-        msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
-                            points=np.full((4, 14, 3), np.nan, np.float32),
-                            inst_points=np.concatenate(views),
-                            inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
-                                                [len(v) for v in views]))
-        pose = fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)  # type: ignore[arg-type]
+        pose = _fuse_instances(fuser, t, cams, views)
     assert pose.ind_ids is not None and sorted(pose.ind_ids.tolist()) == [0, 1]
     kp = herd.keypoints(7 / FPS)
     err = [np.nanmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp])
@@ -435,25 +448,14 @@ def test_owned_instances_measure_their_individual_in_one_view(rig) -> None:  # t
 
 def test_fusion_process_reads_instance_owners(rig) -> None:  # type: ignore[no-untyped-def]
     from livepose.core import protocol
-    from livepose.core.config import Config, SimCameraConfig
-    from livepose.fusion.process import Fuser, FusionInputError
+    from livepose.fusion.process import FusionInputError
 
-    cfg = Config(cameras=[SimCameraConfig(backend="sim", name=f"cam{i}") for i in range(4)])
-    cfg.fusion.multi.enabled = True
-    cfg.fusion.multi.individuals = 2
-    fuser = Fuser(rig, cfg)
-    herd = Herd(2, 0, 200.0, 120.0)
-    rng = np.random.default_rng(0)
+    fuser, herd, rng = _multi_fuser(rig)
     cams = [f"cam{i}" for i in range(4)]
     for t in range(12):
         views, who = _views(rig, herd.keypoints(t / FPS), rng)
         owner = np.concatenate(who).astype(np.int32) if t >= 8 else None  # ids 0, 1 = animals
-        msg = protocol.Kp2d(frame_id=t, cams=cams, model="m",
-                            points=np.full((4, 14, 3), np.nan, np.float32),
-                            inst_points=np.concatenate(views),
-                            inst_cams=np.repeat(np.arange(4, dtype=np.uint8),
-                                                [len(v) for v in views]), inst_owner=owner)
-        pose = fuser.fuse(protocol.decode_strict(protocol.encode(msg)), 0)  # type: ignore[arg-type]
+        pose = _fuse_instances(fuser, t, cams, views, owner)
     assert pose.ind_ids is not None and sorted(pose.ind_ids.tolist()) == [0, 1]
     bad = protocol.Kp2d(frame_id=13, cams=cams, model="m",
                         points=np.full((4, 14, 3), np.nan, np.float32),

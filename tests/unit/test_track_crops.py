@@ -196,3 +196,19 @@ def test_running_sum_morphology_equals_the_blob_detectors() -> None:
                 _square(src, r, erode, a)
                 _box_nb(src, r, erode, b)
                 np.testing.assert_array_equal(a, b)
+
+
+def test_crop_model_is_chosen_by_name_and_a_bad_one_is_named(scene, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from livepose.inference.manifest import ModelError
+    from livepose.inference.track_crops import crop_engine, crop_model_path
+
+    _rig, _herd, _r, _d, engine, manifest = scene
+    cfg = config(3)
+    assert crop_model_path(cfg) == "default-crops"  # auto, with the bundled default
+    eng, man = crop_engine(cfg, engine, manifest)
+    assert man.name == "sim-rodent-crops-v1" and eng is not engine and crops_supported(eng)
+    cfg.fusion.multi.crop_model = "main"
+    assert crop_engine(cfg, engine, manifest) == (engine, manifest)
+    cfg.fusion.multi.crop_model = str(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match=r"fusion\.multi\.crop_model"):
+        crop_engine(cfg, engine, manifest)
