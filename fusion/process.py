@@ -22,7 +22,12 @@ import numpy as np
 import zmq
 
 from livepose.core import protocol
-from livepose.core.calibration import CalibrationError, calibration_units, read_calibration
+from livepose.core.calibration import (
+    MM_PER_UNIT,
+    CalibrationError,
+    calibration_units,
+    read_calibration,
+)
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.core.control import IDS_TOPIC
@@ -37,7 +42,6 @@ from livepose.kit.process import StageContext
 from livepose.transport import codec
 
 #: millimetres per length unit of a calibration
-MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 log = logging.getLogger(__name__)
 

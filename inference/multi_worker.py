@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from livepose.core import protocol
-from livepose.core.calibration import calibration_units, read_calibration
+from livepose.core.calibration import MM_PER_UNIT, calibration_units, read_calibration
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.inference.blobs import BlobDetector
@@ -35,8 +35,6 @@ from livepose.inference.track_crops import (
     crops_supported,
     project_individuals,
 )
-
-MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
 class MultiInstances:

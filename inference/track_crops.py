@@ -19,8 +19,11 @@ Per frame-set, for each view:
    threshold`` opened and dilated as the blob detector does, 8-connected components; a
    component that holds projected keypoints of this individual only is its own, one that
    holds another individual's only is that one's, one with both (two animals touching) or
-   none is split pixel by pixel by the nearest projected keypoint (both: another individual
-   has 40 % of its keypoints there, the blob detector's rule for a merged blob). Pixels of the other
+   none is split pixel by pixel by the nearest projected keypoint — or, given the keypoints'
+   depths (:func:`project_individuals`, ``fusion.multi.body_radius_mm`` > 0), by the body
+   capsule nearest the camera that holds the pixel (:func:`_capsule_owner_nb`) — (both:
+   another individual has 40 % of its keypoints there, the blob detector's rule for a merged
+   blob). Pixels of the other
    individuals (grown by ``mask_margin_px``) are replaced by the background — the model sees
    one animal on an empty floor, as in the blob route. A crop whose own pixels are fewer
    than ``min_area_px`` (the animal hidden or gone in this view) is not run.
@@ -286,8 +289,7 @@ def project_individuals(cameras: list[CameraModel], xyz: np.ndarray, body_radius
     the camera. ``None`` per camera without individuals."""
     if not len(xyz):
         return [None] * len(cameras), [None] * len(cameras)
-    if not body_radius > 0:  # no bodies: the nearest projected keypoint splits
-        return project_individuals(cameras, xyz, 1.0)[0], [None] * len(cameras)
+    bodies = body_radius > 0  # else the nearest projected keypoint splits: no depths
     T, J = xyz.shape[:2]
     flat = np.ascontiguousarray(xyz, dtype=np.float64).reshape(-1, 3)
     ok = np.isfinite(flat).all(axis=1)
@@ -299,11 +301,14 @@ def project_individuals(cameras: list[CameraModel], xyz: np.ndarray, body_radius
         uv = np.full((len(flat), 2), np.nan)
         if good.any():
             uv[good] = cam.project(flat[good])
-        dep = np.full((len(flat), 2), np.nan)
-        dep[good, 0] = z[good]
-        dep[good, 1] = cam.matrix[0, 0] * body_radius / z[good]
         uvs.append(uv.reshape(T, J, 2))
-        deps.append(dep.reshape(T, J, 2))
+        if bodies:
+            dep = np.full((len(flat), 2), np.nan)
+            dep[good, 0] = z[good]
+            dep[good, 1] = cam.matrix[0, 0] * body_radius / z[good]
+            deps.append(dep.reshape(T, J, 2))
+        else:
+            deps.append(None)
     return uvs, deps
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from livepose.closedloop.actions import ActionEvent, ActionLog
 from livepose.closedloop.client import IndividualPose, Pose, PoseClient, individuals_of
+from livepose.core.calibration import MM_PER_UNIT
 from livepose.core.errors import UserError
 from livepose.transport.security import CurveKeys
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 
 #: millimetres per length unit of a pose (``Pose.units``)
-MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
 class RuleError(UserError, ValueError):

@@ -47,6 +47,10 @@ def _section_index(key: str) -> tuple[int, str]:
 LENGTH_UNITS: dict[str, float] = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 """Metres per unit, for ``[metadata] units``."""
 
+MM_PER_UNIT: dict[str, float] = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+"""Millimetres per unit: the config's mm settings times ``1 / MM_PER_UNIT[unit]`` are in
+the calibration's unit."""
+
 
 def load_toml(p: Path) -> dict[str, Any]:
     """A calibration file's TOML (CalibrationError naming the file when missing or invalid)."""

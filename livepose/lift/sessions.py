@@ -14,14 +14,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from livepose.core.calibration import calibration_units, read_calibration
+from livepose.core.calibration import MM_PER_UNIT, calibration_units, read_calibration
 from livepose.core.camera import CameraModel
 from livepose.core.errors import UserError
 from livepose.formats.anipose3d import read_anipose3d, status_path
 from livepose.formats.dlc import read_dlc_csv
 from livepose.kit.session import pose2d_path, pose3d_path
-
-MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
 @dataclass(slots=True)
