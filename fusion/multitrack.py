@@ -6,8 +6,9 @@ Per frame-set (instances per view in, individuals out):
    that are one individual; each cluster is triangulated (all clusters in one call of the
    fusion kernel). Instances the worker made *for* a confirmed individual (its 3D-guided
    crops: ``owners``, ``kp2d.inst_owner``) skip it: they are that individual's cluster, even
-   from a single view (the EKF's gate still checks every keypoint against the prediction);
-   epipolar association groups the others (new animals, re-acquisition).
+   from a single view (the EKF's gate still checks every keypoint against the prediction,
+   and a cluster whose every view it refused leaves its track unseen); epipolar
+   association groups the others (new animals, re-acquisition).
 2. **Matching** of the live tracks to the clusters: the cost of a (track, cluster) pair is
    the median over keypoints of the 3D distance between the track's prediction to this
    frame-set and the cluster's triangulation, divided by the track's gate
@@ -523,6 +524,11 @@ class MultiTracker:
         coast = self.ekf.since > HOLD_AFTER_S  # an unseen keypoint waits where it was seen
         self.ekf.state[coast, 3:] = 0.0
         xyz = out.xyz.reshape(self.S, J, 3)
+        if K0:  # an owned cluster whose every view the EKF's gate refused: not seen
+            seen = out.views.reshape(self.S, J).any(axis=1)
+            for i in own_track.tolist():
+                if not seen[self.tracks[i].slot]:
+                    match[i] = -1
         self._drift_in = (match, cl_pts, out.raw.xyz, [(t.confirmed, t.slot)
                                                         for t in self.tracks])
         self._update(match, new, xyz, tri)

@@ -464,3 +464,25 @@ def test_fusion_process_reads_instance_owners(rig) -> None:  # type: ignore[no-u
                         inst_owner=np.zeros(3, np.int32))
     with pytest.raises(FusionInputError, match="inst_owner"):
         fuser.fuse(bad, 0)
+
+
+def test_an_owned_instance_the_gate_refuses_does_not_keep_a_track_seen(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(1, 2, 200.0, 120.0)
+    cfg = FusionConfig()
+    cfg.multi.enabled = True
+    cfg.multi.individuals = 1
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    rng = np.random.default_rng(3)
+    T = int(1 * FPS)
+    for t in range(T):
+        ind = tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    assert list(ind.ids) == [0]
+    seen_at = tr.tracks[0].last_seen_s
+    for t in range(T, T + 6):  # one view, its crop's keypoints 150 px off: every one gated
+        views, _ = _views(rig, herd.keypoints(t / FPS), rng)
+        bad = views[0].copy()
+        bad[..., 0] += 150.0
+        one = [bad] + [v[:0] for v in views[1:]]
+        ind = tr.step(one, t / FPS, [np.zeros(len(bad), np.int64)] + [np.zeros(0)] * 3)
+        assert int(ind.views.sum()) == 0  # refused
+    assert tr.tracks[0].last_seen_s == seen_at  # not seen since
