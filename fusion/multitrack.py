@@ -79,6 +79,7 @@ class Track:
     last_xyz: np.ndarray
     last_seen_s: float
     id: int | None = None
+    key: int = -1
     hits: int = 0
     frames: int = 0
     moved_mm: float = 0.0
@@ -113,6 +114,9 @@ class Individuals:
         distorted px, confidence) that this frame-set's measurement used, NaN in a camera
         without one — the identities of the 2D instances, for DeepLabCut's multi-animal 2D
         layout.
+    keys
+        ``(N,)`` int32 track keys: never reused and kept through a user's id swap — what
+        the worker's crops name as their owner (``kp2d.inst_owner``).
     """
 
     ids: np.ndarray
@@ -124,6 +128,7 @@ class Individuals:
     association: Association | None = None
     counters: dict[str, int] = field(default_factory=dict)
     points2d: np.ndarray | None = None
+    keys: np.ndarray | None = None
 
 
 @nb.njit(cache=True, nogil=True)
@@ -313,6 +318,8 @@ def pose3d_fields(ind: Individuals, J: int) -> dict[str, Any]:
                "reproj": np.full(J, np.nan, np.float32), "views": np.zeros(J, np.uint16),
                "status": np.full(J, MISSING, np.uint8)}
     extra = {} if ind.points2d is None else {"ind_points2d": ind.points2d.astype(np.float32)}
+    if ind.keys is not None:
+        extra["ind_track"] = ind.keys.astype(np.int32)
     return {**one, "ind_ids": ind.ids.astype(np.int32), "ind_xyz": ind.xyz,
             "ind_variance": ind.var, "ind_status": ind.status, "ind_views": ind.views,
             "ind_reproj": ind.reproj.astype(np.float32), **extra}
@@ -366,6 +373,7 @@ class MultiTracker:
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
         self.next_id = 0
+        self.next_key = 0  # track keys: never reused
         self.t: float | None = None
         self.id_log: list[dict[str, object]] = []
         self.counters = {"births": 0, "deaths": 0, "tentative_dropped": 0,
@@ -425,14 +433,14 @@ class MultiTracker:
     def _owned(self, views: list[np.ndarray], owners: list[np.ndarray] | None
                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Split off the instances made for a confirmed individual (a 3D-guided crop's
-        owner id): per such individual one cluster ``(K₀, C, J, 3)`` of its instances (the
+        owner: its track key, kept through id swaps): per such individual one cluster ``(K₀, C, J, 3)`` of its instances (the
         first per view), the track index of each ``(K₀,)``, and the other instances per
         view (module docstring, step 1)."""
         C, J = self.C, self.J
         none = np.zeros((0, C, J, 3), np.float32), np.zeros(0, np.int64)
         if owners is None:
             return *none, views
-        row = {t.id: i for i, t in enumerate(self.tracks) if t.confirmed}
+        row = {t.key: i for i, t in enumerate(self.tracks) if t.confirmed}
         picks: list[tuple[int, int, int]] = []  # track row, view, instance
         taken: set[tuple[int, int]] = set()
         for c, own in enumerate(owners):
@@ -467,8 +475,8 @@ class MultiTracker:
         t_s
             The frame-set's time, seconds (increasing).
         owners
-            Optional, per view ``(K_c,)`` int: the individual id each instance was made for
-            (a 3D-guided crop's), -1 for none. Such instances are that individual's
+            Optional, per view ``(K_c,)`` int: the track key (:attr:`Individuals.keys`) of
+            the individual each instance was made for (a 3D-guided crop's), -1 for none. Such instances are that individual's
             measurement without association (the EKF's gate still checks every keypoint);
             the others are associated across views and matched as usual.
 
@@ -525,9 +533,9 @@ class MultiTracker:
         self.ekf.state[coast, 3:] = 0.0
         xyz = out.xyz.reshape(self.S, J, 3)
         if K0:  # an owned cluster whose every view the EKF's gate refused: not seen
-            seen = out.views.reshape(self.S, J).any(axis=1)
+            measured = out.views.reshape(self.S, J)
             for i in own_track.tolist():
-                if not seen[self.tracks[i].slot]:
+                if not measured[self.tracks[i].slot].any():
                     match[i] = -1
         self._drift_in = (match, cl_pts, out.raw.xyz, [(t.confirmed, t.slot)
                                                         for t in self.tracks])
@@ -589,7 +597,8 @@ class MultiTracker:
         for slot, k in new:
             x = np.where(np.isfinite(xyz[slot]), xyz[slot], tri[k])
             keep.append(Track(slot=slot, first_xyz=x.copy(), last_xyz=x.copy(),
-                              last_seen_s=now, hits=1, frames=1))
+                              last_seen_s=now, key=self.next_key, hits=1, frames=1))
+            self.next_key += 1
         self.tracks = keep
 
     def _confirm(self, tr: Track) -> None:
@@ -633,24 +642,25 @@ class MultiTracker:
         xyz, var, status, views, reproj = _output_nb(out.xyz, out.var, out.views, out.reproj,
                                                      slots, J)
         ids = np.array([t.id for t in conf], dtype=np.int32)
+        keys = np.array([t.key for t in conf], dtype=np.int32)
         blocks = self._pts.reshape(self.C, self.S, J, 3)  # each slot's matched instances
         points2d = np.ascontiguousarray(blocks[:, slots].transpose(1, 0, 2, 3))
         return Individuals(ids, xyz, var, status, views, reproj, assoc, dict(self.counters),
-                           points2d)
+                           points2d, keys)
 
     def expected(self, max_age_s: float = 0.5) -> np.ndarray:
         """The confirmed tracks' last positions ``(T, J, 3)``, those seen within
         ``max_age_s``: what the detector needs to tell a blob of two individuals from one (a
         tentative duplicate or a long-lost track would make it drop good blobs)."""
-        return self.expected_ids(max_age_s)[1]
+        return self.expected_tracks(max_age_s)[1]
 
-    def expected_ids(self, max_age_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`expected` with the tracks' ids ``(T,)`` (the crops' owners)."""
+    def expected_tracks(self, max_age_s: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`expected` with the tracks' keys ``(T,)`` (the crops' owners)."""
         now = self.t or 0.0
         live = [t for t in self.tracks if t.confirmed and now - t.last_seen_s <= max_age_s]
         if not live:
             return np.zeros(0, np.int64), np.zeros((0, self.J, 3))
-        return (np.array([t.id for t in live], np.int64),
+        return (np.array([t.key for t in live], np.int64),
                 np.stack([t.last_xyz for t in live]))
 
     def warmup(self) -> None:

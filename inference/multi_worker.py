@@ -64,7 +64,7 @@ class MultiInstances:
         self.group: CameraGroup | None = read_calibration(calibration, cams) \
             if calibration else None
         self.known: np.ndarray | None = None  # fusion's individuals (N, J, 3)
-        self.ids: np.ndarray | None = None  # and their ids (N,)
+        self.ids: np.ndarray | None = None  # and their track keys (N,)
         self.last_owner: np.ndarray = np.zeros(0, np.int32)  # the last call's instances'
         units = (calibration_units(calibration, cfg.calibration_units) if calibration
                  else "mm")
@@ -96,8 +96,9 @@ class MultiInstances:
         """Take fusion's individuals from a ``pose3d`` message."""
         if msg.ind_xyz is not None:
             self.known = np.array(msg.ind_xyz, dtype=np.float64)
-            self.ids = (np.array(msg.ind_ids, dtype=np.int64) if msg.ind_ids is not None
-                        and len(msg.ind_ids) == len(self.known)
+            keys = msg.ind_track  # the owners the crops name (kept through id swaps)
+            self.ids = (np.array(keys, dtype=np.int64) if keys is not None
+                        and len(keys) == len(self.known)
                         else np.full(len(self.known), -1, np.int64))
 
     def _expected(self) -> tuple[list[np.ndarray | None] | None,

@@ -334,7 +334,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         ind = tracker.step(pts_v, ts, owner_ids if use_owners else None)
         t2 = time.perf_counter()
         # the worker projects fusion's individuals (with depths and body radii): timed too
-        known_ids, known = tracker.expected_ids()
+        known_ids, known = tracker.expected_tracks()
         expected, depths = (project_individuals(list(rig.cameras), known, m.body_radius_mm)
                             if len(known) else (None, None))
         cost_us[t] = 1e6 * (t2 - t1)

@@ -275,7 +275,8 @@ class Kp2d(Message):
     Several animals (``fusion.multi``, protocol 3): ``inst_points`` float32 ``(M, J, 3)``
     every instance of every view, ``inst_cams`` uint8 ``(M,)`` the index in ``cams`` of each
     (``points`` is then NaN), optionally ``inst_owner`` int32 ``(M,)``: the individual id an
-    instance was made for (a 3D-guided crop's, from ``pose3d.ind_ids``), -1 for none.
+    instance was made for (a 3D-guided crop's: its track key, ``pose3d.ind_track``), -1 for
+    none.
     """
 
     KIND: ClassVar[str] = "kp2d"
@@ -325,7 +326,9 @@ class Pose3d(Message):
     (``fusion.multi``): ``ind_ids`` int32 ``(N,)`` track ids, ``ind_xyz``/``ind_variance``
     float64 ``(N, J, 3)``, ``ind_status`` uint8, ``ind_views`` uint16 and ``ind_reproj``
     float32 ``(N, J)``, optional ``ind_points2d`` float32 ``(N, C, J, 3)`` (each
-    individual's 2D instance per camera of ``cams`` that was measured, NaN without one);
+    individual's 2D instance per camera of ``cams`` that was measured, NaN without one),
+    optional ``ind_track`` int32 ``(N,)`` (each individual's track key: never reused, kept
+    when a user swaps or sets ids — what the worker's crops name as their owner);
     ``xyz`` etc. then hold the individual of the lowest id (all NaN
     without one), so a single-animal client reads one animal as before.
     ``skipped``/``incomplete``/
@@ -350,6 +353,7 @@ class Pose3d(Message):
         "ind_views": ArraySpec((_U16,), (2,), required=False),
         "ind_reproj": ArraySpec((_F32,), (2,), required=False),
         "ind_points2d": ArraySpec((_F32,), (4,), required=False),
+        "ind_track": ArraySpec((_I32,), (1,), required=False),
     }
     frame_id: int
     xyz: np.ndarray
@@ -367,6 +371,7 @@ class Pose3d(Message):
     ind_views: np.ndarray | None = None
     ind_reproj: np.ndarray | None = None
     ind_points2d: np.ndarray | None = None
+    ind_track: np.ndarray | None = None
     late: bool = False
     lifted: bool = False
     units: str = "mm"

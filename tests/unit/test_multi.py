@@ -421,22 +421,23 @@ def test_owned_instances_measure_their_individual_in_one_view(rig) -> None:  # t
         T = int(1.5 * FPS)
         for t in range(T):
             tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
-        ids = {}  # which id is which animal
+        keys = {}  # which track (key) is which animal
         ind = tr.step(_views(rig, herd.keypoints(T / FPS), rng)[0], T / FPS)
         kp = herd.keypoints(T / FPS)
-        for i, x in zip(ind.ids.tolist(), ind.xyz, strict=True):
-            ids[int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))] = i
-        assert sorted(ids) == [0, 1]
+        assert ind.keys is not None
+        for i, x in zip(ind.keys.tolist(), ind.xyz, strict=True):
+            keys[int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))] = i
+        assert sorted(keys) == [0, 1]
         measured, err = [], []
         for t in range(T + 1, T + 16):  # each animal seen by one camera only (cam a)
             kp = herd.keypoints(t / FPS)
             views, who = _views(rig, kp, rng)
             one = [v[w == c] if c < 2 else v[:0]
                    for c, (v, w) in enumerate(zip(views, who, strict=True))]
-            owners = [np.full(len(v), ids.get(c, -1), np.int64) for c, v in enumerate(one)]
+            owners = [np.full(len(v), keys.get(c, -1), np.int64) for c, v in enumerate(one)]
             ind = tr.step(one, t / FPS, owners if use_owners else None)
             for a in range(2):
-                n = list(ind.ids).index(ids[a])
+                n = list(ind.keys).index(keys[a])
                 measured.append(bool((ind.views[n] & (1 << a)).any()))
                 err.append(np.nanmedian(np.linalg.norm(ind.xyz[n] - kp[a], axis=1)))
         results[use_owners] = (np.mean(measured), np.median(err))
@@ -486,3 +487,32 @@ def test_an_owned_instance_the_gate_refuses_does_not_keep_a_track_seen(rig) -> N
         ind = tr.step(one, t / FPS, [np.zeros(len(bad), np.int64)] + [np.zeros(0)] * 3)
         assert int(ind.views.sum()) == 0  # refused
     assert tr.tracks[0].last_seen_s == seen_at  # not seen since
+
+
+def test_a_swap_holds_while_crops_still_name_the_old_owners(rig) -> None:  # type: ignore[no-untyped-def]
+    """The worker's crops name tracks by key, made from a pose3d one or two frame-sets old:
+    a user's id swap in between must not be undone (ids would flip back)."""
+    herd = Herd(2, 0, 200.0, 120.0)
+    cfg = FusionConfig()
+    cfg.multi.enabled = True
+    cfg.multi.individuals = 2
+    tr = MultiTracker(rig, 14, cfg, FPS)
+    rng = np.random.default_rng(4)
+    T = int(1.5 * FPS)
+    for t in range(T):
+        ind = tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    kp = herd.keypoints((T - 1) / FPS)
+    near = [int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))
+            for x in ind.xyz]
+    assert ind.keys is not None and sorted(near) == [0, 1]
+    key_of = {a: int(k) for a, k in zip(near, ind.keys, strict=True)}  # animal → track key
+    id_of = {a: int(i) for a, i in zip(near, ind.ids, strict=True)}  # animal → id
+    tr.swap_ids(0, 1)  # the user's fix
+    for t in range(T, T + 15):
+        views, who = _views(rig, herd.keypoints(t / FPS), rng)
+        owners = [np.array([key_of[int(a)] for a in w], np.int64) for w in who]
+        ind = tr.step(views, t / FPS, owners)
+        kp = herd.keypoints(t / FPS)
+        for i, x in zip(ind.ids.tolist(), ind.xyz, strict=True):
+            a = int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))
+            assert i == 1 - id_of[a]  # swapped, and it stays swapped
