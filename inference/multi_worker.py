@@ -142,9 +142,7 @@ class MultiInstances:
             expected, depths = self._expected()
             if self.crops is not None:
                 views = self.crops(filled, expected, depths)
-                ids = self.ids if self.ids is not None else np.zeros(0, np.int64)
-                owner = [np.where(o >= 0, ids[np.clip(o, 0, max(len(ids) - 1, 0))], -1)
-                         if len(ids) else np.full(len(o), -1) for o in self.crops.last_owner]
+                owner = self.crops.owners(self.ids)
             else:
                 assert self.instances is not None
                 views = [v.points for v in self.instances(filled, expected)]

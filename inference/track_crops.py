@@ -379,6 +379,15 @@ class TrackCrops:
                            np.ones((1, self.J)), bones)
         _on_mask_nb(np.zeros((8, 8), np.bool_), np.zeros((1, 3), np.float32), 0.0, 0.0, 6, 1.0)
 
+    def owners(self, keys: np.ndarray | None) -> list[np.ndarray]:
+        """Per view, the last call's instances' owners as track keys ``(K_c,)`` int64: the
+        key of the individual (``keys`` ``(T,)``, in the order of ``expected``) each crop
+        was cut for, -1 for blob crops and without keys."""
+        k = np.zeros(0, np.int64) if keys is None else np.asarray(keys, np.int64)
+        if not len(k):
+            return [np.full(len(o), -1, np.int64) for o in self.last_owner]
+        return [np.where(o >= 0, k[np.clip(o, 0, len(k) - 1)], -1) for o in self.last_owner]
+
     def detecting(self, n_known: int) -> bool:
         """Whether the next frame-set is a detection frame-set (module docstring)."""
         return (n_known == 0 or self.pending or self.count % self.every == 0

@@ -323,9 +323,7 @@ def run(json_path: Path | None, duration_s: float = 60.0, animals: int = 3,
         owner_ids: list[np.ndarray] | None = None
         if crops is not None:
             pts_v = crops(frames, expected, depths)
-            owner_ids = [np.where(o >= 0, known_ids[np.clip(o, 0, max(len(known_ids) - 1, 0))],
-                               -1) if len(known_ids) else np.full(len(o), -1)
-                      for o in crops.last_owner]
+            owner_ids = crops.owners(known_ids)
         else:
             views = instances(frames, expected)
             pts_v = [v.points for v in views]

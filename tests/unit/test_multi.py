@@ -387,16 +387,27 @@ def test_calibration_drift_is_watched_in_multi_mode() -> None:
             assert events == []
 
 
-def test_unseen_keypoints_wait_where_they_were_seen(rig) -> None:  # type: ignore[no-untyped-def]
-    herd = Herd(1, 3, 200.0, 150.0)
+def _multi_tracker(rig, n: int) -> MultiTracker:  # type: ignore[no-untyped-def]
+    """A tracker for ``n`` individuals (fixed count), default settings."""
     cfg = FusionConfig()
     cfg.multi.enabled = True
-    cfg.multi.individuals = 1
-    tr = MultiTracker(rig, 14, cfg, FPS)
-    rng = np.random.default_rng(0)
+    cfg.multi.individuals = n
+    return MultiTracker(rig, 14, cfg, FPS)
+
+
+def _follow(tr: MultiTracker, rig, herd: Herd, rng: np.random.Generator,  # type: ignore[no-untyped-def]
+            frames: int):
+    """``frames`` frame-sets of every animal in every view; the last output."""
+    for t in range(frames):
+        ind = tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    return ind
+
+
+def test_unseen_keypoints_wait_where_they_were_seen(rig) -> None:  # type: ignore[no-untyped-def]
+    herd = Herd(1, 3, 200.0, 150.0)
+    tr = _multi_tracker(rig, 1)
     T = int(2 * FPS)
-    for t in range(T):  # tracked while it runs
-        tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    _follow(tr, rig, herd, np.random.default_rng(0), T)  # tracked while it runs
     last = herd.keypoints((T - 1) / FPS)[0]
     empty = [np.zeros((0, 14, 3), np.float32)] * 4
     for t in range(T, T + 12):  # 0.4 s unseen: no instance anywhere
@@ -413,14 +424,10 @@ def test_owned_instances_measure_their_individual_in_one_view(rig) -> None:  # t
     herd = Herd(2, 0, 200.0, 120.0)
     results = {}
     for use_owners in (False, True):
-        cfg = FusionConfig()
-        cfg.multi.enabled = True
-        cfg.multi.individuals = 2
-        tr = MultiTracker(rig, 14, cfg, FPS)
+        tr = _multi_tracker(rig, 2)
         rng = np.random.default_rng(1)
         T = int(1.5 * FPS)
-        for t in range(T):
-            tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+        _follow(tr, rig, herd, rng, T)
         keys = {}  # which track (key) is which animal
         ind = tr.step(_views(rig, herd.keypoints(T / FPS), rng)[0], T / FPS)
         kp = herd.keypoints(T / FPS)
@@ -469,14 +476,10 @@ def test_fusion_process_reads_instance_owners(rig) -> None:  # type: ignore[no-u
 
 def test_an_owned_instance_the_gate_refuses_does_not_keep_a_track_seen(rig) -> None:  # type: ignore[no-untyped-def]
     herd = Herd(1, 2, 200.0, 120.0)
-    cfg = FusionConfig()
-    cfg.multi.enabled = True
-    cfg.multi.individuals = 1
-    tr = MultiTracker(rig, 14, cfg, FPS)
+    tr = _multi_tracker(rig, 1)
     rng = np.random.default_rng(3)
     T = int(1 * FPS)
-    for t in range(T):
-        ind = tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    ind = _follow(tr, rig, herd, rng, T)
     assert list(ind.ids) == [0]
     seen_at = tr.tracks[0].last_seen_s
     for t in range(T, T + 6):  # one view, its crop's keypoints 150 px off: every one gated
@@ -493,14 +496,10 @@ def test_a_swap_holds_while_crops_still_name_the_old_owners(rig) -> None:  # typ
     """The worker's crops name tracks by key, made from a pose3d one or two frame-sets old:
     a user's id swap in between must not be undone (ids would flip back)."""
     herd = Herd(2, 0, 200.0, 120.0)
-    cfg = FusionConfig()
-    cfg.multi.enabled = True
-    cfg.multi.individuals = 2
-    tr = MultiTracker(rig, 14, cfg, FPS)
+    tr = _multi_tracker(rig, 2)
     rng = np.random.default_rng(4)
     T = int(1.5 * FPS)
-    for t in range(T):
-        ind = tr.step(_views(rig, herd.keypoints(t / FPS), rng)[0], t / FPS)
+    ind = _follow(tr, rig, herd, rng, T)
     kp = herd.keypoints((T - 1) / FPS)
     near = [int(np.argmin([np.nanmedian(np.linalg.norm(x - k, axis=1)) for k in kp]))
             for x in ind.xyz]

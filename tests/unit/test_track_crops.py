@@ -212,3 +212,16 @@ def test_crop_model_is_chosen_by_name_and_a_bad_one_is_named(scene, tmp_path) ->
     cfg.fusion.multi.crop_model = str(tmp_path / "nope.onnx")
     with pytest.raises(ModelError, match=r"fusion\.multi\.crop_model"):
         crop_engine(cfg, engine, manifest)
+
+
+def test_owners_are_the_crops_track_keys(scene) -> None:  # type: ignore[no-untyped-def]
+    rig, herd, rends, dets, engine, manifest = scene
+    crops = TrackCrops(engine, manifest, dets, individuals=3, reacquire_every=1000)
+    crops.count = 1
+    views = crops([r.render(*herd.body(T_CLOSE), 7) for r in rends], _truth(rig, herd, T_CLOSE))
+    keys = np.array([40, 41, 42])
+    own = crops.owners(keys)
+    assert [len(o) for o in own] == [len(v) for v in views]
+    for o, rows in zip(own, crops.last_owner, strict=True):
+        assert np.array_equal(o, keys[rows])  # track crops only: every row named
+    assert all((o == -1).all() for o in crops.owners(None))
