@@ -43,6 +43,7 @@ import zmq
 
 from livepose.core import protocol
 from livepose.transport import codec, security, shmring
+from livepose.transport.endpoints import free_port
 from livepose.transport.framefeed import FrameFeed
 
 SIZES = [(640, 512), (1280, 1024), (2048, 1536)]
@@ -147,13 +148,8 @@ def run_case(transport: str, cameras: int, width: int, height: int, mode: str,
     if transport in ("ipc", "shm"):
         eps = [f"ipc://{workdir}/t{k}.sock" for k in range(cameras)]
     else:
-        eps = []
-        for _ in range(cameras):
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                eps.append(f"tcp://127.0.0.1:{s.getsockname()[1]}")
+        taken: set[int] = set()
+        eps = [f"tcp://127.0.0.1:{free_port('127.0.0.1', taken)}" for _ in range(cameras)]
     spawn = mp.get_context("spawn")
     procs = [
         spawn.Process(target=publisher,

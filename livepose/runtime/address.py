@@ -8,6 +8,7 @@ from typing import Any
 
 from livepose.core.config import Config
 from livepose.core.errors import UserError
+from livepose.transport.endpoints import free_port
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def dashboard_address(cfg: Config) -> dict[str, Any]:
     host, port = d.host, d.port
     explicit = "port" in d.model_fields_set and port != 0
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port == 0:  # the dashboard binds it later: not a port the kernel may hand out meanwhile
+        return {"host": host, "port": free_port(host)}
     with socket.socket(fam, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -36,6 +39,5 @@ def dashboard_address(cfg: Config) -> dict[str, Any]:
                     "livepose running?); use --port N, or --no-dashboard"
                 ) from None
             log.warning("dashboard: port %d is taken (%s); using a free port", port, exc.strerror)
-            s.bind((host, 0))
-        port = s.getsockname()[1]
+            return {"host": host, "port": free_port(host)}
     return {"host": host, "port": port}

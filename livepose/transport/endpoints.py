@@ -14,10 +14,16 @@ Roles (who binds → who connects):
 
 Same host: ``ipc://`` in a private temporary folder. ``tcp``: ``transport.host`` (loopback
 by default) and consecutive ports from ``transport.base_port``, or free ports when it is 0.
+
+Free ports are drawn below every common OS's ephemeral range (Linux starts it at 32768,
+macOS and Windows at 49152). A port the kernel picked itself (``bind`` to port 0) would be
+free now but could be handed to any outgoing connection, or to another ``bind(*)``, before
+the stage that owns the role binds it: a run failed "Address already in use" that way.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import tempfile
 from pathlib import Path
@@ -34,11 +40,30 @@ def roles(cfg: Config) -> list[str]:
     return out
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+#: where free ports are drawn from: below the ephemeral ranges (see the module docstring)
+FREE_PORTS = range(20000, 32768)
+
+
+def free_port(host: str = "127.0.0.1", taken: set[int] | None = None,
+              rng: random.Random | None = None) -> int:
+    """A port of ``FREE_PORTS`` that ``host`` can bind now and that is not in ``taken``
+    (added to it). For a socket another process binds later; bind your own to port 0."""
+    taken = set() if taken is None else taken
+    rng = rng or random.Random()  # not the global one: a seeded simulation must not pick ports
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(200):
+        port = rng.choice(FREE_PORTS)
+        if port in taken:
+            continue
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        taken.add(port)
         return port
+    raise OSError(f"no free tcp port on {host} in {FREE_PORTS.start}-{FREE_PORTS.stop - 1} "
+                  "after 200 tries; set transport.base_port")
 
 
 def resolve(cfg: Config, run_dir: Path | None = None) -> dict[str, str]:
@@ -62,7 +87,8 @@ def resolve(cfg: Config, run_dir: Path | None = None) -> dict[str, str]:
             raise ValueError(f"ipc path too long for a Unix socket: {too_long[0]}")
         return eps
     out = {}
+    taken: set[int] = set()
     for i, r in enumerate(roles(cfg)):
-        port = t.base_port + i if t.base_port else _free_port(t.host)
+        port = t.base_port + i if t.base_port else free_port(t.host, taken)
         out[r] = f"tcp://{t.host}:{port}"
     return out

@@ -40,11 +40,9 @@ def zctx() -> Iterator[zmq.Context[Any]]:
 
 
 def _free_tcp() -> str:
-    import socket
+    from livepose.transport.endpoints import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def _sub(zctx: zmq.Context[Any], ep: str, keys: security.CurveKeys | None) -> zmq.Socket[Any]:
