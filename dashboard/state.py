@@ -2,7 +2,8 @@
 
 :class:`DashState` is fed decoded messages (``preview``, ``kp2d``, ``pose3d``, ``trigger``,
 ``health``) and produces what the web page shows: camera tiles (the JPEG preview with the 2D
-keypoints of the same ``frame_id``), the newest 3D pose, per-stage latency, the frame
+keypoints of the same ``frame_id``; with several animals every instance of that view, named by
+the id of the individual its crop was made for), the newest 3D pose, per-stage latency, the frame
 accounting, and a feed of warnings and errors. It holds no sockets and does no I/O, so it is
 tested directly.
 """
@@ -91,6 +92,9 @@ class DashState:
         self.lat: dict[str, deque[float]] = {s: deque(maxlen=WINDOW) for s in STAGES}
         self.fused_times: deque[int] = deque(maxlen=WINDOW)
         self.pose: dict[str, Any] | None = None
+        #: track key (``pose3d.ind_track``) → the id it has now (``pose3d.ind_ids``): crops
+        #: name their owner by key, the page colours by id
+        self.track_ids: dict[int, int] = {}
         self.health: dict[str, protocol.Health] = {}
         self.feed: deque[dict[str, Any]] = deque(maxlen=FEED_LEN)
         self.feed_seq = 0
@@ -144,18 +148,38 @@ class DashState:
         return out
 
     def _tile(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> bytes:
+        """The tile of one preview: ``kp`` the view's keypoints ``[[x, y, conf] | [null]*3]``
+        in preview pixels; with several animals ``inst`` instead, ``[{"id", "kp"}]`` (``id``
+        null: an instance no track's crop was made for)."""
         pts: list[list[float | None]] = []
+        inst: list[dict[str, Any]] = []
         if kp is not None and prev.cam in kp.cams:
-            a = np.asarray(kp.points[kp.cams.index(prev.cam)], dtype=np.float64)
-            xy = a[:, :2] / self.step
-            for (x, y), c in zip(xy, a[:, 2], strict=True):
-                ok = bool(np.isfinite(x) and np.isfinite(y) and np.isfinite(c))
-                pts.append([round(float(x), 1), round(float(y), 1), round(float(c), 3)] if ok
-                           else [None, None, None])
+            c = kp.cams.index(prev.cam)
+            if kp.inst_points is not None and kp.inst_cams is not None:
+                owners = kp.inst_owner
+                for m in np.flatnonzero(np.asarray(kp.inst_cams) == c):
+                    key = int(owners[m]) if owners is not None else -1
+                    inst.append({"id": self.track_ids.get(key),
+                                 "kp": self._preview_points(kp.inst_points[m])})
+            else:
+                pts = self._preview_points(kp.points[c])
         self.cam[prev.cam].last_frame_id = prev.frame_id
         head = {"cam": prev.cam, "frame_id": prev.frame_id, "w": prev.width, "h": prev.height,
                 "kp": pts}
+        if inst:
+            head["inst"] = inst
         return tile_payload(head, bytes(np.asarray(prev.jpeg, dtype=np.uint8)))
+
+    def _preview_points(self, points: np.ndarray) -> list[list[float | None]]:
+        """``(J, 3)`` full-frame ``x, y, conf`` → JSON rows in preview pixels (NaN → null)."""
+        a = np.asarray(points, dtype=np.float64)
+        xy = a[:, :2] / self.step
+        out: list[list[float | None]] = []
+        for (x, y), c in zip(xy, a[:, 2], strict=True):
+            ok = bool(np.isfinite(x) and np.isfinite(y) and np.isfinite(c))
+            out.append([round(float(x), 1), round(float(y), 1), round(float(c), 3)] if ok
+                       else [None, None, None])
+        return out
 
     def _on_pose(self, msg: protocol.Pose3d) -> None:
         self.fused += 1
@@ -176,6 +200,9 @@ class DashState:
             "frame_id": msg.frame_id,
             "xyz": _points(xyz),
         }
+        if msg.ind_ids is not None and msg.ind_track is not None:
+            self.track_ids = {int(k): int(i) for k, i in zip(msg.ind_track, msg.ind_ids,
+                                                             strict=False)}
         if msg.ind_ids is not None and msg.ind_xyz is not None:  # several animals: by id
             self.pose["individuals"] = [
                 {"id": int(i), "xyz": _points(np.asarray(x, dtype=np.float64))}

@@ -6,7 +6,7 @@ const token = new URLSearchParams(location.search).get("token");
 const q = token ? `?token=${encodeURIComponent(token)}` : "";
 const $ = (id) => document.getElementById(id);
 // What tests (and curious users) can read: window.livepose.
-const probe = { tiles: {}, frames: {}, poses: 0, statuses: 0, renders: 0, meta: null };
+const probe = { tiles: {}, frames: {}, instances: {}, poses: 0, statuses: 0, renders: 0, meta: null };
 window.livepose = probe;
 probe.showDrift = (d) => onDrift(d);  // tests: draw the banner from a status's drift list
 
@@ -15,6 +15,10 @@ const tiles = {};
 const history = [];  // [{p50, p99, inf}] one per status message (2 per second)
 
 // ------------------------------------------------------------------ tiles
+// several animals: one colour per track id (fusion.multi), on the tiles and in the 3D view
+const PALETTE = [0xffd54f, 0x4fc3f7, 0xef5350, 0x66bb6a, 0xab47bc, 0xff7043, 0x26c6da, 0xd4e157];
+const cssColour = (hex) => `#${hex.toString(16).padStart(6, "0")}`;
+
 function confColour(c) {  // red (0) → yellow → green (1)
   const h = Math.max(0, Math.min(1, c)) * 120;
   return `hsl(${h}, 90%, 50%)`;
@@ -50,10 +54,26 @@ async function onTile(buf) {
   const g = t.ctx;
   g.drawImage(img, 0, 0);
   img.close();
-  const kp = head.kp || [];
+  if (head.inst) {  // several animals: every instance, its skeleton in its individual's colour
+    for (const ins of head.inst) {  // dots too: confidence is their opacity
+      const known = ins.id !== null && ins.id !== undefined;
+      const colour = known ? cssColour(PALETTE[ins.id % PALETTE.length]) : "#ffffff";
+      drawKeypoints(g, ins.kp, colour, colour);
+    }
+    probe.instances[head.cam] = head.inst.map((ins) => ins.id);
+  } else {
+    drawKeypoints(g, head.kp || [], "rgba(255,255,255,0.55)", null);
+  }
+  probe.tiles[head.cam] += 1;
+  probe.frames[head.cam] = head.frame_id;
+}
+
+// kp: [[x, y, conf] | [null, null, null]]; dots in dotColour (opacity: confidence), or
+// coloured by confidence when it is null
+function drawKeypoints(g, kp, boneColour, dotColour) {
   if (meta && kp.length) {
     g.lineWidth = 1.5;
-    g.strokeStyle = "rgba(255,255,255,0.55)";
+    g.strokeStyle = boneColour;
     for (const [a, b] of meta.skeleton) {
       const i = meta.keypoints.indexOf(a), j = meta.keypoints.indexOf(b);
       const p = kp[i], r = kp[j];
@@ -63,11 +83,11 @@ async function onTile(buf) {
   }
   for (const p of kp) {
     if (p[0] === null) continue;
-    g.fillStyle = confColour(p[2]);
+    g.fillStyle = dotColour || confColour(p[2]);
+    g.globalAlpha = dotColour ? 0.35 + 0.65 * Math.max(0, Math.min(1, p[2])) : 1;
     g.beginPath(); g.arc(p[0], p[1], 2, 0, 2 * Math.PI); g.fill();
   }
-  probe.tiles[head.cam] += 1;
-  probe.frames[head.cam] = head.frame_id;
+  g.globalAlpha = 1;
 }
 
 // ------------------------------------------------------------------ 3D view
@@ -142,8 +162,6 @@ function init3d() {
   loop();
 }
 
-// several animals: one colour per track id (fusion.multi)
-const PALETTE = [0xffd54f, 0x4fc3f7, 0xef5350, 0x66bb6a, 0xab47bc, 0xff7043, 0x26c6da, 0xd4e157];
 
 function drawSkeleton(joints, bones, xyz) {
   xyz.forEach((p, j) => {

@@ -8,6 +8,7 @@ must create and close a session on disk. A screenshot goes to ``artifacts/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -73,13 +74,11 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[Supervisor]:
-    cfg = load_default_config()
-    cfg.dashboard.port = 0
-    cfg.recording.dir = tmp_path / "sessions"
+@contextlib.contextmanager
+def _running(cfg: Any, **kwargs: Any) -> Iterator[Supervisor]:
+    """The pipeline of ``cfg`` with its dashboard, the supervisor polled in a thread."""
     stop = threading.Event()
-    with Supervisor(cfg, dashboard=True) as sup:
+    with Supervisor(cfg, dashboard=True, **kwargs) as sup:
         sup.launch()
         sup.start_trigger()
         t = threading.Thread(target=lambda: [sup.poll(0.02) for _ in iter(stop.is_set, True)],
@@ -90,6 +89,15 @@ def pipeline(tmp_path: Path) -> Iterator[Supervisor]:
         finally:
             stop.set()
             t.join(5)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Supervisor]:
+    cfg = load_default_config()
+    cfg.dashboard.port = 0
+    cfg.recording.dir = tmp_path / "sessions"
+    with _running(cfg) as sup:
+        yield sup
 
 
 FOREIGN_WS = """async wsUrl => await new Promise(done => {
@@ -222,38 +230,78 @@ def test_dash_calibration_panel_and_drift_banner(browser: Any, tmp_path: Path,
     cfg.sim.board.hold_frames = 1
     collect = {"board": board_args(Board()), "out": str(tmp_path / "calib.toml"),
                "targets": {"views": 1000}}  # never enough: the panel keeps collecting
-    stop = threading.Event()
-    with Supervisor(cfg, dashboard=True, collect=collect) as sup:
-        sup.launch()
-        sup.start_trigger()
-        t = threading.Thread(target=lambda: [sup.poll(0.02) for _ in iter(stop.is_set, True)],
-                             daemon=True)
-        t.start()
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            assert sup.dashboard_login_url
-            page.goto(sup.dashboard_login_url)
-            _wait(lambda: page.is_visible("#calib-panel"), 30, "the calibration panel")
-            rows = _wait(lambda: (r := page.evaluate(CALIB_STATS)) and len(r) == 2
-                         and all(int(x["views"].split("/")[0]) >= 3 and x["lit"] > 0 for x in r)
-                         and r, 40, "views and coverage of both cameras")
-            assert [r["cam"] for r in rows] == ["cam0", "cam1"]
-            pair = page.locator("#calib-pairs tbody tr").first
-            assert pair.locator("td").first.inner_text() == "cam0 – cam1"
-            assert int(pair.locator("td").nth(1).inner_text()) >= 3
-            assert "collecting" in page.inner_text("#calib-state")
-            assert not page.is_visible("#drift-banner")  # no fusion here: no drift
-            page.screenshot(path=str(artifacts / "dashboard_calibration.png"))
-            # the banner drawn from a drift list as fusion's health carries it (in one JS
-            # turn: the next status message, without drift, hides it again)
-            text = page.evaluate("() => { window.livepose.showDrift([{camera: 'cam1', "
-                                 "shift_px: 6.24, angle_deg: 0.48, frame_id: 300}]); "
-                                 "const b = document.getElementById('drift-banner'); "
-                                 "return b.hidden ? '' : b.textContent; }")
-            assert "camera cam1 moved 6.2 px (≈ 0.48°)" in text and "frame 300" in text
-            assert not errors, errors
-        finally:
-            stop.set()
-            t.join(5)
+    with _running(cfg, collect=collect) as sup:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        assert sup.dashboard_login_url
+        page.goto(sup.dashboard_login_url)
+        _wait(lambda: page.is_visible("#calib-panel"), 30, "the calibration panel")
+        rows = _wait(lambda: (r := page.evaluate(CALIB_STATS)) and len(r) == 2
+                     and all(int(x["views"].split("/")[0]) >= 3 and x["lit"] > 0 for x in r)
+                     and r, 40, "views and coverage of both cameras")
+        assert [r["cam"] for r in rows] == ["cam0", "cam1"]
+        pair = page.locator("#calib-pairs tbody tr").first
+        assert pair.locator("td").first.inner_text() == "cam0 – cam1"
+        assert int(pair.locator("td").nth(1).inner_text()) >= 3
+        assert "collecting" in page.inner_text("#calib-state")
+        assert not page.is_visible("#drift-banner")  # no fusion here: no drift
+        page.screenshot(path=str(artifacts / "dashboard_calibration.png"))
+        # the banner drawn from a drift list as fusion's health carries it (in one JS
+        # turn: the next status message, without drift, hides it again)
+        text = page.evaluate("() => { window.livepose.showDrift([{camera: 'cam1', "
+                             "shift_px: 6.24, angle_deg: 0.48, frame_id: 300}]); "
+                             "const b = document.getElementById('drift-banner'); "
+                             "return b.hidden ? '' : b.textContent; }")
+        assert "camera cam1 moved 6.2 px (≈ 0.48°)" in text and "frame 300" in text
+        assert not errors, errors
+
+
+# pixels of a tile near a colour (within 40 per channel): how much of an individual is drawn
+COLOUR_PIXELS = """([cam, rgb]) => {
+  const c = document.querySelector(`#tile-${cam} canvas`);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (Math.abs(d[i] - rgb[0]) < 40 && Math.abs(d[i + 1] - rgb[1]) < 40
+        && Math.abs(d[i + 2] - rgb[2]) < 40) n++;
+  }
+  return n;
+}"""
+ID_RGB = {0: (0xFF, 0xD5, 0x4F), 1: (0x4F, 0xC3, 0xF7)}  # app.js PALETTE[0], PALETTE[1]
+
+
+def test_dash_several_animals_coloured_by_id_and_swapped_from_the_page(
+        browser: Any, artifacts: Path) -> None:
+    """Two sim rodents: every camera tile draws both animals' 2D instances, each in its
+    individual's colour (fusion's ids on the worker's crops), and the page's swap form
+    reaches fusion."""
+    cfg = load_default_config()
+    cfg.sim.animals = 2
+    m = cfg.fusion.multi
+    m.enabled, m.individuals, m.background_frames, m.background_every = True, 2, 7, 3
+    cfg.fps, cfg.dashboard.port = 15.0, 0
+    cams = cfg.camera_names
+    with _running(cfg) as sup:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        assert sup.dashboard_login_url
+        page.goto(sup.dashboard_login_url)
+        both = "() => Object.values(window.livepose.instances)"
+        ids = _wait(lambda: (v := page.evaluate(both)) and len(v) == len(cams) and all(
+            sorted(x for x in i if x is not None) == [0, 1] for i in v) and v, 90,
+            "every tile to draw the instances of ids 0 and 1")
+        assert len(ids) == len(cams)
+        drawn = {(c, k): page.evaluate(COLOUR_PIXELS, [c, ID_RGB[k]]) for c in cams
+                 for k in ID_RGB}
+        assert all(drawn[c, k] >= 3 for c in cams for k in ID_RGB), drawn
+        page.screenshot(path=str(artifacts / "dashboard_multi.png"))
+        _wait(lambda: page.is_visible("#ids-form"), 10, "the swap form")
+        page.fill("#ids-a", "0")
+        page.fill("#ids-b", "1")
+        page.click("#ids-swap")
+        _wait(lambda: "swapped 0 ⇄ 1" in page.inner_text("#ids-status"), 15, "the swap's reply")
+        _wait(lambda: sup.health["fusion"].counters.get("id_fixes", 0) == 1, 10,
+              "fusion to count the swap")
+        assert not errors, errors

@@ -234,6 +234,35 @@ def test_dash_state_sends_individuals_by_track_id() -> None:
     assert "individuals" not in st.pose
 
 
+def test_dash_state_tiles_show_every_instance_by_its_individuals_id() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    pose = _pose(5)
+    pose.ind_ids = np.array([2, 7], np.int32)
+    pose.ind_track = np.array([11, 12], np.int32)  # keys: crops name their owner by these
+    pose.ind_xyz = np.stack([pose.xyz, pose.xyz])
+    st.add(pose)
+    kp = _kp2d(6)
+    kp.points = np.full_like(kp.points, np.nan)  # several animals: the instances say it all
+    kp.inst_points = np.array([[[20, 10, 0.9], [np.nan, np.nan, np.nan]],
+                               [[40, 30, 0.8], [42, 32, 0.7]],
+                               [[4, 2, 0.5], [8, 6, 0.1]],
+                               [[60, 50, 0.6], [62, 52, 0.6]]], np.float32)
+    kp.inst_cams = np.array([0, 0, 1, 0], np.uint8)
+    kp.inst_owner = np.array([12, -1, 11, 99], np.int32)  # 99: a track that is gone
+    st.add(kp)
+    head, _ = _decode_tile(st.add(_preview(CAMS[0], 6))[0][1])
+    assert head["kp"] == []
+    assert [i["id"] for i in head["inst"]] == [7, None, None]
+    assert head["inst"][0]["kp"] == [[10.0, 5.0, 0.9], [None, None, None]]  # preview pixels
+    assert head["inst"][1]["kp"][1] == [21.0, 16.0, 0.7]
+    head, _ = _decode_tile(st.add(_preview(CAMS[1], 6))[0][1])
+    assert [i["id"] for i in head["inst"]] == [2]
+    pose.ind_ids = np.array([7, 2], np.int32)  # a user swapped the ids: the colours follow
+    st.add(pose)
+    head, _ = _decode_tile(st.add(_preview(CAMS[1], 6))[0][1])
+    assert [i["id"] for i in head["inst"]] == [7]
+
+
 def test_dash_state_calibration_status_and_drift_banner_data() -> None:
     st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
     s = st.snapshot()
