@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from livepose.core.config import ModelConfig
 from livepose.core.errors import UserError
-from livepose.core.modelinfo import BUNDLED_MODELS
+from livepose.core.modelinfo import BUNDLED_MODELS, check_multi_defaults
 from livepose.core.yamlfile import read_yaml
 
 MANIFEST_FORMAT = "livepose-model/1"
@@ -319,9 +319,15 @@ class Manifest(_Strict):
     training: dict[str, Any] | None = None
     detector: DetectorSpec | None = None
     roi: RoiSpec | None = None
+    multi: dict[str, Any] | None = Field(
+        None, description="fusion.multi defaults for this model's subject (its gates in mm, "
+        "its distractor rules); a config that sets a field keeps its own value "
+        "(livepose.core.modelinfo.apply_model_defaults)")
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
+        if self.multi is not None:
+            check_multi_defaults(self.multi)
         dup = sorted({k for k in self.keypoints if self.keypoints.count(k) > 1})
         if dup:
             raise ValueError(f"keypoints must be unique; repeated: {dup}")

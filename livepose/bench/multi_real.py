@@ -4,7 +4,7 @@ multi-person demo, 4 colour cameras, 60 fps) with the bundled BlazePose.
 Frame-set by frame-set: every view's detections through the keypoint model in one batched
 call (:class:`~livepose.inference.topdown_multi.MultiTopDown`), then the multi-animal fusion
 (:class:`~livepose.fusion.multitrack.MultiTracker`, free number of individuals, with the
-distractor rules on: ``min_motion_mm``, ``min_depth_ratio``). There is no ground truth of
+gates and distractor rules of BlazePose's manifest: ``min_motion_mm``, ``min_depth_ratio``). There is no ground truth of
 identities, so it reports what can be checked:
 
 - ``tracks``: per confirmed id, the frame-sets it was output, measured (≥ 1 keypoint seen)
@@ -43,6 +43,7 @@ def run_multi_real(data: Path, calibration: Path, frames: int = 100, jump_mm: fl
     from ``livepose calibration import``); returns the summary."""
     from livepose.core.calibration import read_calibration, read_calibration_units
     from livepose.core.config import Config, SimCameraConfig
+    from livepose.core.modelinfo import apply_model_defaults
     from livepose.fusion.multitrack import MultiTracker
     from livepose.fusion.process import MM_PER_UNIT
     from livepose.inference.manifest import resolve_model
@@ -54,13 +55,11 @@ def run_multi_real(data: Path, calibration: Path, frames: int = 100, jump_mm: fl
     cams = list(group.names)
     cfg = config or Config(cameras=[SimCameraConfig(backend="sim", name=c) for c in cams],
                            fps=60.0)
-    if config is None:
+    if config is None:  # BlazePose, free number of people, its manifest's gates for people
         cfg.model.path = "blazepose"
         cfg.model.intra_op_threads = 2
-        m = cfg.fusion.multi
-        m.enabled, m.individuals, m.confirm_frames = True, None, 10
-        m.epipolar_px, m.gate_mm, m.min_keypoints = 25.0, 150.0, 6
-        m.min_motion_mm, m.min_depth_ratio = 150.0, 0.08
+        cfg.fusion.multi.enabled, cfg.fusion.multi.individuals = True, None
+    apply_model_defaults(cfg)
     path, manifest = resolve_model(cfg.model)
     td = MultiTopDown(path, manifest, cfg.model, len(cams), min_score=0.4)
     scale = 1.0 / MM_PER_UNIT[units]

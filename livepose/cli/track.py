@@ -12,7 +12,8 @@ none``: no video is written, the source videos are the video), and ``OUT/pose3d.
 ``--individuals N|free`` tracks several people or animals (``fusion.multi``,
 docs/multi-animal.md): ``OUT/pose3d_individuals.csv`` (DeepLabCut's multi-animal layout, one
 column group per id) besides; ``--config FILE`` merges config sections over the generated
-config (e.g. ``configs/track_people_multi.yaml``: the gates for people).
+config (``fusion.multi`` gates; a model's manifest brings its subject's, e.g. BlazePose's for
+people).
 """
 
 from __future__ import annotations

@@ -1,20 +1,29 @@
 """What every process may know of the run's model without loading it: keypoint names and
-skeleton from the manifest (the inference stage owns the manifest's full schema)."""
+skeleton from the manifest (the inference stage owns the manifest's full schema), and the
+defaults its subject brings to a run's config (:func:`apply_model_defaults`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from livepose.core.config import Config
+from livepose.core.config import Config, MultiConfig
+from livepose.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: ``model.path`` values naming a model bundled in ``livepose.inference`` (``models/<name>``).
 BUNDLED_MODELS = ("default", "blazepose", "default-crops")
+
+#: ``fusion.multi`` fields a manifest's ``multi`` section may set: what depends on the
+#: model's subject (its size, speed, keypoints, images), not on the user's experiment
+SUBJECT_FIELDS = ("epipolar_px", "min_keypoints", "gate_mm", "confirm_frames", "timeout_s",
+                  "min_motion_mm", "min_depth_ratio", "body_radius_mm")
 
 
 def manifest_path(cfg: Config) -> Path:
@@ -54,3 +63,55 @@ def model_noise_px(cfg: Config) -> float | None:
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
         log.warning("no noise model from %s (%s)", p, exc)
         return None
+
+
+def check_multi_defaults(section: Any) -> dict[str, Any]:
+    """A manifest's ``multi`` section, checked: keys among :data:`SUBJECT_FIELDS`, values
+    as ``fusion.multi`` accepts them (``ValueError`` naming the field)."""
+    if not isinstance(section, dict):
+        raise ValueError(f"multi: a mapping of fusion.multi fields, got {type(section).__name__}")
+    bad = sorted(str(k) for k in section if k not in SUBJECT_FIELDS)
+    if bad:
+        raise ValueError(f"multi: {', '.join(bad)} cannot come from a model; allowed: "
+                         f"{', '.join(SUBJECT_FIELDS)}")
+    try:
+        checked = MultiConfig.model_validate(section)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ValueError(f"multi.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}") from None
+    return {k: getattr(checked, k) for k in section}
+
+
+def apply_model_defaults(cfg: Config) -> dict[str, Any]:
+    """Give ``cfg.fusion.multi`` the defaults of the model's subject: the manifest's
+    ``multi`` section (e.g. BlazePose's gates for people, in mm), for every field the config
+    did not set itself. Run once, where the config is made (the supervisor's preflight, a
+    bench), before it is passed to processes.
+
+    Returns
+    -------
+    dict
+        The fields set from the manifest (empty: none, or the manifest has no section).
+
+    Raises
+    ------
+    UserError
+        The manifest's ``multi`` section is malformed (names the field).
+    """
+    p = manifest_path(cfg)
+    try:
+        section = (yaml.safe_load(p.read_text()) or {}).get("multi")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        log.debug("no model defaults from %s (%s)", p, exc)  # preflight reports the manifest
+        return {}
+    if section is None:
+        return {}
+    try:
+        defaults = check_multi_defaults(section)
+    except ValueError as exc:
+        raise UserError(f"{p}: {exc}") from None
+    m = cfg.fusion.multi
+    applied = {k: v for k, v in defaults.items() if k not in m.model_fields_set}
+    for k, v in applied.items():
+        setattr(m, k, v)
+    return applied

@@ -30,6 +30,7 @@ from livepose.core import protocol
 from livepose.core.config import Config, to_dict
 from livepose.core.control import encode_reshard
 from livepose.core.errors import UserError
+from livepose.core.modelinfo import apply_model_defaults
 from livepose.kit.process import StageContext, child_entry
 from livepose.kit.realtime import PRIORITY
 from livepose.kit.session import encoder_name
@@ -214,6 +215,9 @@ class Supervisor:
         self.calibration = facts["calibration"]
         if self.collect is None:
             stages.preflight_inference(self.cfg)
+            applied = apply_model_defaults(self.cfg)  # before the config reaches any process
+            if applied and self.cfg.fusion.multi.enabled:
+                log.info("fusion.multi from the model's manifest: %s", applied)
         try:
             if shmring.frames_in_shm(self.cfg.transport):
                 stale = shmring.remove_stale()  # rings of cameras killed with -9

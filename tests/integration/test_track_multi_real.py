@@ -2,8 +2,9 @@
 multi-person demo (``multi/``: 4 colour cameras, 60 fps, two people walking among a
 standing figure and a picture of a person) through the live pipeline — the bundled
 BlazePose on every detection of every view (``inference/multi_worker.py``), cross-view
-association and 3D tracks (``fusion/multitrack.py``) — with the multi-person settings of
-``configs/track_people_multi.yaml``. Skipped when the footage is absent.
+association and 3D tracks (``fusion/multitrack.py``) — with nothing but the command line:
+the gates for people come from BlazePose's manifest (its ``multi`` section). Skipped when the
+footage is absent.
 
 There is no ground truth of identities; what a lab would check: exactly two people get ids
 (the distractors never do), each is output in every frame-set once confirmed (a stable id,
@@ -46,8 +47,7 @@ def test_two_people_get_two_stable_ids(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
     r = _livepose("track", str(DEMO / "multi"), "-c", str(calib), "-o", str(out), "--paced",
-                  "--frames", str(FRAMES), "--individuals", "free", "--config",
-                  str(ROOT / "configs" / "track_people_multi.yaml"), "--no-live", timeout=280)
+                  "--frames", str(FRAMES), "--individuals", "free", "--no-live", timeout=280)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["framesets_fused"] == FRAMES and summary["frame_accounting_ok"]

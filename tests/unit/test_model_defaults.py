@@ -1,0 +1,59 @@
+"""A model's manifest brings its subject's ``fusion.multi`` defaults; a config's own values
+win, and a malformed section is refused naming the field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from livepose.core.config import MultiConfig, load_default_config
+from livepose.core.errors import UserError
+from livepose.core.modelinfo import apply_model_defaults, manifest_path
+from livepose.inference.manifest import ModelError, default_model_dir, load_manifest
+
+
+def test_blazepose_brings_the_gates_for_people_and_a_config_keeps_its_own() -> None:
+    cfg = load_default_config()
+    cfg.model.path = "blazepose"
+    cfg.fusion.multi.gate_mm = 90.0  # the user's: kept
+    section = yaml.safe_load(manifest_path(cfg).read_text())["multi"]
+    applied = apply_model_defaults(cfg)
+    assert "gate_mm" not in applied and cfg.fusion.multi.gate_mm == 90.0
+    assert applied == {k: v for k, v in section.items() if k != "gate_mm"} and applied
+    m, default = cfg.fusion.multi, MultiConfig()
+    for k, v in applied.items():
+        assert getattr(m, k) == v != getattr(default, k), k
+    assert m.enabled is False and m.individuals is None  # never the model's to choose
+    assert apply_model_defaults(cfg) == {}  # once applied, the fields are the config's
+
+
+def test_the_sim_model_brings_nothing() -> None:
+    cfg = load_default_config()
+    before = cfg.fusion.multi.model_dump()
+    assert apply_model_defaults(cfg) == {} and cfg.fusion.multi.model_dump() == before
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"individuals": 3}, "multi: individuals cannot come from a model; allowed: epipolar_px"),
+    ({"gate_mm": -5}, "multi.gate_mm: Input should be greater than 0"),
+    ({"gate_mm": "wide"}, "multi.gate_mm: Input should be a valid number"),
+    ([1, 2], "multi: a mapping of fusion.multi fields, got list"),
+])
+def test_a_malformed_section_names_the_field(tmp_path: Path, section: object,
+                                             message: str) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(default_model_dir("default"), model)
+    data = yaml.safe_load((model / "manifest.yaml").read_text())
+    data["multi"] = section
+    (model / "manifest.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_default_config()
+    cfg.model.path = str(model)
+    before = cfg.fusion.multi.model_dump()
+    with pytest.raises(UserError, match=message):
+        apply_model_defaults(cfg)
+    assert cfg.fusion.multi.model_dump() == before  # nothing half-applied
+    with pytest.raises(ModelError, match=message.split(":", maxsplit=1)[0]):
+        load_manifest(model / "manifest.yaml")
