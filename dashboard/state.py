@@ -119,10 +119,12 @@ class DashState:
         return []
 
     def expire(self, now: float | None = None) -> list[tuple[str, bytes]]:
-        """Tiles of previews whose keypoints never came (shown without them)."""
+        """Tiles of previews whose keypoints never came (shown without them), unless a
+        newer tile of that camera was sent meanwhile (a frame-set the worker skipped)."""
         now = time.monotonic() if now is None else now
-        old = [k for k, (t, _) in self.pending.items() if now - t > PAIR_TIMEOUT_S]
-        return [(k[0], self._tile(self.pending.pop(k)[1], None)) for k in old]
+        old = sorted((k for k, (t, _) in self.pending.items() if now - t > PAIR_TIMEOUT_S),
+                     key=lambda k: k[1])
+        return [out for k in old for out in self._emit(self.pending.pop(k)[1], None)]
 
     def _on_preview(self, msg: protocol.Preview, now: float) -> list[tuple[str, bytes]]:
         st = self.cam.get(msg.cam)
@@ -132,7 +134,7 @@ class DashState:
         st.preview_times.append(now)
         kp = self.kp2d.get(msg.frame_id)
         if kp is not None:
-            return [(msg.cam, self._tile(msg, kp))]
+            return self._emit(msg, kp)
         self.pending[(msg.cam, msg.frame_id)] = (now, msg)
         return []
 
@@ -144,8 +146,19 @@ class DashState:
         for cam in msg.cams:
             hit = self.pending.pop((cam, msg.frame_id), None)
             if hit is not None:
-                out.append((cam, self._tile(hit[1], msg)))
+                out += self._emit(hit[1], msg)
         return out
+
+    def _emit(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> list[tuple[str, bytes]]:
+        """The tile of ``prev`` — none if a newer tile of its camera went out already (a page
+        keeps only the newest: an older frame would replace it) — and older previews of
+        that camera still waiting for keypoints are dropped."""
+        last = self.cam[prev.cam].last_frame_id
+        if last is not None and prev.frame_id <= last:
+            return []
+        for k in [k for k in self.pending if k[0] == prev.cam and k[1] < prev.frame_id]:
+            del self.pending[k]
+        return [(prev.cam, self._tile(prev, kp))]
 
     def _tile(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> bytes:
         """The tile of one preview: ``kp`` the view's keypoints ``[[x, y, conf] | [null]*3]``

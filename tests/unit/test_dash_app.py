@@ -82,6 +82,16 @@ def test_dash_state_pairs_previews_with_keypoints_of_the_same_frame() -> None:
     assert st.expire(now=1.1) == []
     (cam, tile), = st.expire(now=2.5)
     assert cam == "cam0" and _decode_tile(tile)[0]["kp"] == []
+    # …unless a newer frame of that camera was shown meanwhile (the worker skipped frame 10):
+    # the page keeps the newest tile, an older one would replace it
+    st.add(_preview("cam0", 10), now=3.0)
+    assert st.add(_preview("cam0", 11), now=3.05) == []
+    assert [c for c, _ in st.add(_kp2d(11), now=3.06)] == ["cam0"]
+    assert st.expire(now=5.0) == [] and not st.pending  # frame 10 is dropped, not shown
+    st.add(_preview("cam1", 12), now=6.0)
+    st.add(_preview("cam1", 13), now=6.01)
+    assert [_decode_tile(t)[0]["frame_id"] for _, t in st.expire(now=8.0)] == [12, 13]
+    assert st.add(_kp2d(12), now=8.1) == []  # keypoints too late for a frame already shown
 
 
 def test_dash_state_accounting_latency_desync_and_feed() -> None:
@@ -259,7 +269,9 @@ def test_dash_state_tiles_show_every_instance_by_its_individuals_id() -> None:
     assert [i["id"] for i in head["inst"]] == [2]
     pose.ind_ids = np.array([7, 2], np.int32)  # a user swapped the ids: the colours follow
     st.add(pose)
-    head, _ = _decode_tile(st.add(_preview(CAMS[1], 6))[0][1])
+    kp.frame_id = 7
+    st.add(kp)
+    head, _ = _decode_tile(st.add(_preview(CAMS[1], 7))[0][1])
     assert [i["id"] for i in head["inst"]] == [7]
 
 
