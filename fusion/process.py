@@ -32,7 +32,7 @@ from livepose.core.camera import CameraGroup
 from livepose.core.config import Config
 from livepose.core.control import IDS_TOPIC
 from livepose.core.geometry import Geometry, fit_geometry
-from livepose.core.modelinfo import model_noise_px
+from livepose.core.modelinfo import fusion_noise_px
 from livepose.fusion.drift import DriftEvent, DriftMonitor
 from livepose.fusion.ekf import KeypointEKF
 from livepose.fusion.idfix import drain_id_commands
@@ -127,8 +127,9 @@ class Fuser:
         The calibration's length unit (``mm``, ``cm``, ``m``): poses come out in it, and the
         config's length settings (in mm) are converted to it.
     pixel_noise_px
-        The model's 2D noise at confidence 1 (manifest ``noise.sigma_px``; default
-        ``fusion.pixel_noise_px``, else 1 px).
+        σ of a 2D keypoint at confidence 1 (px), to override the run's
+        (:func:`~livepose.core.modelinfo.fusion_noise_px`: ``fusion.pixel_noise_px``, else the
+        model manifest's ``noise.sigma_px``, else 1 px).
 
     The filter is ``cfg.fusion.filter`` (``none``, ``kf``, ``ekf``); ``fusion.kalman.enabled:
     false`` means ``none`` whatever ``filter`` says.
@@ -151,7 +152,8 @@ class Fuser:
         self.units = units
         #: the calibration's unit per mm: the config's mm settings are scaled by it
         self.length_scale = 1.0 / MM_PER_UNIT[units]
-        self.pixel_noise_px = pixel_noise_px
+        self.pixel_noise_px = (float(pixel_noise_px) if pixel_noise_px is not None
+                               else fusion_noise_px(cfg))
         self.calibrated = cameras  # as calibrated; ``cameras`` is fitted to the live frames
         self.geometry = ([camera_geometry(c) for c in cfg.cameras]
                          if len(cfg.cameras) == len(cameras) else [Geometry()] * len(cameras))
@@ -403,7 +405,7 @@ def prewarm(cfg: Config, args: dict[str, Any]) -> None:
     becomes fusion."""
     calib = args["calibration"]
     fuser = Fuser(read_calibration(calib, cfg.camera_names), cfg,
-                  calibration_units(calib, cfg.calibration_units), model_noise_px(cfg))
+                  calibration_units(calib, cfg.calibration_units))
     fuser.warmup()
 
 
@@ -411,8 +413,7 @@ def main(ctx: StageContext) -> None:
     """The fusion process (see the module docstring)."""
     cfg = ctx.cfg
     cameras = read_calibration(ctx.args["calibration"], cfg.camera_names)
-    fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units),
-                  model_noise_px(cfg))
+    fuser = Fuser(cameras, cfg, calibration_units(ctx.args["calibration"], cfg.calibration_units))
     pub = ctx.socket(zmq.PUB, bind=ctx.endpoints["pose3d"])
     connect = [ctx.endpoints[f"kp2d/{k}"] for k in range(cfg.model.workers)]
     topics = [b"kp2d"]

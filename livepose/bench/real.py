@@ -102,10 +102,9 @@ def _stats(d: np.ndarray) -> dict[str, float | int | None]:
 
 def fuse_offline(group: CameraGroup, cfg: Any, pts: np.ndarray) -> np.ndarray:
     """livepose's live ``Fuser`` over ``pts`` ``(C, T, J, 3)`` in frame order → ``(T, J, 3)``."""
-    from livepose.core.modelinfo import model_noise_px
     from livepose.fusion.process import Fuser
 
-    fuser = Fuser(group, cfg, pixel_noise_px=model_noise_px(cfg))  # as the live fusion
+    fuser = Fuser(group, cfg)  # the model's noise, as the live fusion
     out = np.full(pts.shape[1:], np.nan)
     for t in range(pts.shape[1]):
         out[t] = fuser.step(np.ascontiguousarray(pts[:, t], np.float32), t).xyz
@@ -124,10 +123,9 @@ def measure_sigma(group: CameraGroup, cfg: Any, pts: np.ndarray,
     """
     c2 = cfg.model_copy(deep=True)
     c2.fusion.filter = "none"
-    from livepose.core.modelinfo import model_noise_px
     from livepose.fusion.process import Fuser
 
-    fuser = Fuser(group, c2, pixel_noise_px=model_noise_px(cfg))
+    fuser = Fuser(group, c2)
     C = pts.shape[0]
     samples = []
     for t in range(pts.shape[1]):

@@ -65,6 +65,16 @@ def model_noise_px(cfg: Config) -> float | None:
         return None
 
 
+def fusion_noise_px(cfg: Config) -> float:
+    """σ (px) of a 2D keypoint at confidence 1 that the run's fusion uses:
+    ``fusion.pixel_noise_px`` when the config sets it, else the model manifest's
+    ``noise.sigma_px``, else 1 px. Live fusion, replay, reanalysis and the benches all take it
+    from here, so they fuse the same 2D into the same 3D."""
+    if cfg.fusion.pixel_noise_px is not None:
+        return float(cfg.fusion.pixel_noise_px)
+    return model_noise_px(cfg) or 1.0
+
+
 def check_multi_defaults(section: Any) -> dict[str, Any]:
     """A manifest's ``multi`` section, checked: keys among :data:`SUBJECT_FIELDS`, values
     as ``fusion.multi`` accepts them (``ValueError`` naming the field)."""
@@ -83,15 +93,17 @@ def check_multi_defaults(section: Any) -> dict[str, Any]:
 
 
 def apply_model_defaults(cfg: Config) -> dict[str, Any]:
-    """Give ``cfg.fusion.multi`` the defaults of the model's subject: the manifest's
-    ``multi`` section (e.g. BlazePose's gates for people, in mm), for every field the config
-    did not set itself. Run once, where the config is made (the supervisor's preflight, a
-    bench), before it is passed to processes.
+    """Give the config what its model brings, where the config did not set it itself: the
+    manifest's ``multi`` section (the subject's ``fusion.multi`` defaults, e.g. BlazePose's
+    gates for people, in mm) and its 2D noise (``fusion.pixel_noise_px`` when null). Run
+    once, where the config is made (the supervisor's preflight, a bench), before it is passed
+    to processes and recorded with a session (whose replay then fuses as the run did).
 
     Returns
     -------
     dict
-        The fields set from the manifest (empty: none, or the manifest has no section).
+        The fields set from the manifest by dotted name (``fusion.multi.gate_mm``,
+        ``fusion.pixel_noise_px``); empty when it brings nothing.
 
     Raises
     ------
@@ -104,14 +116,20 @@ def apply_model_defaults(cfg: Config) -> dict[str, Any]:
     except (OSError, yaml.YAMLError, AttributeError) as exc:
         log.debug("no model defaults from %s (%s)", p, exc)  # preflight reports the manifest
         return {}
-    if section is None:
-        return {}
-    try:
-        defaults = check_multi_defaults(section)
-    except ValueError as exc:
-        raise UserError(f"{p}: {exc}") from None
-    m = cfg.fusion.multi
-    applied = {k: v for k, v in defaults.items() if k not in m.model_fields_set}
-    for k, v in applied.items():
-        setattr(m, k, v)
+    applied: dict[str, Any] = {}
+    if section is not None:
+        try:
+            defaults = check_multi_defaults(section)
+        except ValueError as exc:
+            raise UserError(f"{p}: {exc}") from None
+        m = cfg.fusion.multi
+        for k, v in defaults.items():
+            if k not in m.model_fields_set:
+                setattr(m, k, v)
+                applied[f"fusion.multi.{k}"] = v
+    if cfg.fusion.pixel_noise_px is None:
+        sigma = model_noise_px(cfg)
+        if sigma is not None:
+            cfg.fusion.pixel_noise_px = sigma
+            applied["fusion.pixel_noise_px"] = sigma
     return applied

@@ -216,8 +216,8 @@ class Supervisor:
         if self.collect is None:
             stages.preflight_inference(self.cfg)
             applied = apply_model_defaults(self.cfg)  # before the config reaches any process
-            if applied and self.cfg.fusion.multi.enabled:
-                log.info("fusion.multi from the model's manifest: %s", applied)
+            if applied:
+                log.info("from the model's manifest: %s", applied)
         try:
             if shmring.frames_in_shm(self.cfg.transport):
                 stale = shmring.remove_stale()  # rings of cameras killed with -9

@@ -13,7 +13,8 @@ The checks are what a lab would look at:
   first (the filter outputs a track from its second frame), and every keypoint that ≥ 2
   confident views saw has a 3D position there;
 - the detector ran once per view, then tracking held (no re-detection);
-- the 2D per camera and a session were written.
+- the 2D per camera and a session were written, and ``livepose replay --fuse-only`` of that
+  session gives the live run's 3D again (the same fusion, the same model noise).
 """
 
 from __future__ import annotations
@@ -83,3 +84,9 @@ def test_track_first_30_frames(tmp_path: Path) -> None:
     session = Path(summary["session"]["path"])
     assert (session / "video" / "cam01_frames.csv").is_file()
     assert (session / "config.yaml").is_file()
+    r = _livepose("replay", str(session), "--fuse-only", "--out", str(tmp_path / "refused"),
+                  timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = read_anipose3d(next((tmp_path / "refused").rglob("pose3d.csv")))
+    assert list(again.fnum) == list(table.fnum)
+    np.testing.assert_allclose(np.asarray(again.xyz), np.asarray(table.xyz), atol=1e-3)

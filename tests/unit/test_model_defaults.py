@@ -11,7 +11,7 @@ import yaml
 
 from livepose.core.config import MultiConfig, load_default_config
 from livepose.core.errors import UserError
-from livepose.core.modelinfo import apply_model_defaults, manifest_path
+from livepose.core.modelinfo import apply_model_defaults, fusion_noise_px, manifest_path
 from livepose.inference.manifest import ModelError, default_model_dir, load_manifest
 
 
@@ -21,19 +21,35 @@ def test_blazepose_brings_the_gates_for_people_and_a_config_keeps_its_own() -> N
     cfg.fusion.multi.gate_mm = 90.0  # the user's: kept
     section = yaml.safe_load(manifest_path(cfg).read_text())["multi"]
     applied = apply_model_defaults(cfg)
-    assert "gate_mm" not in applied and cfg.fusion.multi.gate_mm == 90.0
-    assert applied == {k: v for k, v in section.items() if k != "gate_mm"} and applied
+    assert cfg.fusion.multi.gate_mm == 90.0
+    multi = {k.removeprefix("fusion.multi."): v for k, v in applied.items()
+             if k.startswith("fusion.multi.")}
+    assert multi == {k: v for k, v in section.items() if k != "gate_mm"} and multi
     m, default = cfg.fusion.multi, MultiConfig()
-    for k, v in applied.items():
+    for k, v in multi.items():
         assert getattr(m, k) == v != getattr(default, k), k
+    # its 2D noise too (null: the model's), so a session's config records what fusion used
+    assert applied["fusion.pixel_noise_px"] == cfg.fusion.pixel_noise_px == fusion_noise_px(cfg)
+    assert cfg.fusion.pixel_noise_px > 1.0
     assert m.enabled is False and m.individuals is None  # never the model's to choose
     assert apply_model_defaults(cfg) == {}  # once applied, the fields are the config's
 
 
-def test_the_sim_model_brings_nothing() -> None:
+def test_the_sim_model_brings_only_its_noise() -> None:
     cfg = load_default_config()
     before = cfg.fusion.multi.model_dump()
-    assert apply_model_defaults(cfg) == {} and cfg.fusion.multi.model_dump() == before
+    assert apply_model_defaults(cfg) == {"fusion.pixel_noise_px": 1.0}
+    assert cfg.fusion.multi.model_dump() == before
+
+
+def test_a_configured_noise_wins_over_the_manifests() -> None:
+    cfg = load_default_config()
+    cfg.model.path = "blazepose"
+    assert fusion_noise_px(cfg) > 1.0  # the manifest's
+    cfg.fusion.pixel_noise_px = 3.0
+    assert fusion_noise_px(cfg) == 3.0
+    assert "fusion.pixel_noise_px" not in apply_model_defaults(cfg)
+    assert cfg.fusion.pixel_noise_px == 3.0
 
 
 @pytest.mark.parametrize(("section", "message"), [
