@@ -7,16 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from lifters import fit_linear_lifter
 
 from livepose.acquisition.sim.animal import KEYPOINTS, Rodent
 from livepose.acquisition.sim.rig import make_camera
 from livepose.core import protocol
 from livepose.core.camera import CameraGroup
 from livepose.core.config import Config, FusionConfig, LiftConfig
-from livepose.fusion.lift import Lifter, LiftError, LiftSpec, read_manifest, write_manifest
+from livepose.fusion.lift import Lifter, LiftError, read_manifest
 from livepose.fusion.process import Fuser
 from livepose.lift.pairs import Augment, NoiseModel, make_pairs, measure_noise
 
@@ -35,28 +34,7 @@ def _poses(t0: float, n: int, step: float = 0.05) -> np.ndarray:
 @pytest.fixture(scope="module")
 def linear_lifter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lifter fitted by least squares on sim poses through virtual cameras, as ONNX."""
-    poses = _poses(0.0, 1200)
-    height = float(np.median(poses[:, ROOT, 2]))
-    noise = NoiseModel(np.full(len(KEYPOINTS), 0.5), np.zeros(len(KEYPOINTS)))
-    pairs = make_pairs(poses, ROOT, height, noise, 300.0, np.random.default_rng(0),
-                       Augment(views=6))
-    X = np.concatenate([pairs.x, np.ones((len(pairs), 1), np.float32)], axis=1)
-    W = np.linalg.lstsq(X.astype(np.float64), pairs.y.astype(np.float64), rcond=None)[0]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["m"]),
-         helper.make_node("Add", ["m", "b"], ["rel3d"])],
-        "linear_lifter",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", X.shape[1] - 1])],
-        [helper.make_tensor_value_info("rel3d", TensorProto.FLOAT, ["batch", W.shape[1]])],
-        [numpy_helper.from_array(W[:-1].astype(np.float32), "W"),
-         numpy_helper.from_array(W[-1].astype(np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder = tmp_path_factory.mktemp("lifter")
-    onnx.save(model, str(folder / "lifter.onnx"))
-    write_manifest(folder, LiftSpec(list(KEYPOINTS), "spine_mid", height, 0.3,
-                                    {"held_out_error": {"mean_mm": 6.0}}))
-    return folder
+    return fit_linear_lifter(tmp_path_factory.mktemp("lifter"))
 
 
 def test_plane_placement_is_exact_for_a_root_on_the_plane(linear_lifter: Path) -> None:

@@ -157,9 +157,16 @@ class Config(_Model):
         if k.max_gap_s * self.fps < 2:
             raise ValueError(f"fusion.kalman.max_gap_s={k.max_gap_s} is shorter than two frame "
                              f"periods at fps={self.fps}; allowed: >= {2 / self.fps:.3g} s")
-        if self.fusion.min_views > len(self.cameras):
+        if self.fusion.mode == "lift":
+            names = self.camera_names
+            if self.fusion.lift.camera is not None and self.fusion.lift.camera not in names:
+                raise ValueError(f"fusion.lift.camera={self.fusion.lift.camera!r} is not a "
+                                 f"camera; cameras: {', '.join(names)}")
+        elif self.fusion.min_views > len(self.cameras):
             raise ValueError(
-                f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} cameras"
+                f"fusion.min_views={self.fusion.min_views} exceeds the {len(self.cameras)} "
+                "cameras" + ("; one camera: fusion.mode: lift with a lifter (docs/lifting.md)"
+                             if len(self.cameras) == 1 else "")
             )
         return self
 
@@ -171,8 +178,12 @@ class Config(_Model):
     @property
     def min_cameras(self) -> int:
         """The fewest camera processes a run goes on with (``frameset.min_cameras``, else
-        ``fusion.min_views``)."""
-        return self.frameset.min_cameras or min(self.fusion.min_views, len(self.cameras))
+        ``fusion.min_views``; 1 with ``fusion.mode: lift``)."""
+        if self.frameset.min_cameras:
+            return self.frameset.min_cameras
+        if self.fusion.mode == "lift":  # the lifted camera alone makes a pose
+            return 1
+        return min(self.fusion.min_views, len(self.cameras))
 
     @property
     def is_sim(self) -> bool:

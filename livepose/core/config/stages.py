@@ -319,7 +319,9 @@ class FusionConfig(_Model):
         "through fusion.lift's lifter, then the linear filter")
     lift: LiftConfig = LiftConfig()
 
-    min_views: int = Field(2, ge=2)
+    min_views: int = Field(
+        2, ge=1, description="views a keypoint needs to be triangulated (≥ 2); 1 only with "
+        "mode: lift (one camera's 2D lifted to 3D)")
     likelihood_threshold: float = Field(0.3, ge=0, le=1)
     reproj_threshold_px: float = Field(12.0, gt=0)
     pixel_noise_px: float | None = Field(
@@ -340,4 +342,7 @@ class FusionConfig(_Model):
     def _lifter_given(self) -> FusionConfig:
         if self.mode == "lift" and self.lift.path is None:
             raise ValueError("fusion.lift.path is required when fusion.mode is 'lift'")
+        if self.mode != "lift" and self.min_views < 2:
+            raise ValueError(f"fusion.min_views={self.min_views}: triangulation needs 2 views "
+                             "or more; one camera: fusion.mode: lift (docs/lifting.md)")
         return self
