@@ -32,7 +32,8 @@ def test_default_config_loads() -> None:
             ["cameras.0", "'baslr'", "allowed: sim"],
         ),
         ({"fps": -3}, ["fps", "greater than 0"]),
-        ({"fusion": {"min_views": 1}}, ["fusion.min_views", "greater than or equal to 2"]),
+        ({"fusion": {"min_views": 1}}, ["fusion.min_views=1", "needs 2 views or more",
+                                         "one camera: fusion.mode: lift"]),
         ({"fusion": {"min_viewz": 2}}, ["fusion.min_viewz", "unknown field"]),
         ({"transport": {"kind": "udp"}}, ["transport.kind", "'udp'", "'ipc' or 'tcp'"]),
         (
