@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from livepose import __version__
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 app = typer.Typer(
@@ -28,9 +29,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+_fail = failer(err)
 
 
 def _load(config: Path | None):  # type: ignore[no-untyped-def]

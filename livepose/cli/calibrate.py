@@ -13,6 +13,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 
@@ -115,9 +116,7 @@ def register(app: typer.Typer, err: Console) -> None:
                       "checkerboard board.")
     app.add_typer(cal, name="calibrate")
 
-    def fail(exc: Exception) -> None:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    fail = failer(err)
 
     @cal.command("board")
     def board_cmd(
@@ -236,16 +235,14 @@ def register(app: typer.Typer, err: Console) -> None:
         except UserError as exc:
             fail(exc)
         except (ProcessDied, TimeoutError) as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            fail(exc, 1)
         except KeyboardInterrupt:
             err.print("stopped before the calibration was solved; nothing written")
             raise typer.Exit(130) from None
         if st.get("state") != "done":
             why = (st.get("result") or {}).get("error") or (
                 f"not enough views after {timeout:g} s (see the status above)")
-            err.print(f"[red]error:[/] {why}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+            fail(why, 1)
         Console().print_json(json.dumps(st["result"]))
 
     @cal.command("refine")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 FORMATS = ("auto", "qualisys", "pose2sim", "anipose", "freemocap", "caliscope")
@@ -45,11 +46,14 @@ def register(app: typer.Typer, err: Console) -> None:
             "resolution than the calibration's (Qualisys); repeat per camera")] = None,
         units: Annotated[str | None, typer.Option(
             help="convert translations to this unit (m, cm, mm); default: the file's")] = None,
+        source_units: Annotated[str | None, typer.Option(
+            "--source-units", help="the unit of SOURCE's translations when the file does not "
+            "say (m, cm, mm): an Anipose file of a rig calibrated in metres, say")] = None,
         pose2sim_distortion: Annotated[bool, typer.Option(
             help="Qualisys: divide distortion by 64 as Pose2Sim does")] = False,
     ) -> None:
         """Convert SOURCE to an Anipose calibration TOML that records its length unit."""
-        from livepose.core.calibration import write_calibration
+        from livepose.core.calibration import LENGTH_UNITS, write_calibration
         from livepose.formats.calibrations import convert_units, import_calibration
 
         try:
@@ -60,16 +64,23 @@ def register(app: typer.Typer, err: Console) -> None:
                 kwargs["video_size"] = _video_sizes(video_size)
             if pose2sim_distortion:
                 kwargs["distortion_scale"] = 1.0 / 64.0
+            for opt, val in (("--units", units), ("--source-units", source_units)):
+                if val is not None and val not in LENGTH_UNITS:
+                    raise UserError(f"{opt} {val!r}: one of {', '.join(LENGTH_UNITS)}")
             cams, unit = import_calibration(source, fmt, **kwargs)
+            if source_units is not None:
+                if unit is not None and unit != source_units:
+                    raise UserError(f"{source}: the file says its unit is {unit!r}, not "
+                                    f"{source_units!r} (--source-units)")
+                unit = source_units
             if units is not None:
                 if unit is None:
                     raise UserError(f"{source}: the file does not say its unit; cannot convert "
-                                    f"to {units!r}")
+                                    f"to {units!r} (say what it is: --source-units m|cm|mm)")
                 cams, unit = convert_units(cams, unit, units), units
             write_calibration(out, cams, units=unit)
         except UserError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            failer(err)(exc)
         Console().print(f"{out}: {len(cams)} camera(s) "
                         f"({', '.join(f'{c.name} {c.size[0]}x{c.size[1]}' for c in cams)}), "
                         f"unit {unit or 'unknown'}", highlight=False)

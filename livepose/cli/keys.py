@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 
@@ -30,12 +31,9 @@ def register(app: typer.Typer, err: Console) -> None:
         try:
             public, secret = make_key_pair(directory, key_name, force=force)
         except UserError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            failer(err)(exc)
         except OSError as exc:
-            err.print(f"[red]error:[/] keys: cannot write in {directory}: {exc.strerror}",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            failer(err)(f"keys: cannot write in {directory}: {exc.strerror}")
         public, d = public.resolve(), public.parent.resolve()
         out = Console()
         out.print(f"public key: {public}\nsecret key: {d / secret.name} (mode 600; never copy it)\n"

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 
@@ -26,9 +27,7 @@ def _range(text: str, what: str) -> tuple[float, float]:
 def register(app: typer.Typer, err: Console, bench: typer.Typer) -> None:
     """Add ``lift train`` to ``app`` and ``lift`` to the ``bench`` group."""
 
-    def fail(message: str, code: int = 2) -> None:
-        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
+    fail = failer(err)
 
     lift_app = typer.Typer(no_args_is_help=True,
                            help="Single-camera 3D: train lifters from multi-camera sessions.")

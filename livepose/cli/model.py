@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 
@@ -87,11 +88,7 @@ def register(app: typer.Typer, err: Console) -> None:
     model_app = typer.Typer(no_args_is_help=True, help="Check, export and build 2D models.")
     app.add_typer(model_app, name="model")
 
-    def fail(message: str, code: int = 2) -> None:
-        from rich.markup import escape  # messages name extras such as livepose[torch]
-
-        err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
+    fail = failer(err)
 
     @model_app.command("check")
     def check(

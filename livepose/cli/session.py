@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from livepose.cli.console import failer
 from livepose.core.errors import UserError
 
 SessionArg = Annotated[Path, typer.Argument(help="a session folder sessions/<date>_<name>/")]
@@ -32,9 +33,7 @@ def expand_record_flag(argv: list[str], sentinel: str) -> list[str]:
 def register(app: typer.Typer, err: Console) -> None:
     """Add the recording commands to ``app``."""
 
-    def fail(message: str, code: int = 2) -> None:
-        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
+    fail = failer(err)
 
     session_app = typer.Typer(no_args_is_help=True, help="Inspect and repair recorded sessions.")
     export_app = typer.Typer(no_args_is_help=True, help="Export a session for offline tools.")

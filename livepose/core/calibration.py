@@ -95,6 +95,8 @@ def calibration_units(path: str | Path, configured: str | None) -> str:
     CalibrationError
         When neither says, or they disagree (one line naming both).
     """
+    if configured is not None and configured not in LENGTH_UNITS:
+        raise CalibrationError(f"units {configured!r}: one of {', '.join(LENGTH_UNITS)}")
     in_file = read_calibration_units(path)
     if in_file is not None and configured is not None and in_file != configured:
         raise CalibrationError(f"{path}: the file says units = {in_file!r} but the config's "
@@ -103,8 +105,9 @@ def calibration_units(path: str | Path, configured: str | None) -> str:
     if unit is None:
         raise CalibrationError(
             f"{path}: the calibration does not say its length unit; set calibration_units "
-            f"(one of {', '.join(LENGTH_UNITS)}) in the config, or write [metadata] units in "
-            "the file (livepose calibration import does)")
+            f"(one of {', '.join(LENGTH_UNITS)}) in the config (livepose fuse: --units), or "
+            "write [metadata] units in the file (livepose calibration import FILE --out NEW "
+            "--source-units m|cm|mm)")
     return unit
 
 

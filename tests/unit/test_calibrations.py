@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livepose.acquisition.sim.rig import make_camera
 from livepose.core.calibration import CalibrationError, read_calibration_units, write_calibration
 from livepose.core.camera import CameraModel, rodrigues, rodrigues_inv
 from livepose.formats import calibrations as ci
@@ -474,3 +475,41 @@ def test_cli_import_writes_toml_with_unit(qca: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["calibration", "import", str(qca), "--out", str(out),
                                  "--video-size", "cam01=1080"])
     assert r.exit_code == 2 and "CAMERA=WIDTHxHEIGHT" in r.output
+
+
+def test_cli_import_declares_the_unit_of_a_file_that_does_not_say(tmp_path: Path) -> None:
+    """An Anipose file without ``[metadata] units`` (a rig calibrated in metres): the user
+    says what it is with ``--source-units`` and may convert; the errors are one line each and
+    keep the brackets of what they name (no markup eaten)."""
+    from typer.testing import CliRunner
+
+    from livepose.cli.app import app
+    from livepose.core.calibration import read_calibration
+
+    metres = [make_camera(f"c{i}", (320, 256), 90.0 * i, 40.0, 0.55, 300.0, [0, 0, 0, 0, 0])
+              for i in range(2)]
+    src = tmp_path / "anipose.toml"
+    write_calibration(src, metres)  # no unit written
+    assert read_calibration_units(src) is None
+    out = tmp_path / "mm.toml"
+    run = CliRunner().invoke
+    r = run(app, ["calibration", "import", str(src), "--out", str(out), "--units", "mm"])
+    assert r.exit_code == 2 and "--source-units m|cm|mm" in r.output, r.output
+    r = run(app, ["calibration", "import", str(src), "--out", str(out), "--source-units", "m",
+                  "--units", "mm"])
+    assert r.exit_code == 0, r.output
+    assert read_calibration_units(out) == "mm"
+    back = read_calibration(out, ["c0", "c1"])
+    for a, b in zip(metres, back, strict=True):
+        np.testing.assert_allclose(b.tvec, a.tvec * 1000.0, rtol=1e-9)
+    r = run(app, ["calibration", "import", str(out), "--out", str(tmp_path / "x.toml"),
+                  "--source-units", "cm"])
+    assert r.exit_code == 2 and "says its unit is 'mm', not 'cm'" in r.output
+    r = run(app, ["calibration", "import", str(src), "--out", str(out), "--source-units", "in"])
+    assert r.exit_code == 2 and "--source-units 'in': one of m, cm, mm" in r.output
+    csvs = [tmp_path / f"{c}.csv" for c in ("c0", "c1")]
+    for f in csvs:
+        f.write_text("")
+    r = run(app, ["fuse", "--calibration", str(src), "--camera-names", "c0", "c1", "--fps", "30",
+                  "--out", str(tmp_path / "f"), *map(str, csvs)])
+    assert r.exit_code == 2 and "write [metadata] units in the file" in r.output, r.output
