@@ -23,7 +23,6 @@ ones say so (``"unset (config metadata.subject_id)"``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from livepose.core.errors import UserError
 from livepose.core.modelinfo import model_keypoints
 from livepose.formats.anipose3d import read_anipose3d
 from livepose.formats.dlc import read_dlc_csv
-from livepose.kit.session import pose2d_path, pose3d_path, recorded_segments
+from livepose.kit.session import pose2d_path, pose3d_path, read_events, recorded_segments
 from livepose.recording.tools import session_config
 
 EXTRA = "nwb"
@@ -45,9 +44,11 @@ def _unset(field: str) -> str:
     return f"unset (config metadata.{field})"
 
 
-def frame_times(session: Path, cams: list[str], fps: float, n: int) -> np.ndarray:
+def frame_times(session: Path, cams: list[str], fps: float,
+                n: int) -> tuple[np.ndarray, float | None]:
     """``(n,)`` seconds of frame ids ``0…n-1`` from the frame tables (earliest trigger time
-    over the cameras, relative to frame 0's), ``frame_id / fps`` where no table has one."""
+    over the cameras, relative to frame 0's), ``frame_id / fps`` where no table has one; and
+    frame 0's trigger time (seconds since the epoch; ``None`` without frame tables)."""
     t = np.full(n, np.inf)
     for cam in cams:
         for seg in recorded_segments(session, cam):  # every segment (<cam>.1 …)
@@ -56,10 +57,22 @@ def frame_times(session: Path, cams: list[str], fps: float, n: int) -> np.ndarra
     ids = np.arange(n)
     known = np.isfinite(t)
     if not known.any():
-        return np.asarray(ids / fps)
-    t0 = t[known][0] - ids[known][0] / fps
+        return np.asarray(ids / fps), None
+    t0 = float(t[known][0] - ids[known][0] / fps)
     t = np.where(known, t - t0, ids / fps)
-    return np.asarray(np.maximum.accumulate(t))  # timestamps never go back
+    return np.asarray(np.maximum.accumulate(t)), t0  # timestamps never go back
+
+
+def session_start(session: Path, frame0_s: float | None) -> dt.datetime:
+    """NWB's ``session_start_time`` (UTC), the zero of every timestamp written: frame 0's
+    trigger time when the frame tables have it, else the session's ``session_start`` event,
+    else the folder's modification time (a session without either)."""
+    if frame0_s is not None:
+        return dt.datetime.fromtimestamp(frame0_s, dt.UTC)
+    start = next((e for e in read_events(session) if e.get("kind") == "session_start"), None)
+    if start is not None and isinstance(start.get("t_ns"), int):
+        return dt.datetime.fromtimestamp(start["t_ns"] / 1e9, dt.UTC)
+    return dt.datetime.fromtimestamp(session.stat().st_mtime, dt.UTC)
 
 
 def export_nwb(session: Path, out: Path) -> dict[str, Any]:
@@ -93,14 +106,12 @@ def export_nwb(session: Path, out: Path) -> dict[str, Any]:
     cams = cfg.camera_names
     n = int(np.max(table.fnum)) + 1 if len(table.fnum) else 0
     replayed = all(c.backend == "video" for c in cfg.cameras)  # the videos' own timeline
-    times = np.arange(n) / cfg.fps if replayed else frame_times(session, cams, cfg.fps, n)
+    times, frame0_s = frame_times(session, cams, cfg.fps, n)
+    if replayed:
+        times = np.arange(n) / cfg.fps
     unit = read_calibration_units(session / "calibration.toml") or "mm"
     md = cfg.metadata
-    status = json.loads((session / "status.json").read_text()) if \
-        (session / "status.json").is_file() else {}
-    start = dt.datetime.fromtimestamp(session.stat().st_mtime, dt.UTC)
-    if status.get("started"):
-        start = dt.datetime.fromisoformat(str(status["started"]))
+    start = session_start(session, frame0_s)
     # NWB validates species and age: unset ones are left out and named in the description
     unset = [f for f in ("species", "age") if getattr(md, f) is None]
     nwb = pynwb.NWBFile(

@@ -84,6 +84,10 @@ def test_export_reads_back_and_inspects(tmp_path: Path) -> None:
         assert np.allclose(nose.data[:], xyz[:, 0], equal_nan=True)
         assert np.allclose(nose.confidence[:], 0.8)
         assert np.allclose(np.diff(nose.timestamps[:]), 0.02)  # frame tables, 50 fps
+        # the zero of the timestamps: frame 0's trigger time (cam0's, the earlier), not the
+        # folder's modification time
+        assert nose.timestamps[0] == 0.0
+        assert f.session_start_time.timestamp() == pytest.approx(1e9, abs=1e-5)
         assert np.isnan(p3.pose_estimation_series[p3.skeleton.nodes[2]].data[3]).all()
         assert len(p3.skeleton.edges[:]) > 0
         cam1 = p3.pose_estimations["pose2d_cam1"]
@@ -92,6 +96,24 @@ def test_export_reads_back_and_inspects(tmp_path: Path) -> None:
         assert cam1.pose_estimation_series["snout"].data.shape == (T, 2)
     bad = [i for i in _issues(out) if i[0] in ("CRITICAL", "BEST_PRACTICE_VIOLATION")]
     assert not bad, bad
+
+
+def test_without_frame_tables_the_session_start_event_is_the_start(tmp_path: Path) -> None:
+    import json
+
+    from livepose.recording.nwb import export_nwb
+
+    s, _ = _session(tmp_path, None)
+    for c in CAMS:
+        (s / "video" / f"{c}_frames.csv").unlink()
+    (s / "events.jsonl").write_text(json.dumps({"t_ns": 1_700_000_000_250_000_000,
+                                                "kind": "session_start"}) + "\n")
+    export_nwb(s, tmp_path / "s.nwb")
+    with pynwb.NWBHDF5IO(str(tmp_path / "s.nwb"), "r") as io:
+        f = io.read()
+        assert f.session_start_time.timestamp() == pytest.approx(1_700_000_000.25)
+        ts = f.processing["behavior"]["pose3d"].pose_estimation_series["snout"].timestamps[:]
+        assert np.allclose(ts, np.arange(T) / 50)  # frame_id / fps
 
 
 def test_unset_metadata_says_so(tmp_path: Path) -> None:
