@@ -55,9 +55,12 @@ def find_video(path: Path, cam: str) -> Path:
     )
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"
+        there = "" if found else " (videos there: " + (", ".join(sorted(
+            p.name for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)) or
+            "none") + ")"
         raise UserError(
             f"camera {cam!r}: path: expected one video named after the camera in {path}, "
-            f"found {names}"
+            f"found {names}{there}"
         )
     return found[0]
 

@@ -19,6 +19,7 @@ people).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from livepose.core.config import Config
 from livepose.core.errors import UserError
 
 PACED_DEADLINE_S = 5.0
+log = logging.getLogger(__name__)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -90,11 +92,27 @@ def video_config(
     if not calibration.is_file():
         raise UserError(f"{calibration}: calibration file not found (--calibration)")
     names = [c.name for c in read_calibration(calibration).cameras]
-    videos = {n: find_video(video_dir, n) for n in names}
+    videos, missing = {}, []
+    for n in names:
+        try:
+            videos[n] = find_video(video_dir, n)
+        except UserError as exc:
+            missing.append(str(exc))
+    if missing:  # every camera at once, and what the names must be
+        raise UserError("; ".join(missing) + f" — the calibration's cameras are "
+                        f"{', '.join(names)}; each video's name must contain its camera's")
     rate = fps or probe_rate(videos[names[0]])
     if not rate:
         raise UserError(f"{videos[names[0]]}: no frame rate in the file; pass --fps")
-    n_frames = min(_count(v) for v in videos.values())
+    lengths = {n: _count(v) for n, v in videos.items()}
+    n_frames = min(lengths.values())
+    if max(lengths.values()) != n_frames:  # the rig stops with its shortest video
+        log.warning("the videos differ in length (%s): tracking stops after %d frame-sets, "
+                    "the shortest video's", ", ".join(f"{n} {k}" for n, k in lengths.items()),
+                    n_frames)
+    if frames is not None and frames > n_frames:
+        log.warning("--frames %d: the videos hold %d frame-sets; tracking those", frames,
+                    n_frames)
     if out.is_dir():  # one session per run: track, track-2, … in the same output folder
         taken = {p.name.split("_", 1)[-1] for p in out.iterdir() if p.is_dir()}
         name = next(f"{name}-{k}" if k > 1 else name for k in range(1, 10_000)
@@ -206,8 +224,6 @@ def register(app: typer.Typer, err: Console, bench_group: Callable[[], typer.Typ
         """Track the videos of VIDEO_DIR with the live pipeline: OUT/pose3d.csv (Anipose 3D,
         fnum = video frame index, calibration units), OUT/pose2d/<cam>.csv and a session;
         with --individuals, OUT/pose3d_individuals.csv (DeepLabCut multi-animal layout)."""
-        import logging
-
         from livepose.cli.demo import run_pipeline
         from livepose.runtime.supervisor import ProcessDied
 

@@ -59,7 +59,10 @@ def load_toml(p: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CalibrationError(f"{p}: calibration file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{p}: not valid TOML ({exc})") from None
+        raise CalibrationError(
+            f"{p}: not valid TOML ({exc}); another tool's calibration (Qualisys .qca.txt, "
+            "Pose2Sim, FreeMoCap, caliscope)? convert it: livepose calibration import "
+            f"{p.name} --out calibration.toml") from None
 
 
 def read_calibration_units(path: str | Path) -> str | None:
