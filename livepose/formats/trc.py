@@ -48,7 +48,9 @@ def write_trc(
     fps
         Frame rate (> 0); ``Time = (frame - first_frame) / fps``.
     units
-        ``mm`` or ``m`` (the data are written as given; no conversion).
+        ``mm``, ``cm`` or ``m`` (the data are written as given; no conversion): nanometre
+        resolution in each (6, 7 or 9 decimals), so a fly's micrometre steps survive in
+        metres.
     y_up
         Write OpenSim's ``y``-up axes (``X, Y, Z`` ← ``y, z, x``).
     first_frame
@@ -76,8 +78,9 @@ def write_trc(
         "\t\t" + "\t".join(f"X{j + 1}\tY{j + 1}\tZ{j + 1}" for j in range(J)),
         "",
     ]
+    decimals = {"m": 9, "cm": 7}.get(units, 6)
     for t in range(T):
-        cells = ["" if not np.isfinite(v) else f"{v:.6f}" for v in X[t].ravel()]
+        cells = ["" if not np.isfinite(v) else f"{v:.{decimals}f}" for v in X[t].ravel()]
         lines.append(f"{t + first_frame}\t{t / fps:.6f}\t" + "\t".join(cells))
     p.write_text("\n".join(lines) + "\n")
     return p

@@ -126,3 +126,8 @@ def test_trc_roundtrip(tmp_path: Path) -> None:
     # y up: X, Y, Z ← y, z, x
     np.testing.assert_allclose(np.array(lines[6].split("\t")[2:5], float), xyz[0, 0, [1, 2, 0]],
                                atol=1e-6)
+    # in metres the same nanometre resolution: a fly's micrometre steps survive
+    fly = xyz * 1e-3 + 3.4e-3
+    back, *_ = read_trc(write_trc(tmp_path / "fly.trc", fly, ["a", "b", "c"], fps=60.0,
+                                  units="m"))
+    np.testing.assert_allclose(back, fly, atol=1e-9, equal_nan=True)
