@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 
 
-def fit_linear_lifter(folder: Path) -> Path:
-    """Fit the lifter on 60 s of the sim rodent (seed 0) and write ``lifter.onnx`` and
+def fit_linear_lifter(folder: Path, history: int = 0, step_s: float = 0.0,
+                      poses_n: int = 1200, poses_dt: float = 0.05, views: int = 6,
+                      frame_drop: float = 0.0) -> Path:
+    """Fit the lifter on ``poses_n`` poses ``poses_dt`` s apart of the sim rodent (seed 0)
+    seen by ``views`` virtual cameras each (``history`` previous frames ``step_s`` apart in
+    its input, a ``frame_drop`` share of them dropped) and write ``lifter.onnx`` and
     ``lifter.yaml`` into ``folder``; returns ``folder``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -20,11 +24,11 @@ def fit_linear_lifter(folder: Path) -> Path:
 
     root = KEYPOINTS.index("spine_mid")
     animal = Rodent(seed=0, arena_radius_mm=200.0, speed_mm_s=120.0)
-    poses = np.stack([animal.keypoints(k * 0.05) for k in range(1200)])
+    poses = np.stack([animal.keypoints(k * poses_dt) for k in range(poses_n)])
     height = float(np.median(poses[:, root, 2]))
     noise = NoiseModel(np.full(len(KEYPOINTS), 0.5), np.zeros(len(KEYPOINTS)))
     pairs = make_pairs(poses, root, height, noise, 300.0, np.random.default_rng(0),
-                       Augment(views=6))
+                       Augment(views=views), history=history, step=1, frame_drop=frame_drop)
     X = np.concatenate([pairs.x, np.ones((len(pairs), 1), np.float32)], axis=1)
     W = np.linalg.lstsq(X.astype(np.float64), pairs.y.astype(np.float64), rcond=None)[0]
     graph = helper.make_graph(
@@ -39,5 +43,5 @@ def fit_linear_lifter(folder: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(folder / "lifter.onnx"))
     write_manifest(folder, LiftSpec(list(KEYPOINTS), "spine_mid", height, 0.3,
-                                    {"held_out_error": {"mean_mm": 6.0}}))
+                                    {"held_out_error": {"mean_mm": 6.0}}, history, step_s))
     return folder

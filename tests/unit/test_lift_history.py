@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from lifters import fit_linear_lifter
 
 from livepose.acquisition.sim.animal import KEYPOINTS, Rodent
 from livepose.acquisition.sim.rig import make_camera
@@ -74,32 +73,10 @@ def test_pairs_with_history_see_the_previous_frames_through_the_same_camera() ->
     assert (dropped.x[:, f0:] == 0).all()
 
 
-def _linear(folder: Path, history: int, step_s: float) -> Path:
-    poses = _poses(0.0, 3000, 0.02)
-    height = float(np.median(poses[:, ROOT, 2]))
-    noise = NoiseModel(np.full(J, 0.5), np.zeros(J))
-    pairs = make_pairs(poses, ROOT, height, noise, 300.0, np.random.default_rng(0),
-                       Augment(views=3), history=history, step=1, frame_drop=0.1)
-    X = np.concatenate([pairs.x, np.ones((len(pairs), 1), np.float32)], axis=1)
-    W = np.linalg.lstsq(X.astype(np.float64), pairs.y.astype(np.float64), rcond=None)[0]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["m"]),
-         helper.make_node("Add", ["m", "b"], ["rel3d"])], "linear_lifter",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", X.shape[1] - 1])],
-        [helper.make_tensor_value_info("rel3d", TensorProto.FLOAT, ["batch", W.shape[1]])],
-        [numpy_helper.from_array(W[:-1].astype(np.float32), "W"),
-         numpy_helper.from_array(W[-1].astype(np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "lifter.onnx"))
-    write_manifest(folder, LiftSpec(list(KEYPOINTS), "spine_mid", height, 0.3,
-                                    {"held_out_error": {"mean_mm": 6.0}}, history, step_s))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def history_lifter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _linear(tmp_path_factory.mktemp("hist"), 2, 0.02)
+    return fit_linear_lifter(tmp_path_factory.mktemp("hist"), history=2, step_s=0.02,
+                             poses_n=3000, poses_dt=0.02, views=3, frame_drop=0.1)
 
 
 def test_live_history_matches_the_batch_lift_with_a_dropped_frame(history_lifter: Path) -> None:
