@@ -239,14 +239,17 @@ class SessionOutput:
 
 
 def fuse_session(plan: SessionPlan, results: dict[str, UnitResult], keypoints: list[str],
-                 out_dir: Path) -> SessionOutput:
+                 out_dir: Path, model: dict[str, Any] | None = None) -> SessionOutput:
     """Fuse one session's 2D (every camera's :class:`UnitResult`) and write its files.
 
     Frame-sets are every frame_id recorded by at least one camera, in order; a camera that
-    did not record a frame is a missing view (NaN).
+    did not record a frame is a missing view (NaN). ``model``: the ``model`` section of the
+    new 2D (:func:`model_config`): fusion weighs its views with that model's noise, not the
+    recorded run's.
     """
     from livepose.core import protocol
     from livepose.core.calibration import read_calibration
+    from livepose.core.config import ModelConfig
     from livepose.fusion.process import Fuser
     from livepose.recording.recorder import PredictionWriter, session_units
 
@@ -258,7 +261,12 @@ def fuse_session(plan: SessionPlan, results: dict[str, UnitResult], keypoints: l
         r = results[c]
         pts[np.searchsorted(ids, r.frame_ids), i] = r.points
     units = session_units(plan.session, plan.cfg.calibration_units)
-    fuser = Fuser(read_calibration(plan.session / "calibration.toml", cams), plan.cfg, units)
+    cfg = plan.cfg
+    if model is not None:  # the new model's 2D: its manifest's noise (fusion_noise_px)
+        cfg = cfg.model_copy(deep=True)
+        cfg.model = ModelConfig.model_validate(model)
+        cfg.fusion.pixel_noise_px = None
+    fuser = Fuser(read_calibration(plan.session / "calibration.toml", cams), cfg, units)
     dest = out_dir / plan.session.name
     dest.mkdir(parents=True, exist_ok=True)
     writer = PredictionWriter(dest, list(cams), keypoints, int(ids[0]) if len(ids) else 0,
@@ -329,7 +337,7 @@ def _progress(total: int, show: bool) -> Iterator[Progress]:
 
 def _finish(plans: list[SessionPlan], results: dict[tuple[str, str], UnitResult],
             keypoints: list[str], out: Path, done: dict[str, SessionOutput],
-            timing: dict[str, float]) -> None:
+            timing: dict[str, float], model: dict[str, Any]) -> None:
     """Fuse every session whose cameras are all in (and not fused yet)."""
     for plan in plans:
         key = str(plan.session)
@@ -337,7 +345,7 @@ def _finish(plans: list[SessionPlan], results: dict[tuple[str, str], UnitResult]
             continue
         t = time.perf_counter()
         done[key] = fuse_session(plan, {u.cam: results[(key, u.cam)] for u in plan.units},
-                                 keypoints, out)
+                                 keypoints, out, model)
         timing["fuse_s"] = timing.get("fuse_s", 0.0) + time.perf_counter() - t
 
 
@@ -347,7 +355,8 @@ def run_local(sessions: Sequence[str | Path], model: str, out: str | Path,
     plans = plan_sessions(sessions)
     out = Path(out)
     t0 = time.perf_counter()
-    worker = InferWorker(model_config(plans[0].cfg, model), batch)
+    mcfg = model_config(plans[0].cfg, model)
+    worker = InferWorker(mcfg, batch)
     timing = {"startup_s": time.perf_counter() - t0}
     results: dict[tuple[str, str], UnitResult] = {}
     done: dict[str, SessionOutput] = {}
@@ -357,7 +366,7 @@ def run_local(sessions: Sequence[str | Path], model: str, out: str | Path,
             for unit in plan.units:
                 results[(unit.session, unit.cam)] = worker.run_unit(unit)
                 advance(unit.frames)
-            _finish(plans, results, worker.keypoints, out, done, timing)
+            _finish(plans, results, worker.keypoints, out, done, timing, mcfg)
     return _report(plans, done, total, time.perf_counter() - t0, 1, "local", out, 0,
                    [os.uname().nodename], timing)
 
@@ -446,7 +455,7 @@ def run_ray(sessions: Sequence[str | Path], model: str, out: str | Path, workers
                 results[(maybe.session, maybe.cam)] = res
                 hosts.append(res.host)
                 advance(maybe.frames)
-                _finish(plans, results, keypoints, out, done, timing)
+                _finish(plans, results, keypoints, out, done, timing, mcfg)
     finally:
         for a in pool:
             ray.kill(a)

@@ -60,3 +60,39 @@ def test_every_segment_is_reanalysed_by_frame_id(tmp_path: Path) -> None:
     assert np.isfinite(b.points).all()
     np.testing.assert_allclose(b.points, a.points[[0, 1, 2, 4, 5, 6]], atol=1e-3)
     assert np.abs(np.diff(a.points[:, :, :2], axis=0)).max() > 0  # the animal moves
+
+
+def test_fusion_weighs_the_new_models_2d_with_that_models_noise(tmp_path: Path) -> None:
+    """A session recorded with another model (its σ, 8.5 px, in the session's config)
+    re-fused from a new model's 2D: the σ is the new model's (the bundled default's 1 px),
+    as a session recorded with that model fuses — not the recorded run's."""
+    from livepose.acquisition.sim.animal import KEYPOINTS, Rodent
+    from livepose.acquisition.sim.backend import make_rig
+    from livepose.cluster.reanalyse import SessionPlan, Unit, UnitResult, fuse_session, model_config
+    from livepose.core.calibration import write_calibration
+
+    cfg = load_default_config()
+    rig = make_rig(cfg.sim, cfg.camera_names)
+    (tmp_path / "s").mkdir()
+    write_calibration(tmp_path / "s" / "calibration.toml", list(rig.cameras), units="mm")
+    animal = Rodent(seed=0, arena_radius_mm=200.0, speed_mm_s=120.0)
+    rng = np.random.default_rng(0)
+    results = {}
+    for cam in rig.cameras:
+        xy = np.stack([cam.project(animal.keypoints(k / 60)) for k in range(40)])
+        pts = np.concatenate([xy + rng.normal(0, 2.0, xy.shape),
+                              np.full((*xy.shape[:2], 1), 0.9)], -1).astype(np.float32)
+        results[cam.name] = UnitResult(Unit("s", cam.name, 40), np.arange(40), pts, (320, 256))
+
+    def fused(noise: float, model: dict | None) -> np.ndarray:  # type: ignore[type-arg]
+        c = cfg.model_copy(deep=True)
+        c.fusion.pixel_noise_px = noise
+        plan = SessionPlan(tmp_path / "s", c)
+        return fuse_session(plan, results, list(KEYPOINTS), tmp_path / f"o{noise}{bool(model)}",
+                            model).xyz
+
+    new_model = model_config(cfg, "default")
+    as_recorded_with_it = fused(1.0, None)
+    reanalysed = fused(8.5, new_model)  # the session says 8.5 px: another model's
+    np.testing.assert_allclose(reanalysed, as_recorded_with_it, atol=1e-9, equal_nan=True)
+    assert np.nanmax(np.abs(fused(8.5, None) - as_recorded_with_it)) > 0.1  # σ matters
