@@ -6,7 +6,8 @@ Per frame-set and camera, the residual is the median over keypoints of the obser
 point minus the reprojection of the triangulated point (a vector, px). A bumped camera
 shifts all its points the same way, so this median moves; noise averages out. It is smoothed
 with a time constant of ``tau_s``; the first ``baseline_s`` of the run set each camera's
-baseline (what the calibration leaves). A camera whose smoothed residual moves farther than
+baseline (what the calibration leaves): the median of its per-frame-set residuals then, so
+that a few wild first samples (a track just born, not settled) do not shift it. A camera whose smoothed residual moves farther than
 ``threshold_px`` from its baseline, and is the one that moved most, for ``hold_s``, is named
 once in a :class:`DriftEvent` (again only after it came back under half the threshold).
 """
@@ -75,14 +76,26 @@ class DriftMonitor:
         self.focal = np.array([0.5 * (c.matrix[0, 0] + c.matrix[1, 1]) for c in cameras])
         C = len(self.names)
         self.smooth = np.full((C, 2), np.nan)
-        self.base_sum = np.zeros((C, 2))
-        self.base_n = np.zeros(C)
+        self.base_samples: list[list[np.ndarray]] = [[] for _ in range(C)]
+        self.base = np.full((C, 2), np.nan)
         self.t0: float | None = None
         self.t_last: float | None = None
         self.over_since = np.full(C, np.nan)
         self.latched = np.zeros(C, bool)
         self.drift_px = np.zeros(C)
         self.events: list[DriftEvent] = []
+
+    def restart(self) -> None:
+        """Start a new baseline from the next frame-set (the 2D now comes from another
+        model: its residuals have another bias, not a moved camera). A named camera stays
+        named."""
+        C = len(self.names)
+        self.smooth = np.full((C, 2), np.nan)
+        self.base_samples = [[] for _ in range(C)]
+        self.base = np.full((C, 2), np.nan)
+        self.t0 = self.t_last = None
+        self.over_since = np.full(C, np.nan)
+        self.drift_px = np.zeros(C)
 
     def update(self, frame_id: int, points: np.ndarray, xyz: np.ndarray) -> None:
         """One frame-set: ``points`` ``(C, J, 3)`` observed x, y, confidence; ``xyz``
@@ -111,13 +124,15 @@ class DriftMonitor:
             s = self.smooth[c]
             self.smooth[c] = m if np.isnan(s[0]) else s + alpha * (m - s)
             if in_base:
-                self.base_sum[c] += self.smooth[c]
-                self.base_n[c] += 1
+                self.base_samples[c].append(m)
         if in_base:
             return
-        base = self.base_sum / np.maximum(self.base_n, 1)[:, None]
-        d = np.linalg.norm(self.smooth - base, axis=1)
-        d = np.where(np.isfinite(d) & (self.base_n > 0), d, 0.0)
+        for c, samples in enumerate(self.base_samples):
+            if samples:  # the baseline closes: each camera's median residual
+                self.base[c] = np.median(np.array(samples), axis=0)
+                samples.clear()
+        d = np.linalg.norm(self.smooth - self.base, axis=1)
+        d = np.where(np.isfinite(d), d, 0.0)
         self.drift_px = d
         worst = int(np.argmax(d))
         for c in range(len(self.names)):

@@ -368,7 +368,11 @@ class MultiTracker:
                                 m.min_keypoints)
         self.size = SizeCue(self.S, self.J, m.size_weight, length_scale)
         self._drift_in: tuple[np.ndarray, np.ndarray, np.ndarray,
-                              list[tuple[bool, int]]] | None = None
+                              list[tuple[bool, int]], int] | None = None
+        #: where the drift samples come from: ``associated`` instances (blobs, a detector)
+        #: until the first owned ones (3D-guided crops), ``owned`` from then on — another 2D
+        #: model, so the drift monitor starts a new baseline when it changes
+        self.drift_source = "associated"
         self.tracks: list[Track] = []
         self.free_slots = list(range(self.S))
         self.last_seen: dict[int, tuple[float, np.ndarray]] = {}  # fixed mode: id → last seen
@@ -537,29 +541,54 @@ class MultiTracker:
             for i in own_track.tolist():
                 if not measured[self.tracks[i].slot].any():
                     match[i] = -1
+        if K0:
+            self.drift_source = "owned"
         self._drift_in = (match, cl_pts, out.raw.xyz, [(t.confirmed, t.slot)
-                                                        for t in self.tracks])
+                                                        for t in self.tracks], K0)
         self._update(match, new, xyz, tri)
         return self._output(out, assoc)
 
     def drift_sample(self) -> tuple[np.ndarray, np.ndarray] | None:
         """What the calibration drift monitor (:mod:`livepose.fusion.drift`) reads from the
-        last frame-set: the confirmed individual seen by the most views — its instances
-        ``(C, J, 3)`` (NaN: no instance in that view) and their triangulation ``(J, 3)`` (the
-        EKF's, with consensus, as a single animal's views are) — or ``None`` (no confirmed
-        individual matched)."""
+        last frame-set: the confirmed individual seen by the most views among those that are
+        alone — no keypoint of another individual nearer than half its length (its
+        keypoints' largest spread) — its instances ``(C, J, 3)`` (NaN: no instance in that view) and
+        their triangulation ``(J, 3)`` (the EKF's, with consensus, as a single animal's views
+        are); ``None`` when no such individual was matched. An animal near another is left
+        out: where their bodies overlap in a view its 2D is biased for as long as they stay
+        close, which the monitor read as a camera that moved (false alarms on a static rig).
+        Once crops are owned (:attr:`drift_source`), only owned instances are sampled."""
         if self._drift_in is None:
             return None
-        match, cl_pts, raw, tracks = self._drift_in
+        match, cl_pts, raw, tracks, owned = self._drift_in
         J = self.J
+        pts = {slot: raw[slot * J:(slot + 1) * J] for confirmed, slot in tracks if confirmed}
         best, out = -1, None
         for i, (confirmed, slot) in enumerate(tracks):
             k = int(match[i])
-            if confirmed and k >= 0:
-                seen = int(np.isfinite(cl_pts[k, :, :, 0]).any(axis=1).sum())
-                if seen > best:
-                    best, out = seen, (cl_pts[k], raw[slot * J:(slot + 1) * J])
+            if not confirmed or k < 0 or not self._alone(slot, pts):
+                continue
+            if self.drift_source == "owned" and k >= owned:  # one 2D source (model) only
+                continue
+            seen = int(np.isfinite(cl_pts[k, :, :, 0]).any(axis=1).sum())
+            if seen > best:
+                best, out = seen, (cl_pts[k], pts[slot])
         return out
+
+    @staticmethod
+    def _alone(slot: int, pts: dict[int, np.ndarray]) -> bool:
+        """No other individual's keypoint within half this one's length (``pts``: ``(J, 3)``
+        per confirmed slot; NaN rows ignored)."""
+        own = pts[slot][np.isfinite(pts[slot]).all(axis=1)]
+        if len(own) < 2:
+            return False
+        reach = 0.5 * float(np.max(np.linalg.norm(own[:, None] - own[None], axis=-1)))
+        for other, xyz in pts.items():
+            q = xyz[np.isfinite(xyz).all(axis=1)]
+            if other != slot and len(q) and float(np.min(np.linalg.norm(
+                    own[:, None] - q[None], axis=-1))) < reach:
+                return False
+        return True
 
     def _update(self, match: np.ndarray, new: list[tuple[int, int]], xyz: np.ndarray,
                 tri: np.ndarray) -> None:

@@ -176,6 +176,7 @@ class Fuser:
         self._orders: dict[tuple[str, ...], np.ndarray] = {}
         self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
         self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._drift_source = "associated"  # the multi tracker's (MultiTracker.drift_source)
         #: ``fusion.multi``: several individuals (fusion/multitrack.py), made at the first
         #: message (its J)
         self.multi_cfg = cfg.fusion.multi
@@ -386,6 +387,9 @@ class Fuser:
         owners = None if own is None else [own[rows == c] for c in range(len(self.names))]
         ind = self.tracker.step(views, msg.frame_id / self.fps, owners)
         sample = self.tracker.drift_sample()  # calibration drift: one individual's views
+        if self.tracker.drift_source != self._drift_source:  # crops took over: their model
+            self._drift_source = self.tracker.drift_source
+            self.drift.restart()
         self._drift_in = None if sample is None else (msg.frame_id, *sample)
         self.counters["fused"] += 1
         return protocol.Pose3d(

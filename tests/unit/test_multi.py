@@ -348,10 +348,10 @@ def test_fusion_process_multi_mode_and_malformed_instances(rig) -> None:  # type
 
 
 def test_calibration_drift_is_watched_in_multi_mode() -> None:
-    """``fusion.multi``: the drift monitor reads the best-seen confirmed individual's views;
-    camera 3 of a 1280×1024 rig (tests/unit/test_drift.py's) turned by 0.5° after 4 s (two
-    animals, their instances as a worker sends them) is named once, within 2 s; the same
-    frames without the turn raise nothing."""
+    """``fusion.multi``: the drift monitor reads the best-seen confirmed individual alone
+    (no other near); camera 3 of a 1280×1024 rig (tests/unit/test_drift.py's) turned by
+    0.5° after 4 s (two animals, their instances as a worker sends them) is named once,
+    within 2 s of an animal being alone; the same frames without the turn raise nothing."""
     from livepose.bench.drift import turned
     from livepose.core import protocol
     from livepose.core.camera import CameraGroup
@@ -382,9 +382,21 @@ def test_calibration_drift_is_watched_in_multi_mode() -> None:
             events += fuser.check_drift()
         if turn:
             assert [e.camera for e in events] == ["cam3"], events
-            assert 4.0 <= events[0].frame_id / FPS <= 6.0
+            # judged only while an animal is alone (here they touch from 4 s to ~7 s: an
+            # animal near another has biased 2D, which read as a moved camera on a static
+            # rig): named within 2 s of the first frame after the turn with one alone
+            apart = next(f / FPS for f in range(round(4 * FPS), round(8 * FPS))
+                         if _alone(herd.keypoints(f / FPS)))
+            assert 4.0 <= events[0].frame_id / FPS <= apart + 2.0, (events, apart)
         else:
             assert events == []
+
+
+def _alone(xyz: np.ndarray) -> bool:
+    """Animal 0 of two has no keypoint of the other within half its length."""
+    a, b = xyz[0], xyz[1]
+    reach = 0.5 * np.max(np.linalg.norm(a[:, None] - a[None], axis=-1))
+    return bool(np.min(np.linalg.norm(a[:, None] - b[None], axis=-1)) >= reach)
 
 
 def _multi_tracker(rig, n: int) -> MultiTracker:  # type: ignore[no-untyped-def]
