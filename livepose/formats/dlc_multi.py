@@ -103,7 +103,7 @@ def read_dlc_multi_csv(path: str | Path) -> tuple[np.ndarray, list[str], list[st
     if len(co_row) != N * J * D:
         raise FormatError(f"{p}: {len(co_row)} columns are not {N} individuals × {J} "
                           f"keypoints × {D} coords")
-    body = [r for r in rows[4:] if any(c.strip() for c in r)]
+    body = _data_rows(rows)
     out = np.empty((len(body), N, J, D))
     for t, r in enumerate(body):
         if len(r) != len(co_row) + 1:
@@ -114,3 +114,15 @@ def read_dlc_multi_csv(path: str | Path) -> tuple[np.ndarray, list[str], list[st
         except ValueError:
             raise FormatError(f"{p}: data row {t + 5} has a non-numeric value") from None
     return out, individuals, keypoints, coords
+
+
+def read_dlc_multi_labels(path: str | Path) -> list[str]:
+    """The row labels (first column: frame indices) of a multi-animal CSV's data rows, in
+    the order :func:`read_dlc_multi_csv` returns them."""
+    with Path(path).open(newline="") as f:
+        return [r[0] for r in _data_rows(list(csv.reader(f)))]
+
+
+def _data_rows(rows: list[list[str]]) -> list[list[str]]:
+    """The rows after the four header rows, blank lines left out."""
+    return [r for r in rows[4:] if any(c.strip() for c in r)]

@@ -164,6 +164,8 @@ def export_nwb(session: Path, out: Path) -> dict[str, Any]:
         ok = rows < n
         idx = [pose.keypoints.index(k) for k in names]
         pts[rows[ok]] = pose.points[ok][:, idx]
+        if not np.isfinite(pts[..., :2]).any():  # several animals: 2D is per individual
+            continue
         s2 = [PoseEstimationSeries(
             name=k, description=f"2D {k} in {cam}", data=pts[:, j, :2], unit="pixels",
             reference_frame="image: (0, 0) top-left pixel centre, x right, y down",

@@ -195,6 +195,9 @@ def export_eks(session: Path, out: Path) -> list[Path]:
     if clash:
         raise UserError(f"camera name {clash[0][0]!r} is part of {clash[0][1]!r}: eks would "
                         "mix their files; rename the cameras")
+    calib = session / "calibration.toml"
+    if cfg.fusion.multi.enabled:  # several animals: eks smooths one animal, so one per folder
+        return _export_eks_individuals(session, out, names, calib)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for cam in names:
@@ -204,11 +207,49 @@ def export_eks(session: Path, out: Path) -> list[Path]:
         dst = out / f"{session.name}_{cam}.csv"
         shutil.copyfile(src, dst)
         written.append(dst)
-    calib = session / "calibration.toml"
     if not calib.exists():
         raise SessionError(f"{calib}: the session has no calibration")
     shutil.copyfile(calib, out / "calibration.toml")
     return [*written, out / "calibration.toml"]
+
+
+def _export_eks_individuals(session: Path, out: Path, cams: list[str],
+                            calib: Path) -> list[Path]:
+    """``out/<id>/<session>_<cam>.csv`` (DeepLabCut single-animal layout) and
+    ``out/<id>/calibration.toml`` for every individual with 2D in any camera, from the
+    session's ``pose2d_individuals/<cam>.csv`` (the instance fusion measured it with)."""
+    import numpy as np
+
+    from livepose.formats.dlc import write_dlc_csv
+    from livepose.formats.dlc_multi import read_dlc_multi_csv, read_dlc_multi_labels
+
+    tables = {}
+    for cam in cams:
+        src = session / "pose2d_individuals" / f"{cam}.csv"
+        if not src.exists():
+            raise SessionError(f"{src}: no per-individual 2D for camera {cam!r}")
+        pts, inds, kps, _ = read_dlc_multi_csv(src)
+        tables[cam] = (pts, inds, kps, read_dlc_multi_labels(src))
+    ids = [i for i in dict.fromkeys(i for t in tables.values() for i in t[1])
+           if any(np.isfinite(t[0][:, t[1].index(i)]).any() for t in tables.values()
+                  if i in t[1])]
+    if not ids:
+        raise SessionError(f"{session}: no individual has 2D in any camera")
+    if not calib.exists():
+        raise SessionError(f"{calib}: the session has no calibration")
+    written = []
+    for ind in ids:
+        folder = out / ind
+        folder.mkdir(parents=True, exist_ok=True)
+        for cam, (pts, inds, kps, labels) in tables.items():
+            dst = folder / f"{session.name}_{cam}.csv"
+            one = pts[:, inds.index(ind)] if ind in inds else np.full(
+                (len(pts), len(kps), 3), np.nan)
+            write_dlc_csv(dst, one, kps, index=labels)
+            written.append(dst)
+        shutil.copyfile(calib, folder / "calibration.toml")
+        written.append(folder / "calibration.toml")
+    return written
 
 
 def fuse_only_session(session: Path, out: Path | None = None) -> Path:
@@ -229,10 +270,15 @@ def fuse_only_session(session: Path, out: Path | None = None) -> Path:
     from livepose.recording.recorder import PredictionWriter, session_units
 
     cfg = session_config(session)
+    if cfg.fusion.multi.enabled:
+        raise SessionError(
+            f"{session}: a several-animals session: its 2D is per individual "
+            "(pose2d_individuals/), and --fuse-only re-fuses one animal's (pose2d/); replay "
+            "it in full to re-track the individuals: livepose replay SESSION")
     cams = cfg.camera_names
     tables = [read_dlc_csv(pose2d_path(session, c)) for c in cams]
     T = min(t.points.shape[0] for t in tables)
-    if T == 0:
+    if T == 0 or all(np.isnan(t.points[:T, :, :2]).all() for t in tables):
         raise SessionError(f"{session}: no recorded 2D predictions to fuse")
     ids = [int(float(i)) for i in tables[0].index[:T]]
     group = read_calibration(session / "calibration.toml", cams)
