@@ -40,6 +40,7 @@ from livepose.inference.manifest import ModelError, resolve_model
 from livepose.inference.multi_worker import MultiInstances
 from livepose.inference.preprocess import Preprocessor
 from livepose.inference.topdown import TopDown
+from livepose.inference.track_crops import crop_engine, crops_supported
 from livepose.kit.process import StageContext
 from livepose.transport import codec, shmring
 from livepose.transport.framefeed import FrameFeed
@@ -90,6 +91,11 @@ def preflight(cfg: Config) -> None:
     pre = Preprocessor(spec, len(cfg.cameras))
     engine = OrtEngine(path, manifest, providers=["CPUExecutionProvider"], intra_op_threads=1)
     check_output(engine.run(pre.batch(len(cfg.cameras))), manifest, len(cfg.cameras))
+    m = cfg.fusion.multi
+    if m.enabled and m.crops and crops_supported(engine):  # the crops' model, as the worker
+        on_cpu = cfg.model_copy(deep=True)  # will open it (multi_worker.py), on CPU here
+        on_cpu.model.providers, on_cpu.model.intra_op_threads = ["CPUExecutionProvider"], 1
+        crop_engine(on_cpu, engine, manifest)
 
 
 class _Worker:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -188,10 +189,12 @@ class Rule:
             raise RuleError(f"rule {self.name!r}: min_frames >= 1 and fire in (enter, while)")
         if self.accept not in ("measured", "predicted"):
             raise RuleError(f"rule {self.name!r}: accept must be 'measured' or 'predicted'")
-        if not (self.individual is None or self.individual == "any" or (
-                isinstance(self.individual, int) and self.individual >= 0)):
+        ind = self.individual
+        if isinstance(ind, numbers.Integral) and not isinstance(ind, bool) and int(ind) >= 0:
+            self.individual = int(ind)  # a NumPy integer (an id read from a pose) too
+        elif not (ind is None or (isinstance(ind, str) and ind == "any")):
             raise RuleError(f"rule {self.name!r}: individual must be a track id >= 0, 'any' "
-                            f"or null, got {self.individual!r}")
+                            f"or null, got {ind!r}")
 
     def step(self, p: np.ndarray, speed: float | None, t_ns: int) -> bool:
         """Advance the state with one observation; True when the action should fire."""

@@ -8,6 +8,7 @@ up exactly once as *fused*, *skipped* or *incomplete* (a camera's frame missing)
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from typing import Any
@@ -21,6 +22,8 @@ from livepose.transport import codec, security
 
 WINDOW = 300
 
+
+log = logging.getLogger(__name__)
 
 def pct(values: Any, q: float) -> float | None:
     """Percentile of a sequence, ``None`` if empty."""
@@ -65,6 +68,8 @@ class Monitor:
         self.latency: dict[str, list[float]] = {s: [] for s in STAGES}
         self.overhead: list[float] = []
         self.errors: list[np.ndarray] = []  # per fused frame: (J,) error in mm
+        #: fused frame-sets not scored: the model's keypoints are not the sim animal's
+        self.unscored = 0
         self.recent_err: deque[float] = deque(maxlen=WINDOW)
         self.recent_lat: dict[str, deque[float]] = {s: deque(maxlen=WINDOW) for s in STAGES}
         self.fused_times: deque[int] = deque(maxlen=WINDOW)
@@ -140,6 +145,12 @@ class Monitor:
 
     def _score(self, frame_id: int, xyz: np.ndarray) -> None:
         truth = self.truth[frame_id]
+        if truth.shape[-2:] != xyz.shape:  # a model of other keypoints than the sim's
+            if not self.unscored:
+                log.warning("the model's %d keypoints are not the sim animal's %d: poses are "
+                            "not scored against the ground truth", len(xyz), truth.shape[-2])
+            self.unscored += 1
+            return
         if truth.ndim == 3:  # a sim herd: score against the animal the pose is nearest to
             d = np.linalg.norm(xyz[None] - truth, axis=-1)
             with np.errstate(all="ignore"):

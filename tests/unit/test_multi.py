@@ -246,6 +246,19 @@ def test_pose3d_carries_individuals_and_rules_name_one_or_any() -> None:
                   individual=w) for w in (3, 7, "any")]
     RuleEngine([f"k{j}" if j else "snout" for j in range(J)], rules).update(pose)
     assert sorted(fired) == ["r7", "rany"]
+    # an id read from a pose (a NumPy integer) names it too; a bool or a negative id does not
+    fired.clear()
+    kps = [f"k{j}" if j else "snout" for j in range(J)]
+    rule = Rule("np7", "snout", region=zone, action=lambda e: fired.append(e.rule),
+                individual=back.ind_ids[1])
+    RuleEngine(kps, [rule]).update(pose)
+    assert fired == ["np7"] and type(rule.individual) is int and rule.individual == 7
+    from livepose.closedloop.rules import RuleError
+
+    for bad in (True, -1, "all", 1.5):
+        with pytest.raises(RuleError, match="individual must be a track id >= 0"):
+            RuleEngine(kps, [Rule("bad", "snout", region=zone, action=print,
+                                  individual=bad)])  # type: ignore[arg-type]
     # a version-2 message (no individuals) still decodes
     parts = protocol.encode(protocol.Pose3d(frame_id=1, **{k: v for k, v in pose3d_fields(
         ind, J).items() if not k.startswith("ind_")}))

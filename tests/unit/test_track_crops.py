@@ -212,6 +212,13 @@ def test_crop_model_is_chosen_by_name_and_a_bad_one_is_named(scene, tmp_path) ->
     cfg.fusion.multi.crop_model = str(tmp_path / "nope.onnx")
     with pytest.raises(ModelError, match=r"fusion\.multi\.crop_model"):
         crop_engine(cfg, engine, manifest)
+    # …and before any process starts (livepose check-config, the supervisor's preflight):
+    # it crash-looped the worker before
+    from livepose.runtime.supervisor import check_config_runnable
+
+    cfg.fusion.multi.crop_model = "nonsense"
+    with pytest.raises(ModelError, match=r"fusion\.multi\.crop_model 'nonsense'"):
+        check_config_runnable(cfg)
 
 
 def test_owners_are_the_crops_track_keys(scene) -> None:  # type: ignore[no-untyped-def]
