@@ -97,13 +97,19 @@ class DriftMonitor:
         self.over_since = np.full(C, np.nan)
         self.drift_px = np.zeros(C)
 
+    def due(self, frame_id: int) -> bool:
+        """Whether :meth:`update` would look at this frame-set (at most one per period), so a
+        caller can skip preparing its sample."""
+        t = frame_id / self.fps
+        return self.t_last is None or t >= self.t_last + self.period - 0.5 / self.fps
+
     def update(self, frame_id: int, points: np.ndarray, xyz: np.ndarray) -> None:
         """One frame-set: ``points`` ``(C, J, 3)`` observed x, y, confidence; ``xyz``
         ``(J, 3)`` the triangulation. New events are appended to :attr:`events`."""
         t = frame_id / self.fps
         if self.t0 is None:
             self.t0 = t
-        if self.t_last is not None and t < self.t_last + self.period - 0.5 / self.fps:
+        if not self.due(frame_id):
             return  # late, or too soon after the last one
         dt = 0.0 if self.t_last is None else t - self.t_last
         self.t_last = t

@@ -177,6 +177,7 @@ class Fuser:
         self.drift = DriftMonitor(cameras, self.fps)  # calibration drift (fusion/drift.py)
         self._drift_in: tuple[int, np.ndarray, np.ndarray] | None = None
         self._drift_source = "associated"  # the multi tracker's (MultiTracker.drift_source)
+        self._drift_multi: int | None = None  # the multi tracker's last frame-set, unchecked
         #: ``fusion.multi``: several individuals (fusion/multitrack.py), made at the first
         #: message (its J)
         self.multi_cfg = cfg.fusion.multi
@@ -340,6 +341,14 @@ class Fuser:
         if self._drift_in is not None:
             self.drift.update(*self._drift_in)
             self._drift_in = None
+        if self._drift_multi is not None:  # several animals: one individual's views
+            fid, self._drift_multi = self._drift_multi, None
+            if self.tracker.drift_source != self._drift_source:  # crops took over: their model
+                self._drift_source = self.tracker.drift_source
+                self.drift.restart()
+            sample = self.tracker.drift_sample() if self.drift.due(fid) else None
+            if sample is not None:
+                self.drift.update(fid, *sample)
         return self.drift.pop_events()
 
     def fuse(self, msg: protocol.Kp2d, t_recv_ns: int) -> protocol.Pose3d:
@@ -386,11 +395,7 @@ class Fuser:
                                    f"{len(cams)} instances")
         owners = None if own is None else [own[rows == c] for c in range(len(self.names))]
         ind = self.tracker.step(views, msg.frame_id / self.fps, owners)
-        sample = self.tracker.drift_sample()  # calibration drift: one individual's views
-        if self.tracker.drift_source != self._drift_source:  # crops took over: their model
-            self._drift_source = self.tracker.drift_source
-            self.drift.restart()
-        self._drift_in = None if sample is None else (msg.frame_id, *sample)
+        self._drift_multi = msg.frame_id  # its sample is picked after publishing
         self.counters["fused"] += 1
         return protocol.Pose3d(
             frame_id=msg.frame_id, **pose3d_fields(ind, J), units=self.units,
