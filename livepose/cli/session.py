@@ -77,7 +77,10 @@ def register(app: typer.Typer, err: Console) -> None:
             names = " ".join(session_config(session).camera_names)
         except UserError as exc:
             fail(str(exc))
-        err.print(f"wrote {len(files)} files to {out}; run: eks multicam --input-dir {out} "
+        folders = sorted({str(f.parent) for f in files})  # one per individual (several animals)
+        run = "run" if len(folders) == 1 else f"one folder per individual; in each ({', '.join(folders)}) run"
+        where = folders[0] if len(folders) == 1 else "FOLDER"
+        err.print(f"wrote {len(files)} files to {out}; {run}: eks multicam --input-dir {where} "
                   f"--camera-names {names} --bodypart-list …")
 
     @export_app.command("nwb")
