@@ -31,3 +31,22 @@ def frame_table(path: Path, rows: list[tuple[int, int, int]]) -> None:
                  "", "0", "0", "0", ""]
         lines.append(",".join(cells))
     path.write_text("\n".join(lines) + "\n")
+
+
+def session_skeleton(root: Path, name: str, cfg: object, cams: list[str]) -> Path:
+    """``root/name`` with ``pose2d/``, ``config.yaml`` (``cfg``, a livepose ``Config``) and a
+    calibration of ``cams`` (320×256, 500 mm away, turned 0.1 rad apart; units mm)."""
+    import yaml
+
+    from livepose.core.calibration import write_calibration
+    from livepose.core.camera import CameraModel
+    from livepose.core.config import to_dict
+
+    s = root / name
+    (s / "pose2d").mkdir(parents=True)
+    (s / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # type: ignore[arg-type]
+    models = [CameraModel(c, (320, 256), np.array([[300, 0, 160], [0, 300, 128], [0, 0, 1.0]]),
+                          np.zeros(5), np.array([0.0, 0.1 * i, 0]), np.array([0, 0, 500.0]))
+              for i, c in enumerate(cams)]
+    write_calibration(s / "calibration.toml", models, units="mm")
+    return s

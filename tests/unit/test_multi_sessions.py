@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from session_files import session_skeleton
 
-from livepose.core.calibration import write_calibration
-from livepose.core.camera import CameraModel
-from livepose.core.config import parse_config, to_dict
+from livepose.core.config import parse_config
 from livepose.core.modelinfo import model_keypoints
 from livepose.formats.dlc import read_dlc_csv, write_dlc_csv
 from livepose.formats.dlc_multi import write_dlc_multi_csv
@@ -28,13 +26,7 @@ def _multi_session(root: Path) -> tuple[Path, np.ndarray, list[str]]:
                         "cameras": [{"name": c, "backend": "sim"} for c in CAMS],
                         "fusion": {"multi": {"enabled": True, "individuals": 2}}})
     names = model_keypoints(cfg)[0]
-    s = root / "20260101-000000_m"
-    (s / "pose2d").mkdir(parents=True)
-    (s / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    cams = [CameraModel(c, (320, 256), np.array([[300, 0, 160], [0, 300, 128], [0, 0, 1.0]]),
-                        np.zeros(5), np.array([0.0, 0.1 * i, 0]), np.array([0, 0, 500.0]))
-            for i, c in enumerate(CAMS)]
-    write_calibration(s / "calibration.toml", cams, units="mm")
+    s = session_skeleton(root, "20260101-000000_m", cfg, CAMS)
     rng = np.random.default_rng(0)
     ind2d = np.concatenate([rng.uniform(0, 300, (T, 2, len(names), 2)),
                             np.full((T, 2, len(names), 1), 0.8)], -1)

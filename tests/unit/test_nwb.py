@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from session_files import session_skeleton
 
-from livepose.core.calibration import write_calibration
-from livepose.core.camera import CameraModel
-from livepose.core.config import parse_config, to_dict
+from livepose.core.config import parse_config
 from livepose.formats.anipose3d import write_anipose3d
 from livepose.formats.dlc import write_dlc_csv
 
@@ -31,14 +29,8 @@ def _session(root: Path, metadata: dict[str, object] | None) -> tuple[Path, np.n
                         "cameras": [{"name": c, "backend": "sim"} for c in CAMS],
                         "metadata": metadata or {}})
     names = model_keypoints(cfg)[0]
-    s = root / "20260101-000000_s"
-    (s / "pose2d").mkdir(parents=True)
+    s = session_skeleton(root, "20260101-000000_s", cfg, CAMS)
     (s / "video").mkdir()
-    (s / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    cams = [CameraModel(c, (320, 256), np.array([[300, 0, 160], [0, 300, 128], [0, 0, 1.0]]),
-                        np.zeros(5), np.array([0.0, 0.1 * i, 0]), np.array([0, 0, 500.0]))
-            for i, c in enumerate(CAMS)]
-    write_calibration(s / "calibration.toml", cams, units="mm")
     rng = np.random.default_rng(0)
     xyz = rng.normal(0, 50, (T, len(names), 3))
     xyz[3, 2] = np.nan
