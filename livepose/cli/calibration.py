@@ -53,7 +53,7 @@ def register(app: typer.Typer, err: Console) -> None:
             help="Qualisys: divide distortion by 64 as Pose2Sim does")] = False,
     ) -> None:
         """Convert SOURCE to an Anipose calibration TOML that records its length unit."""
-        from livepose.core.calibration import LENGTH_UNITS, write_calibration
+        from livepose.core.calibration import check_unit, write_calibration
         from livepose.formats.calibrations import convert_units, import_calibration
 
         try:
@@ -64,9 +64,8 @@ def register(app: typer.Typer, err: Console) -> None:
                 kwargs["video_size"] = _video_sizes(video_size)
             if pose2sim_distortion:
                 kwargs["distortion_scale"] = 1.0 / 64.0
-            for opt, val in (("--units", units), ("--source-units", source_units)):
-                if val is not None and val not in LENGTH_UNITS:
-                    raise UserError(f"{opt} {val!r}: one of {', '.join(LENGTH_UNITS)}")
+            check_unit(units, "--units")
+            check_unit(source_units, "--source-units")
             cams, unit = import_calibration(source, fmt, **kwargs)
             if source_units is not None:
                 if unit is not None and unit != source_units:

@@ -89,6 +89,13 @@ def read_calibration_units(path: str | Path) -> str | None:
     return str(units)
 
 
+def check_unit(unit: str | None, what: str) -> None:
+    """``CalibrationError`` naming ``what`` (an option, a field) unless ``unit`` is ``None``
+    or one of :data:`LENGTH_UNITS`."""
+    if unit is not None and unit not in LENGTH_UNITS:
+        raise CalibrationError(f"{what} {unit!r}: one of {', '.join(LENGTH_UNITS)}")
+
+
 def calibration_units(path: str | Path, configured: str | None) -> str:
     """The length unit of a calibration: its file's ``[metadata] units``, else the config's
     ``calibration_units``.
@@ -98,8 +105,7 @@ def calibration_units(path: str | Path, configured: str | None) -> str:
     CalibrationError
         When neither says, or they disagree (one line naming both).
     """
-    if configured is not None and configured not in LENGTH_UNITS:
-        raise CalibrationError(f"units {configured!r}: one of {', '.join(LENGTH_UNITS)}")
+    check_unit(configured, "units")
     in_file = read_calibration_units(path)
     if in_file is not None and configured is not None and in_file != configured:
         raise CalibrationError(f"{path}: the file says units = {in_file!r} but the config's "
