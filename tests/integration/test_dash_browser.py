@@ -288,14 +288,26 @@ def test_dash_several_animals_coloured_by_id_and_swapped_from_the_page(
         page.on("pageerror", lambda e: errors.append(str(e)))
         assert sup.dashboard_login_url
         page.goto(sup.dashboard_login_url)
-        both = "() => Object.values(window.livepose.instances)"
-        ids = _wait(lambda: (v := page.evaluate(both)) and len(v) == len(cams) and all(
-            sorted(x for x in i if x is not None) == [0, 1] for i in v) and v, 90,
-            "every tile to draw the instances of ids 0 and 1")
-        assert len(ids) == len(cams)
-        drawn = {(c, k): page.evaluate(COLOUR_PIXELS, [c, ID_RGB[k]]) for c in cams
-                 for k in ID_RGB}
-        assert all(drawn[c, k] >= 3 for c in cams for k in ID_RGB), drawn
+        # every tile, at some moment, draws an instance of id 0 and one of id 1 in their
+        # colours (not necessarily in the same tile: an animal may be hidden in a view, or
+        # its crop not owned yet, in any one frame-set under load)
+        seen: dict[str, set[int]] = {c: set() for c in cams}
+        drawn = {(c, k): 0 for c in cams for k in ID_RGB}
+
+        def all_drawn() -> bool:
+            inst = page.evaluate("() => window.livepose.instances")
+            for c in cams:
+                now = {x for x in inst.get(c, []) if x is not None}
+                seen[c] |= now
+                for k in now & set(ID_RGB):
+                    drawn[c, k] = max(drawn[c, k], page.evaluate(COLOUR_PIXELS, [c, ID_RGB[k]]))
+            return all(drawn[c, k] >= 3 for c in cams for k in ID_RGB)
+
+        try:
+            _wait(all_drawn, 90, "every tile to draw ids 0 and 1 in their colours")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: ids seen {seen}, pixels {drawn}") from None
+        assert all({0, 1} <= seen[c] for c in cams), seen
         page.screenshot(path=str(artifacts / "dashboard_multi.png"))
         _wait(lambda: page.is_visible("#ids-form"), 10, "the swap form")
         page.fill("#ids-a", "0")
