@@ -98,11 +98,23 @@ class Recording:
         self.pub = self._bind(zmq.PUB, "record")
         self.rep = self._bind(zmq.REP, "control", eps.get("control"))
         if not cfg.recording.enabled:
+            self._warm_codec()
             return None
         self._create(cfg.recording.name or cfg.name)
         assert self.session is not None
         self.first_frame = 0
         return {"session": str(self.session.path), "frame": 0}
+
+    def _warm_codec(self) -> None:
+        """Load the codec library and open the encoder once now, so that a run-time
+        ``record_start`` answers quickly; a codec that cannot work here is named now, and
+        again by the ``record_start`` that needs it."""
+        from livepose.acquisition.encoders import CodecUnavailable, check_codec
+
+        try:
+            check_codec(self.sup.cfg.recording)
+        except CodecUnavailable as exc:
+            log.warning("recording will not start in this run: %s", exc)
 
     def current(self) -> dict[str, Any] | None:
         """The ``record`` argument of a restarted encoder: the session being recorded

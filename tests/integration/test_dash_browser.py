@@ -148,7 +148,7 @@ def test_dash_page_in_chromium(browser: Any, pipeline: Supervisor, artifacts: Pa
     # the record button creates and closes a session on disk
     page.fill("#session-name", "browser_test")
     page.click("#record-start")
-    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 10, "record start")
+    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 20, "record start")
     assert rec["status"] == 200, rec
     session = Path(rec["body"]["session"])
     assert session.is_dir() and session.parent == tmp_path / "sessions"
@@ -157,7 +157,7 @@ def test_dash_page_in_chromium(browser: Any, pipeline: Supervisor, artifacts: Pa
     page.screenshot(path=str(artifacts / "dashboard.png"))
     page.evaluate("() => { window.livepose.lastRecord = null; }")
     page.click("#record-stop")
-    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 10, "record stop")
+    rec = _wait(lambda: page.evaluate("() => window.livepose.lastRecord"), 20, "record stop")
     assert rec["status"] == 200, rec
     status = _wait(lambda: (s := _read_json(session / "status.json")) and
                    s.get("state") != "recording" and s, 40, "the session to close")
