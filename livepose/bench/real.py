@@ -226,13 +226,14 @@ def run_real(data: Path, out: Path, frames: int = 100, oracle: Path | None = Non
     from livepose.bench.peers import missing
 
     det = summ.get("detector", {})
+    no_peer = missing("aniposelib", "cv2")
     res: dict[str, Any] = {
         "footage": str(data / "single"), "frames": frames, "cameras": cams,
         # the 3D against the views fusion used (pose3d.csv's _error: their mean), and against
         # every confident view (a view fusion rejected as an outlier counts here too)
         "reproj_px": _stats(np.asarray(table.error)[np.isfinite(table.error)]),
         "reproj_all_confident_px": _stats(_err(project_all(group, xyz), pts, thr)),
-        "loo_px": leave_one_out(group, cfg, pts, ransac=not missing("aniposelib", "cv2")),
+        "loo_px": leave_one_out(group, cfg, pts, ransac=not no_peer),
         "coverage": coverage(xyz, pts, kps, thr),
         "noise": measure_sigma(group, cfg, pts),
         "detector": {**det, "runs_per_set_after_lock": round(
@@ -241,6 +242,9 @@ def run_real(data: Path, out: Path, frames: int = 100, oracle: Path | None = Non
         "inference_ms": summ.get("inference_ms"),
         "framesets_fused": summ.get("framesets_fused"),
     }
+    if no_peer:  # said in the JSON and printed, never left out silently
+        res["unavailable"] = {"aniposelib_ransac": f"not installed: {', '.join(no_peer)} "
+                              "(bench extra)"}
     if oracle is not None:
         res["agreement_px"] = agreement(pts, oracle)
     if live:
