@@ -166,11 +166,15 @@ def replay_config(session: Path, fps: float | None = None) -> tuple[Config, int]
     data = cfg.model_dump(mode="json")
     cams = []
     frames = 0
-    for cam in cfg.camera_names:
-        segs = [s for s in recorded_segments(session, cam)
+    for i, cam in enumerate(cfg.camera_names):
+        all_segs = recorded_segments(session, cam)
+        segs = [s for s in all_segs
                 if s.video is not None and s.video.suffix == ".mkv" and len(s.frame_ids)]
-        if not segs:
-            raise SessionError(f"{session}: camera {cam!r} has no replayable video (.mkv)")
+        if not segs:  # a session of `livepose track` (codec none): its source videos
+            cams.append(_source_camera(session, data["cameras"][i], cam))
+            frames = max(frames, max((int(s.trigger_ids.max()) + 1 for s in all_segs
+                                      if len(s.trigger_ids)), default=0))
+            continue
         # the video backend replays the session by its frame tables: every segment, and a
         # frame one camera's recording lost is a drop of that view, never a shift
         frames = max(frames, max(int(s.frame_ids.max()) for s in segs) + 1)
@@ -181,6 +185,24 @@ def replay_config(session: Path, fps: float | None = None) -> tuple[Config, int]
     if fps is not None:
         data["fps"] = fps
     return parse_config(data, source=str(session / "config.yaml")), int(frames or 0)
+
+
+def _source_camera(session: Path, spec: dict[str, Any], cam: str) -> dict[str, Any]:
+    """The camera of a session that recorded no video but ran from video files (``livepose
+    track``): the same file, replayed with the same frame numbering (frame ``k`` is the
+    file's index ``k``)."""
+    from livepose.acquisition.video import find_video
+
+    if spec.get("backend") != "video" or not spec.get("path"):
+        raise SessionError(f"{session}: camera {cam!r} has no replayable video (.mkv): the "
+                           f"session recorded none, and the camera was a "
+                           f"{spec.get('backend')!r} camera, not a video file")
+    try:
+        find_video(Path(spec["path"]), cam)
+    except UserError as exc:
+        raise SessionError(f"{session}: camera {cam!r} recorded no video, and its source "
+                           f"video is not there any more: {exc}") from None
+    return spec
 
 
 def export_eks(session: Path, out: Path) -> list[Path]:
