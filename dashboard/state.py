@@ -28,6 +28,9 @@ KP2D_CACHE = 64
 """Recent kp2d messages kept to pair with previews (by ``frame_id``)."""
 PAIR_TIMEOUT_S = 1.0
 """A preview whose keypoints did not arrive within this is shown without them."""
+STALE_KP_S = 2.0
+"""A camera whose tiles have gone out without keypoints for this long is marked on its tile
+(``kp_age_s``) and in the status (``keypoints_stale``)."""
 FEED_LEN = 200
 
 
@@ -62,6 +65,13 @@ class CamStats:
     fps: float | None = None
     exposure_us: float | None = None
     last_frame_id: int | None = None
+    #: when a tile of this camera last went out with keypoints (monotonic s)
+    kp_time: float | None = None
+    #: when the first tile went out (the age of "no keypoints yet")
+    first_tile: float | None = None
+    #: tiles sent without keypoints, and whether the newest one was
+    bare_tiles: int = 0
+    bare: bool = False
 
 
 class DashState:
@@ -109,7 +119,7 @@ class DashState:
         if isinstance(msg, protocol.Preview):
             return self._on_preview(msg, now)
         if isinstance(msg, protocol.Kp2d):
-            return self._on_kp2d(msg)
+            return self._on_kp2d(msg, now)
         if isinstance(msg, protocol.Pose3d):
             self._on_pose(msg)
         elif isinstance(msg, protocol.Trigger):
@@ -124,7 +134,7 @@ class DashState:
         now = time.monotonic() if now is None else now
         old = sorted((k for k, (t, _) in self.pending.items() if now - t > PAIR_TIMEOUT_S),
                      key=lambda k: k[1])
-        return [out for k in old for out in self._emit(self.pending.pop(k)[1], None)]
+        return [out for k in old for out in self._emit(self.pending.pop(k)[1], None, now)]
 
     def _on_preview(self, msg: protocol.Preview, now: float) -> list[tuple[str, bytes]]:
         st = self.cam.get(msg.cam)
@@ -134,11 +144,11 @@ class DashState:
         st.preview_times.append(now)
         kp = self.kp2d.get(msg.frame_id)
         if kp is not None:
-            return self._emit(msg, kp)
+            return self._emit(msg, kp, now)
         self.pending[(msg.cam, msg.frame_id)] = (now, msg)
         return []
 
-    def _on_kp2d(self, msg: protocol.Kp2d) -> list[tuple[str, bytes]]:
+    def _on_kp2d(self, msg: protocol.Kp2d, now: float) -> list[tuple[str, bytes]]:
         self.kp2d[msg.frame_id] = msg
         while len(self.kp2d) > KP2D_CACHE:
             del self.kp2d[min(self.kp2d)]
@@ -146,10 +156,11 @@ class DashState:
         for cam in msg.cams:
             hit = self.pending.pop((cam, msg.frame_id), None)
             if hit is not None:
-                out += self._emit(hit[1], msg)
+                out += self._emit(hit[1], msg, now)
         return out
 
-    def _emit(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> list[tuple[str, bytes]]:
+    def _emit(self, prev: protocol.Preview, kp: protocol.Kp2d | None,
+              now: float) -> list[tuple[str, bytes]]:
         """The tile of ``prev`` — none if a newer tile of its camera went out already (a page
         keeps only the newest: an older frame would replace it) — and older previews of
         that camera still waiting for keypoints are dropped."""
@@ -158,12 +169,15 @@ class DashState:
             return []
         for k in [k for k in self.pending if k[0] == prev.cam and k[1] < prev.frame_id]:
             del self.pending[k]
-        return [(prev.cam, self._tile(prev, kp))]
+        return [(prev.cam, self._tile(prev, kp, now))]
 
-    def _tile(self, prev: protocol.Preview, kp: protocol.Kp2d | None) -> bytes:
+    def _tile(self, prev: protocol.Preview, kp: protocol.Kp2d | None, now: float) -> bytes:
         """The tile of one preview: ``kp`` the view's keypoints ``[[x, y, conf] | [null]*3]``
         in preview pixels; with several animals ``inst`` instead, ``[{"id", "kp"}]`` (``id``
-        null: an instance no track's crop was made for)."""
+        null: an instance no track's crop was made for). A tile sent without keypoints
+        says for how long its camera has had none (``kp_age_s``, from its last tile with
+        keypoints, else its first tile), so a view whose keypoints stopped is told apart
+        from one where the model found nothing."""
         pts: list[list[float | None]] = []
         inst: list[dict[str, Any]] = []
         if kp is not None and prev.cam in kp.cams:
@@ -176,11 +190,20 @@ class DashState:
                                  "kp": self._preview_points(kp.inst_points[m])})
             else:
                 pts = self._preview_points(kp.points[c])
-        self.cam[prev.cam].last_frame_id = prev.frame_id
-        head = {"cam": prev.cam, "frame_id": prev.frame_id, "w": prev.width, "h": prev.height,
-                "kp": pts}
+        st = self.cam[prev.cam]
+        st.last_frame_id = prev.frame_id
+        st.first_tile = now if st.first_tile is None else st.first_tile
+        head: dict[str, Any] = {"cam": prev.cam, "frame_id": prev.frame_id, "w": prev.width,
+                                "h": prev.height, "kp": pts}
         if inst:
             head["inst"] = inst
+        st.bare = kp is None
+        if kp is None:
+            st.bare_tiles += 1
+            head["kp_age_s"] = round(now - (st.kp_time or st.first_tile), 1)
+            head["kp_stale"] = head["kp_age_s"] > STALE_KP_S
+        else:
+            st.kp_time = now
         return tile_payload(head, bytes(np.asarray(prev.jpeg, dtype=np.uint8)))
 
     def _preview_points(self, points: np.ndarray) -> list[list[float | None]]:
@@ -282,6 +305,8 @@ class DashState:
                 "desync": st.desync_ms is not None and abs(st.desync_ms) > self.tol_ms,
                 "exposure_us": st.exposure_us,
                 "last_frame_id": st.last_frame_id,
+                "tiles_without_keypoints": st.bare_tiles,
+                "keypoints_stale": self.kp_stale(st),
             }
         accounted = self.fused + self.skipped + self.incomplete
         dropped = sum(s.dropped + s.lost for s in self.cam.values())
@@ -310,6 +335,14 @@ class DashState:
             "calibration": self.calibration(),
             "drift": self.drift(),
         }
+
+    @staticmethod
+    def kp_stale(st: CamStats, now: float | None = None) -> bool:
+        """Whether the camera's newest tile went out without keypoints, and it has had none
+        for :data:`STALE_KP_S` (its keypoints stopped arriving, or never came)."""
+        now = time.monotonic() if now is None else now
+        since = st.kp_time or st.first_tile
+        return st.bare and since is not None and now - since > STALE_KP_S
 
     def calibration(self) -> dict[str, Any] | None:
         """The calibration collector's status (``livepose calibrate live``; ``None`` in any

@@ -6,7 +6,7 @@ const token = new URLSearchParams(location.search).get("token");
 const q = token ? `?token=${encodeURIComponent(token)}` : "";
 const $ = (id) => document.getElementById(id);
 // What tests (and curious users) can read: window.livepose.
-const probe = { tiles: {}, frames: {}, instances: {}, poses: 0, statuses: 0, renders: 0, meta: null };
+const probe = { tiles: {}, frames: {}, instances: {}, stale: {}, poses: 0, statuses: 0, renders: 0, meta: null };
 window.livepose = probe;
 probe.showDrift = (d) => onDrift(d);  // tests: draw the banner from a status's drift list
 
@@ -64,6 +64,15 @@ async function onTile(buf) {
   } else {
     drawKeypoints(g, head.kp || [], "rgba(255,255,255,0.55)", null);
   }
+  if (head.kp_stale) {  // this camera's keypoints stopped arriving (or never came)
+    const label = `no keypoints for ${head.kp_age_s.toFixed(0)} s`;
+    g.font = "bold 11px sans-serif";
+    g.fillStyle = "rgba(0,0,0,0.6)";
+    g.fillRect(2, head.h - 17, g.measureText(label).width + 8, 15);
+    g.fillStyle = "#ff8a65";
+    g.fillText(label, 6, head.h - 6);
+  }
+  probe.stale[head.cam] = Boolean(head.kp_stale);
   probe.tiles[head.cam] += 1;
   probe.frames[head.cam] = head.frame_id;
 }

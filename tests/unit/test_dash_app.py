@@ -25,7 +25,7 @@ from livepose.core import protocol  # noqa: E402
 from livepose.dashboard.access import allowed_hosts, host_of  # noqa: E402
 from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.control import ControlUnavailable  # noqa: E402
-from livepose.dashboard.state import DashState  # noqa: E402
+from livepose.dashboard.state import STALE_KP_S, DashState  # noqa: E402
 
 CAMS = ["cam0", "cam1"]
 META = {"name": "t", "cameras": CAMS, "keypoints": ["a", "b"], "skeleton": [["a", "b"]],
@@ -92,6 +92,36 @@ def test_dash_state_pairs_previews_with_keypoints_of_the_same_frame() -> None:
     st.add(_preview("cam1", 13), now=6.01)
     assert [_decode_tile(t)[0]["frame_id"] for _, t in st.expire(now=8.0)] == [12, 13]
     assert st.add(_kp2d(12), now=8.1) == []  # keypoints too late for a frame already shown
+
+
+def test_dash_state_marks_a_camera_whose_keypoints_stopped() -> None:
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    st.add(_kp2d(1), now=0.0)
+    head, _ = _decode_tile(st.add(_preview("cam0", 1), now=0.1)[0][1])
+    assert "kp_age_s" not in head  # paired: no age
+    # the worker stops delivering cam0's keypoints: tiles go out bare after the pairing wait
+    ages, stale = [], []
+    for k, t in enumerate(np.arange(1.0, 5.0, 0.5)):
+        st.add(_preview("cam0", 2 + k), now=float(t))
+        for _, tile in st.expire(now=float(t) + 1.01):
+            h, _ = _decode_tile(tile)
+            ages.append(h["kp_age_s"])
+            stale.append(h["kp_stale"])
+    assert ages == sorted(ages) and ages[0] < STALE_KP_S < ages[-1]
+    assert stale == [a > STALE_KP_S for a in ages]
+    assert st.snapshot()["cameras"]["cam0"]["tiles_without_keypoints"] == len(ages)
+    assert DashState.kp_stale(st.cam["cam0"], now=6.0)
+    assert not DashState.kp_stale(st.cam["cam1"], now=6.0)  # no tile yet: nothing to say
+    # keypoints again: the mark goes
+    st.add(_kp2d(20), now=6.0)
+    head, _ = _decode_tile(st.add(_preview("cam0", 20), now=6.0)[0][1])
+    assert "kp_stale" not in head and not DashState.kp_stale(st.cam["cam0"], now=6.1)
+    # a camera that never had keypoints is marked too, counted from its first tile (7.1)
+    st.add(_preview("cam1", 21), now=6.0)
+    st.expire(now=7.1)
+    st.add(_preview("cam1", 22), now=8.5)
+    (_, tile), = st.expire(now=9.6)
+    assert _decode_tile(tile)[0]["kp_stale"] and _decode_tile(tile)[0]["kp_age_s"] == 2.5
 
 
 def test_dash_state_accounting_latency_desync_and_feed() -> None:
