@@ -38,6 +38,8 @@ POLL_S = 0.02
 STATUS_PERIOD_S = 0.5
 POSE_PERIOD_S = 0.05
 CONTROL_PERIOD_S = 1.0
+#: status requests missed in a row before the page says recording control is unavailable
+CONTROL_MISSES = 3
 
 
 def meta_of(cfg: Config, calibration: str | None) -> dict[str, Any]:
@@ -105,17 +107,27 @@ def _drain(sub: zmq.Socket[Any], decoder: codec.Decoder, limit: int = 2000) -> I
 
 
 async def _control_poll(hub: Any) -> None:
-    """Keep ``state.recording`` current from the supervisor's ``status``."""
+    """Keep ``state.recording`` current from the supervisor's ``status``.
+
+    A missed answer (a supervisor busy for a moment on a loaded host) keeps the last good
+    status, marked ``stale``, and asks again a period later; only :data:`CONTROL_MISSES`
+    misses in a row make control unavailable (then asked every 5 periods)."""
     from livepose.dashboard.control import ControlUnavailable
 
+    misses = 0
     while True:
         period = CONTROL_PERIOD_S
         try:
             reply = await asyncio.to_thread(hub.control, {"cmd": "status"})
             hub.state.recording = {"available": True, **reply}
+            misses = 0
         except ControlUnavailable as exc:
-            hub.state.recording = {"available": False, "reason": str(exc)}
-            period = 5 * CONTROL_PERIOD_S
+            misses += 1
+            if hub.state.recording.get("available") and misses < CONTROL_MISSES:
+                hub.state.recording = {**hub.state.recording, "stale": str(exc)}
+            else:
+                hub.state.recording = {"available": False, "reason": str(exc)}
+                period = 5 * CONTROL_PERIOD_S
         except zmq.ZMQError as exc:  # context closing at shutdown
             hub.state.recording = {"available": False, "reason": str(exc)}
             return

@@ -66,7 +66,9 @@ def test_dash_stage_survives_bad_clients_and_its_death_does_not_stop_the_run() -
                                ["frames"]["fused"] > 0, 10)
             status = json.loads(_get(url + "api/status", token)[1])
             assert {"fusion", "infer0", "trigger", *cfg.camera_names} <= set(status["processes"])
-            assert status["recording"]["available"] is True  # the supervisor's control answers
+            # the supervisor's control answers (this thread serves it between its requests)
+            assert _poll_until(sup, mon, lambda: json.loads(_get(url + "api/status", token)[1])
+                               ["recording"].get("available") is True, 15)
             assert b"livepose_framesets_total" in _get(url + "metrics", token)[1]
             code, body = _get(url + "api/nothing-here", token)
             assert code == 404 and b"unknown route" in body

@@ -55,3 +55,42 @@ def test_a_command_waits_longer_than_a_status_poll() -> None:
         t.join(5)
     finally:
         zctx.term()
+
+
+def test_a_missed_status_keeps_the_last_one_until_several_are_missed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from livepose.dashboard import process
+    from livepose.dashboard.state import DashState
+
+    monkeypatch.setattr(process, "CONTROL_PERIOD_S", 0.001)
+    answers = iter([True, False, True, False, False, False, True])
+    seen: list[dict[str, Any]] = []
+
+    def status(body: dict[str, Any]) -> dict[str, Any]:
+        ok = next(answers, None)
+        if ok is None:  # the answers are used up: end the poll loop
+            raise asyncio.CancelledError
+        if not ok:
+            raise control.ControlUnavailable("no answer (test)")
+        return {"ok": True, "recording": False}
+
+    hub = SimpleNamespace(state=DashState(["cam0"], 1, 2.0), control=status)
+
+    async def run() -> None:
+        task = asyncio.create_task(process._control_poll(hub))
+        while not task.done():
+            seen.append(dict(hub.state.recording))
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    states = [(r.get("available"), "stale" in r) for r in seen]
+    dedup = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    # first answer; one miss: still available, marked stale; answered again; three misses in a
+    # row: unavailable; answered: available
+    assert dedup == [(None, False), (True, False), (True, True), (True, False), (True, True),
+                     (False, False), (True, False)]
