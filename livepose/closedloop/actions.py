@@ -36,6 +36,11 @@ from livepose.transport import security
 
 log = logging.getLogger(__name__)
 
+#: how long the first firing waits for the supervisor's recording status (later ones never wait)
+FIRST_ANSWER_S = 0.5
+#: a status request unanswered this long: the session is no longer assumed
+STATUS_LOST_S = 10.0
+
 @dataclass
 class ActionEvent:
     """What caused an action: the rule, the pose and every timestamp (host ns)."""
@@ -219,7 +224,8 @@ class ActionLog:
         or a ``.jsonl`` file; ``None``: :mod:`logging` only (unless recording, see below).
     control
         The supervisor's ``control`` endpoint: while it reports a recording, firings go to
-        that session's ``events.jsonl`` (asked at most once a second, after the action).
+        that session's ``events.jsonl`` (asked at most once a second, after the action,
+        and never waited for but by the first firing).
     keys
         CURVE keys when ``control`` is ``tcp://`` in a run with ``transport.keys_dir``.
     """
@@ -234,29 +240,62 @@ class ActionLog:
         self.control = control
         self._session: Path | None = None
         self._asked = 0.0
+        self._req: zmq.Socket[Any] | None = None  # the status request awaiting its answer
+        self._waited = False
         self.written = 0
+        if control is not None:
+            self._ask(time.monotonic())  # answered by the first firing, without waiting
+
+    def _ask(self, now: float) -> None:
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            security.connect(s, self.control or "", self.keys)
+            s.send(b'{"cmd": "status"}')
+        except zmq.ZMQError as exc:
+            log.warning("action log: no recording status from %s (%s)", self.control, exc)
+            s.close(0)
+            return
+        self._req, self._asked = s, now
+
+    def _take_answer(self) -> None:
+        """Read the pending status answer if it has come (never waits)."""
+        req = self._req
+        if req is None or not req.poll(0):
+            return
+        self._req = None
+        try:
+            reply = json.loads(req.recv())
+            rec = isinstance(reply, dict) and reply.get("recording") and reply.get("session")
+            self._session = Path(reply["session"]) / "events.jsonl" if rec else None
+        except (zmq.ZMQError, ValueError) as exc:
+            log.warning("action log: unreadable recording status from %s (%s)",
+                        self.control, exc)
+        finally:
+            req.close(0)
 
     def _session_log(self) -> Path | None:
+        """The recording session's ``events.jsonl`` (``None``: not recording, or unknown).
+
+        The supervisor is asked at most once a second and never waited for, except by the
+        first firing (up to :data:`FIRST_ANSWER_S`): an answer that comes late keeps the
+        last known session, so a busy supervisor never sends firings out of the session it
+        is recording; one that does not come within :data:`STATUS_LOST_S` forgets it."""
         if self.control is None:
             return None
+        if self._req is not None and not self._waited:
+            self._waited = True
+            self._req.poll(int(FIRST_ANSWER_S * 1000))
+        self._take_answer()
         now = time.monotonic()
-        if now - self._asked >= 1.0:
-            self._asked = now
-            self._session = None
-            ctx: zmq.Context[Any] = zmq.Context.instance()
-            s = ctx.socket(zmq.REQ)
-            s.setsockopt(zmq.LINGER, 0)
-            try:
-                security.connect(s, self.control, self.keys)
-                s.send(b'{"cmd": "status"}')
-                if s.poll(500):
-                    reply = json.loads(s.recv())
-                    if isinstance(reply, dict) and reply.get("recording") and reply.get("session"):
-                        self._session = Path(reply["session"]) / "events.jsonl"
-            except (zmq.ZMQError, ValueError) as exc:
-                log.warning("action log: no recording status from %s (%s)", self.control, exc)
-            finally:
-                s.close(0)
+        if self._req is not None and now - self._asked > STATUS_LOST_S:
+            log.warning("action log: no recording status from %s in %.0f s", self.control,
+                        STATUS_LOST_S)
+            self._req.close(0)
+            self._req, self._session = None, None
+        if self._req is None and now - self._asked >= 1.0:
+            self._ask(now)
         return self._session
 
     def write(self, event: ActionEvent) -> None:

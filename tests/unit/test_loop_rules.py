@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +205,46 @@ def test_rules_act_on_measured_keypoints_unless_asked() -> None:
     r2 = Rule("m", "snout", Sphere((0.0, 0.0, 0.0), 10.0), action=lambda e: hits.append(2))
     RuleEngine(NAMES, [r2]).update(far)
     assert hits == [1, 0]
+
+
+def test_loop_action_log_keeps_the_session_while_the_supervisor_answers_late(
+        tmp_path: Path) -> None:
+    """A supervisor (here a REP socket in a thread) answers the first status at once and the
+    next one 1.5 s late: the firings meanwhile still go to the session, and none waits."""
+    import threading
+
+    session = tmp_path / "session"
+    session.mkdir()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    rep = ctx.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    delays = [0.0, 1.5, 0.0, 0.0, 0.0]
+
+    def serve() -> None:
+        for d in delays:
+            if not rep.poll(10_000):
+                break
+            rep.recv()
+            time.sleep(d)
+            rep.send(json.dumps({"ok": True, "recording": True,
+                                 "session": str(session)}).encode())
+        rep.close(0)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    log = ActionLog(tmp_path / "outside.jsonl", control=f"tcp://127.0.0.1:{port}")
+    ev = ActionEvent("r", "a", "snout", 0, [0.0, 0, 0], None, None, 1, 2, 3)
+    waits = []
+    for k in range(12):  # 3 s of firings, 4 a second
+        ev.frame_id = k
+        t0 = time.monotonic()
+        log.write(ev)
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.25)
+    t.join(15)
+    inside = [json.loads(ln)["frame_id"] for ln in (session / "events.jsonl").read_text()
+              .splitlines()]
+    assert inside == list(range(12))
+    assert not (tmp_path / "outside.jsonl").exists()
+    assert sorted(waits)[-2] < 0.5  # only the first firing may wait for the first answer
