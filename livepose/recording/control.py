@@ -16,8 +16,8 @@ The supervisor binds two sockets for it (before any stage starts):
   A failed request answers ``{"ok": false, "error": "…"}``.
 
 A run-time start records from ``first_frame`` = the trigger's pulse count + ``LEAD_S`` of
-pulses, so every camera starts at the same frame_id (the health-reported count is at most
-0.5 s old). At the end of a run (or after ``record_stop``) the session status is decided
+pulses, so every camera starts at the same frame_id (the count is the trigger's last health
+report, up to 0.5 s old, plus the pulses of the time since at the configured rate). At the end of a run (or after ``record_stop``) the session status is decided
 from the cameras' writer summaries: ``complete``, ``incomplete`` (a process died, frames not
 recorded) or ``failed`` (a writer error such as a full disk).
 """
@@ -165,8 +165,16 @@ class Recording:
         return {"session": str(self.session.path), "last_frame": last}
 
     def _pulses(self) -> int:
+        """The trigger's pulse count now: its last health message's (sent every 0.5 s), plus
+        the pulses of the time since at the configured rate — so a loaded host's late
+        health never leaves less than ``LEAD_S`` for the start to reach the cameras."""
         h = self.sup.health.get("trigger")
-        return int(h.counters.get("pulses", 0)) if h else 0
+        if h is None:
+            return 0
+        n = int(h.counters.get("pulses", 0))
+        if h.state == "running":
+            n += int(max(0.0, (time.time_ns() - h.t_ns) / 1e9) * self.sup.cfg.fps)
+        return n
 
     def on_health(self, msg: protocol.Health) -> None:
         """Turn counter increases and new errors into events."""

@@ -237,7 +237,7 @@ def test_frame_set_policy_deadline_then_gone_camera_not_waited_for(tmp_path: Pat
     after ``gone_after_sets`` such sets cam2 is gone and sets go out as soon as the others
     delivered (no deadline paid); cam2's next frame makes it rejoin."""
     cfg = config(tmp_path)
-    cfg.fps = 2.0  # deadline: 0.5 frame = 250 ms, far above the worker's own latency
+    cfg.fps = 0.5  # deadline: 0.5 frame = 1 s, far above the worker's own latency
     cfg.frameset.gone_after_sets = 2
 
     def send(c: str, fid: int, image: np.ndarray) -> None:
@@ -257,8 +257,8 @@ def test_frame_set_policy_deadline_then_gone_camera_not_waited_for(tmp_path: Pat
             waits.append(time.monotonic() - t0)
             assert m.frame_id == fid and m.missing == ["cam2"]
             assert np.isnan(m.points[2]).all() and np.isfinite(m.points[:2, 0, :2]).all()
-        assert min(waits[:2]) >= 0.2  # the first two waited for the deadline
-        assert max(waits[2:]) < 0.2  # then cam2 was gone: no wait
+        assert min(waits[:2]) >= 0.9  # the first two waited for the deadline
+        assert max(waits[2:]) < 0.5  # then cam2 was gone: no wait
         assert wait_counter(ctx, "partial", 4) and ctx.counters["gone/cam2"] == 1
         for c in ("cam2", "cam0", "cam1"):  # cam2 is back (its frame first: a gone camera
             send(c, b + 4, img)  # is not waited for, so a later one could miss the set)
