@@ -24,8 +24,12 @@ from livepose.core.latency import STAGES, stage_latencies_ms
 
 WINDOW = 300
 """Latency samples per stage kept for p50/p99."""
-KP2D_CACHE = 64
-"""Recent kp2d messages kept to pair with previews (by ``frame_id``)."""
+KP2D_KEEP_S = 3.0
+"""How long a kp2d message is kept to pair with its previews (by ``frame_id``): a preview
+that comes later than its keypoints (a camera process preempted on a loaded host) still
+finds them."""
+KP2D_CACHE = 2000
+"""At most this many kp2d messages kept (3 s at 660 frame-sets per second)."""
 PAIR_TIMEOUT_S = 1.0
 """A preview whose keypoints did not arrive within this is shown without them."""
 STALE_KP_S = 2.0
@@ -93,7 +97,9 @@ class DashState:
         self.step = max(1, int(preview_step))
         self.tol_ms = desync_tolerance_ms
         self.cam = {c: CamStats() for c in cams}
+        #: recent kp2d by frame_id, in order of arrival, and when each arrived
         self.kp2d: dict[int, protocol.Kp2d] = {}
+        self.kp2d_at: dict[int, float] = {}
         self.pending: dict[tuple[str, int], tuple[float, protocol.Preview]] = {}
         self.triggered = 0
         self.fused = 0
@@ -149,9 +155,13 @@ class DashState:
         return []
 
     def _on_kp2d(self, msg: protocol.Kp2d, now: float) -> list[tuple[str, bytes]]:
-        self.kp2d[msg.frame_id] = msg
-        while len(self.kp2d) > KP2D_CACHE:
-            del self.kp2d[min(self.kp2d)]
+        self.kp2d.pop(msg.frame_id, None)  # (re-inserted: last in arrival order)
+        self.kp2d[msg.frame_id], self.kp2d_at[msg.frame_id] = msg, now
+        while self.kp2d:
+            oldest = next(iter(self.kp2d))
+            if now - self.kp2d_at[oldest] <= KP2D_KEEP_S and len(self.kp2d) <= KP2D_CACHE:
+                break
+            del self.kp2d[oldest], self.kp2d_at[oldest]
         out = []
         for cam in msg.cams:
             hit = self.pending.pop((cam, msg.frame_id), None)

@@ -25,7 +25,7 @@ from livepose.core import protocol  # noqa: E402
 from livepose.dashboard.access import allowed_hosts, host_of  # noqa: E402
 from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.control import ControlUnavailable  # noqa: E402
-from livepose.dashboard.state import STALE_KP_S, DashState  # noqa: E402
+from livepose.dashboard.state import KP2D_KEEP_S, STALE_KP_S, DashState  # noqa: E402
 
 CAMS = ["cam0", "cam1"]
 META = {"name": "t", "cameras": CAMS, "keypoints": ["a", "b"], "skeleton": [["a", "b"]],
@@ -92,6 +92,18 @@ def test_dash_state_pairs_previews_with_keypoints_of_the_same_frame() -> None:
     st.add(_preview("cam1", 13), now=6.01)
     assert [_decode_tile(t)[0]["frame_id"] for _, t in st.expire(now=8.0)] == [12, 13]
     assert st.add(_kp2d(12), now=8.1) == []  # keypoints too late for a frame already shown
+
+
+def test_dash_state_pairs_a_preview_that_comes_long_after_its_keypoints() -> None:
+    """Keypoints are kept by age, not count: at 200 frame-sets a second, a preview 2 s late
+    (its camera process preempted) still finds its keypoints; 4 s late, it does not."""
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    for k in range(1000):
+        st.add(_kp2d(k), now=k / 200)
+    head, _ = _decode_tile(st.add(_preview("cam0", 600), now=5.0)[0][1])  # 2 s late
+    assert head["frame_id"] == 600 and head["kp"][0] == [10.0, 5.0, 0.9]
+    assert st.add(_preview("cam1", 100), now=5.0) == []  # 4.5 s late: waits, then bare
+    assert len(st.kp2d) <= 200 * KP2D_KEEP_S + 1
 
 
 def test_dash_state_marks_a_camera_whose_keypoints_stopped() -> None:
