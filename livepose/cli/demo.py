@@ -151,6 +151,9 @@ def summarize(cfg: Config, sup: Supervisor, mon: Monitor, duration_s: float) -> 
         # views of a camera with an injected frame offset that were fused anyway (must be 0)
         "desynced_views_fused": mon.faulty_fused,
         "keypoint_status": mon.status_counts(),
+        # paced runs: pulses released before fusion had accounted for the sets before them
+        **({"pace_timeouts": int(sup.counters("trigger").get("pace_timeouts", 0))}
+           if cfg.trigger.paced else {}),
         # two-stage models (inference/topdown.py): views and frame-sets the detector ran on
         **({"detector": {k: _workers_total(cfg, sup, k) for k in DETECTOR_COUNTERS}}
            if _workers_total(cfg, sup, "detector_sets") else {}),

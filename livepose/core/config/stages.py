@@ -85,6 +85,10 @@ class TriggerConfig(_Model):
         "frame-set processed, at the pipeline's pace; fps is then an upper bound)"
     )
     in_flight: int = Field(2, ge=1, le=64, description="paced: frame-sets in the pipeline")
+    pace_timeout_s: float = Field(
+        60.0, gt=0, description="paced: a pulse held this long goes out anyway (a frame-set "
+        "lost with a crashed stage must not stall the replay; one released early makes the "
+        "worker skip a set, counted as pace_timeouts)")
 
     @model_validator(mode="after")
     def _port_for_serial(self) -> TriggerConfig:
