@@ -31,7 +31,13 @@ finds them."""
 KP2D_CACHE = 2000
 """At most this many kp2d messages kept (3 s at 660 frame-sets per second)."""
 PAIR_TIMEOUT_S = 1.0
-"""A preview whose keypoints did not arrive within this is shown without them."""
+"""A preview whose keypoints did not arrive within this is shown without them — or within
+1.5 × the 90th percentile of how late keypoints have come lately, up to :data:`PAIR_MAX_S`
+(a model slower than 1 s a frame-set on a CPU, or a loaded host, still gets its keypoints
+drawn, later)."""
+PAIR_MAX_S = 5.0
+LAG_WINDOW = 50
+"""Recent keypoint lags (arrival after their preview) the pairing wait is set from."""
 STALE_KP_S = 2.0
 """A camera whose tiles have gone out without keypoints for this long is marked on its tile
 (``kp_age_s``) and in the status (``keypoints_stale``)."""
@@ -101,6 +107,11 @@ class DashState:
         self.kp2d: dict[int, protocol.Kp2d] = {}
         self.kp2d_at: dict[int, float] = {}
         self.pending: dict[tuple[str, int], tuple[float, protocol.Preview]] = {}
+        #: how late keypoints came after their preview (s; 0 when they came first)
+        self.kp_lag: deque[float] = deque(maxlen=LAG_WINDOW)
+        #: previews shown without keypoints: (cam, frame_id) → arrival, to learn how late
+        #: their keypoints come
+        self.shown_bare: dict[tuple[str, int], float] = {}
         self.triggered = 0
         self.fused = 0
         self.skipped = 0
@@ -138,9 +149,24 @@ class DashState:
         """Tiles of previews whose keypoints never came (shown without them), unless a
         newer tile of that camera was sent meanwhile (a frame-set the worker skipped)."""
         now = time.monotonic() if now is None else now
-        old = sorted((k for k, (t, _) in self.pending.items() if now - t > PAIR_TIMEOUT_S),
+        wait = self.pair_wait()
+        old = sorted((k for k, (t, _) in self.pending.items() if now - t > wait),
                      key=lambda k: k[1])
-        return [out for k in old for out in self._emit(self.pending.pop(k)[1], None, now)]
+        out = []
+        for k in old:
+            t, prev = self.pending.pop(k)
+            self.shown_bare[k] = t
+            out += self._emit(prev, None, now)
+        while len(self.shown_bare) > 4 * LAG_WINDOW:
+            del self.shown_bare[next(iter(self.shown_bare))]
+        return out
+
+    def pair_wait(self) -> float:
+        """How long a preview waits for its keypoints now (see :data:`PAIR_TIMEOUT_S`)."""
+        if len(self.kp_lag) < 5:
+            return PAIR_TIMEOUT_S
+        p90 = float(np.percentile(np.asarray(self.kp_lag), 90))
+        return min(PAIR_MAX_S, max(PAIR_TIMEOUT_S, 1.5 * p90))
 
     def _on_preview(self, msg: protocol.Preview, now: float) -> list[tuple[str, bytes]]:
         st = self.cam.get(msg.cam)
@@ -150,6 +176,7 @@ class DashState:
         st.preview_times.append(now)
         kp = self.kp2d.get(msg.frame_id)
         if kp is not None:
+            self.kp_lag.append(0.0)
             return self._emit(msg, kp, now)
         self.pending[(msg.cam, msg.frame_id)] = (now, msg)
         return []
@@ -166,7 +193,10 @@ class DashState:
         for cam in msg.cams:
             hit = self.pending.pop((cam, msg.frame_id), None)
             if hit is not None:
+                self.kp_lag.append(now - hit[0])
                 out += self._emit(hit[1], msg, now)
+            elif (t := self.shown_bare.pop((cam, msg.frame_id), None)) is not None:
+                self.kp_lag.append(now - t)  # too late for its tile: wait longer from now
         return out
 
     def _emit(self, prev: protocol.Preview, kp: protocol.Kp2d | None,
@@ -336,6 +366,7 @@ class DashState:
             "latency_ms": {s: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)}
                            for s, v in self.lat.items()},
             "cameras": cams,
+            "keypoint_wait_s": round(self.pair_wait(), 2),
             "processes": {p: {"state": h.state, "pid": h.pid, "last_error": h.last_error,
                               "counters": dict(h.counters), "rates": dict(h.rates)}
                           for p, h in sorted(self.health.items())},

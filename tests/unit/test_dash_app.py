@@ -25,7 +25,13 @@ from livepose.core import protocol  # noqa: E402
 from livepose.dashboard.access import allowed_hosts, host_of  # noqa: E402
 from livepose.dashboard.app import Hub, create_app  # noqa: E402
 from livepose.dashboard.control import ControlUnavailable  # noqa: E402
-from livepose.dashboard.state import KP2D_KEEP_S, STALE_KP_S, DashState  # noqa: E402
+from livepose.dashboard.state import (  # noqa: E402
+    KP2D_KEEP_S,
+    PAIR_MAX_S,
+    PAIR_TIMEOUT_S,
+    STALE_KP_S,
+    DashState,
+)
 
 CAMS = ["cam0", "cam1"]
 META = {"name": "t", "cameras": CAMS, "keypoints": ["a", "b"], "skeleton": [["a", "b"]],
@@ -104,6 +110,28 @@ def test_dash_state_pairs_a_preview_that_comes_long_after_its_keypoints() -> Non
     assert head["frame_id"] == 600 and head["kp"][0] == [10.0, 5.0, 0.9]
     assert st.add(_preview("cam1", 100), now=5.0) == []  # 4.5 s late: waits, then bare
     assert len(st.kp2d) <= 200 * KP2D_KEEP_S + 1
+
+
+def test_dash_state_waits_longer_for_keypoints_that_come_late() -> None:
+    """A model that takes 2.5 s a frame-set (a CPU rig, a loaded host): the first tiles go
+    out bare after 1 s, then the wait follows the keypoints' lag and the tiles have them."""
+    st = DashState(CAMS, preview_step=2, desync_tolerance_ms=2.0)
+    with_kp = []
+    for k in range(200):  # 10 previews a second; keypoints of frame k come at k/10 + 2.5
+        t = k / 10
+        tiles = st.add(_preview("cam0", k), now=t)
+        if k >= 25:
+            tiles += st.add(_kp2d(k - 25), now=t)
+        tiles += st.expire(now=t)
+        with_kp += [bool(_decode_tile(b)[0]["kp"]) for c, b in tiles if c == "cam0"]
+    assert not any(with_kp[:5])  # the first: bare, after the default wait
+    assert sum(with_kp[-100:]) >= 95, with_kp  # then with keypoints
+    assert 2.5 * 1.5 - 0.2 <= st.snapshot()["keypoint_wait_s"] <= PAIR_MAX_S
+    # keypoints on time again: the wait comes back down
+    for k in range(200, 300):
+        st.add(_kp2d(k), now=k / 10)
+        st.add(_preview("cam0", k), now=k / 10)
+    assert st.pair_wait() == PAIR_TIMEOUT_S
 
 
 def test_dash_state_marks_a_camera_whose_keypoints_stopped() -> None:
