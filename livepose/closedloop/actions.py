@@ -243,8 +243,6 @@ class ActionLog:
         self._req: zmq.Socket[Any] | None = None  # the status request awaiting its answer
         self._waited = False
         self.written = 0
-        if control is not None:
-            self._ask(time.monotonic())  # answered by the first firing, without waiting
 
     def _ask(self, now: float) -> None:
         ctx: zmq.Context[Any] = zmq.Context.instance()
@@ -284,9 +282,11 @@ class ActionLog:
         is recording; one that does not come within :data:`STATUS_LOST_S` forgets it."""
         if self.control is None:
             return None
-        if self._req is not None and not self._waited:
-            self._waited = True
-            self._req.poll(int(FIRST_ANSWER_S * 1000))
+        if not self._waited:  # the first firing: ask now (a run may start recording after
+            self._waited = True  # this log was made) and wait a little for the answer
+            self._ask(time.monotonic())
+            if self._req is not None:
+                self._req.poll(int(FIRST_ANSWER_S * 1000))
         self._take_answer()
         now = time.monotonic()
         if self._req is not None and now - self._asked > STATUS_LOST_S:
