@@ -148,6 +148,8 @@ class DashState:
     def expire(self, now: float | None = None) -> list[tuple[str, bytes]]:
         """Tiles of previews whose keypoints never came (shown without them), unless a
         newer tile of that camera was sent meanwhile (a frame-set the worker skipped)."""
+        if not self.pending:
+            return []
         now = time.monotonic() if now is None else now
         wait = self.pair_wait()
         old = sorted((k for k, (t, _) in self.pending.items() if now - t > wait),
