@@ -223,6 +223,24 @@ class BlobDetector:
         self.labels = np.zeros((1, 1), dtype=np.int32)
         self.counters = {"blobs": 0, "merged": 0, "noise": 0, "joined": 0}
 
+    @classmethod
+    def warm_up(cls) -> None:
+        """Compile (or load from numba's cache) the kernels for the frames a live worker
+        passes: read-only (a frame in a ring, a decoded message) and writable (the
+        background standing in for a missing view). Without it, a fresh install compiled
+        them at the first detection, mid-run: a stall of seconds on a loaded host. Runs on a
+        detector of its own (no live detector's buffers are touched)."""
+        det = cls()
+        det.learn([np.zeros((32, 32), np.uint8)] * 3)
+        frame = np.zeros((32, 32), np.uint8)
+        frame[6:26, 6:26] = 255  # one blob (400 px)
+        ro = frame.copy()
+        ro.setflags(write=False)
+        for f in (ro, frame):
+            blobs = det.detect(f)
+            if blobs:
+                det.masked(f, blobs, blobs[0], np.empty_like(f))
+
     def learn(self, frames: list[np.ndarray]) -> None:
         """Background = per-pixel median of ``frames`` (each ``(H, W)`` uint8)."""
         bg = np.median(np.stack(frames), axis=0)

@@ -80,6 +80,7 @@ class MultiInstances:
             self.topdown = MultiTopDown(model_path, manifest, cfg.model, len(cams))
         else:
             assert engine is not None
+            BlobDetector.warm_up()  # the blob kernels, for read-only live frames too
             if m.crops and crops_supported(engine):
                 c_engine, c_manifest = crop_engine(cfg, engine, manifest)
                 self.crops = TrackCrops(c_engine, c_manifest, self.detectors, m.individuals,

@@ -369,14 +369,20 @@ class TrackCrops:
         self._warm()
 
     def _warm(self) -> None:
-        """Compile (or load) the kernels for the types of a frame's slices."""
+        """Compile (or load) the kernels for the types of a frame's slices: a live frame is
+        read-only (a ring's slot, a decoded message), the background standing in for a
+        missing view is not; each is its own numba specialisation, and one compiled at the
+        first crop stalls the worker for seconds."""
         z = np.zeros((10, 10), np.uint8)
-        for bones in (self.bones, np.zeros((0, 2), np.int64)):
-            _track_mask_nb(z[1:9, 1:9], np.zeros((10, 10))[1:9, 1:9], z[1:9, 1:9], 28.0, 1,
-                           2, np.zeros((1, 2)), np.zeros(1, np.int64), 0, 4,
-                           np.empty((8, 8), np.uint8), np.empty((8, 8), np.bool_),
-                           np.zeros((1, self.J, 2)), np.ones((1, self.J)),
-                           np.ones((1, self.J)), bones)
+        ro = z.copy()
+        ro.setflags(write=False)
+        for frame in (z, ro):
+            for bones in (self.bones, np.zeros((0, 2), np.int64)):
+                _track_mask_nb(frame[1:9, 1:9], np.zeros((10, 10))[1:9, 1:9], z[1:9, 1:9],
+                               28.0, 1, 2, np.zeros((1, 2)), np.zeros(1, np.int64), 0, 4,
+                               np.empty((8, 8), np.uint8), np.empty((8, 8), np.bool_),
+                               np.zeros((1, self.J, 2)), np.ones((1, self.J)),
+                               np.ones((1, self.J)), bones)
         _on_mask_nb(np.zeros((8, 8), np.bool_), np.zeros((1, 3), np.float32), 0.0, 0.0, 6, 1.0)
 
     def owners(self, keys: np.ndarray | None) -> list[np.ndarray]:

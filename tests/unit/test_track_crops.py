@@ -232,3 +232,28 @@ def test_owners_are_the_crops_track_keys(scene) -> None:  # type: ignore[no-unty
     for o, rows in zip(own, crops.last_owner, strict=True):
         assert np.array_equal(o, keys[rows])  # track crops only: every row named
     assert all((o == -1).all() for o in crops.owners(None))
+
+
+def test_warm_up_compiles_what_live_read_only_frames_need(scene) -> None:  # type: ignore[no-untyped-def]
+    """A live frame is read-only (a ring's slot), a separate numba specialisation from the
+    writable arrays of a warm-up: after the worker's warm-up, detections and crops of
+    read-only frames compile nothing (a fresh install compiled them mid-run, stalling the
+    worker for seconds on a loaded host)."""
+    from livepose.inference import blobs
+
+    rig, herd, rends, dets, engine, manifest = scene
+    BlobDetector.warm_up()
+    crops = TrackCrops(engine, manifest, dets, individuals=3)
+    kernels = [blobs.diff_open_nb, blobs.label_nb, blobs._blob_stats_nb,
+               blobs._mask_others_nb, _track_mask_nb]
+    before = [len(k.signatures) for k in kernels]
+    frames = []
+    for r in rends:
+        f = r.render(*herd.body(2.0), 3)
+        f.setflags(write=False)
+        frames.append(f)
+    crops(frames, None)  # a detection frame-set: blobs of read-only frames
+    assert crops.counters["blob_crops"] > 0
+    crops(frames, _truth(rig, herd, 2.0))  # the individuals' crops of read-only frames
+    assert crops.counters["track_crops"] > 0
+    assert [len(k.signatures) for k in kernels] == before, [k.signatures for k in kernels]
