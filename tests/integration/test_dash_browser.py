@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -256,3 +257,71 @@ def test_dash_calibration_panel_and_drift_banner(browser: Any, tmp_path: Path,
         assert "camera cam1 moved 6.2 px (≈ 0.48°)" in text and "frame 300" in text
         assert not errors, errors
 
+
+
+# pixels of a tile near a colour (within 40 per channel): how much of an individual is drawn
+COLOUR_PIXELS = """([cam, rgb]) => {
+  const c = document.querySelector(`#tile-${cam} canvas`);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (Math.abs(d[i] - rgb[0]) < 40 && Math.abs(d[i + 1] - rgb[1]) < 40
+        && Math.abs(d[i + 2] - rgb[2]) < 40) n++;
+  }
+  return n;
+}"""
+ID_RGB = {0: (0xFF, 0xD5, 0x4F), 1: (0x4F, 0xC3, 0xF7)}  # app.js PALETTE[0], PALETTE[1]
+
+
+@pytest.mark.skipif(
+    os.environ.get("LIVEPOSE_BROWSER_MULTI") != "1",
+    reason="opt-in (LIVEPOSE_BROWSER_MULTI=1): it failed 2 CI runs of 5 before the worker "
+    "warmed its kernels for read-only frames; its CI pass rate since is not yet measured")
+def test_dash_several_animals_coloured_by_id_and_swapped_from_the_page(
+        browser: Any, artifacts: Path) -> None:
+    """Two sim rodents: every camera tile draws both animals' 2D instances, each in its
+    individual's colour (fusion's ids on the worker's crops), and the page's swap form
+    reaches fusion. With a cold numba cache (``NUMBA_CACHE_DIR`` an empty folder) it failed
+    1 run of 2 before the worker's warm-up covered read-only frames, and passed 2 of 2
+    after."""
+    cfg = load_default_config()
+    cfg.sim.animals = 2
+    m = cfg.fusion.multi
+    m.enabled, m.individuals, m.background_frames, m.background_every = True, 2, 7, 3
+    cfg.fps, cfg.dashboard.port = 15.0, 0
+    cams = cfg.camera_names
+    with _running(cfg) as sup:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        assert sup.dashboard_login_url
+        page.goto(sup.dashboard_login_url)
+        # every tile, at some moment, draws an instance of id 0 and one of id 1 in their
+        # colours (not necessarily in the same tile: an animal may be hidden in a view, or
+        # its crop not owned yet, in any one frame-set under load)
+        seen: dict[str, set[int]] = {c: set() for c in cams}
+        drawn = {(c, k): 0 for c in cams for k in ID_RGB}
+
+        def all_drawn() -> bool:
+            inst = page.evaluate("() => window.livepose.instances")
+            for c in cams:
+                now = {x for x in inst.get(c, []) if x is not None}
+                seen[c] |= now
+                for k in now & set(ID_RGB):
+                    drawn[c, k] = max(drawn[c, k], page.evaluate(COLOUR_PIXELS, [c, ID_RGB[k]]))
+            return all(drawn[c, k] >= 3 for c in cams for k in ID_RGB)
+
+        try:
+            _wait(all_drawn, 90, "every tile to draw ids 0 and 1 in their colours")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: ids seen {seen}, pixels {drawn}") from None
+        assert all({0, 1} <= seen[c] for c in cams), seen
+        page.screenshot(path=str(artifacts / "dashboard_multi.png"))
+        _wait(lambda: page.is_visible("#ids-form"), 10, "the swap form")
+        page.fill("#ids-a", "0")
+        page.fill("#ids-b", "1")
+        page.click("#ids-swap")
+        _wait(lambda: "swapped 0 ⇄ 1" in page.inner_text("#ids-status"), 15, "the swap's reply")
+        _wait(lambda: sup.health["fusion"].counters.get("id_fixes", 0) == 1, 10,
+              "fusion to count the swap")
+        assert not errors, errors
