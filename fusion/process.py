@@ -512,5 +512,8 @@ def main(ctx: StageContext) -> None:
                 report(f"frame {msg.frame_id}: {type(exc).__name__}: {exc}")
         for key in ("fused", "late", "gated", "resets"):
             ctx.counters[key] = fuser.counters[key]
+        if fuser.tracker is not None:  # several animals: the tracks' lives, in health
+            for key, n in fuser.tracker.counters.items():
+                ctx.counters[f"multi/{key}"] = n
         if fuser.geometry_notes:
             ctx.info["geometry"] = dict(fuser.geometry_notes)

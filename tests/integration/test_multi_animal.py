@@ -161,6 +161,7 @@ def test_live_pipeline_two_animals_as_individuals() -> None:
     assert replies["swap"]["ok"] and replies["absent"]["ok"]  # sent on to fusion
     assert not replies["bad"]["ok"] and "b must be an individual id" in replies["bad"]["error"]
     assert counters["id_fixes"] == 1 and counters["id_rejected"] == 1  # id 5: not held
+    assert counters.get("multi/births", 0) >= 2, counters  # the tracks' lives, in health
     # the swap: once, between two poses, the animal of id 0 clearly became id 1 (clearly:
     # twice as near; animals that meet while frame-sets are skipped are not counted)
     seq = [both[-1], *after]
