@@ -75,13 +75,18 @@ class CamStats:
     fps: float | None = None
     exposure_us: float | None = None
     last_frame_id: int | None = None
-    #: when a tile of this camera last went out with keypoints (monotonic s)
-    kp_time: float | None = None
-    #: when the first tile went out (the age of "no keypoints yet")
-    first_tile: float | None = None
+    #: when a tile of this camera last went out with keypoints, else its first tile
+    #: (monotonic s; the age of "no keypoints")
+    kp_since: float | None = None
     #: tiles sent without keypoints, and whether the newest one was
     bare_tiles: int = 0
     bare: bool = False
+
+    def kp_stale(self, now: float | None = None) -> bool:
+        """Whether the newest tile went out without keypoints and the camera has had none
+        for :data:`STALE_KP_S` (its keypoints stopped arriving, or never came)."""
+        now = time.monotonic() if now is None else now
+        return self.bare and self.kp_since is not None and now - self.kp_since > STALE_KP_S
 
 
 class DashState:
@@ -103,12 +108,12 @@ class DashState:
         self.step = max(1, int(preview_step))
         self.tol_ms = desync_tolerance_ms
         self.cam = {c: CamStats() for c in cams}
-        #: recent kp2d by frame_id, in order of arrival, and when each arrived
-        self.kp2d: dict[int, protocol.Kp2d] = {}
-        self.kp2d_at: dict[int, float] = {}
+        #: recent kp2d by frame_id, in order of arrival: (arrival, message)
+        self.kp2d: dict[int, tuple[float, protocol.Kp2d]] = {}
         self.pending: dict[tuple[str, int], tuple[float, protocol.Preview]] = {}
         #: how late keypoints came after their preview (s; 0 when they came first)
         self.kp_lag: deque[float] = deque(maxlen=LAG_WINDOW)
+        self._wait = PAIR_TIMEOUT_S  # the pairing wait those lags give
         #: previews shown without keypoints: (cam, frame_id) → arrival, to learn how late
         #: their keypoints come
         self.shown_bare: dict[tuple[str, int], float] = {}
@@ -165,10 +170,14 @@ class DashState:
 
     def pair_wait(self) -> float:
         """How long a preview waits for its keypoints now (see :data:`PAIR_TIMEOUT_S`)."""
-        if len(self.kp_lag) < 5:
-            return PAIR_TIMEOUT_S
-        p90 = float(np.percentile(np.asarray(self.kp_lag), 90))
-        return min(PAIR_MAX_S, max(PAIR_TIMEOUT_S, 1.5 * p90))
+        return self._wait
+
+    def _lag(self, seconds: float) -> None:
+        """One more keypoint lag; the pairing wait follows."""
+        self.kp_lag.append(seconds)
+        if len(self.kp_lag) >= 5:
+            p90 = float(np.percentile(np.asarray(self.kp_lag), 90))
+            self._wait = min(PAIR_MAX_S, max(PAIR_TIMEOUT_S, 1.5 * p90))
 
     def _on_preview(self, msg: protocol.Preview, now: float) -> list[tuple[str, bytes]]:
         st = self.cam.get(msg.cam)
@@ -176,29 +185,29 @@ class DashState:
             return []
         st.previews += 1
         st.preview_times.append(now)
-        kp = self.kp2d.get(msg.frame_id)
-        if kp is not None:
-            self.kp_lag.append(0.0)
-            return self._emit(msg, kp, now)
+        hit = self.kp2d.get(msg.frame_id)
+        if hit is not None:
+            self._lag(0.0)
+            return self._emit(msg, hit[1], now)
         self.pending[(msg.cam, msg.frame_id)] = (now, msg)
         return []
 
     def _on_kp2d(self, msg: protocol.Kp2d, now: float) -> list[tuple[str, bytes]]:
         self.kp2d.pop(msg.frame_id, None)  # (re-inserted: last in arrival order)
-        self.kp2d[msg.frame_id], self.kp2d_at[msg.frame_id] = msg, now
+        self.kp2d[msg.frame_id] = (now, msg)
         while self.kp2d:
             oldest = next(iter(self.kp2d))
-            if now - self.kp2d_at[oldest] <= KP2D_KEEP_S and len(self.kp2d) <= KP2D_CACHE:
+            if now - self.kp2d[oldest][0] <= KP2D_KEEP_S and len(self.kp2d) <= KP2D_CACHE:
                 break
-            del self.kp2d[oldest], self.kp2d_at[oldest]
+            del self.kp2d[oldest]
         out = []
         for cam in msg.cams:
             hit = self.pending.pop((cam, msg.frame_id), None)
             if hit is not None:
-                self.kp_lag.append(now - hit[0])
+                self._lag(now - hit[0])
                 out += self._emit(hit[1], msg, now)
             elif (t := self.shown_bare.pop((cam, msg.frame_id), None)) is not None:
-                self.kp_lag.append(now - t)  # too late for its tile: wait longer from now
+                self._lag(now - t)  # too late for its tile: wait longer from now
         return out
 
     def _emit(self, prev: protocol.Preview, kp: protocol.Kp2d | None,
@@ -234,7 +243,7 @@ class DashState:
                 pts = self._preview_points(kp.points[c])
         st = self.cam[prev.cam]
         st.last_frame_id = prev.frame_id
-        st.first_tile = now if st.first_tile is None else st.first_tile
+        st.kp_since = now if st.kp_since is None or kp is not None else st.kp_since
         head: dict[str, Any] = {"cam": prev.cam, "frame_id": prev.frame_id, "w": prev.width,
                                 "h": prev.height, "kp": pts}
         if inst:
@@ -242,10 +251,8 @@ class DashState:
         st.bare = kp is None
         if kp is None:
             st.bare_tiles += 1
-            head["kp_age_s"] = round(now - (st.kp_time or st.first_tile), 1)
-            head["kp_stale"] = head["kp_age_s"] > STALE_KP_S
-        else:
-            st.kp_time = now
+            head["kp_age_s"] = round(now - st.kp_since, 1)
+            head["kp_stale"] = st.kp_stale(now)
         return tile_payload(head, bytes(np.asarray(prev.jpeg, dtype=np.uint8)))
 
     def _preview_points(self, points: np.ndarray) -> list[list[float | None]]:
@@ -348,7 +355,7 @@ class DashState:
                 "exposure_us": st.exposure_us,
                 "last_frame_id": st.last_frame_id,
                 "tiles_without_keypoints": st.bare_tiles,
-                "keypoints_stale": self.kp_stale(st),
+                "keypoints_stale": st.kp_stale(),
             }
         accounted = self.fused + self.skipped + self.incomplete
         dropped = sum(s.dropped + s.lost for s in self.cam.values())
@@ -378,14 +385,6 @@ class DashState:
             "calibration": self.calibration(),
             "drift": self.drift(),
         }
-
-    @staticmethod
-    def kp_stale(st: CamStats, now: float | None = None) -> bool:
-        """Whether the camera's newest tile went out without keypoints, and it has had none
-        for :data:`STALE_KP_S` (its keypoints stopped arriving, or never came)."""
-        now = time.monotonic() if now is None else now
-        since = st.kp_time or st.first_tile
-        return st.bare and since is not None and now - since > STALE_KP_S
 
     def calibration(self) -> dict[str, Any] | None:
         """The calibration collector's status (``livepose calibrate live``; ``None`` in any

@@ -149,15 +149,9 @@ def run_acquisition(
                     break
             for c in cfg.camera_names:
                 out[c].cpu_s = _cpu_s(sup.procs[c].pid) - cpu0[c]
-            # final counters: a health message of every camera sent after its last frame
-            # arrived here (one health period, or longer when the host is loaded)
-            t_end, until = time.time_ns(), time.monotonic() + 15.0
-            while time.monotonic() < until and any(
-                    (h := sup.health.get(c)) is None or h.t_ns <= t_end
-                    for c in cfg.camera_names):
-                sup.poll(0.1)
-            for c in cfg.camera_names:
-                out[c].counters = sup.counters(c)
+            # final counters: from health sent after the last frame arrived here
+            for c, counters in sup.fresh_counters(cfg.camera_names).items():
+                out[c].counters = counters
         finally:
             sub.close(0)
     return out

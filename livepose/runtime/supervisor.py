@@ -524,6 +524,17 @@ class Supervisor:
         h = self.health.get(proc)
         return dict(h.counters) if h else {}
 
+    def fresh_counters(self, names: list[str], timeout_s: float = 15.0
+                       ) -> dict[str, dict[str, int]]:
+        """Counters of each named process from a health message it sent after this call
+        began (health comes every 0.5 s, later on a loaded host): the final counts of
+        what happened before the call. After ``timeout_s``, the latest ones seen."""
+        t0, deadline = time.time_ns(), time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(
+                (h := self.health.get(n)) is None or h.t_ns <= t0 for n in names):
+            self.poll(0.1)
+        return {n: self.counters(n) for n in names}
+
     # ------------------------------------------------------------------ stop
     def stop_trigger(self, timeout_s: float = 5.0) -> None:
         """Stop the trigger clock (no new frame-sets)."""

@@ -117,12 +117,7 @@ def test_free_running_webcams_are_matched_to_the_trigger_pulses(tmp_path: Path) 
                         done_at = time.monotonic()
                     if done_at is not None and time.monotonic() - done_at > 1.0:
                         break  # matched frames are out well before this
-                # final counters: a health message of every camera sent after this point
-                t_end, until = time.time_ns(), time.monotonic() + 15.0
-                while time.monotonic() < until and any(
-                        (h := sup.health.get(n)) is None or h.t_ns <= t_end for n in feeds):
-                    sup.poll(0.1)
-                counters = {n: sup.counters(n) for n in feeds}
+                counters = sup.fresh_counters(list(feeds))  # health sent after this point
             finally:
                 sub.close(0)
     finally:

@@ -150,12 +150,12 @@ def test_dash_state_marks_a_camera_whose_keypoints_stopped() -> None:
     assert ages == sorted(ages) and ages[0] < STALE_KP_S < ages[-1]
     assert stale == [a > STALE_KP_S for a in ages]
     assert st.snapshot()["cameras"]["cam0"]["tiles_without_keypoints"] == len(ages)
-    assert DashState.kp_stale(st.cam["cam0"], now=6.0)
-    assert not DashState.kp_stale(st.cam["cam1"], now=6.0)  # no tile yet: nothing to say
+    assert st.cam["cam0"].kp_stale(now=6.0)
+    assert not st.cam["cam1"].kp_stale(now=6.0)  # no tile yet: nothing to say
     # keypoints again: the mark goes
     st.add(_kp2d(20), now=6.0)
     head, _ = _decode_tile(st.add(_preview("cam0", 20), now=6.0)[0][1])
-    assert "kp_stale" not in head and not DashState.kp_stale(st.cam["cam0"], now=6.1)
+    assert "kp_stale" not in head and not st.cam["cam0"].kp_stale(now=6.1)
     # a camera that never had keypoints is marked too, counted from its first tile (7.1)
     st.add(_preview("cam1", 21), now=6.0)
     st.expire(now=7.1)
