@@ -99,9 +99,7 @@ def publisher(endpoint: str, cam: str, width: int, height: int, frames: int, fps
             while (wait := due - time.perf_counter()) > 0:
                 time.sleep(wait if wait > 0.0005 else 0)
         if credits is not None and fps is None:  # back-pressure: stay within half a ring
-            # a subscriber silent for 10 s is gone: go on (1 s was a loaded host's stall,
-            # and the ring was lapped: frames lost on CI)
-            while k - acked > RING_SLOTS // 2 and credits.poll(10_000):
+            while k - acked > RING_SLOTS // 2 and credits.poll(1000):  # silent 1 s: go on
                 acked = max(acked, int(credits.recv()))
         msg = protocol.Frame(cam=cam, frame_id=k, t_grab_ns=time.time_ns(), pixel_format="Mono8",
                              image=image)
